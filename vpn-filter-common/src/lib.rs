@@ -1,0 +1,419 @@
+//! Records shared by the vpn-filter XDP program (kernel side) and its controller (userspace).
+//!
+//! Every map key, map value and ring-buffer record crosses the kernel/user boundary through the
+//! definitions in this crate and nowhere else, so the two sides cannot drift. Addresses and ports
+//! are stored as big-endian byte arrays (network order, as on the wire): no byte-order mistakes
+//! cross the boundary. IPv4 addresses in 16-byte fields occupy the first four bytes, the rest
+//! zero, with `family` saying which it is.
+//!
+//! With the `user` feature the records implement `aya::Pod` so userspace can put them in maps.
+#![no_std]
+
+/// Name of the XDP program inside the object file.
+pub const PROGRAM_NAME: &str = "vpn_filter";
+
+/// Map names, shared so userspace never spells them differently from the kernel.
+pub mod maps {
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    pub const POLICY: &str = "POLICY";
+    pub const CONFIG: &str = "CONFIG";
+    pub const FLOWS: &str = "FLOWS";
+    pub const STATS: &str = "STATS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const EVENT_LIMIT: &str = "EVENT_LIMIT";
+    pub const FLOW_GATE: &str = "FLOW_GATE";
+}
+
+/// Compile-time map sizes. The allowlist tries are resized at load time from configuration
+/// (`EbpfLoader::set_max_entries`); these are the defaults.
+pub const DEFAULT_ALLOW_V4_ENTRIES: u32 = 1_048_576;
+pub const DEFAULT_ALLOW_V6_ENTRIES: u32 = 262_144;
+pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
+pub const DEFAULT_EVENT_LIMIT_ENTRIES: u32 = 65_536;
+/// Ring buffer size in bytes (a power of two multiple of the page size).
+pub const DEFAULT_EVENT_RING_BYTES: u32 = 1 << 22;
+
+macro_rules! wire_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $value:expr => $text:expr, )* }
+    ) => {
+        $(#[$meta])*
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum $name { $( $(#[$vmeta])* $variant = $value, )* }
+
+        impl $name {
+            /// Every variant, in wire order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+            /// Number of variants (wire values are `0..COUNT`).
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Decodes a wire value; `None` for values this build does not know.
+            #[inline(always)]
+            pub const fn from_u8(v: u8) -> Option<Self> {
+                match v {
+                    $( $value => Some($name::$variant), )*
+                    _ => None,
+                }
+            }
+
+            /// Stable lower-case name used in events, metrics and configuration.
+            pub const fn name(self) -> &'static str {
+                match self { $( $name::$variant => $text, )* }
+            }
+
+            /// Parses the stable name back.
+            pub fn from_name(s: &str) -> Option<Self> {
+                $( if s == $text { return Some($name::$variant); } )*
+                None
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// VPN protocol families the classifier recognises. Policy, counters and events are all
+    /// indexed by this enum.
+    pub enum Protocol {
+        /// Not a VPN (ordinary traffic).
+        None = 0 => "none",
+        WireGuard = 1 => "wireguard",
+        OpenVpn = 2 => "openvpn",
+        /// IKEv1/IKEv2 on UDP 500, UDP 4500 (after the non-ESP marker) and TCP (RFC 8229).
+        Ike = 3 => "ike",
+        /// ESP as IP protocol 50 and ESP-in-UDP on 4500 (RFC 3948).
+        Esp = 4 => "esp",
+        /// IPsec AH, IP protocol 51.
+        Ah = 5 => "ah",
+        /// L2TPv2/v3 control messages.
+        L2tp = 6 => "l2tp",
+        /// PPTP control on TCP 1723 and its enhanced GRE (version 1) data.
+        Pptp = 7 => "pptp",
+        /// Tailscale disco packets.
+        TailscaleDisco = 8 => "tailscale_disco",
+        /// OpenConnect/AnyConnect DTLS channel on UDP.
+        OpenConnectDtls = 9 => "openconnect_dtls",
+        /// SoftEther VPN's UDP acceleration packets.
+        SoftEther = 10 => "softether",
+    }
+}
+
+wire_enum! {
+    /// The message that matched, finer than [`Protocol`].
+    pub enum Message {
+        None = 0 => "none",
+        WgInitiation = 1 => "wg_initiation",
+        WgResponse = 2 => "wg_response",
+        WgCookie = 3 => "wg_cookie",
+        WgData = 4 => "wg_data",
+        WgPaddedInitiation = 5 => "wg_padded_initiation",
+        WgPaddedResponse = 6 => "wg_padded_response",
+        OvpnClientReset = 7 => "openvpn_client_reset",
+        OvpnServerReset = 8 => "openvpn_server_reset",
+        OvpnControl = 9 => "openvpn_control",
+        OvpnData = 10 => "openvpn_data",
+        IkeSaInit = 11 => "ike_sa_init",
+        IkeOther = 12 => "ike_other",
+        IkeTcp = 13 => "ike_tcp",
+        EspIp = 14 => "esp_ip",
+        EspUdp = 15 => "esp_udp",
+        AhIp = 16 => "ah_ip",
+        L2tpControl = 17 => "l2tp_control",
+        PptpControl = 18 => "pptp_control",
+        PptpGre = 19 => "pptp_gre",
+        DiscoPacket = 20 => "disco",
+        DtlsClientHello = 21 => "dtls_client_hello",
+        DtlsRecord = 22 => "dtls_record",
+        SoftEtherUdp = 23 => "softether_udp",
+    }
+}
+
+wire_enum! {
+    /// Per-protocol policy, set by the controller in the `POLICY` array map.
+    pub enum PolicyMode {
+        /// Not classified at all: the packet passes as ordinary traffic.
+        Off = 0 => "off",
+        /// Classified and reported, never dropped.
+        Monitor = 1 => "monitor",
+        /// Unregistered traffic is dropped and reported.
+        Enforce = 2 => "enforce",
+    }
+}
+
+wire_enum! {
+    /// What the program did with a classified packet. Counters are per protocol x verdict.
+    pub enum Verdict {
+        /// An endpoint is registered: passed.
+        Allowed = 0 => "allowed",
+        /// Unregistered, policy enforce: dropped.
+        Dropped = 1 => "dropped",
+        /// Unregistered, policy monitor: passed and reported.
+        Monitored = 2 => "monitored",
+        /// Looks like the protocol but one packet is not enough: passed, flow remembered until
+        /// the peer's reply or further packets confirm it.
+        Pending = 3 => "pending",
+        /// Protocol policy is off: passed without an allowlist lookup.
+        Ignored = 4 => "ignored",
+    }
+}
+
+wire_enum! {
+    /// Why a verdict was reached (carried in events).
+    pub enum Reason {
+        None = 0 => "none",
+        /// The packet alone matched the protocol's structure.
+        Signature = 1 => "signature",
+        /// A pending flow was confirmed by the peer's reply or by repeated packets.
+        Confirmed = 2 => "confirmed",
+        /// The flow was already judged; this is a later packet of it.
+        FlowFollowUp = 3 => "flow_follow_up",
+    }
+}
+
+wire_enum! {
+    /// Parse and infrastructure counters, after the protocol x verdict block in `STATS`.
+    pub enum Counter {
+        /// Every packet the program saw.
+        Packets = 0 => "packets",
+        NonIp = 1 => "non_ip",
+        Ipv4 = 2 => "ipv4",
+        Ipv6 = 3 => "ipv6",
+        /// Non-first IPv4/IPv6 fragments: no L4 header, passed (see README, "Fragments").
+        Fragment = 4 => "fragment",
+        /// Headers cut short by the end of the packet: passed.
+        Truncated = 5 => "truncated",
+        /// Header fields that contradict each other (bad IHL, lying lengths): passed.
+        Malformed = 6 => "malformed",
+        /// IPv6 extension header chain longer than the parser follows: passed.
+        ExtHeaderLimit = 7 => "ext_header_limit",
+        /// Packets whose header checks made them VPN candidates (payload inspected).
+        Candidates = 8 => "candidates",
+        FlowHit = 9 => "flow_hit",
+        FlowInsert = 10 => "flow_insert",
+        FlowInsertFailed = 11 => "flow_insert_failed",
+        AllowlistLookups = 12 => "allowlist_lookups",
+        EventsEmitted = 13 => "events_emitted",
+        /// Events not emitted because the source exceeded its event rate.
+        EventsSuppressed = 14 => "events_suppressed",
+        /// Events lost because the ring buffer was full.
+        EventsLost = 15 => "events_lost",
+        /// Internal errors (a map update that should not fail did).
+        InternalError = 16 => "internal_error",
+    }
+}
+
+/// Index of the protocol x verdict counter in `STATS`.
+#[inline(always)]
+pub const fn verdict_counter_index(protocol: Protocol, verdict: Verdict) -> u32 {
+    (protocol as u32) * (Verdict::COUNT as u32) + verdict as u32
+}
+
+/// Index of a parse/infrastructure counter in `STATS`.
+#[inline(always)]
+pub const fn counter_index(counter: Counter) -> u32 {
+    (Protocol::COUNT * Verdict::COUNT) as u32 + counter as u32
+}
+
+/// Number of slots in the `STATS` per-CPU array.
+pub const STATS_LEN: u32 = (Protocol::COUNT * Verdict::COUNT + Counter::COUNT) as u32;
+
+/// Value of an allowlist (LPM trie) entry: which registry entry the prefix belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AllowValue {
+    /// 64-bit FNV-1a hash of the registry entry id ([`entry_tag`]); stable across restarts, so
+    /// a controller can attribute a pinned map's entries to the feed it loads.
+    pub entry_tag: u64,
+}
+
+/// FNV-1a 64 of a registry entry id: the tag stored in [`AllowValue`].
+pub const fn entry_tag(id: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < id.len() {
+        hash ^= id[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+/// Runtime configuration, in the single slot of the `CONFIG` array map. A zero field means
+/// "use the built-in default" (listed on each field), so an unset map is safe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// How long a flow judged an unregistered VPN keeps being dropped after its last packet
+    /// (default 120 s).
+    pub blocked_flow_timeout_ns: u64,
+    /// How long a flow with a registered endpoint skips the allowlist lookup (default 30 s).
+    pub allowed_flow_timeout_ns: u64,
+    /// How long a weak detection waits for its confirmation (default 10 s).
+    pub pending_flow_timeout_ns: u64,
+    /// Events per source address per second before suppression (default 5).
+    pub events_per_source_per_sec: u32,
+    pub _reserved: u32,
+}
+
+pub const DEFAULT_BLOCKED_FLOW_TIMEOUT_NS: u64 = 120_000_000_000;
+pub const DEFAULT_ALLOWED_FLOW_TIMEOUT_NS: u64 = 30_000_000_000;
+pub const DEFAULT_PENDING_FLOW_TIMEOUT_NS: u64 = 10_000_000_000;
+pub const DEFAULT_EVENTS_PER_SOURCE_PER_SEC: u32 = 5;
+
+/// Key of the flow map: the two endpoints in canonical order (lower address/port first), so
+/// both directions of a flow find the same entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub lo_addr: [u8; 16],
+    pub hi_addr: [u8; 16],
+    pub lo_port: [u8; 2],
+    pub hi_port: [u8; 2],
+    pub ip_proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+wire_enum! {
+    /// State of a flow in the flow map.
+    pub enum FlowStatus {
+        None = 0 => "none",
+        /// A weak detection waiting for confirmation.
+        Pending = 1 => "pending",
+        /// An unregistered VPN flow: dropped (or, under monitor, reported) in both directions.
+        Blocked = 2 => "blocked",
+        /// An unregistered VPN flow under a monitor policy.
+        Monitored = 3 => "monitored",
+        /// An endpoint is registered: passes without another allowlist lookup.
+        Allowed = 4 => "allowed",
+    }
+}
+
+/// Value of the flow map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowState {
+    /// Monotonic time (bpf_ktime_get_ns) after which the entry is stale.
+    pub expires_ns: u64,
+    /// Protocol-specific token a confirming packet must match: the OpenVPN client session id,
+    /// or the WireGuard sender/receiver index in the first four bytes.
+    pub token: [u8; 8],
+    /// Packets seen on this flow while pending (for confirmation by repetition).
+    pub packets: u32,
+    /// [`FlowStatus`].
+    pub status: u8,
+    /// [`Protocol`].
+    pub protocol: u8,
+    /// [`Message`] of the packet that created the entry.
+    pub message: u8,
+    /// 1 when the packet that created the entry came from the `lo` endpoint of the key.
+    pub from_lo: u8,
+}
+
+/// Address family values used in [`Event::family`] and [`FlowKey::family`].
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// A classified packet reported to userspace through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Event {
+    /// bpf_ktime_get_ns() when the packet was judged (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Ingress interface index.
+    pub ifindex: u32,
+    /// Length of the whole frame in bytes.
+    pub pkt_len: u32,
+    /// Source and destination address, big-endian; IPv4 in the first four bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Source and destination port, big-endian (zero for ESP/AH/GRE).
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    /// Events for this source that were suppressed by the rate limit since its last event.
+    pub suppressed: u32,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// IP protocol number (17 UDP, 6 TCP, 47 GRE, 50 ESP, 51 AH).
+    pub ip_proto: u8,
+    /// [`Protocol`].
+    pub protocol: u8,
+    /// [`Message`].
+    pub message: u8,
+    /// [`Verdict`].
+    pub verdict: u8,
+    /// [`Reason`].
+    pub reason: u8,
+    /// Outermost VLAN id (0 when untagged), big-endian.
+    pub vlan: [u8; 2],
+}
+
+/// Per-source event rate-limit state (value of `EVENT_LIMIT`, keyed by the 16-byte source).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateState {
+    /// Start of the current one-second window.
+    pub window_start_ns: u64,
+    /// Events emitted in the current window.
+    pub emitted: u32,
+    /// Events suppressed since the last emitted one.
+    pub suppressed: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all of these are #[repr(C)], Copy, made only of integers and byte arrays, with
+    // explicit padding fields, so every bit pattern is valid and there are no implicit holes.
+    unsafe impl aya::Pod for AllowValue {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for RateState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn records_have_no_implicit_padding() {
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowState>(), 24);
+        assert_eq!(size_of::<Event>(), 64);
+        assert_eq!(size_of::<Config>(), 32);
+        assert_eq!(size_of::<RateState>(), 16);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for p in Protocol::ALL {
+            assert_eq!(Protocol::from_name(p.name()), Some(*p));
+            assert_eq!(Protocol::from_u8(*p as u8), Some(*p));
+        }
+        for m in Message::ALL {
+            assert_eq!(Message::from_u8(*m as u8), Some(*m));
+        }
+        assert_eq!(Protocol::from_u8(Protocol::COUNT as u8), None);
+    }
+
+    #[test]
+    fn counter_indices_do_not_overlap() {
+        let last_verdict = verdict_counter_index(Protocol::SoftEther, Verdict::Ignored);
+        assert!(last_verdict < counter_index(Counter::Packets));
+        assert_eq!(counter_index(Counter::InternalError) + 1, STATS_LEN);
+    }
+
+    #[test]
+    fn entry_tag_is_fnv1a() {
+        // Published FNV-1a 64 test vectors.
+        assert_eq!(entry_tag(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(entry_tag(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

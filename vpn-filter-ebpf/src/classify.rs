@@ -1,0 +1,567 @@
+//! VPN classification over the first [`WINDOW`] bytes of a UDP/TCP payload.
+//!
+//! Two steps, so ordinary traffic pays as little as possible:
+//! 1. a prefilter on the first four payload bytes, the length and the ports
+//!    ([`udp_prefilter`], [`tcp_prefilter`]) that the kernel reads straight from the packet;
+//! 2. only for candidates, the kernel copies up to [`WINDOW`] bytes of payload and
+//!    [`classify_udp`]/[`classify_tcp`] check the protocol's structure.
+//!
+//! A [`Detection`] is [`Strength::Strong`] when the packet alone is conclusive (exact sizes,
+//! length fields that must equal the payload length, magic numbers), [`Strength::Weak`] when
+//! it needs the flow's other packets or the peer's reply to confirm (see [`confirms`]), and
+//! [`Strength::FollowUp`] when it only matters if its flow is already known.
+//! Wire facts and their sources: README, "What is detected".
+
+use vpn_filter_common::{FlowState, FlowStatus, Message, Protocol};
+
+/// Bytes of payload the classifier sees. Every check below indexes into this window with
+/// constant indices, so the BPF verifier sees no variable offsets and no panics exist.
+pub const WINDOW: usize = 64;
+
+/// Largest padded WireGuard handshake recognised (some commercial VPNs pad the 148/92-byte
+/// messages; TunnelBear uses 204/100). Anything longer is not treated as WireGuard.
+pub const WG_MAX_PADDED: usize = 148 + 256;
+/// nDPI's bound for OpenVPN resets: larger packets are something else.
+pub const OVPN_MAX_RESET: usize = 1200;
+/// Packets of a pending WireGuard-data flow before it counts as confirmed.
+pub const WG_DATA_CONFIRM_PACKETS: u32 = 4;
+
+pub const IKE_PORT: u16 = 500;
+pub const NAT_T_PORT: u16 = 4500;
+pub const DTLS_VPN_PORT: u16 = 443;
+
+const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+const DISCO_MAGIC: [u8; 6] = [0x54, 0x53, 0xf0, 0x9f, 0x92, 0xac];
+const PPTP_MAGIC: [u8; 4] = [0x1a, 0x2b, 0x3c, 0x4d];
+
+/// How conclusive a single packet is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strength {
+    /// Conclusive alone: the allowlist decides at once.
+    Strong,
+    /// Suggestive: remembered as a pending flow until confirmed.
+    Weak,
+    /// Only meaningful on a flow that is already known (pending, blocked or allowed).
+    FollowUp,
+}
+
+/// What the classifier found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Detection {
+    pub protocol: Protocol,
+    pub message: Message,
+    pub strength: Strength,
+    /// Identifier this packet's sender uses (OpenVPN session id, WireGuard sender or receiver
+    /// index); zero when none is visible.
+    pub token: [u8; 8],
+    /// Identifier of the peer echoed by this packet (WireGuard response's receiver index,
+    /// OpenVPN server reset's remote session id when visible); zero when none.
+    pub peer_token: [u8; 8],
+}
+
+impl Detection {
+    #[inline(always)]
+    const fn new(protocol: Protocol, message: Message, strength: Strength) -> Self {
+        Self { protocol, message, strength, token: [0; 8], peer_token: [0; 8] }
+    }
+
+    #[inline(always)]
+    const fn with_tokens(mut self, token: [u8; 8], peer_token: [u8; 8]) -> Self {
+        self.token = token;
+        self.peer_token = peer_token;
+        self
+    }
+}
+
+/// What the prefilter decided from the first four bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefilter {
+    /// Ordinary traffic: pass without further work.
+    No,
+    /// Copy the payload window and classify it.
+    Inspect,
+    /// Cannot start a flow, but continues one: look up the flow only if this protocol has
+    /// live flows.
+    FollowUp(Protocol, Message),
+}
+
+#[inline(always)]
+fn be16(a: u8, b: u8) -> u16 {
+    u16::from_be_bytes([a, b])
+}
+
+#[inline(always)]
+fn port_is(sport: u16, dport: u16, port: u16) -> bool {
+    sport == port || dport == port
+}
+
+/// OpenVPN opcodes (`[0] >> 3`).
+mod ovpn {
+    pub const CONTROL_HARD_RESET_CLIENT_V1: u8 = 1;
+    pub const CONTROL_HARD_RESET_SERVER_V1: u8 = 2;
+    pub const CONTROL_V1: u8 = 4;
+    pub const ACK_V1: u8 = 5;
+    pub const DATA_V1: u8 = 6;
+    pub const CONTROL_HARD_RESET_CLIENT_V2: u8 = 7;
+    pub const CONTROL_HARD_RESET_SERVER_V2: u8 = 8;
+    pub const DATA_V2: u8 = 9;
+    pub const CONTROL_HARD_RESET_CLIENT_V3: u8 = 10;
+    pub const CONTROL_WKC_V1: u8 = 11;
+}
+
+/// Stage 1 for UDP: `head` is the first four payload bytes (zero-padded), `len` the UDP
+/// payload length from the UDP header.
+#[inline(always)]
+pub fn udp_prefilter(sport: u16, dport: u16, len: usize, head: [u8; 4]) -> Prefilter {
+    if len == 0 {
+        return Prefilter::No;
+    }
+    if port_is(sport, dport, IKE_PORT) || port_is(sport, dport, NAT_T_PORT) {
+        return Prefilter::Inspect;
+    }
+    // WireGuard: message type 1..=4, three reserved zero bytes.
+    if head[1] == 0 && head[2] == 0 && head[3] == 0 && head[0] >= 1 && head[0] <= 4 {
+        return Prefilter::Inspect;
+    }
+    // Tailscale disco, L2TP control, DTLS handshake records, SoftEther "IP=".
+    if (head[0] == DISCO_MAGIC[0] && head[1] == DISCO_MAGIC[1])
+        || (head[0] == 0xc8 && (head[1] == 0x02 || head[1] == 0x03))
+        || (head[0] == 0x16 && is_dtls_version(head[1], head[2]))
+        || (head[0] == b'I' && head[1] == b'P' && head[2] == b'=')
+    {
+        return Prefilter::Inspect;
+    }
+    let key_id = head[0] & 0x07;
+    match head[0] >> 3 {
+        ovpn::CONTROL_HARD_RESET_CLIENT_V1
+        | ovpn::CONTROL_HARD_RESET_CLIENT_V2
+        | ovpn::CONTROL_HARD_RESET_CLIENT_V3
+        | ovpn::CONTROL_HARD_RESET_SERVER_V1
+        | ovpn::CONTROL_HARD_RESET_SERVER_V2
+            if key_id == 0 && len >= 14 && len < OVPN_MAX_RESET =>
+        {
+            Prefilter::Inspect
+        }
+        ovpn::CONTROL_V1 | ovpn::ACK_V1 | ovpn::CONTROL_WKC_V1 if len >= 9 => {
+            Prefilter::FollowUp(Protocol::OpenVpn, Message::OvpnControl)
+        }
+        ovpn::DATA_V1 | ovpn::DATA_V2 if len >= 5 => {
+            Prefilter::FollowUp(Protocol::OpenVpn, Message::OvpnData)
+        }
+        _ => Prefilter::No,
+    }
+}
+
+#[inline(always)]
+fn is_dtls_version(a: u8, b: u8) -> bool {
+    // DTLS 1.0 (FE FF), DTLS 1.2 (FE FD), Cisco's pre-standard DTLS (01 00).
+    (a == 0xfe && (b == 0xff || b == 0xfd)) || (a == 0x01 && b == 0x00)
+}
+
+/// Stage 2 for UDP. `w` holds the first `min(len, WINDOW)` payload bytes, zero beyond.
+#[inline(always)]
+pub fn classify_udp(sport: u16, dport: u16, len: usize, w: &[u8; WINDOW]) -> Option<Detection> {
+    if port_is(sport, dport, IKE_PORT) {
+        if let Some(d) = ike(w, 0, len) {
+            return Some(d);
+        }
+    }
+    if port_is(sport, dport, NAT_T_PORT) {
+        // RFC 3948: four zero bytes (non-ESP marker) then IKE; 0xFF alone is a NAT
+        // keepalive; anything else with a non-zero SPI is ESP.
+        if w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == 0 {
+            return if len >= 4 { ike(w, 4, len - 4) } else { None };
+        }
+        if len >= 16 {
+            return Some(Detection::new(Protocol::Esp, Message::EspUdp, Strength::Strong).with_tokens(
+                [w[0], w[1], w[2], w[3], 0, 0, 0, 0],
+                [0; 8],
+            ));
+        }
+        return None;
+    }
+    if let Some(d) = wireguard(w, len) {
+        return Some(d);
+    }
+    if len >= 62
+        && w[0] == DISCO_MAGIC[0]
+        && w[1] == DISCO_MAGIC[1]
+        && w[2] == DISCO_MAGIC[2]
+        && w[3] == DISCO_MAGIC[3]
+        && w[4] == DISCO_MAGIC[4]
+        && w[5] == DISCO_MAGIC[5]
+    {
+        return Some(Detection::new(Protocol::TailscaleDisco, Message::DiscoPacket, Strength::Strong));
+    }
+    if w[0] == 0xc8 && (w[1] == 0x02 || w[1] == 0x03) {
+        return l2tp(w, len);
+    }
+    if w[0] == 0x16 && is_dtls_version(w[1], w[2]) {
+        return dtls(dport, w, len);
+    }
+    if w[0] == b'I' && w[1] == b'P' && w[2] == b'=' {
+        return softether(w, len);
+    }
+    openvpn(w, 0, len)
+}
+
+/// IKE header at `w[o..o + 28]`; `len` is the IKE message length available.
+#[inline(always)]
+fn ike(w: &[u8; WINDOW], o: usize, len: usize) -> Option<Detection> {
+    if len < 28 {
+        return None;
+    }
+    // `o` is 0 or 4; spell both out so every index stays a constant.
+    let h: [u8; 28] = if o == 0 { window_at::<0, 28>(w) } else { window_at::<4, 28>(w) };
+    let spi_i_nonzero = h[0] | h[1] | h[2] | h[3] | h[4] | h[5] | h[6] | h[7] != 0;
+    let next_payload = h[16];
+    let version = h[17];
+    let exchange = h[18];
+    let flags = h[19];
+    let length = u32::from_be_bytes([h[24], h[25], h[26], h[27]]) as usize;
+    if !spi_i_nonzero || length != len {
+        return None;
+    }
+    let spi_r_zero = h[8] | h[9] | h[10] | h[11] | h[12] | h[13] | h[14] | h[15] == 0;
+    let msg_id_zero = h[20] | h[21] | h[22] | h[23] == 0;
+    let message = match version {
+        0x20 => {
+            // IKEv2: exchange types 34..=37 (SA_INIT, AUTH, CREATE_CHILD_SA, INFORMATIONAL),
+            // 43 (IKE_SESSION_RESUME); only the I, V and R flags may be set.
+            if !((34..=37).contains(&exchange) || exchange == 43) || flags & !0x38 != 0 {
+                return None;
+            }
+            if exchange == 34 && msg_id_zero && next_payload == 33 {
+                Message::IkeSaInit
+            } else {
+                Message::IkeOther
+            }
+        }
+        0x10 => {
+            // IKEv1: main (2), aggressive (4), informational (5), quick (32).
+            if !(exchange == 2 || exchange == 4 || exchange == 5 || exchange == 32) {
+                return None;
+            }
+            if spi_r_zero && next_payload == 1 && (exchange == 2 || exchange == 4) {
+                Message::IkeSaInit
+            } else {
+                Message::IkeOther
+            }
+        }
+        _ => return None,
+    };
+    Some(Detection::new(Protocol::Ike, message, Strength::Strong).with_tokens(
+        [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]],
+        [0; 8],
+    ))
+}
+
+/// Copies `N` bytes starting at the constant offset `O`.
+#[inline(always)]
+fn window_at<const O: usize, const N: usize>(w: &[u8; WINDOW]) -> [u8; N] {
+    const { assert!(O + N <= WINDOW) };
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        // SAFETY: i < N and O + N <= WINDOW (asserted at compile time above).
+        out[i] = unsafe { *w.get_unchecked(O + i) };
+        i += 1;
+    }
+    out
+}
+
+#[inline(always)]
+fn wireguard(w: &[u8; WINDOW], len: usize) -> Option<Detection> {
+    if w[1] != 0 || w[2] != 0 || w[3] != 0 {
+        return None;
+    }
+    let idx_a = [w[4], w[5], w[6], w[7], 0, 0, 0, 0];
+    let idx_b = [w[8], w[9], w[10], w[11], 0, 0, 0, 0];
+    let d = match w[0] {
+        1 if len == 148 => {
+            Detection::new(Protocol::WireGuard, Message::WgInitiation, Strength::Strong)
+                .with_tokens(idx_a, [0; 8])
+        }
+        1 if len > 148 && len <= WG_MAX_PADDED => {
+            Detection::new(Protocol::WireGuard, Message::WgPaddedInitiation, Strength::Weak)
+                .with_tokens(idx_a, [0; 8])
+        }
+        2 if len == 92 => Detection::new(Protocol::WireGuard, Message::WgResponse, Strength::Strong)
+            .with_tokens(idx_a, idx_b),
+        2 if len > 92 && len <= WG_MAX_PADDED => {
+            Detection::new(Protocol::WireGuard, Message::WgPaddedResponse, Strength::FollowUp)
+                .with_tokens(idx_a, idx_b)
+        }
+        3 if len == 64 => Detection::new(Protocol::WireGuard, Message::WgCookie, Strength::Strong)
+            .with_tokens([0; 8], idx_a),
+        // Transport data: 16-byte header + AEAD tag, padded to 16 bytes; keepalive is 32.
+        4 if len >= 32 && len % 16 == 0 => {
+            Detection::new(Protocol::WireGuard, Message::WgData, Strength::Weak)
+                .with_tokens(idx_a, [0; 8])
+        }
+        _ => return None,
+    };
+    Some(d)
+}
+
+#[inline(always)]
+fn l2tp(w: &[u8; WINDOW], len: usize) -> Option<Detection> {
+    // Control messages have T, L and S bits set (0xC8) and a length field equal to the payload.
+    if len < 12 || be16(w[2], w[3]) as usize != len {
+        return None;
+    }
+    if w[1] == 0x03 {
+        // L2TPv3 over UDP: control header carries a 32-bit connection id.
+        return Some(Detection::new(Protocol::L2tp, Message::L2tpControl, Strength::Strong));
+    }
+    if len == 12 {
+        // Zero-length body (ZLB) acknowledgement: only meaningful on a known flow.
+        return Some(Detection::new(Protocol::L2tp, Message::L2tpControl, Strength::FollowUp));
+    }
+    // First AVP must be Message Type: M bit, length 8, vendor 0, attribute 0.
+    if len >= 20
+        && w[12] & 0x80 != 0
+        && w[12] & 0x03 == 0
+        && w[13] == 8
+        && w[14] == 0
+        && w[15] == 0
+        && w[16] == 0
+        && w[17] == 0
+        && w[18] == 0
+        && w[19] >= 1
+        && w[19] <= 16
+    {
+        return Some(Detection::new(Protocol::L2tp, Message::L2tpControl, Strength::Strong));
+    }
+    None
+}
+
+#[inline(always)]
+fn dtls(dport: u16, w: &[u8; WINDOW], len: usize) -> Option<Detection> {
+    // Record header: type, version (2), epoch (2), sequence (6), length (2).
+    if len < 25 || be16(w[11], w[12]) as usize + 13 > len {
+        return None;
+    }
+    if w[1] == 0x01 && w[2] == 0x00 {
+        // Cisco's pre-standard DTLS 1.0 (version 0x0100) is used by AnyConnect/OpenConnect only.
+        return Some(Detection::new(Protocol::OpenConnectDtls, Message::DtlsRecord, Strength::Strong));
+    }
+    // Standard DTLS is also WebRTC's: only a ClientHello towards the VPN port with a 32-byte
+    // session id (the session OpenConnect resumes from the CSTP channel) counts.
+    if dport == DTLS_VPN_PORT && w[13] == 1 && w[59] == 32 {
+        return Some(Detection::new(
+            Protocol::OpenConnectDtls,
+            Message::DtlsClientHello,
+            Strength::Strong,
+        ));
+    }
+    None
+}
+
+#[inline(always)]
+fn softether(w: &[u8; WINDOW], len: usize) -> Option<Detection> {
+    // SoftEther's UDP acceleration announces itself as "IP=<addr>,PORT=<port>".
+    if len < 16 {
+        return None;
+    }
+    const NEEDLE: &[u8; 6] = b",PORT=";
+    let mut i = 3;
+    while i + NEEDLE.len() <= WINDOW && i + NEEDLE.len() <= len {
+        let mut k = 0;
+        while k < NEEDLE.len() {
+            // SAFETY: i + k < i + NEEDLE.len() <= WINDOW (loop conditions). Written with
+            // get_unchecked because LLVM keeps a bounds check here that the verifier rejects.
+            if unsafe { *w.get_unchecked(i + k) } != NEEDLE[k] {
+                break;
+            }
+            k += 1;
+        }
+        if k == NEEDLE.len() {
+            return Some(Detection::new(Protocol::SoftEther, Message::SoftEtherUdp, Strength::Strong));
+        }
+        i += 1;
+    }
+    None
+}
+
+/// OpenVPN packet at `w[o..]` (o = 0 on UDP, 2 on TCP after the length prefix); `len` is the
+/// OpenVPN packet length.
+#[inline(always)]
+fn openvpn(w: &[u8; WINDOW], o: usize, len: usize) -> Option<Detection> {
+    let p: [u8; 22] = if o == 0 { window_at::<0, 22>(w) } else { window_at::<2, 22>(w) };
+    let opcode = p[0] >> 3;
+    let key_id = p[0] & 0x07;
+    if key_id != 0 || len < 14 || len >= OVPN_MAX_RESET {
+        return None;
+    }
+    // STUN/QUIC collisions: STUN's magic cookie at [4..8].
+    if p[4] == STUN_MAGIC[0] && p[5] == STUN_MAGIC[1] && p[6] == STUN_MAGIC[2] && p[7] == STUN_MAGIC[3]
+    {
+        return None;
+    }
+    let session = [p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]];
+    if session == [0; 8] {
+        return None;
+    }
+    match opcode {
+        ovpn::CONTROL_HARD_RESET_CLIENT_V1
+        | ovpn::CONTROL_HARD_RESET_CLIENT_V2
+        | ovpn::CONTROL_HARD_RESET_CLIENT_V3 => {
+            // Without tls-auth/tls-crypt the reset is exactly 14 bytes: no acks, packet id 0.
+            if len == 14 && (p[9] != 0 || p[10] | p[11] | p[12] | p[13] != 0) {
+                return None;
+            }
+            Some(
+                Detection::new(Protocol::OpenVpn, Message::OvpnClientReset, Strength::Weak)
+                    .with_tokens(session, [0; 8]),
+            )
+        }
+        ovpn::CONTROL_HARD_RESET_SERVER_V1 | ovpn::CONTROL_HARD_RESET_SERVER_V2 => {
+            // Without tls-auth/tls-crypt the server's reset acknowledges the client's packet 0
+            // and echoes the client's session id in clear at [14..22].
+            let peer = if len == 26 && p[9] == 1 {
+                [p[14], p[15], p[16], p[17], p[18], p[19], p[20], p[21]]
+            } else {
+                [0; 8]
+            };
+            Some(
+                Detection::new(Protocol::OpenVpn, Message::OvpnServerReset, Strength::FollowUp)
+                    .with_tokens(session, peer),
+            )
+        }
+        ovpn::CONTROL_V1 | ovpn::ACK_V1 | ovpn::CONTROL_WKC_V1 => Some(
+            Detection::new(Protocol::OpenVpn, Message::OvpnControl, Strength::FollowUp)
+                .with_tokens(session, [0; 8]),
+        ),
+        _ => None,
+    }
+}
+
+/// Stage 1 for TCP: `head` is the first four bytes of the segment's payload, `len` the
+/// payload length.
+#[inline(always)]
+pub fn tcp_prefilter(len: usize, head: [u8; 4]) -> Prefilter {
+    if len < 6 {
+        return Prefilter::No;
+    }
+    let prefix = be16(head[0], head[1]) as usize;
+    if head[0] == b'I' && head[1] == b'K' && head[2] == b'E' && head[3] == b'T' {
+        return Prefilter::Inspect;
+    }
+    // PPTP control: length, then message type 1 (control).
+    if head[2] == 0 && head[3] == 1 && prefix >= 16 && prefix <= len {
+        return Prefilter::Inspect;
+    }
+    // OpenVPN over TCP: a 2-byte length prefix, then an OpenVPN reset.
+    let opcode = head[2] >> 3;
+    if prefix + 2 <= len
+        && head[2] & 0x07 == 0
+        && matches!(
+            opcode,
+            ovpn::CONTROL_HARD_RESET_CLIENT_V1
+                | ovpn::CONTROL_HARD_RESET_CLIENT_V2
+                | ovpn::CONTROL_HARD_RESET_CLIENT_V3
+                | ovpn::CONTROL_HARD_RESET_SERVER_V1
+                | ovpn::CONTROL_HARD_RESET_SERVER_V2
+                | ovpn::CONTROL_V1
+                | ovpn::ACK_V1
+        )
+    {
+        return Prefilter::Inspect;
+    }
+    Prefilter::No
+}
+
+/// Stage 2 for TCP (payload of one segment).
+#[inline(always)]
+pub fn classify_tcp(len: usize, w: &[u8; WINDOW]) -> Option<Detection> {
+    if len >= 6 && w[0] == b'I' && w[1] == b'K' && w[2] == b'E' && w[3] == b'T' && w[4] == b'C' && w[5] == b'P'
+    {
+        return Some(Detection::new(Protocol::Ike, Message::IkeTcp, Strength::Strong));
+    }
+    let prefix = be16(w[0], w[1]) as usize;
+    if len >= 16
+        && w[2] == 0
+        && w[3] == 1
+        && w[4] == PPTP_MAGIC[0]
+        && w[5] == PPTP_MAGIC[1]
+        && w[6] == PPTP_MAGIC[2]
+        && w[7] == PPTP_MAGIC[3]
+        && prefix >= 16
+        && prefix <= len
+    {
+        return Some(Detection::new(Protocol::Pptp, Message::PptpControl, Strength::Strong));
+    }
+    if prefix + 2 <= len && prefix >= 14 {
+        return openvpn(w, 2, prefix);
+    }
+    None
+}
+
+/// GRE header (first four bytes after the IP header): only enhanced GRE (version 1) carrying
+/// PPP (0x880B) is PPTP. GRE version 0 (enterprise tunnels, ERSPAN) is never touched.
+#[inline(always)]
+pub fn classify_gre(head: [u8; 4]) -> Option<Detection> {
+    let key_present = head[0] & 0x20 != 0;
+    let version = head[1] & 0x07;
+    if key_present && version == 1 && head[2] == 0x88 && head[3] == 0x0b {
+        return Some(Detection::new(Protocol::Pptp, Message::PptpGre, Strength::Strong));
+    }
+    None
+}
+
+/// Detection for IP protocols that are VPN by number alone (ESP 50, AH 51).
+#[inline(always)]
+pub fn classify_ip_proto(ip_proto: u8) -> Option<Detection> {
+    match ip_proto {
+        50 => Some(Detection::new(Protocol::Esp, Message::EspIp, Strength::Strong)),
+        51 => Some(Detection::new(Protocol::Ah, Message::AhIp, Strength::Strong)),
+        _ => None,
+    }
+}
+
+/// What a packet does to a pending flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirmation {
+    /// The flow is now a confirmed VPN flow: apply the allowlist decision.
+    Confirmed,
+    /// Still pending; count the packet.
+    Pending,
+}
+
+/// Whether `det`, seen on a flow in state `pending`, confirms it. `same_direction` is true
+/// when the packet travels in the direction of the packet that created the entry.
+#[inline(always)]
+pub fn confirms(pending: &FlowState, det: &Detection, same_direction: bool) -> Confirmation {
+    if pending.status != FlowStatus::Pending as u8 || pending.protocol != det.protocol as u8 {
+        return Confirmation::Pending;
+    }
+    let created_by = Message::from_u8(pending.message);
+    let yes = match (created_by, det.message) {
+        // Padded WireGuard: the reply's receiver index must echo the initiator's sender index.
+        (Some(Message::WgPaddedInitiation), Message::WgPaddedResponse | Message::WgResponse) => {
+            !same_direction && det.peer_token == pending.token
+        }
+        // WireGuard seen only from its data packets: enough consistent packets on the flow.
+        (Some(Message::WgData), Message::WgData) => {
+            pending.packets + 1 >= WG_DATA_CONFIRM_PACKETS
+        }
+        // OpenVPN: the server answers the client's reset...
+        (Some(Message::OvpnClientReset), Message::OvpnServerReset) => {
+            !same_direction && (det.peer_token == [0; 8] || det.peer_token == pending.token)
+        }
+        // ...or the client continues its control channel under the same session id.
+        (Some(Message::OvpnClientReset), Message::OvpnControl) => {
+            same_direction && det.token == pending.token
+        }
+        _ => false,
+    };
+    if yes {
+        Confirmation::Confirmed
+    } else {
+        Confirmation::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests;

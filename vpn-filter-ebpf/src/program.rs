@@ -1,0 +1,649 @@
+use core::{ffi::c_void, mem::size_of, ptr};
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    macros::{map, xdp},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, LruHashMap, PerCpuArray, RingBuf,
+    },
+    programs::XdpContext,
+};
+use vpn_filter_common::{
+    counter_index, verdict_counter_index, AllowValue, Config, Counter, Event, FlowKey, FlowState,
+    FlowStatus, PolicyMode, Protocol, RateState, Reason, Verdict, DEFAULT_ALLOWED_FLOW_TIMEOUT_NS,
+    DEFAULT_ALLOW_V4_ENTRIES, DEFAULT_ALLOW_V6_ENTRIES, DEFAULT_BLOCKED_FLOW_TIMEOUT_NS,
+    DEFAULT_EVENTS_PER_SOURCE_PER_SEC, DEFAULT_EVENT_LIMIT_ENTRIES, DEFAULT_EVENT_RING_BYTES,
+    DEFAULT_FLOW_ENTRIES, DEFAULT_PENDING_FLOW_TIMEOUT_NS, FAMILY_V4, FAMILY_V6, STATS_LEN,
+};
+use vpn_filter_ebpf::classify::{
+    classify_gre, classify_ip_proto, classify_tcp, classify_udp, confirms, tcp_prefilter,
+    udp_prefilter, Confirmation, Detection, Prefilter, Strength, WINDOW,
+};
+
+#[map(name = "ALLOW_V4")]
+static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> =
+    LpmTrie::with_max_entries(DEFAULT_ALLOW_V4_ENTRIES, 0);
+
+#[map(name = "ALLOW_V6")]
+static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> =
+    LpmTrie::with_max_entries(DEFAULT_ALLOW_V6_ENTRIES, 0);
+
+/// Per-protocol [`PolicyMode`], indexed by [`Protocol`].
+#[map(name = "POLICY")]
+static POLICY: Array<u8> = Array::with_max_entries(Protocol::COUNT as u32, 0);
+
+#[map(name = "CONFIG")]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "FLOWS")]
+static FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+
+/// Per protocol: the latest expiry of any flow entry of that protocol. Follow-up-only packets
+/// (OpenVPN data, L2TP acks) look up the flow map only while this is in the future, so
+/// ordinary traffic that happens to share their first byte pays an array read, not a hash.
+#[map(name = "FLOW_GATE")]
+static FLOW_GATE: Array<u64> = Array::with_max_entries(Protocol::COUNT as u32, 0);
+
+#[map(name = "STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_RING_BYTES, 0);
+
+#[map(name = "EVENT_LIMIT")]
+static EVENT_LIMIT: LruHashMap<[u8; 16], RateState> =
+    LruHashMap::with_max_entries(DEFAULT_EVENT_LIMIT_ENTRIES, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_GRE: u8 = 47;
+const IPPROTO_ESP: u8 = 50;
+const IPPROTO_AH: u8 = 51;
+/// IPv6 extension headers followed before giving up (counted as `ext_header_limit`).
+const MAX_EXT_HEADERS: usize = 6;
+/// L4 headers further in than this are not parsed (counted as `ext_header_limit`); keeps
+/// every packet offset bounded for the verifier.
+const MAX_L4_OFFSET: usize = 512;
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Everything the decision needs from the headers.
+struct Packet {
+    src: [u8; 16],
+    dst: [u8; 16],
+    family: u8,
+    ip_proto: u8,
+    sport: u16,
+    dport: u16,
+    vlan: u16,
+    /// Offset of the L4 payload (UDP/TCP) or of the L4 header (GRE/ESP/AH) in the frame.
+    payload_off: usize,
+    /// L4 payload length according to the headers (checked against the frame).
+    payload_len: usize,
+}
+
+#[xdp]
+pub fn vpn_filter(ctx: XdpContext) -> u32 {
+    count(counter_index(Counter::Packets));
+    match try_vpn_filter(&ctx) {
+        Ok(action) => action,
+        Err(outcome) => {
+            count(counter_index(outcome));
+            XDP_PASS
+        }
+    }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Bounds-checked pointer to `N` bytes at `offset`.
+///
+/// # Safety
+/// The returned pointer is valid for reads of `N` bytes for the duration of the program run;
+/// the check against `data_end` is the one the verifier requires before any packet access.
+#[inline(always)]
+unsafe fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Counter> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + N > end {
+        return Err(Counter::Truncated);
+    }
+    Ok(unsafe { ptr::read_unaligned((start + offset) as *const [u8; N]) })
+}
+
+#[inline(always)]
+fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Counter> {
+    // SAFETY: bytes_at bounds-checks against data_end.
+    unsafe { bytes_at::<N>(ctx, offset) }
+}
+
+#[inline(always)]
+fn try_vpn_filter(ctx: &XdpContext) -> Result<u32, Counter> {
+    let pkt = parse(ctx)?;
+    let det = match detect(ctx, &pkt)? {
+        Some(d) => d,
+        None => return Ok(XDP_PASS),
+    };
+    Ok(decide(ctx, &pkt, &det))
+}
+
+#[inline(always)]
+fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
+    let eth: [u8; ETH_HLEN] = read(ctx, 0)?;
+    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut l3 = ETH_HLEN;
+    let mut vlan = 0u16;
+    // 802.1ad outer tag and/or 802.1Q tags: at most two.
+    let mut tags = 0;
+    while tags < 2 && (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD) {
+        let tag: [u8; 4] = read(ctx, l3)?;
+        if tags == 0 {
+            vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
+        }
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        l3 += 4;
+        tags += 1;
+    }
+    let mut pkt = Packet {
+        src: [0; 16],
+        dst: [0; 16],
+        family: 0,
+        ip_proto: 0,
+        sport: 0,
+        dport: 0,
+        vlan,
+        payload_off: 0,
+        payload_len: 0,
+    };
+    let frame_len = ctx.data_end() - ctx.data();
+    let (l4, l4_len) = match ethertype {
+        ETH_P_IP => {
+            count(counter_index(Counter::Ipv4));
+            let ip: [u8; 20] = read(ctx, l3)?;
+            let ihl = ((ip[0] & 0x0f) as usize) * 4;
+            if ip[0] >> 4 != 4 || ihl < 20 {
+                return Err(Counter::Malformed);
+            }
+            let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+            if total < ihl || l3 + total > frame_len {
+                return Err(Counter::Malformed);
+            }
+            // Only the first fragment carries the L4 header; later fragments pass (README).
+            if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+                return Err(Counter::Fragment);
+            }
+            pkt.family = FAMILY_V4;
+            pkt.ip_proto = ip[9];
+            pkt.src[..4].copy_from_slice(&ip[12..16]);
+            pkt.dst[..4].copy_from_slice(&ip[16..20]);
+            (l3 + ihl, total - ihl)
+        }
+        ETH_P_IPV6 => {
+            count(counter_index(Counter::Ipv6));
+            let ip: [u8; 40] = read(ctx, l3)?;
+            if ip[0] >> 4 != 6 {
+                return Err(Counter::Malformed);
+            }
+            let payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+            if l3 + 40 + payload > frame_len {
+                return Err(Counter::Malformed);
+            }
+            pkt.family = FAMILY_V6;
+            pkt.src.copy_from_slice(&ip[8..24]);
+            pkt.dst.copy_from_slice(&ip[24..40]);
+            let (next, off) = ipv6_ext_headers(ctx, ip[6], l3 + 40)?;
+            pkt.ip_proto = next;
+            let used = off - (l3 + 40);
+            if used > payload {
+                return Err(Counter::Malformed);
+            }
+            (off, payload - used)
+        }
+        _ => return Err(Counter::NonIp),
+    };
+    if l4 > MAX_L4_OFFSET {
+        return Err(Counter::ExtHeaderLimit);
+    }
+    match pkt.ip_proto {
+        IPPROTO_UDP => {
+            let udp: [u8; 8] = read(ctx, l4)?;
+            let ulen = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+            if ulen < 8 || ulen > l4_len {
+                return Err(Counter::Malformed);
+            }
+            pkt.sport = u16::from_be_bytes([udp[0], udp[1]]);
+            pkt.dport = u16::from_be_bytes([udp[2], udp[3]]);
+            pkt.payload_off = l4 + 8;
+            pkt.payload_len = ulen - 8;
+        }
+        IPPROTO_TCP => {
+            let tcp: [u8; 20] = read(ctx, l4)?;
+            let doff = ((tcp[12] >> 4) as usize) * 4;
+            if doff < 20 || doff > l4_len {
+                return Err(Counter::Malformed);
+            }
+            pkt.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+            pkt.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+            pkt.payload_off = l4 + doff;
+            pkt.payload_len = l4_len - doff;
+        }
+        _ => {
+            pkt.payload_off = l4;
+            pkt.payload_len = l4_len;
+        }
+    }
+    Ok(pkt)
+}
+
+/// Follows IPv6 extension headers; returns the upper-layer protocol and its offset.
+#[inline(always)]
+fn ipv6_ext_headers(ctx: &XdpContext, first: u8, start: usize) -> Result<(u8, usize), Counter> {
+    let mut next = first;
+    let mut off = start;
+    let mut i = 0;
+    while i < MAX_EXT_HEADERS {
+        match next {
+            // Hop-by-hop, routing, destination options: length in 8-octet units, not counting
+            // the first 8.
+            0 | 43 | 60 => {
+                let h: [u8; 2] = read(ctx, off)?;
+                next = h[0];
+                off += (h[1] as usize + 1) * 8;
+            }
+            // Fragment header: later fragments carry no L4 header.
+            44 => {
+                let h: [u8; 4] = read(ctx, off)?;
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                    return Err(Counter::Fragment);
+                }
+                next = h[0];
+                off += 8;
+            }
+            _ => return Ok((next, off)),
+        }
+        if off > MAX_L4_OFFSET {
+            return Err(Counter::ExtHeaderLimit);
+        }
+        i += 1;
+    }
+    match next {
+        0 | 43 | 60 | 44 => Err(Counter::ExtHeaderLimit),
+        _ => Ok((next, off)),
+    }
+}
+
+/// Header checks first; the payload window is copied only for candidates.
+#[inline(always)]
+fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>, Counter> {
+    match pkt.ip_proto {
+        IPPROTO_UDP | IPPROTO_TCP => {}
+        IPPROTO_GRE => {
+            let head: [u8; 4] = read(ctx, pkt.payload_off)?;
+            return Ok(classify_gre(head));
+        }
+        IPPROTO_ESP | IPPROTO_AH => return Ok(classify_ip_proto(pkt.ip_proto)),
+        _ => return Ok(None),
+    }
+    let len = pkt.payload_len;
+    // Every VPN message recognised is at least four bytes long.
+    if len < 4 {
+        return Ok(None);
+    }
+    let head: [u8; 4] = read(ctx, pkt.payload_off)?;
+    let pre = if pkt.ip_proto == IPPROTO_UDP {
+        udp_prefilter(pkt.sport, pkt.dport, len, head)
+    } else {
+        tcp_prefilter(len, head)
+    };
+    match pre {
+        Prefilter::No => Ok(None),
+        Prefilter::FollowUp(protocol, message) => {
+            // Meaningful only while this protocol has live flows.
+            let gate = FLOW_GATE.get(protocol as u32).copied().unwrap_or(0);
+            // SAFETY: helper without arguments.
+            if gate == 0 || unsafe { bpf_ktime_get_ns() } > gate {
+                return Ok(None);
+            }
+            let mut token = [0u8; 8];
+            if len >= 9 {
+                let h: [u8; 9] = read(ctx, pkt.payload_off)?;
+                token.copy_from_slice(&h[1..9]);
+            }
+            Ok(Some(Detection {
+                protocol,
+                message,
+                strength: Strength::FollowUp,
+                token,
+                peer_token: [0; 8],
+            }))
+        }
+        Prefilter::Inspect => {
+            count(counter_index(Counter::Candidates));
+            let mut w = [0u8; WINDOW];
+            let n = if len < WINDOW { len } else { WINDOW };
+            if n == 0 || n > WINDOW {
+                return Ok(None);
+            }
+            // SAFETY: `w` has WINDOW >= n bytes; the helper bounds-checks the packet side.
+            let rc = unsafe {
+                bpf_xdp_load_bytes(
+                    ctx.ctx as *mut _,
+                    pkt.payload_off as u32,
+                    w.as_mut_ptr() as *mut c_void,
+                    n as u32,
+                )
+            };
+            if rc != 0 {
+                return Err(Counter::Truncated);
+            }
+            Ok(if pkt.ip_proto == IPPROTO_UDP {
+                classify_udp(pkt.sport, pkt.dport, len, &w)
+            } else {
+                classify_tcp(len, &w)
+            })
+        }
+    }
+}
+
+#[inline(always)]
+fn config() -> Config {
+    let mut c = CONFIG.get(0).copied().unwrap_or_default();
+    if c.blocked_flow_timeout_ns == 0 {
+        c.blocked_flow_timeout_ns = DEFAULT_BLOCKED_FLOW_TIMEOUT_NS;
+    }
+    if c.allowed_flow_timeout_ns == 0 {
+        c.allowed_flow_timeout_ns = DEFAULT_ALLOWED_FLOW_TIMEOUT_NS;
+    }
+    if c.pending_flow_timeout_ns == 0 {
+        c.pending_flow_timeout_ns = DEFAULT_PENDING_FLOW_TIMEOUT_NS;
+    }
+    if c.events_per_source_per_sec == 0 {
+        c.events_per_source_per_sec = DEFAULT_EVENTS_PER_SOURCE_PER_SEC;
+    }
+    c
+}
+
+/// Canonical flow key: the lower (address, port) endpoint first. Returns the key and whether
+/// the packet's source is the `lo` endpoint.
+#[inline(always)]
+fn flow_key(pkt: &Packet) -> (FlowKey, bool) {
+    let s_hi = u64::from_be_bytes([
+        pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3], pkt.src[4], pkt.src[5], pkt.src[6], pkt.src[7],
+    ]);
+    let s_lo = u64::from_be_bytes([
+        pkt.src[8], pkt.src[9], pkt.src[10], pkt.src[11], pkt.src[12], pkt.src[13], pkt.src[14],
+        pkt.src[15],
+    ]);
+    let d_hi = u64::from_be_bytes([
+        pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3], pkt.dst[4], pkt.dst[5], pkt.dst[6], pkt.dst[7],
+    ]);
+    let d_lo = u64::from_be_bytes([
+        pkt.dst[8], pkt.dst[9], pkt.dst[10], pkt.dst[11], pkt.dst[12], pkt.dst[13], pkt.dst[14],
+        pkt.dst[15],
+    ]);
+    let src_first = (s_hi, s_lo, pkt.sport) <= (d_hi, d_lo, pkt.dport);
+    let (a, ap, b, bp) = if src_first {
+        (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+    } else {
+        (pkt.dst, pkt.dport, pkt.src, pkt.sport)
+    };
+    (
+        FlowKey {
+            lo_addr: a,
+            hi_addr: b,
+            lo_port: ap.to_be_bytes(),
+            hi_port: bp.to_be_bytes(),
+            ip_proto: pkt.ip_proto,
+            family: pkt.family,
+            _pad: [0; 2],
+        },
+        src_first,
+    )
+}
+
+/// Is either endpoint in the allowlist?
+#[inline(always)]
+fn allowlisted(pkt: &Packet) -> bool {
+    count(counter_index(Counter::AllowlistLookups));
+    address_allowed(pkt.family, &pkt.src) || address_allowed(pkt.family, &pkt.dst)
+}
+
+#[inline(always)]
+fn address_allowed(family: u8, addr: &[u8; 16]) -> bool {
+    if family == FAMILY_V4 {
+        return ALLOW_V4
+            .get(Key::new(32, [addr[0], addr[1], addr[2], addr[3]]))
+            .is_some();
+    }
+    // IPv4-mapped IPv6 (::ffff:a.b.c.d) is the IPv4 host a.b.c.d: judged by the IPv4 trie,
+    // so a registration of 203.0.113.7 also covers a dual-stack socket's mapped form.
+    let mapped = addr[0] | addr[1] | addr[2] | addr[3] | addr[4] | addr[5] | addr[6] | addr[7] == 0
+        && addr[8] | addr[9] == 0
+        && addr[10] == 0xff
+        && addr[11] == 0xff;
+    if mapped {
+        return ALLOW_V4
+            .get(Key::new(32, [addr[12], addr[13], addr[14], addr[15]]))
+            .is_some();
+    }
+    ALLOW_V6.get(Key::new(128, *addr)).is_some()
+}
+
+#[inline(always)]
+fn policy(protocol: Protocol) -> u8 {
+    POLICY.get(protocol as u32).copied().unwrap_or(PolicyMode::Off as u8)
+}
+
+#[inline(always)]
+fn open_gate(protocol: Protocol, expires: u64) {
+    if let Some(slot) = FLOW_GATE.get_ptr_mut(protocol as u32) {
+        // SAFETY: an array slot; racing writers only ever move it to a recent expiry.
+        unsafe {
+            if *slot < expires {
+                *slot = expires;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn store_flow(key: &FlowKey, state: &FlowState, protocol: Protocol) {
+    if FLOWS.insert(key, state, 0).is_ok() {
+        count(counter_index(Counter::FlowInsert));
+        open_gate(protocol, state.expires_ns);
+    } else {
+        count(counter_index(Counter::FlowInsertFailed));
+    }
+}
+
+#[inline(always)]
+fn decide(ctx: &XdpContext, pkt: &Packet, det: &Detection) -> u32 {
+    let protocol = det.protocol;
+    let mode = policy(protocol);
+    if mode == PolicyMode::Off as u8 {
+        count(verdict_counter_index(protocol, Verdict::Ignored));
+        return XDP_PASS;
+    }
+    let cfg = config();
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (key, src_is_lo) = flow_key(pkt);
+
+    let mut reason = Reason::Signature;
+    if let Some(state) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a pointer into the LRU map's value, valid for this program run.
+        let state = unsafe { &mut *state };
+        if state.expires_ns > now {
+            count(counter_index(Counter::FlowHit));
+            let flow_proto = Protocol::from_u8(state.protocol).unwrap_or(protocol);
+            match FlowStatus::from_u8(state.status) {
+                Some(FlowStatus::Allowed) => {
+                    state.expires_ns = now + cfg.allowed_flow_timeout_ns;
+                    count(verdict_counter_index(flow_proto, Verdict::Allowed));
+                    return XDP_PASS;
+                }
+                Some(FlowStatus::Blocked) | Some(FlowStatus::Monitored) => {
+                    state.expires_ns = now + cfg.blocked_flow_timeout_ns;
+                    open_gate(flow_proto, state.expires_ns);
+                    return unregistered(ctx, pkt, det, flow_proto, Reason::FlowFollowUp, now, &cfg);
+                }
+                Some(FlowStatus::Pending) => {
+                    let same_direction = (state.from_lo == 1) == src_is_lo;
+                    match confirms(state, det, same_direction) {
+                        Confirmation::Confirmed => reason = Reason::Confirmed,
+                        Confirmation::Pending => {
+                            if det.strength != Strength::Strong {
+                                state.packets += 1;
+                                count(verdict_counter_index(protocol, Verdict::Pending));
+                                return XDP_PASS;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    if det.strength == Strength::FollowUp && reason != Reason::Confirmed {
+        // Continues a flow we do not know (or that expired): ordinary traffic for us.
+        return XDP_PASS;
+    }
+
+    let mut state = FlowState {
+        expires_ns: 0,
+        token: det.token,
+        packets: 1,
+        status: FlowStatus::Allowed as u8,
+        protocol: protocol as u8,
+        message: det.message as u8,
+        from_lo: src_is_lo as u8,
+    };
+    if allowlisted(pkt) {
+        state.expires_ns = now + cfg.allowed_flow_timeout_ns;
+        store_flow(&key, &state, protocol);
+        count(verdict_counter_index(protocol, Verdict::Allowed));
+        return XDP_PASS;
+    }
+    if det.strength == Strength::Weak && reason != Reason::Confirmed {
+        state.status = FlowStatus::Pending as u8;
+        state.expires_ns = now + cfg.pending_flow_timeout_ns;
+        store_flow(&key, &state, protocol);
+        count(verdict_counter_index(protocol, Verdict::Pending));
+        return XDP_PASS;
+    }
+    state.status = if mode == PolicyMode::Enforce as u8 {
+        FlowStatus::Blocked as u8
+    } else {
+        FlowStatus::Monitored as u8
+    };
+    state.expires_ns = now + cfg.blocked_flow_timeout_ns;
+    store_flow(&key, &state, protocol);
+    unregistered(ctx, pkt, det, protocol, reason, now, &cfg)
+}
+
+/// Verdict for a packet of an unregistered VPN flow under the current policy.
+#[inline(always)]
+fn unregistered(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    det: &Detection,
+    protocol: Protocol,
+    reason: Reason,
+    now: u64,
+    cfg: &Config,
+) -> u32 {
+    // The policy may have changed since the flow was judged: the current one decides.
+    let mode = policy(protocol);
+    let (verdict, action) = if mode == PolicyMode::Enforce as u8 {
+        (Verdict::Dropped, XDP_DROP)
+    } else if mode == PolicyMode::Monitor as u8 {
+        (Verdict::Monitored, XDP_PASS)
+    } else {
+        count(verdict_counter_index(protocol, Verdict::Ignored));
+        return XDP_PASS;
+    };
+    count(verdict_counter_index(protocol, verdict));
+    emit(ctx, pkt, det, protocol, verdict, reason, now, cfg);
+    action
+}
+
+/// Reports a verdict through the ring buffer, at most `events_per_source_per_sec` per source.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    det: &Detection,
+    protocol: Protocol,
+    verdict: Verdict,
+    reason: Reason,
+    now: u64,
+    cfg: &Config,
+) {
+    let suppressed = match EVENT_LIMIT.get_ptr_mut(&pkt.src) {
+        Some(rate) => {
+            // SAFETY: a pointer into the LRU map's value, valid for this program run.
+            let rate = unsafe { &mut *rate };
+            if now.wrapping_sub(rate.window_start_ns) >= NS_PER_SEC {
+                rate.window_start_ns = now;
+                rate.emitted = 0;
+            }
+            if rate.emitted >= cfg.events_per_source_per_sec {
+                rate.suppressed += 1;
+                count(counter_index(Counter::EventsSuppressed));
+                return;
+            }
+            rate.emitted += 1;
+            let s = rate.suppressed;
+            rate.suppressed = 0;
+            s
+        }
+        None => {
+            let fresh = RateState { window_start_ns: now, emitted: 1, suppressed: 0 };
+            if EVENT_LIMIT.insert(&pkt.src, &fresh, 0).is_err() {
+                count(counter_index(Counter::InternalError));
+            }
+            0
+        }
+    };
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(Event {
+                ts_ns: now,
+                ifindex: ctx.ingress_ifindex() as u32,
+                pkt_len: (ctx.data_end() - ctx.data()) as u32,
+                src: pkt.src,
+                dst: pkt.dst,
+                sport: pkt.sport.to_be_bytes(),
+                dport: pkt.dport.to_be_bytes(),
+                suppressed,
+                family: pkt.family,
+                ip_proto: pkt.ip_proto,
+                protocol: protocol as u8,
+                message: det.message as u8,
+                verdict: verdict as u8,
+                reason: reason as u8,
+                vlan: pkt.vlan.to_be_bytes(),
+            });
+            entry.submit(0);
+            count(counter_index(Counter::EventsEmitted));
+        }
+        None => count(counter_index(Counter::EventsLost)),
+    }
+}
+
+const _: () = assert!(size_of::<Event>() % 8 == 0);

@@ -1,0 +1,8 @@
+//! vpn-filter controller library: loading the XDP program, the registry feed, the allowlist
+//! sync and the event stream. The `vpn-filter` binary is a thin CLI over it; the integration
+//! tests drive it directly.
+
+pub mod events;
+pub mod filter;
+pub mod registry;
+pub mod run;
