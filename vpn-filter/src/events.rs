@@ -19,8 +19,11 @@ use vpn_filter_common::{Event, Message, Protocol, Reason, Verdict, FAMILY_V4};
 pub struct EventRecord {
     /// Wall-clock time of the verdict, RFC 3339 with nanoseconds (UTC).
     pub time: String,
-    /// Ingress interface name (or index when it has no name any more).
+    /// Ingress interface name, resolved in the controller's network namespace (the index as
+    /// text when it has no name there).
     pub iface: String,
+    /// Ingress interface index.
+    pub ifindex: u32,
     pub protocol: String,
     pub message: String,
     pub verdict: String,
@@ -97,6 +100,7 @@ impl EventRecord {
         EventRecord {
             time,
             iface: iface_name(ev.ifindex),
+            ifindex: ev.ifindex,
             protocol: Protocol::from_u8(ev.protocol).map_or("unknown", |p| p.name()).to_string(),
             message: Message::from_u8(ev.message).map_or("unknown", |m| m.name()).to_string(),
             verdict: Verdict::from_u8(ev.verdict).map_or("unknown", |v| v.name()).to_string(),

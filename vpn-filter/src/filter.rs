@@ -170,6 +170,22 @@ impl Filter {
         prog.info().ok().map(|i| i.id())
     }
 
+    /// Runs one frame through the loaded program with BPF_PROG_TEST_RUN (no interface
+    /// needed); returns the XDP action. Flow state and counters change as they would live.
+    pub fn run_frame(&self, frame: &[u8]) -> Result<u32> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let prog: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .expect("checked at load")
+            .try_into()
+            .expect("checked at load");
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+        Ok(r.return_value)
+    }
+
     /// Attaches to `iface`; returns the mode actually used.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode> {
         let prog = self.program_mut();

@@ -1,1 +1,281 @@
-fn main(){}
+//! `cargo xtask`: the project's build, run, test, demo and bench entry points.
+//!
+//! Everything that needs the eBPF toolchain first runs [`bootstrap`], which makes sure the
+//! nightly toolchain has `rust-src` and that `bpf-linker` is built against the nightly
+//! toolchain's own libLLVM in `target/tools` (nothing but crates is downloaded).
+//!
+//! xtask deliberately does not depend on the vpn-filter crates: their build needs the
+//! toolchain this program installs.
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "vpn-filter build, run, test, demo and bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain pieces (rust-src, bpf-linker) if missing.
+    Bootstrap,
+    /// Build the XDP object and the controller.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run the controller (as root) with the given arguments,
+    /// e.g. `cargo xtask run -- run --iface eth0 --registry feed.json`.
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Everything CI checks: rustfmt, clippy (userspace and the eBPF crate for the BPF
+    /// target), unit tests, and the privileged integration tests (root required).
+    Test {
+        /// Extra arguments for the integration test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// A throwaway network-namespace lab: a registered and an unregistered client send real
+    /// VPN handshakes through a gateway running vpn-filter. Ctrl-C tears it down.
+    Demo {
+        /// Seconds to keep the lab up after the handshakes (0: until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        linger: u64,
+    },
+    /// Benchmarks (results go to BENCHMARKS.md).
+    Bench {
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Bootstrap => bootstrap().map(|_| ()),
+        Cmd::Build { release } => build(release),
+        Cmd::Run { release, args } => run(release, &args),
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo { linger } => demo(linger),
+        Cmd::Bench { args } => bench(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn tools_dir() -> PathBuf {
+    env::var_os("VPN_FILTER_TOOLS_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target/tools"))
+}
+
+/// Runs a command, failing with its description if it does not succeed.
+fn sh(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: $ {}", describe(cmd));
+    let status = cmd.status().with_context(|| format!("cannot start {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("cannot start {}", describe(cmd)))?;
+    if !out.status.success() {
+        bail!("{} failed: {}", describe(cmd), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A command with the outer cargo's toolchain selection removed, so `rustup run nightly` or
+/// `cargo +nightly` mean what they say.
+fn clean(mut cmd: Command) -> Command {
+    cmd.env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTC").env_remove("CARGO").env_remove("RUSTC_WRAPPER");
+    cmd
+}
+
+/// Makes sure the eBPF toolchain is present; returns the directory holding bpf-linker.
+fn bootstrap() -> Result<PathBuf> {
+    // 1. The nightly toolchain and its rust-src (for -Z build-std=core).
+    let sysroot = output(clean(Command::new("rustc")).args(["+nightly", "--print", "sysroot"]))
+        .context("the nightly toolchain is required for the eBPF crate (rustup toolchain install nightly)")?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    let installed =
+        output(clean(Command::new("rustup")).args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    if !installed.lines().any(|l| l.trim().starts_with("rust-src")) {
+        sh(clean(Command::new("rustup")).args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+
+    // 2. bpf-linker, built against the nightly toolchain's own libLLVM.
+    let tools = tools_dir();
+    let bin = tools.join("bin");
+    let linker = bin.join("bpf-linker");
+    if linker.is_file() {
+        let ok = Command::new(&linker).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+        if ok {
+            return Ok(bin);
+        }
+        eprintln!("xtask: {} exists but does not run (nightly toolchain updated?); rebuilding", linker.display());
+    }
+    let vv = output(clean(Command::new("rustc")).args(["+nightly", "-vV"]))?;
+    let major = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .ok_or_else(|| anyhow!("cannot read the LLVM version from `rustc +nightly -vV`:\n{vv}"))?
+        .trim()
+        .to_string();
+    let libdir = sysroot.join("lib");
+    let lib = std::fs::read_dir(&libdir)
+        .with_context(|| format!("reading {}", libdir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
+        .ok_or_else(|| {
+            anyhow!(
+                "no libLLVM.so.* in {}: this nightly toolchain does not ship its LLVM as a shared library, so bpf-linker cannot be built against it",
+                libdir.display()
+            )
+        })?;
+    let prefix = tools.join("llvm-prefix");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    // -lLLVM looks for libLLVM.so; the loader looks for the SONAME (via the binary's rpath).
+    for name in [OsString::from("libLLVM.so"), lib.file_name().expect("has a name").to_owned()] {
+        let link = prefix_lib.join(&name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link).with_context(|| format!("symlinking {}", link.display()))?;
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (LLVM {major}); about a minute", lib.display());
+    let mut cmd = clean(Command::new("cargo"));
+    cmd.args(["+stable", "install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .arg("--root")
+        .arg(&tools)
+        .env("LLVM_PREFIX", &prefix);
+    sh(&mut cmd)?;
+    let out = Command::new(&linker).arg("--version").output().with_context(|| format!("running {}", linker.display()))?;
+    if !out.status.success() {
+        bail!("the freshly built {} does not run: {}", linker.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(bin)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Cargo of the nightly toolchain (for rustfmt's unstable options and the BPF target).
+fn cargo_nightly() -> Command {
+    let mut cmd = clean(Command::new("rustup"));
+    cmd.args(["run", "nightly", "cargo"]).current_dir(root());
+    cmd
+}
+
+fn build(release: bool) -> Result<()> {
+    bootstrap()?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "vpn-filter", "--package", "vpn-filter-tests", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    sh(&mut cmd)
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("{what} needs root (loading XDP programs and creating network namespaces); run it with sudo");
+    }
+    Ok(())
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn run(release: bool, args: &[OsString]) -> Result<()> {
+    build(release)?;
+    require_root("cargo xtask run")?;
+    let bin = root().join(if release { "target/release/vpn-filter" } else { "target/debug/vpn-filter" });
+    sh(Command::new(bin).args(args))
+}
+
+fn test(extra: &[OsString]) -> Result<()> {
+    let tools_bin = bootstrap()?;
+    require_root("cargo xtask test")?;
+    // Formatting: the unstable rustfmt options (import grouping) need nightly rustfmt.
+    sh(cargo_nightly().args(["fmt", "--all", "--check"]))?;
+    // Clippy on the userspace crates and the host build of the eBPF crate...
+    sh(cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))?;
+    // ...and on the eBPF crate as the kernel sees it.
+    let path = env::join_paths(
+        std::iter::once(tools_bin).chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
+    )?;
+    sh(cargo_nightly()
+        .args(["clippy", "--package", "vpn-filter-ebpf", "--locked"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release"])
+        .arg("--target-dir")
+        .arg(root().join("target/ebpf"))
+        .args(["--", "-D", "warnings"])
+        .env("PATH", &path))?;
+    // The integration tests start the controller binary.
+    sh(cargo().args(["build", "--package", "vpn-filter", "--bins", "--locked"]))?;
+    // Unit tests (host) and the privileged integration tests, serially: they share kernel
+    // state (namespaces, XDP attachments).
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--locked", "--", "--test-threads=1"]).args(extra);
+    sh(&mut cmd)
+}
+
+fn demo(linger: u64) -> Result<()> {
+    build(false)?;
+    require_root("cargo xtask demo")?;
+    let mut cmd = Command::new(root().join("target/debug/vpn-filter-demo"));
+    cmd.arg("--controller").arg(root().join("target/debug/vpn-filter"));
+    cmd.arg("--linger").arg(linger.to_string());
+    sh(&mut cmd)
+}
+
+fn bench(args: &[OsString]) -> Result<()> {
+    bootstrap()?;
+    require_root("cargo xtask bench")?;
+    sh(cargo().args(["build", "--release", "--package", "vpn-filter-tests", "--bins"]))?;
+    let mut cmd = Command::new(root().join("target/release/vpn-filter-bench"));
+    cmd.arg("--out").arg(root().join("BENCHMARKS.md")).args(args);
+    sh(&mut cmd)
+}
