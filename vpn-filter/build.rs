@@ -25,7 +25,10 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
-    let root = manifest_dir.parent().ok_or("vpn-filter has no parent directory")?.to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .ok_or("vpn-filter has no parent directory")?
+        .to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
     for rel in [
         "vpn-filter-ebpf/src",
@@ -62,14 +65,23 @@ fn run() -> Result<(), String> {
         .arg(&target_dir);
     for (k, _) in env::vars_os() {
         let k = k.to_string_lossy();
-        if k.starts_with("CARGO") || k.starts_with("RUSTC") || k == "RUSTFLAGS" || k == "RUSTUP_TOOLCHAIN" || k == "RUSTDOC" {
+        if k.starts_with("CARGO")
+            || k.starts_with("RUSTC")
+            || k == "RUSTFLAGS"
+            || k == "RUSTUP_TOOLCHAIN"
+            || k == "RUSTDOC"
+        {
             cmd.env_remove(k.as_ref());
         }
     }
     cmd.env("PATH", &path);
-    let status = cmd.status().map_err(|e| format!("cannot run rustup: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run rustup: {e}"))?;
     if !status.success() {
-        return Err(format!("nightly cargo build of vpn-filter-ebpf failed ({status}); see the output above"));
+        return Err(format!(
+            "nightly cargo build of vpn-filter-ebpf failed ({status}); see the output above"
+        ));
     }
     let obj = target_dir.join("bpfel-unknown-none/release/vpn-filter");
     std::fs::copy(&obj, out_dir.join("vpn-filter.bpf.o"))

@@ -35,29 +35,57 @@ impl FilterLab {
         let filter = NetNs::new("f");
         let (client_if, filter_if) = ("vc".to_string(), "vf".to_string());
         veth(&client, &client_if, &filter, &filter_if);
-        for a in [format!("{REGISTERED_V4}/24"), format!("{UNREGISTERED_V4}/24")] {
+        for a in [
+            format!("{REGISTERED_V4}/24"),
+            format!("{UNREGISTERED_V4}/24"),
+        ] {
             client.ip(&["addr", "add", &a, "dev", &client_if]);
         }
-        for a in [format!("{REGISTERED_V6}/64"), format!("{UNREGISTERED_V6}/64")] {
+        for a in [
+            format!("{REGISTERED_V6}/64"),
+            format!("{UNREGISTERED_V6}/64"),
+        ] {
             client.ip(&["addr", "add", &a, "dev", &client_if, "nodad"]);
         }
         filter.ip(&["addr", "add", &format!("{FILTER_V4}/24"), "dev", &filter_if]);
-        filter.ip(&["addr", "add", &format!("{FILTER_V6}/64"), "dev", &filter_if, "nodad"]);
+        filter.ip(&[
+            "addr",
+            "add",
+            &format!("{FILTER_V6}/64"),
+            "dev",
+            &filter_if,
+            "nodad",
+        ]);
         let (cmac, fmac) = (client.mac(&client_if), filter.mac(&filter_if));
         for a in [FILTER_V4, FILTER_V6] {
             neigh(&client, &client_if, a, &fmac);
         }
-        for a in [REGISTERED_V4, UNREGISTERED_V4, REGISTERED_V6, UNREGISTERED_V6] {
+        for a in [
+            REGISTERED_V4,
+            UNREGISTERED_V4,
+            REGISTERED_V6,
+            UNREGISTERED_V6,
+        ] {
             neigh(&filter, &filter_if, a, &cmac);
         }
-        FilterLab { client, filter, client_if, filter_if }
+        FilterLab {
+            client,
+            filter,
+            client_if,
+            filter_if,
+        }
     }
 
     /// XDP mode as `ip link` reports it on the filter interface: "xdp", "xdpgeneric" or "".
     pub fn xdp_mode_shown(&self) -> String {
-        let out = self.filter.ip(&["-d", "link", "show", "dev", &self.filter_if]);
+        let out = self
+            .filter
+            .ip(&["-d", "link", "show", "dev", &self.filter_if]);
         for w in ["xdpgeneric", "xdpdrv", "xdpoffload", "xdp"] {
-            if out.split_whitespace().any(|t| t == w || t.starts_with(&format!("{w}/"))) {
+            if out
+                .split_whitespace()
+                .any(|t| t == w || t.starts_with(&format!("{w}/")))
+            {
                 return w.to_string();
             }
         }

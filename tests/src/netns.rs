@@ -26,7 +26,9 @@ pub fn unique(tag: &str) -> String {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}): {}{}",
@@ -80,7 +82,9 @@ impl NetNs {
 
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
-        run(self.command("sysctl").args(["-qw", &format!("{key}={value}")]));
+        run(self
+            .command("sysctl")
+            .args(["-qw", &format!("{key}={value}")]));
     }
 
     /// Runs `f` on a thread that has entered this namespace. Sockets created there stay in
@@ -113,16 +117,25 @@ impl NetNs {
     /// Interface index inside this namespace.
     pub fn ifindex(&self, iface: &str) -> u32 {
         let out = self.ip(&["-o", "link", "show", "dev", iface]);
-        out.split(':').next().and_then(|s| s.trim().parse().ok()).unwrap_or_else(|| panic!("no ifindex in {out}"))
+        out.split(':')
+            .next()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no ifindex in {out}"))
     }
 }
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let out = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
         if let Ok(o) = out {
             if !o.status.success() {
-                eprintln!("warning: ip netns del {}: {}", self.name, String::from_utf8_lossy(&o.stderr));
+                eprintln!(
+                    "warning: ip netns del {}: {}",
+                    self.name,
+                    String::from_utf8_lossy(&o.stderr)
+                );
             }
         }
     }
@@ -131,7 +144,18 @@ impl Drop for NetNs {
 /// Creates a veth pair with one end in each namespace, both up.
 pub fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) {
     run(Command::new("ip").args([
-        "link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns", b.name(),
+        "link",
+        "add",
+        a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
     ]));
     a.ip(&["link", "set", "dev", a_if, "up"]);
     b.ip(&["link", "set", "dev", b_if, "up"]);
@@ -139,7 +163,17 @@ pub fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) {
 
 /// Adds a permanent neighbour entry: in `ns` on `dev`, `addr` is at `mac`.
 pub fn neigh(ns: &NetNs, dev: &str, addr: &str, mac: &str) {
-    ns.ip(&["neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent"]);
+    ns.ip(&[
+        "neigh",
+        "replace",
+        addr,
+        "lladdr",
+        mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ]);
 }
 
 /// A bpffs directory for pins, removed with its contents on drop.
@@ -152,7 +186,11 @@ impl BpfFsDir {
     pub fn new(tag: &str) -> BpfFsDir {
         let base = Path::new("/sys/fs/bpf");
         let mounted = std::fs::read_to_string("/proc/mounts")
-            .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")))
+            .map(|m| {
+                m.lines().any(|l| {
+                    l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")
+                })
+            })
             .unwrap_or(false);
         if !mounted {
             run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]));
@@ -185,7 +223,9 @@ pub struct Process {
 impl Process {
     /// Spawns `cmd` with stdout and stderr captured line by line.
     pub fn spawn(mut cmd: Command) -> Process {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let (tx, rx) = mpsc::channel();
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -210,7 +250,13 @@ impl Process {
             });
         }
         let pid = child.id();
-        Process { child: Mutex::new(child), pid, lines, rx, stderr }
+        Process {
+            child: Mutex::new(child),
+            pid,
+            lines,
+            rx,
+            stderr,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -240,11 +286,17 @@ impl Process {
                 return;
             }
             if let Some(status) = self.exit_status() {
-                panic!("process exited ({status}) before printing {needle:?}; stderr:\n{}", self.stderr_lines().join("\n"));
+                panic!(
+                    "process exited ({status}) before printing {needle:?}; stderr:\n{}",
+                    self.stderr_lines().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("no stderr line containing {needle:?} within {timeout:?}; stderr:\n{}", self.stderr_lines().join("\n"));
+        panic!(
+            "no stderr line containing {needle:?} within {timeout:?}; stderr:\n{}",
+            self.stderr_lines().join("\n")
+        );
     }
 
     /// Exit status if the process has ended.
@@ -286,15 +338,18 @@ impl Drop for Process {
 pub fn udp_send(ns: &NetNs, src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
     ns.enter(|| {
         let s = UdpSocket::bind(src).unwrap_or_else(|e| panic!("bind {src} in {}: {e}", ns.name()));
-        s.send_to(payload, dst).unwrap_or_else(|e| panic!("send {src} -> {dst}: {e}"));
+        s.send_to(payload, dst)
+            .unwrap_or_else(|e| panic!("send {src} -> {dst}: {e}"));
     });
 }
 
 /// A UDP socket bound inside `ns`.
 pub fn udp_bind(ns: &NetNs, addr: SocketAddr) -> UdpSocket {
     ns.enter(|| {
-        let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name()));
-        s.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let s =
+            UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name()));
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
         s
     })
 }
@@ -323,7 +378,11 @@ impl RawSocket {
         let fd = ns.enter(|| {
             // SAFETY: plain socket(2); the fd is owned below.
             let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
             // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
             let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
             let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -337,7 +396,12 @@ impl RawSocket {
                     std::mem::size_of::<libc::sockaddr_ll>() as u32,
                 )
             };
-            assert_eq!(rc, 0, "bind AF_PACKET to {iface}: {}", std::io::Error::last_os_error());
+            assert_eq!(
+                rc,
+                0,
+                "bind AF_PACKET to {iface}: {}",
+                std::io::Error::last_os_error()
+            );
             fd
         });
         RawSocket { fd }
@@ -346,7 +410,19 @@ impl RawSocket {
     /// Sends a complete Ethernet frame.
     pub fn send(&self, frame: &[u8]) {
         // SAFETY: frame is a valid buffer of the given length.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr() as *const libc::c_void, frame.len(), 0) };
-        assert_eq!(n as usize, frame.len(), "raw send: {}", std::io::Error::last_os_error());
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+            )
+        };
+        assert_eq!(
+            n as usize,
+            frame.len(),
+            "raw send: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

@@ -14,7 +14,10 @@ use vpn_filter::{
 };
 use vpn_filter_common::{Config, Counter, Protocol, Verdict};
 use vpn_filter_tests::{
-    lab::{registry_json, sa, FilterLab, FILTER_V4, FILTER_V6, REGISTERED_V4, REGISTERED_V6, UNREGISTERED_V4, UNREGISTERED_V6},
+    lab::{
+        registry_json, sa, FilterLab, FILTER_V4, FILTER_V6, REGISTERED_V4, REGISTERED_V6,
+        UNREGISTERED_V4, UNREGISTERED_V6,
+    },
     netns::{udp_bind, udp_drain, udp_send},
     packet::wireguard_initiation,
 };
@@ -25,16 +28,25 @@ const WINDOW: Duration = Duration::from_millis(400);
 /// Loads the filter with the lab's registered client addresses in the allowlist.
 fn load_filter() -> Filter {
     let json = registry_json(1, &[("REG-1", &[REGISTERED_V4, REGISTERED_V6])]);
-    let (feed, _) = Feed::from_json(json.as_bytes(), "test", Default::default()).expect("valid feed");
-    let mut filter = Filter::load(LoadOptions::default(), &Policy::default(), &Config::default())
-        .expect("the program loads through the verifier");
-    filter.sync_allowlist(&feed.allowlist(time::OffsetDateTime::now_utc())).expect("sync");
+    let (feed, _) =
+        Feed::from_json(json.as_bytes(), "test", Default::default()).expect("valid feed");
+    let mut filter = Filter::load(
+        LoadOptions::default(),
+        &Policy::default(),
+        &Config::default(),
+    )
+    .expect("the program loads through the verifier");
+    filter
+        .sync_allowlist(&feed.allowlist(time::OffsetDateTime::now_utc()))
+        .expect("sync");
     filter
 }
 
 fn attach(lab: &FilterLab, filter: &mut Filter, mode: AttachMode) {
     let iface = lab.filter_if.clone();
-    lab.filter.enter(|| filter.attach(&iface, mode)).expect("attach");
+    lab.filter
+        .enter(|| filter.attach(&iface, mode))
+        .expect("attach");
 }
 
 fn next_event(ring: &mut RingBuf<MapData>, timeout: Duration) -> Option<EventRecord> {
@@ -72,41 +84,90 @@ fn wireguard_verdicts(mode: AttachMode, server: &str, registered: &str, unregist
     attach(&lab, &mut filter, mode);
     let sock = udp_bind(&lab.filter, sa(server, WG_PORT));
 
-    udp_send(&lab.client, sa(unregistered, 40000), sa(server, WG_PORT), &wireguard_initiation(7));
+    udp_send(
+        &lab.client,
+        sa(unregistered, 40000),
+        sa(server, WG_PORT),
+        &wireguard_initiation(7),
+    );
     let got = udp_drain(&sock, WINDOW);
-    assert!(got.is_empty(), "an unregistered WireGuard initiation must be dropped, got {got:?}");
+    assert!(
+        got.is_empty(),
+        "an unregistered WireGuard initiation must be dropped, got {got:?}"
+    );
     let stats = filter.stats().unwrap();
-    assert_eq!(stats.verdict(Protocol::WireGuard, Verdict::Dropped), 1, "{stats:?}");
+    assert_eq!(
+        stats.verdict(Protocol::WireGuard, Verdict::Dropped),
+        1,
+        "{stats:?}"
+    );
 
     let init = wireguard_initiation(8);
-    udp_send(&lab.client, sa(registered, 40001), sa(server, WG_PORT), &init);
+    udp_send(
+        &lab.client,
+        sa(registered, 40001),
+        sa(server, WG_PORT),
+        &init,
+    );
     let got = udp_drain(&sock, WINDOW);
-    assert_eq!(got.len(), 1, "a registered WireGuard initiation must arrive");
+    assert_eq!(
+        got.len(),
+        1,
+        "a registered WireGuard initiation must arrive"
+    );
     assert_eq!(got[0].0, sa(registered, 40001));
     assert_eq!(got[0].1, init);
     let stats = filter.stats().unwrap();
-    assert_eq!(stats.verdict(Protocol::WireGuard, Verdict::Allowed), 1, "{stats:?}");
-    assert_eq!(stats.verdict(Protocol::WireGuard, Verdict::Dropped), 1, "{stats:?}");
+    assert_eq!(
+        stats.verdict(Protocol::WireGuard, Verdict::Allowed),
+        1,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.verdict(Protocol::WireGuard, Verdict::Dropped),
+        1,
+        "{stats:?}"
+    );
 }
 
 #[test]
 fn unregistered_wireguard_initiation_is_dropped_registered_arrives_native_ipv4() {
-    wireguard_verdicts(AttachMode::Native, FILTER_V4, REGISTERED_V4, UNREGISTERED_V4);
+    wireguard_verdicts(
+        AttachMode::Native,
+        FILTER_V4,
+        REGISTERED_V4,
+        UNREGISTERED_V4,
+    );
 }
 
 #[test]
 fn unregistered_wireguard_initiation_is_dropped_registered_arrives_generic_ipv4() {
-    wireguard_verdicts(AttachMode::Generic, FILTER_V4, REGISTERED_V4, UNREGISTERED_V4);
+    wireguard_verdicts(
+        AttachMode::Generic,
+        FILTER_V4,
+        REGISTERED_V4,
+        UNREGISTERED_V4,
+    );
 }
 
 #[test]
 fn unregistered_wireguard_initiation_is_dropped_registered_arrives_native_ipv6() {
-    wireguard_verdicts(AttachMode::Native, FILTER_V6, REGISTERED_V6, UNREGISTERED_V6);
+    wireguard_verdicts(
+        AttachMode::Native,
+        FILTER_V6,
+        REGISTERED_V6,
+        UNREGISTERED_V6,
+    );
 }
 
 #[test]
 fn unregistered_wireguard_initiation_is_dropped_registered_arrives_generic_ipv6() {
-    wireguard_verdicts(AttachMode::Generic, FILTER_V6, REGISTERED_V6, UNREGISTERED_V6);
+    wireguard_verdicts(
+        AttachMode::Generic,
+        FILTER_V6,
+        REGISTERED_V6,
+        UNREGISTERED_V6,
+    );
 }
 
 #[test]
@@ -125,13 +186,26 @@ fn ordinary_udp_tcp_and_icmp_from_unregistered_addresses_arrive_untouched() {
             b"hello".to_vec(),
         ];
         for p in &payloads {
-            udp_send(&lab.client, sa(UNREGISTERED_V4, 41000), sa(FILTER_V4, 5353), p);
+            udp_send(
+                &lab.client,
+                sa(UNREGISTERED_V4, 41000),
+                sa(FILTER_V4, 5353),
+                p,
+            );
         }
-        let got: Vec<Vec<u8>> = udp_drain(&sock, WINDOW).into_iter().map(|(_, p)| p).collect();
-        assert_eq!(got, payloads, "{mode:?}: every ordinary UDP datagram arrives unchanged");
+        let got: Vec<Vec<u8>> = udp_drain(&sock, WINDOW)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(
+            got, payloads,
+            "{mode:?}: every ordinary UDP datagram arrives unchanged"
+        );
 
         // TCP: a connection and a few bytes each way.
-        let listener = lab.filter.enter(|| TcpListener::bind(sa(FILTER_V4, 8080)).unwrap());
+        let listener = lab
+            .filter
+            .enter(|| TcpListener::bind(sa(FILTER_V4, 8080)).unwrap());
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let mut buf = [0u8; 5];
@@ -139,7 +213,8 @@ fn ordinary_udp_tcp_and_icmp_from_unregistered_addresses_arrive_untouched() {
             std::io::Write::write_all(&mut s, &buf).unwrap();
         });
         let echoed = lab.client.enter(|| {
-            let mut s = TcpStream::connect_timeout(&sa(FILTER_V4, 8080), Duration::from_secs(2)).unwrap();
+            let mut s =
+                TcpStream::connect_timeout(&sa(FILTER_V4, 8080), Duration::from_secs(2)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             std::io::Write::write_all(&mut s, b"ping!").unwrap();
             let mut buf = [0u8; 5];
@@ -152,12 +227,23 @@ fn ordinary_udp_tcp_and_icmp_from_unregistered_addresses_arrive_untouched() {
         // ICMP echo, IPv4 and IPv6.
         for dst in [FILTER_V4, FILTER_V6] {
             let out = lab.client.exec("ping", &["-c", "1", "-W", "2", dst]);
-            assert!(out.status.success(), "{mode:?}: ping {dst}: {}", String::from_utf8_lossy(&out.stdout));
+            assert!(
+                out.status.success(),
+                "{mode:?}: ping {dst}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
 
         let stats = filter.stats().unwrap();
-        assert_eq!(stats.dropped(), 0, "{mode:?}: nothing ordinary is dropped: {stats:?}");
-        assert!(stats.counter(Counter::Packets) >= 10, "{mode:?}: the program saw the traffic: {stats:?}");
+        assert_eq!(
+            stats.dropped(),
+            0,
+            "{mode:?}: nothing ordinary is dropped: {stats:?}"
+        );
+        assert!(
+            stats.counter(Counter::Packets) >= 10,
+            "{mode:?}: the program saw the traffic: {stats:?}"
+        );
     }
 }
 
@@ -169,7 +255,12 @@ fn drop_event_reaches_the_controller_with_addresses_ports_and_protocol() {
     attach(&lab, &mut filter, AttachMode::Native);
     let _sock = udp_bind(&lab.filter, sa(FILTER_V4, WG_PORT));
 
-    udp_send(&lab.client, sa(UNREGISTERED_V4, 40100), sa(FILTER_V4, WG_PORT), &wireguard_initiation(9));
+    udp_send(
+        &lab.client,
+        sa(UNREGISTERED_V4, 40100),
+        sa(FILTER_V4, WG_PORT),
+        &wireguard_initiation(9),
+    );
     let ev = next_event(&mut ring, Duration::from_secs(2)).expect("a drop event");
     assert_eq!(ev.src, UNREGISTERED_V4.parse::<Ipv4Addr>().unwrap());
     assert_eq!(ev.dst, FILTER_V4.parse::<Ipv4Addr>().unwrap());
@@ -179,10 +270,25 @@ fn drop_event_reaches_the_controller_with_addresses_ports_and_protocol() {
     assert_eq!(ev.verdict, "dropped");
     assert_eq!(ev.reason, "signature");
     assert_eq!(ev.ip_proto, 17);
-    assert_eq!(ev.ifindex, lab.filter.ifindex(&lab.filter_if), "the ingress interface");
-    assert!(next_event(&mut ring, Duration::from_millis(200)).is_none(), "exactly one event per dropped packet");
+    assert_eq!(
+        ev.ifindex,
+        lab.filter.ifindex(&lab.filter_if),
+        "the ingress interface"
+    );
+    assert!(
+        next_event(&mut ring, Duration::from_millis(200)).is_none(),
+        "exactly one event per dropped packet"
+    );
 
     // A registered initiation produces no event.
-    udp_send(&lab.client, sa(REGISTERED_V4, 40101), sa(FILTER_V4, WG_PORT), &wireguard_initiation(10));
-    assert!(next_event(&mut ring, Duration::from_millis(300)).is_none(), "allowed traffic emits no event");
+    udp_send(
+        &lab.client,
+        sa(REGISTERED_V4, 40101),
+        sa(FILTER_V4, WG_PORT),
+        &wireguard_initiation(10),
+    );
+    assert!(
+        next_event(&mut ring, Duration::from_millis(300)).is_none(),
+        "allowed traffic emits no event"
+    );
 }

@@ -62,7 +62,13 @@ pub struct Detection {
 impl Detection {
     #[inline(always)]
     const fn new(protocol: Protocol, message: Message, strength: Strength) -> Self {
-        Self { protocol, message, strength, token: [0; 8], peer_token: [0; 8] }
+        Self {
+            protocol,
+            message,
+            strength,
+            token: [0; 8],
+            peer_token: [0; 8],
+        }
     }
 
     #[inline(always)]
@@ -173,10 +179,10 @@ pub fn classify_udp(sport: u16, dport: u16, len: usize, w: &[u8; WINDOW]) -> Opt
             return if len >= 4 { ike(w, 4, len - 4) } else { None };
         }
         if len >= 16 {
-            return Some(Detection::new(Protocol::Esp, Message::EspUdp, Strength::Strong).with_tokens(
-                [w[0], w[1], w[2], w[3], 0, 0, 0, 0],
-                [0; 8],
-            ));
+            return Some(
+                Detection::new(Protocol::Esp, Message::EspUdp, Strength::Strong)
+                    .with_tokens([w[0], w[1], w[2], w[3], 0, 0, 0, 0], [0; 8]),
+            );
         }
         return None;
     }
@@ -191,7 +197,11 @@ pub fn classify_udp(sport: u16, dport: u16, len: usize, w: &[u8; WINDOW]) -> Opt
         && w[4] == DISCO_MAGIC[4]
         && w[5] == DISCO_MAGIC[5]
     {
-        return Some(Detection::new(Protocol::TailscaleDisco, Message::DiscoPacket, Strength::Strong));
+        return Some(Detection::new(
+            Protocol::TailscaleDisco,
+            Message::DiscoPacket,
+            Strength::Strong,
+        ));
     }
     if w[0] == 0xc8 && (w[1] == 0x02 || w[1] == 0x03) {
         return l2tp(w, len);
@@ -212,7 +222,11 @@ fn ike(w: &[u8; WINDOW], o: usize, len: usize) -> Option<Detection> {
         return None;
     }
     // `o` is 0 or 4; spell both out so every index stays a constant.
-    let h: [u8; 28] = if o == 0 { window_at::<0, 28>(w) } else { window_at::<4, 28>(w) };
+    let h: [u8; 28] = if o == 0 {
+        window_at::<0, 28>(w)
+    } else {
+        window_at::<4, 28>(w)
+    };
     let spi_i_nonzero = h[0] | h[1] | h[2] | h[3] | h[4] | h[5] | h[6] | h[7] != 0;
     let next_payload = h[16];
     let version = h[17];
@@ -250,10 +264,10 @@ fn ike(w: &[u8; WINDOW], o: usize, len: usize) -> Option<Detection> {
         }
         _ => return None,
     };
-    Some(Detection::new(Protocol::Ike, message, Strength::Strong).with_tokens(
-        [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]],
-        [0; 8],
-    ))
+    Some(
+        Detection::new(Protocol::Ike, message, Strength::Strong)
+            .with_tokens([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]], [0; 8]),
+    )
 }
 
 /// Copies `N` bytes starting at the constant offset `O`.
@@ -282,16 +296,22 @@ fn wireguard(w: &[u8; WINDOW], len: usize) -> Option<Detection> {
             Detection::new(Protocol::WireGuard, Message::WgInitiation, Strength::Strong)
                 .with_tokens(idx_a, [0; 8])
         }
-        1 if len > 148 && len <= WG_MAX_PADDED => {
-            Detection::new(Protocol::WireGuard, Message::WgPaddedInitiation, Strength::Weak)
-                .with_tokens(idx_a, [0; 8])
-        }
-        2 if len == 92 => Detection::new(Protocol::WireGuard, Message::WgResponse, Strength::Strong)
-            .with_tokens(idx_a, idx_b),
-        2 if len > 92 && len <= WG_MAX_PADDED => {
-            Detection::new(Protocol::WireGuard, Message::WgPaddedResponse, Strength::FollowUp)
+        1 if len > 148 && len <= WG_MAX_PADDED => Detection::new(
+            Protocol::WireGuard,
+            Message::WgPaddedInitiation,
+            Strength::Weak,
+        )
+        .with_tokens(idx_a, [0; 8]),
+        2 if len == 92 => {
+            Detection::new(Protocol::WireGuard, Message::WgResponse, Strength::Strong)
                 .with_tokens(idx_a, idx_b)
         }
+        2 if len > 92 && len <= WG_MAX_PADDED => Detection::new(
+            Protocol::WireGuard,
+            Message::WgPaddedResponse,
+            Strength::FollowUp,
+        )
+        .with_tokens(idx_a, idx_b),
         3 if len == 64 => Detection::new(Protocol::WireGuard, Message::WgCookie, Strength::Strong)
             .with_tokens([0; 8], idx_a),
         // Transport data: 16-byte header + AEAD tag, padded to 16 bytes; keepalive is 32.
@@ -312,11 +332,19 @@ fn l2tp(w: &[u8; WINDOW], len: usize) -> Option<Detection> {
     }
     if w[1] == 0x03 {
         // L2TPv3 over UDP: control header carries a 32-bit connection id.
-        return Some(Detection::new(Protocol::L2tp, Message::L2tpControl, Strength::Strong));
+        return Some(Detection::new(
+            Protocol::L2tp,
+            Message::L2tpControl,
+            Strength::Strong,
+        ));
     }
     if len == 12 {
         // Zero-length body (ZLB) acknowledgement: only meaningful on a known flow.
-        return Some(Detection::new(Protocol::L2tp, Message::L2tpControl, Strength::FollowUp));
+        return Some(Detection::new(
+            Protocol::L2tp,
+            Message::L2tpControl,
+            Strength::FollowUp,
+        ));
     }
     // First AVP must be Message Type: M bit, length 8, vendor 0, attribute 0.
     if len >= 20
@@ -331,7 +359,11 @@ fn l2tp(w: &[u8; WINDOW], len: usize) -> Option<Detection> {
         && w[19] >= 1
         && w[19] <= 16
     {
-        return Some(Detection::new(Protocol::L2tp, Message::L2tpControl, Strength::Strong));
+        return Some(Detection::new(
+            Protocol::L2tp,
+            Message::L2tpControl,
+            Strength::Strong,
+        ));
     }
     None
 }
@@ -344,7 +376,11 @@ fn dtls(dport: u16, w: &[u8; WINDOW], len: usize) -> Option<Detection> {
     }
     if w[1] == 0x01 && w[2] == 0x00 {
         // Cisco's pre-standard DTLS 1.0 (version 0x0100) is used by AnyConnect/OpenConnect only.
-        return Some(Detection::new(Protocol::OpenConnectDtls, Message::DtlsRecord, Strength::Strong));
+        return Some(Detection::new(
+            Protocol::OpenConnectDtls,
+            Message::DtlsRecord,
+            Strength::Strong,
+        ));
     }
     // Standard DTLS is also WebRTC's: only a ClientHello towards the VPN port with a 32-byte
     // session id (the session OpenConnect resumes from the CSTP channel) counts.
@@ -377,7 +413,11 @@ fn softether(w: &[u8; WINDOW], len: usize) -> Option<Detection> {
             k += 1;
         }
         if k == NEEDLE.len() {
-            return Some(Detection::new(Protocol::SoftEther, Message::SoftEtherUdp, Strength::Strong));
+            return Some(Detection::new(
+                Protocol::SoftEther,
+                Message::SoftEtherUdp,
+                Strength::Strong,
+            ));
         }
         i += 1;
     }
@@ -388,14 +428,21 @@ fn softether(w: &[u8; WINDOW], len: usize) -> Option<Detection> {
 /// OpenVPN packet length.
 #[inline(always)]
 fn openvpn(w: &[u8; WINDOW], o: usize, len: usize) -> Option<Detection> {
-    let p: [u8; 22] = if o == 0 { window_at::<0, 22>(w) } else { window_at::<2, 22>(w) };
+    let p: [u8; 22] = if o == 0 {
+        window_at::<0, 22>(w)
+    } else {
+        window_at::<2, 22>(w)
+    };
     let opcode = p[0] >> 3;
     let key_id = p[0] & 0x07;
     if key_id != 0 || len < 14 || len >= OVPN_MAX_RESET {
         return None;
     }
     // STUN/QUIC collisions: STUN's magic cookie at [4..8].
-    if p[4] == STUN_MAGIC[0] && p[5] == STUN_MAGIC[1] && p[6] == STUN_MAGIC[2] && p[7] == STUN_MAGIC[3]
+    if p[4] == STUN_MAGIC[0]
+        && p[5] == STUN_MAGIC[1]
+        && p[6] == STUN_MAGIC[2]
+        && p[7] == STUN_MAGIC[3]
     {
         return None;
     }
@@ -425,8 +472,12 @@ fn openvpn(w: &[u8; WINDOW], o: usize, len: usize) -> Option<Detection> {
                 [0; 8]
             };
             Some(
-                Detection::new(Protocol::OpenVpn, Message::OvpnServerReset, Strength::FollowUp)
-                    .with_tokens(session, peer),
+                Detection::new(
+                    Protocol::OpenVpn,
+                    Message::OvpnServerReset,
+                    Strength::FollowUp,
+                )
+                .with_tokens(session, peer),
             )
         }
         ovpn::CONTROL_V1 | ovpn::ACK_V1 | ovpn::CONTROL_WKC_V1 => Some(
@@ -475,9 +526,19 @@ pub fn tcp_prefilter(len: usize, head: [u8; 4]) -> Prefilter {
 /// Stage 2 for TCP (payload of one segment).
 #[inline(always)]
 pub fn classify_tcp(len: usize, w: &[u8; WINDOW]) -> Option<Detection> {
-    if len >= 6 && w[0] == b'I' && w[1] == b'K' && w[2] == b'E' && w[3] == b'T' && w[4] == b'C' && w[5] == b'P'
+    if len >= 6
+        && w[0] == b'I'
+        && w[1] == b'K'
+        && w[2] == b'E'
+        && w[3] == b'T'
+        && w[4] == b'C'
+        && w[5] == b'P'
     {
-        return Some(Detection::new(Protocol::Ike, Message::IkeTcp, Strength::Strong));
+        return Some(Detection::new(
+            Protocol::Ike,
+            Message::IkeTcp,
+            Strength::Strong,
+        ));
     }
     let prefix = be16(w[0], w[1]) as usize;
     if len >= 16
@@ -490,7 +551,11 @@ pub fn classify_tcp(len: usize, w: &[u8; WINDOW]) -> Option<Detection> {
         && prefix >= 16
         && prefix <= len
     {
-        return Some(Detection::new(Protocol::Pptp, Message::PptpControl, Strength::Strong));
+        return Some(Detection::new(
+            Protocol::Pptp,
+            Message::PptpControl,
+            Strength::Strong,
+        ));
     }
     if prefix + 2 <= len && prefix >= 14 {
         return openvpn(w, 2, prefix);
@@ -505,7 +570,11 @@ pub fn classify_gre(head: [u8; 4]) -> Option<Detection> {
     let key_present = head[0] & 0x20 != 0;
     let version = head[1] & 0x07;
     if key_present && version == 1 && head[2] == 0x88 && head[3] == 0x0b {
-        return Some(Detection::new(Protocol::Pptp, Message::PptpGre, Strength::Strong));
+        return Some(Detection::new(
+            Protocol::Pptp,
+            Message::PptpGre,
+            Strength::Strong,
+        ));
     }
     None
 }
@@ -514,8 +583,16 @@ pub fn classify_gre(head: [u8; 4]) -> Option<Detection> {
 #[inline(always)]
 pub fn classify_ip_proto(ip_proto: u8) -> Option<Detection> {
     match ip_proto {
-        50 => Some(Detection::new(Protocol::Esp, Message::EspIp, Strength::Strong)),
-        51 => Some(Detection::new(Protocol::Ah, Message::AhIp, Strength::Strong)),
+        50 => Some(Detection::new(
+            Protocol::Esp,
+            Message::EspIp,
+            Strength::Strong,
+        )),
+        51 => Some(Detection::new(
+            Protocol::Ah,
+            Message::AhIp,
+            Strength::Strong,
+        )),
         _ => None,
     }
 }
@@ -543,9 +620,7 @@ pub fn confirms(pending: &FlowState, det: &Detection, same_direction: bool) -> C
             !same_direction && det.peer_token == pending.token
         }
         // WireGuard seen only from its data packets: enough consistent packets on the flow.
-        (Some(Message::WgData), Message::WgData) => {
-            pending.packets + 1 >= WG_DATA_CONFIRM_PACKETS
-        }
+        (Some(Message::WgData), Message::WgData) => pending.packets + 1 >= WG_DATA_CONFIRM_PACKETS,
         // OpenVPN: the server answers the client's reset...
         (Some(Message::OvpnClientReset), Message::OvpnServerReset) => {
             !same_direction && (det.peer_token == [0; 8] || det.peer_token == pending.token)

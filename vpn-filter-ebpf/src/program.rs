@@ -381,17 +381,31 @@ fn config() -> Config {
 #[inline(always)]
 fn flow_key(pkt: &Packet) -> (FlowKey, bool) {
     let s_hi = u64::from_be_bytes([
-        pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3], pkt.src[4], pkt.src[5], pkt.src[6], pkt.src[7],
+        pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3], pkt.src[4], pkt.src[5], pkt.src[6],
+        pkt.src[7],
     ]);
     let s_lo = u64::from_be_bytes([
-        pkt.src[8], pkt.src[9], pkt.src[10], pkt.src[11], pkt.src[12], pkt.src[13], pkt.src[14],
+        pkt.src[8],
+        pkt.src[9],
+        pkt.src[10],
+        pkt.src[11],
+        pkt.src[12],
+        pkt.src[13],
+        pkt.src[14],
         pkt.src[15],
     ]);
     let d_hi = u64::from_be_bytes([
-        pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3], pkt.dst[4], pkt.dst[5], pkt.dst[6], pkt.dst[7],
+        pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3], pkt.dst[4], pkt.dst[5], pkt.dst[6],
+        pkt.dst[7],
     ]);
     let d_lo = u64::from_be_bytes([
-        pkt.dst[8], pkt.dst[9], pkt.dst[10], pkt.dst[11], pkt.dst[12], pkt.dst[13], pkt.dst[14],
+        pkt.dst[8],
+        pkt.dst[9],
+        pkt.dst[10],
+        pkt.dst[11],
+        pkt.dst[12],
+        pkt.dst[13],
+        pkt.dst[14],
         pkt.dst[15],
     ]);
     let src_first = (s_hi, s_lo, pkt.sport) <= (d_hi, d_lo, pkt.dport);
@@ -444,7 +458,10 @@ fn address_allowed(family: u8, addr: &[u8; 16]) -> bool {
 
 #[inline(always)]
 fn policy(protocol: Protocol) -> u8 {
-    POLICY.get(protocol as u32).copied().unwrap_or(PolicyMode::Off as u8)
+    POLICY
+        .get(protocol as u32)
+        .copied()
+        .unwrap_or(PolicyMode::Off as u8)
 }
 
 #[inline(always)]
@@ -498,7 +515,15 @@ fn decide(ctx: &XdpContext, pkt: &Packet, det: &Detection) -> u32 {
                 Some(FlowStatus::Blocked) | Some(FlowStatus::Monitored) => {
                     state.expires_ns = now + cfg.blocked_flow_timeout_ns;
                     open_gate(flow_proto, state.expires_ns);
-                    return unregistered(ctx, pkt, det, flow_proto, Reason::FlowFollowUp, now, &cfg);
+                    return unregistered(
+                        ctx,
+                        pkt,
+                        det,
+                        flow_proto,
+                        Reason::FlowFollowUp,
+                        now,
+                        &cfg,
+                    );
                 }
                 Some(FlowStatus::Pending) => {
                     let same_direction = (state.from_lo == 1) == src_is_lo;
@@ -613,7 +638,11 @@ fn emit(
             s
         }
         None => {
-            let fresh = RateState { window_start_ns: now, emitted: 1, suppressed: 0 };
+            let fresh = RateState {
+                window_start_ns: now,
+                emitted: 1,
+                suppressed: 0,
+            };
             if EVENT_LIMIT.insert(&pkt.src, &fresh, 0).is_err() {
                 count(counter_index(Counter::InternalError));
             }

@@ -49,12 +49,15 @@ impl Clock {
     pub fn new() -> Self {
         let mono = clock_ns(libc::CLOCK_MONOTONIC);
         let real = clock_ns(libc::CLOCK_REALTIME);
-        Clock { offset_ns: real - mono }
+        Clock {
+            offset_ns: real - mono,
+        }
     }
 
     pub fn wall(&self, mono_ns: u64) -> time::OffsetDateTime {
         let ns = mono_ns as i128 + self.offset_ns;
-        time::OffsetDateTime::from_unix_timestamp_nanos(ns).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        time::OffsetDateTime::from_unix_timestamp_nanos(ns)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
     }
 }
 
@@ -65,7 +68,10 @@ impl Default for Clock {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -80,7 +86,9 @@ pub fn iface_name(ifindex: u32) -> String {
         return ifindex.to_string();
     }
     // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 impl EventRecord {
@@ -91,7 +99,10 @@ impl EventRecord {
                 IpAddr::V4(Ipv4Addr::new(ev.dst[0], ev.dst[1], ev.dst[2], ev.dst[3])),
             )
         } else {
-            (IpAddr::V6(Ipv6Addr::from(ev.src)), IpAddr::V6(Ipv6Addr::from(ev.dst)))
+            (
+                IpAddr::V6(Ipv6Addr::from(ev.src)),
+                IpAddr::V6(Ipv6Addr::from(ev.dst)),
+            )
         };
         let time = clock
             .wall(ev.ts_ns)
@@ -101,10 +112,18 @@ impl EventRecord {
             time,
             iface: iface_name(ev.ifindex),
             ifindex: ev.ifindex,
-            protocol: Protocol::from_u8(ev.protocol).map_or("unknown", |p| p.name()).to_string(),
-            message: Message::from_u8(ev.message).map_or("unknown", |m| m.name()).to_string(),
-            verdict: Verdict::from_u8(ev.verdict).map_or("unknown", |v| v.name()).to_string(),
-            reason: Reason::from_u8(ev.reason).map_or("unknown", |r| r.name()).to_string(),
+            protocol: Protocol::from_u8(ev.protocol)
+                .map_or("unknown", |p| p.name())
+                .to_string(),
+            message: Message::from_u8(ev.message)
+                .map_or("unknown", |m| m.name())
+                .to_string(),
+            verdict: Verdict::from_u8(ev.verdict)
+                .map_or("unknown", |v| v.name())
+                .to_string(),
+            reason: Reason::from_u8(ev.reason)
+                .map_or("unknown", |r| r.name())
+                .to_string(),
             src,
             dst,
             sport: u16::from_be_bytes(ev.sport),
@@ -158,7 +177,10 @@ pub struct JsonLines<W: Write> {
 
 impl<W: Write> JsonLines<W> {
     pub fn new(out: W) -> Self {
-        JsonLines { out, buf: BytesMut::with_capacity(4096) }
+        JsonLines {
+            out,
+            buf: BytesMut::with_capacity(4096),
+        }
     }
 
     pub fn write(&mut self, rec: &EventRecord) -> Result<()> {

@@ -20,7 +20,8 @@ use vpn_filter_common::{
 use crate::registry::{canonical_ip, Allowlist, Prefix};
 
 /// The XDP object built by build.rs from the vpn-filter-ebpf crate.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpn-filter.bpf.o"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpn-filter.bpf.o"));
 
 /// Per-protocol policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +70,10 @@ impl Policy {
             .filter(|p| *p != Protocol::None)
             .ok_or_else(|| {
                 let names: Vec<_> = Protocol::ALL[1..].iter().map(|p| p.name()).collect();
-                anyhow!("policy \"{spec}\": unknown protocol \"{p}\" (expected all or one of {})", names.join(", "))
+                anyhow!(
+                    "policy \"{spec}\": unknown protocol \"{p}\" (expected all or one of {})",
+                    names.join(", ")
+                )
             })?;
         self.set(protocol, mode);
         Ok(())
@@ -146,8 +150,13 @@ impl Filter {
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the object"))?
             .try_into()?;
-        prog.load().context("the kernel verifier rejected the XDP program")?;
-        let mut filter = Filter { ebpf, options, links: Vec::new() };
+        prog.load()
+            .context("the kernel verifier rejected the XDP program")?;
+        let mut filter = Filter {
+            ebpf,
+            options,
+            links: Vec::new(),
+        };
         filter.set_policy(policy)?;
         filter.set_config(config)?;
         Ok(filter)
@@ -201,20 +210,26 @@ impl Filter {
                     .with_context(|| format!("attaching to {iface} in generic mode failed"))?,
                 XdpMode::Skb,
             ),
-            AttachMode::Auto => match prog.attach(iface, XdpMode::Driver) {
-                Ok(l) => (l, XdpMode::Driver),
-                Err(native_err) => {
-                    log::warn!(
+            AttachMode::Auto => {
+                match prog.attach(iface, XdpMode::Driver) {
+                    Ok(l) => (l, XdpMode::Driver),
+                    Err(native_err) => {
+                        log::warn!(
                         "{iface}: native XDP unavailable ({native_err}); falling back to generic mode (slower: runs after the skb is built)"
                     );
-                    let l = prog.attach(iface, XdpMode::Skb).with_context(|| {
+                        let l = prog.attach(iface, XdpMode::Skb).with_context(|| {
                         format!("attaching to {iface} failed in native ({native_err}) and generic mode")
                     })?;
-                    (l, XdpMode::Skb)
+                        (l, XdpMode::Skb)
+                    }
                 }
-            },
+            }
         };
-        self.links.push(Attachment { iface: iface.to_string(), mode: used, link });
+        self.links.push(Attachment {
+            iface: iface.to_string(),
+            mode: used,
+            link,
+        });
         Ok(used)
     }
 
@@ -276,7 +291,11 @@ impl Filter {
                 self.options.allow_v6_entries
             );
         }
-        let mut report = SyncReport { v4: want_v4, v6: want_v6, ..Default::default() };
+        let mut report = SyncReport {
+            v4: want_v4,
+            v6: want_v6,
+            ..Default::default()
+        };
         {
             let mut v4: LpmTrie<&mut MapData, [u8; 4], AllowValue> =
                 LpmTrie::try_from(self.map_mut(maps::ALLOW_V4)?)?;
@@ -358,11 +377,15 @@ impl Filter {
     }
 
     pub fn map(&self, name: &str) -> Result<&aya::maps::Map> {
-        self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))
     }
 
     pub fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the object"))
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))
     }
 }
 
@@ -391,8 +414,12 @@ fn apply_diff<K: aya::Pod + Ord>(
             Some(_) => report.changed += 1,
             None => report.added += 1,
         }
-        trie.insert(&Key::new(*len as u32, *data), AllowValue { entry_tag: *tag }, 0)
-            .with_context(|| format!("adding an allowlist prefix of length /{len} (map full?)"))?;
+        trie.insert(
+            &Key::new(*len as u32, *data),
+            AllowValue { entry_tag: *tag },
+            0,
+        )
+        .with_context(|| format!("adding an allowlist prefix of length /{len} (map full?)"))?;
     }
     for (len, data) in have.keys() {
         if !want.contains_key(&(*len, *data)) {
@@ -438,8 +465,11 @@ impl Stats {
                 .or_insert_with(|| serde_json::Value::Object(Default::default()));
             e[v.name()] = (*n).into();
         }
-        let counters: serde_json::Map<_, _> =
-            self.counters.iter().map(|(c, n)| (c.name().to_string(), (*n).into())).collect();
+        let counters: serde_json::Map<_, _> = self
+            .counters
+            .iter()
+            .map(|(c, n)| (c.name().to_string(), (*n).into()))
+            .collect();
         serde_json::json!({ "protocols": protocols, "counters": counters })
     }
 }

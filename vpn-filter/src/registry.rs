@@ -70,7 +70,11 @@ impl Prefix {
                 u32::from_be_bytes(*addr) == u32::from(ip) & mask
             }
             (Prefix::V6 { addr, len }, IpAddr::V6(ip)) => {
-                let mask = if *len == 0 { 0 } else { u128::MAX << (128 - len) };
+                let mask = if *len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
                 u128::from_be_bytes(*addr) == u128::from(ip) & mask
             }
             _ => false,
@@ -109,7 +113,9 @@ impl FromStr for Prefix {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = addr_s.parse().map_err(|_| format!("\"{addr_s}\" is not an IP address"))?;
+        let addr: IpAddr = addr_s
+            .parse()
+            .map_err(|_| format!("\"{addr_s}\" is not an IP address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len: u8 = match len_s {
             None => max,
@@ -133,11 +139,18 @@ impl FromStr for Prefix {
                         Ipv4Addr::from(bits & mask)
                     ));
                 }
-                Prefix::V4 { addr: a.octets(), len }
+                Prefix::V4 {
+                    addr: a.octets(),
+                    len,
+                }
             }
             IpAddr::V6(a) => {
                 let bits = u128::from(a);
-                let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
                 if bits & !mask != 0 {
                     return Err(format!(
                         "host bits set: {s} (did you mean {}/{len} or {a}/128?)",
@@ -147,7 +160,10 @@ impl FromStr for Prefix {
                 // ::ffff:a.b.c.d/(96+n) is the IPv4 prefix a.b.c.d/n.
                 let o = a.octets();
                 if len >= 96 && o[..10].iter().all(|b| *b == 0) && o[10] == 0xff && o[11] == 0xff {
-                    Prefix::V4 { addr: [o[12], o[13], o[14], o[15]], len: len - 96 }
+                    Prefix::V4 {
+                        addr: [o[12], o[13], o[14], o[15]],
+                        len: len - 96,
+                    }
                 } else {
                     Prefix::V6 { addr: o, len }
                 }
@@ -254,9 +270,16 @@ impl Feed {
         source_name: &str,
         opts: ValidateOptions,
     ) -> Result<(Feed, Warnings), FeedError> {
-        let fail = |problems: Vec<String>| FeedError { source_name: source_name.to_string(), problems };
+        let fail = |problems: Vec<String>| FeedError {
+            source_name: source_name.to_string(),
+            problems,
+        };
         let raw: RawFeed = serde_json::from_slice(bytes).map_err(|e| {
-            fail(vec![format!("line {}, column {}: invalid JSON: {e}", e.line(), e.column())])
+            fail(vec![format!(
+                "line {}, column {}: invalid JSON: {e}",
+                e.line(),
+                e.column()
+            )])
         })?;
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
@@ -301,7 +324,14 @@ impl Feed {
         if !problems.is_empty() {
             return Err(fail(problems));
         }
-        Ok((Feed { serial, generated_at, entries }, warnings))
+        Ok((
+            Feed {
+                serial,
+                generated_at,
+                entries,
+            },
+            warnings,
+        ))
     }
 
     /// The allowlist in force at `now`: every prefix of every entry in force, tagged with the
@@ -315,10 +345,16 @@ impl Feed {
                     .entry(*p)
                     .and_modify(|cur: &mut AllowedBy| {
                         if e.id < cur.id {
-                            *cur = AllowedBy { id: e.id.clone(), tag: e.tag() };
+                            *cur = AllowedBy {
+                                id: e.id.clone(),
+                                tag: e.tag(),
+                            };
                         }
                     })
-                    .or_insert_with(|| AllowedBy { id: e.id.clone(), tag: e.tag() });
+                    .or_insert_with(|| AllowedBy {
+                        id: e.id.clone(),
+                        tag: e.tag(),
+                    });
             }
         }
         out
@@ -469,7 +505,10 @@ pub struct Allowlist {
 
 impl Allowlist {
     pub fn v4_count(&self) -> usize {
-        self.prefixes.keys().filter(|p| matches!(p, Prefix::V4 { .. })).count()
+        self.prefixes
+            .keys()
+            .filter(|p| matches!(p, Prefix::V4 { .. }))
+            .count()
     }
 
     pub fn v6_count(&self) -> usize {
@@ -490,7 +529,9 @@ mod tests {
     use super::*;
 
     fn feed(entries: &str) -> String {
-        format!(r#"{{"serial": 7, "generated_at": "2026-11-27T10:00:00Z", "entries": [{entries}]}}"#)
+        format!(
+            r#"{{"serial": 7, "generated_at": "2026-11-27T10:00:00Z", "entries": [{entries}]}}"#
+        )
     }
 
     fn entry(id: &str, prefixes: &str, status: &str) -> String {
@@ -509,11 +550,13 @@ mod tests {
 
     #[test]
     fn valid_feed_yields_prefixes_of_entries_in_force() {
-        let json = feed(&[
-            entry("A", r#""203.0.113.0/28", "2001:db8:10::/48""#, "approved"),
-            entry("B", r#""198.51.100.7""#, "pending"),
-        ]
-        .join(","));
+        let json = feed(
+            &[
+                entry("A", r#""203.0.113.0/28", "2001:db8:10::/48""#, "approved"),
+                entry("B", r#""198.51.100.7""#, "pending"),
+            ]
+            .join(","),
+        );
         let (f, w) = parse(&json).unwrap();
         assert!(w.is_empty());
         assert_eq!(f.serial, 7);
@@ -522,7 +565,10 @@ mod tests {
         assert_eq!(allow.v4_count(), 1);
         assert!(allow.lookup("203.0.113.9".parse().unwrap()).is_some());
         assert!(allow.lookup("203.0.113.16".parse().unwrap()).is_none());
-        assert!(allow.lookup("198.51.100.7".parse().unwrap()).is_none(), "pending is not allowed");
+        assert!(
+            allow.lookup("198.51.100.7".parse().unwrap()).is_none(),
+            "pending is not allowed"
+        );
     }
 
     #[test]
@@ -552,7 +598,9 @@ mod tests {
 
     #[test]
     fn invalid_json_names_line_and_column() {
-        let err = parse("{\n  \"serial\": 1,\n  oops\n}").unwrap_err().to_string();
+        let err = parse("{\n  \"serial\": 1,\n  oops\n}")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("test.json"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
@@ -577,7 +625,11 @@ mod tests {
         let json = feed(&[e.clone(), e].join(","));
         let err = parse(&json).unwrap_err().to_string();
         assert!(err.contains("duplicate id"), "{err}");
-        let json = feed(&entry("D", r#""192.0.2.1""#, "approved").replacen('{', r#"{"colour": "blue", "#, 1));
+        let json = feed(&entry("D", r#""192.0.2.1""#, "approved").replacen(
+            '{',
+            r#"{"colour": "blue", "#,
+            1,
+        ));
         let (_, warnings) = parse(&json).unwrap();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("colour"));
@@ -588,16 +640,28 @@ mod tests {
         let json = feed(&entry("E", r#""192.0.2.0/24""#, "approved"));
         let (f, _) = parse(&json).unwrap();
         assert_eq!(f.allowlist(now()).prefixes.len(), 1);
-        assert!(f.allowlist(time::macros::datetime!(2027-11-20 08:00 UTC)).prefixes.is_empty());
-        assert!(f.allowlist(time::macros::datetime!(2026-11-20 07:59 UTC)).prefixes.is_empty());
-        assert_eq!(f.next_change_after(now()), Some(time::macros::datetime!(2027-11-20 08:00 UTC)));
+        assert!(f
+            .allowlist(time::macros::datetime!(2027-11-20 08:00 UTC))
+            .prefixes
+            .is_empty());
+        assert!(f
+            .allowlist(time::macros::datetime!(2026-11-20 07:59 UTC))
+            .prefixes
+            .is_empty());
+        assert_eq!(
+            f.next_change_after(now()),
+            Some(time::macros::datetime!(2027-11-20 08:00 UTC))
+        );
     }
 
     #[test]
     fn ipv4_mapped_prefixes_become_ipv4() {
         assert_eq!(
             "::ffff:192.0.2.0/120".parse::<Prefix>().unwrap(),
-            Prefix::V4 { addr: [192, 0, 2, 0], len: 24 }
+            Prefix::V4 {
+                addr: [192, 0, 2, 0],
+                len: 24
+            }
         );
         let p: Prefix = "192.0.2.0/24".parse().unwrap();
         assert!(p.contains("::ffff:192.0.2.77".parse().unwrap()));

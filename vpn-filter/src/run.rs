@@ -105,7 +105,9 @@ fn apply(filter: &mut Filter, feed: &Feed) -> Result<SyncReport> {
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let policy = args.policy()?;
-    let validate = ValidateOptions { allow_broad: args.allow_broad };
+    let validate = ValidateOptions {
+        allow_broad: args.allow_broad,
+    };
     let (mut feed, warnings) = Feed::from_file(&args.registry, validate)?;
     for w in warnings {
         log::warn!("{}: {w}", args.registry.display());
@@ -124,7 +126,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         let mode = filter.attach(iface, args.xdp_mode)?;
         log::info!(
             "attached to {iface} ({} mode), program id {}",
-            if mode == aya::programs::XdpMode::Driver { "native" } else { "generic" },
+            if mode == aya::programs::XdpMode::Driver {
+                "native"
+            } else {
+                "generic"
+            },
             filter.program_id().map_or("?".into(), |i| i.to_string())
         );
     }

@@ -20,7 +20,10 @@ use clap::{Parser, Subcommand};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "vpn-filter build, run, test, demo and bench")]
+#[command(
+    name = "cargo xtask",
+    about = "vpn-filter build, run, test, demo and bench"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -53,9 +56,9 @@ enum Cmd {
     /// A throwaway network-namespace lab: a registered and an unregistered client send real
     /// VPN handshakes through a gateway running vpn-filter. Ctrl-C tears it down.
     Demo {
-        /// Seconds to keep the lab up after the handshakes (0: until Ctrl-C).
-        #[arg(long, default_value_t = 0)]
-        linger: u64,
+        /// Keep the lab up after the scenario until Ctrl-C.
+        #[arg(long)]
+        hold: bool,
     },
     /// Benchmarks (results go to BENCHMARKS.md).
     Bench {
@@ -71,7 +74,7 @@ fn main() -> ExitCode {
         Cmd::Build { release } => build(release),
         Cmd::Run { release, args } => run(release, &args),
         Cmd::Test { args } => test(&args),
-        Cmd::Demo { linger } => demo(linger),
+        Cmd::Demo { hold } => demo(hold),
         Cmd::Bench { args } => bench(&args),
     };
     match result {
@@ -84,17 +87,24 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn tools_dir() -> PathBuf {
-    env::var_os("VPN_FILTER_TOOLS_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target/tools"))
+    env::var_os("VPN_FILTER_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/tools"))
 }
 
 /// Runs a command, failing with its description if it does not succeed.
 fn sh(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: $ {}", describe(cmd));
-    let status = cmd.status().with_context(|| format!("cannot start {}", describe(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
     if !status.success() {
         bail!("{} failed ({status})", describe(cmd));
     }
@@ -111,9 +121,15 @@ fn describe(cmd: &Command) -> String {
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot start {}", describe(cmd)))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
     if !out.status.success() {
-        bail!("{} failed: {}", describe(cmd), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{} failed: {}",
+            describe(cmd),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -121,7 +137,10 @@ fn output(cmd: &mut Command) -> Result<String> {
 /// A command with the outer cargo's toolchain selection removed, so `rustup run nightly` or
 /// `cargo +nightly` mean what they say.
 fn clean(mut cmd: Command) -> Command {
-    cmd.env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTC").env_remove("CARGO").env_remove("RUSTC_WRAPPER");
+    cmd.env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("CARGO")
+        .env_remove("RUSTC_WRAPPER");
     cmd
 }
 
@@ -129,12 +148,25 @@ fn clean(mut cmd: Command) -> Command {
 fn bootstrap() -> Result<PathBuf> {
     // 1. The nightly toolchain and its rust-src (for -Z build-std=core).
     let sysroot = output(clean(Command::new("rustc")).args(["+nightly", "--print", "sysroot"]))
-        .context("the nightly toolchain is required for the eBPF crate (rustup toolchain install nightly)")?;
+        .context(
+        "the nightly toolchain is required for the eBPF crate (rustup toolchain install nightly)",
+    )?;
     let sysroot = PathBuf::from(sysroot.trim());
-    let installed =
-        output(clean(Command::new("rustup")).args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let installed = output(clean(Command::new("rustup")).args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
     if !installed.lines().any(|l| l.trim().starts_with("rust-src")) {
-        sh(clean(Command::new("rustup")).args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        sh(clean(Command::new("rustup")).args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
 
     // 2. bpf-linker, built against the nightly toolchain's own libLLVM.
@@ -142,11 +174,18 @@ fn bootstrap() -> Result<PathBuf> {
     let bin = tools.join("bin");
     let linker = bin.join("bpf-linker");
     if linker.is_file() {
-        let ok = Command::new(&linker).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+        let ok = Command::new(&linker)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
         if ok {
             return Ok(bin);
         }
-        eprintln!("xtask: {} exists but does not run (nightly toolchain updated?); rebuilding", linker.display());
+        eprintln!(
+            "xtask: {} exists but does not run (nightly toolchain updated?); rebuilding",
+            linker.display()
+        );
     }
     let vv = output(clean(Command::new("rustc")).args(["+nightly", "-vV"]))?;
     let major = vv
@@ -172,24 +211,79 @@ fn bootstrap() -> Result<PathBuf> {
     let prefix_lib = prefix.join("lib");
     std::fs::create_dir_all(&prefix_lib)?;
     // -lLLVM looks for libLLVM.so; the loader looks for the SONAME (via the binary's rpath).
-    for name in [OsString::from("libLLVM.so"), lib.file_name().expect("has a name").to_owned()] {
+    for name in [
+        OsString::from("libLLVM.so"),
+        lib.file_name().expect("has a name").to_owned(),
+    ] {
         let link = prefix_lib.join(&name);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&lib, &link).with_context(|| format!("symlinking {}", link.display()))?;
+        std::os::unix::fs::symlink(&lib, &link)
+            .with_context(|| format!("symlinking {}", link.display()))?;
     }
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (LLVM {major}); about a minute", lib.display());
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (LLVM {major}); about a minute",
+        lib.display()
+    );
     let mut cmd = clean(Command::new("cargo"));
-    cmd.args(["+stable", "install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
-        .arg("--root")
-        .arg(&tools)
-        .env("LLVM_PREFIX", &prefix);
+    cmd.args([
+        "+stable",
+        "install",
+        "bpf-linker",
+        "--locked",
+        "--version",
+        BPF_LINKER_VERSION,
+    ])
+    .args([
+        "--no-default-features",
+        "--features",
+        &format!("llvm-{major}"),
+    ])
+    .arg("--root")
+    .arg(&tools)
+    .env("LLVM_PREFIX", &prefix);
     sh(&mut cmd)?;
-    let out = Command::new(&linker).arg("--version").output().with_context(|| format!("running {}", linker.display()))?;
+    let out = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {}", linker.display()))?;
     if !out.status.success() {
-        bail!("the freshly built {} does not run: {}", linker.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "the freshly built {} does not run: {}",
+            linker.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(bin)
+}
+
+/// Debian packages the privileged tests and the demo use (iproute2 for namespaces and veth,
+/// ping, sysctl, mount).
+const TEST_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "procps", "util-linux"];
+
+/// Installs missing Debian packages with apt-get (root only; the caller checks).
+fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        bail!("missing packages {missing:?} and no apt-get to install them; install them by hand");
+    }
+    eprintln!("xtask: installing Debian packages {missing:?}");
+    sh(Command::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn cargo() -> Command {
@@ -208,7 +302,14 @@ fn cargo_nightly() -> Command {
 fn build(release: bool) -> Result<()> {
     bootstrap()?;
     let mut cmd = cargo();
-    cmd.args(["build", "--package", "vpn-filter", "--package", "vpn-filter-tests", "--bins"]);
+    cmd.args([
+        "build",
+        "--package",
+        "vpn-filter",
+        "--package",
+        "vpn-filter-tests",
+        "--bins",
+    ]);
     if release {
         cmd.arg("--release");
     }
@@ -231,24 +332,44 @@ extern "C" {
 fn run(release: bool, args: &[OsString]) -> Result<()> {
     build(release)?;
     require_root("cargo xtask run")?;
-    let bin = root().join(if release { "target/release/vpn-filter" } else { "target/debug/vpn-filter" });
+    let bin = root().join(if release {
+        "target/release/vpn-filter"
+    } else {
+        "target/debug/vpn-filter"
+    });
     sh(Command::new(bin).args(args))
 }
 
 fn test(extra: &[OsString]) -> Result<()> {
     let tools_bin = bootstrap()?;
     require_root("cargo xtask test")?;
+    ensure_packages(TEST_PACKAGES)?;
     // Formatting: the unstable rustfmt options (import grouping) need nightly rustfmt.
     sh(cargo_nightly().args(["fmt", "--all", "--check"]))?;
     // Clippy on the userspace crates and the host build of the eBPF crate...
-    sh(cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))?;
+    sh(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // ...and on the eBPF crate as the kernel sees it.
     let path = env::join_paths(
-        std::iter::once(tools_bin).chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
+        std::iter::once(tools_bin)
+            .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
     )?;
     sh(cargo_nightly()
         .args(["clippy", "--package", "vpn-filter-ebpf", "--locked"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release"])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+        ])
         .arg("--target-dir")
         .arg(root().join("target/ebpf"))
         .args(["--", "-D", "warnings"])
@@ -258,24 +379,38 @@ fn test(extra: &[OsString]) -> Result<()> {
     // Unit tests (host) and the privileged integration tests, serially: they share kernel
     // state (namespaces, XDP attachments).
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--locked", "--", "--test-threads=1"]).args(extra);
+    cmd.args(["test", "--workspace", "--locked", "--", "--test-threads=1"])
+        .args(extra);
     sh(&mut cmd)
 }
 
-fn demo(linger: u64) -> Result<()> {
-    build(false)?;
+fn demo(hold: bool) -> Result<()> {
     require_root("cargo xtask demo")?;
+    ensure_packages(TEST_PACKAGES)?;
+    build(false)?;
     let mut cmd = Command::new(root().join("target/debug/vpn-filter-demo"));
-    cmd.arg("--controller").arg(root().join("target/debug/vpn-filter"));
-    cmd.arg("--linger").arg(linger.to_string());
+    cmd.arg("--controller")
+        .arg(root().join("target/debug/vpn-filter"));
+    if hold {
+        cmd.arg("--hold");
+    }
     sh(&mut cmd)
 }
 
 fn bench(args: &[OsString]) -> Result<()> {
     bootstrap()?;
     require_root("cargo xtask bench")?;
-    sh(cargo().args(["build", "--release", "--package", "vpn-filter-tests", "--bins"]))?;
+    ensure_packages(TEST_PACKAGES)?;
+    sh(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "vpn-filter-tests",
+        "--bins",
+    ]))?;
     let mut cmd = Command::new(root().join("target/release/vpn-filter-bench"));
-    cmd.arg("--out").arg(root().join("BENCHMARKS.md")).args(args);
+    cmd.arg("--out")
+        .arg(root().join("BENCHMARKS.md"))
+        .args(args);
     sh(&mut cmd)
 }

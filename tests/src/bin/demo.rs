@@ -1,0 +1,283 @@
+//! `cargo xtask demo`: vpn-filter doing its job in a throwaway lab.
+//!
+//! ```text
+//!  registered client  10.81.1.2 ──┐
+//!                                  ├── gateway (vpn-filter on all three interfaces) ── server 10.81.3.2
+//!  unregistered client 10.81.2.2 ──┘
+//! ```
+//!
+//! The registry allows only the registered client. Both clients send real WireGuard
+//! handshake initiations and IKEv2 IKE_SA_INIT requests to the server through the gateway;
+//! the demo prints the controller's drop events and counters as they happen, then what the
+//! server received, and removes every namespace, link and process on exit or Ctrl-C.
+
+use std::{
+    net::UdpSocket,
+    path::PathBuf,
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use vpn_filter_tests::{
+    lab::{registry_json, sa},
+    netns::{neigh, udp_bind, udp_send, veth, NetNs, Process},
+    packet::wireguard_initiation,
+};
+
+#[derive(Parser)]
+#[command(about = "A throwaway network-namespace lab showing vpn-filter at work")]
+struct Args {
+    /// The vpn-filter controller binary.
+    #[arg(long)]
+    controller: Option<PathBuf>,
+    /// Keep the lab up after the scenario until Ctrl-C (to look around with `ip netns`).
+    #[arg(long)]
+    hold: bool,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+const REG: &str = "10.81.1.2";
+const UNREG: &str = "10.81.2.2";
+const SERVER: &str = "10.81.3.2";
+
+struct Lab {
+    // Field order is drop order: the controller goes before the namespaces.
+    controller: Process,
+    gw_ifaces: [String; 3],
+    _registry: tempdir::Dir,
+    reg: NetNs,
+    unreg: NetNs,
+    server: NetNs,
+    gw: NetNs,
+}
+
+mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// A temporary directory removed on drop.
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new(tag: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&p).expect("temp dir");
+            Dir(p)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn build_lab(controller: &PathBuf) -> Lab {
+    let gw = NetNs::new("gw");
+    let reg = NetNs::new("rc");
+    let unreg = NetNs::new("uc");
+    let server = NetNs::new("sv");
+    let gw_ifaces = [
+        "g-reg".to_string(),
+        "g-unreg".to_string(),
+        "g-srv".to_string(),
+    ];
+    for (i, (ns, gif, net)) in [
+        (&reg, &gw_ifaces[0], 1),
+        (&unreg, &gw_ifaces[1], 2),
+        (&server, &gw_ifaces[2], 3),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cif = format!("c{i}");
+        veth(ns, &cif, &gw, gif);
+        ns.ip(&["addr", "add", &format!("10.81.{net}.2/24"), "dev", &cif]);
+        gw.ip(&["addr", "add", &format!("10.81.{net}.1/24"), "dev", gif]);
+        ns.ip(&["route", "add", "default", "via", &format!("10.81.{net}.1")]);
+        neigh(ns, &cif, &format!("10.81.{net}.1"), &gw.mac(gif));
+        neigh(&gw, gif, &format!("10.81.{net}.2"), &ns.mac(&cif));
+    }
+    gw.sysctl("net.ipv4.ip_forward", "1");
+
+    let dir = tempdir::Dir::new("vpn-filter-demo");
+    let registry = dir.path().join("registry.json");
+    std::fs::write(&registry, registry_json(1, &[("REG-DEMO-1", &[REG])])).expect("write registry");
+    println!(
+        "registry {} allows only {REG} (entry REG-DEMO-1)",
+        registry.display()
+    );
+
+    let mut cmd = gw.command(controller);
+    cmd.args(["run", "--registry"])
+        .arg(&registry)
+        .args(["--stats-interval", "1"]);
+    for i in &gw_ifaces {
+        cmd.args(["--iface", i]);
+    }
+    let controller = Process::spawn(cmd);
+    controller.wait_stderr("attached to g-srv", Duration::from_secs(20));
+    Lab {
+        controller,
+        gw_ifaces,
+        _registry: dir,
+        reg,
+        unreg,
+        server,
+        gw,
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    vpn_filter_tests::require_root();
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let controller = args.controller.unwrap_or_else(|| {
+        std::env::current_exe()
+            .expect("own path")
+            .with_file_name("vpn-filter")
+    });
+    println!("== building the lab: registered client, unregistered client, gateway, server");
+    let lab = build_lab(&controller);
+    for l in lab.controller.stderr_lines() {
+        println!("   controller: {l}");
+    }
+    let wg_sock = udp_bind(&lab.server, sa(SERVER, 51820));
+    let ike_sock = udp_bind(&lab.server, sa(SERVER, 500));
+
+    println!(
+        "== both clients send WireGuard initiations and IKEv2 IKE_SA_INIT requests to {SERVER}"
+    );
+    let mut seen_err = 0;
+    let mut received: Vec<(String, String)> = Vec::new();
+    for round in 0..3u32 {
+        if STOP.load(Ordering::SeqCst) {
+            break;
+        }
+        for (who, ns, src) in [
+            ("registered", &lab.reg, REG),
+            ("unregistered", &lab.unreg, UNREG),
+        ] {
+            udp_send(
+                ns,
+                sa(src, 40000 + round as u16),
+                sa(SERVER, 51820),
+                &wireguard_initiation(round * 2 + 1),
+            );
+            udp_send(
+                ns,
+                sa(src, 500),
+                sa(SERVER, 500),
+                &ike_sa_init(0x1000 + round as u64),
+            );
+            println!(
+                "   {who} client {src} sent WireGuard initiation #{round} and IKE_SA_INIT #{round}"
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            for (proto, sock) in [("wireguard", &wg_sock), ("ike", &ike_sock)] {
+                drain(sock, proto, &mut received);
+            }
+            while let Some(line) = lab.controller.next_line(Duration::from_millis(20)) {
+                println!("   EVENT {line}");
+            }
+            let errs = lab.controller.stderr_lines();
+            for l in errs.iter().skip(seen_err) {
+                if l.starts_with("counters:") {
+                    println!("   {l}");
+                }
+            }
+            seen_err = errs.len();
+        }
+    }
+
+    println!("== what the server received");
+    for (proto, from) in &received {
+        println!("   {proto} handshake from {from}");
+    }
+    let from_reg = received.iter().filter(|(_, f)| f.starts_with(REG)).count();
+    let from_unreg = received
+        .iter()
+        .filter(|(_, f)| f.starts_with(UNREG))
+        .count();
+    let events = lab.controller.stdout_lines();
+    let unreg_events = events
+        .iter()
+        .filter(|l| l.contains(&format!("\"src\":\"{UNREG}\"")))
+        .count();
+    let ok = from_reg == 6 && from_unreg == 0 && unreg_events > 0;
+    println!(
+        "== result: registered client {from_reg}/6 handshakes delivered, unregistered client {from_unreg}/6 delivered, {unreg_events} drop events naming {UNREG}: {}",
+        if ok { "as expected" } else { "NOT AS EXPECTED" }
+    );
+
+    if args.hold {
+        println!(
+            "== lab kept up (namespaces {} {} {} {}; gateway interfaces {}); Ctrl-C to tear down",
+            lab.reg.name(),
+            lab.unreg.name(),
+            lab.gw.name(),
+            lab.server.name(),
+            lab.gw_ifaces.join(" ")
+        );
+        while !STOP.load(Ordering::SeqCst) {
+            while let Some(line) = lab.controller.next_line(Duration::from_millis(200)) {
+                println!("   EVENT {line}");
+            }
+        }
+    }
+    println!("== tearing down: stopping the controller, deleting the namespaces");
+    let status = lab.controller.terminate(Duration::from_secs(5));
+    drop(lab);
+    if status.is_none_or(|s| !s.success()) {
+        eprintln!("the controller did not exit cleanly: {status:?}");
+        return ExitCode::FAILURE;
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// An IKEv2 IKE_SA_INIT request header (initiator SPI, zero responder SPI, SA payload next,
+/// version 2.0, exchange 34, initiator flag, message id 0) followed by an opaque body, with
+/// the length field equal to the message length as on the wire.
+fn ike_sa_init(spi: u64) -> Vec<u8> {
+    let mut p = vec![0u8; 28 + 40];
+    p[0..8].copy_from_slice(&spi.to_be_bytes());
+    p[16] = 33;
+    p[17] = 0x20;
+    p[18] = 34;
+    p[19] = 0x08;
+    let len = p.len() as u32;
+    p[24..28].copy_from_slice(&len.to_be_bytes());
+    p[28] = 0; // SA payload: no next payload
+    p[30..32].copy_from_slice(&40u16.to_be_bytes());
+    p
+}
+
+fn drain(sock: &UdpSocket, proto: &str, received: &mut Vec<(String, String)>) {
+    let mut buf = [0u8; 2048];
+    sock.set_read_timeout(Some(Duration::from_millis(10))).ok();
+    while let Ok((_, from)) = sock.recv_from(&mut buf) {
+        println!("   server got a {proto} handshake from {from}");
+        received.push((proto.to_string(), from.to_string()));
+    }
+}
