@@ -144,7 +144,7 @@ pub fn udp_prefilter(sport: u16, dport: u16, len: usize, head: [u8; 4]) -> Prefi
         | ovpn::CONTROL_HARD_RESET_CLIENT_V3
         | ovpn::CONTROL_HARD_RESET_SERVER_V1
         | ovpn::CONTROL_HARD_RESET_SERVER_V2
-            if key_id == 0 && len >= 14 && len < OVPN_MAX_RESET =>
+            if key_id == 0 && (14..OVPN_MAX_RESET).contains(&len) =>
         {
             Prefilter::Inspect
         }
@@ -315,7 +315,7 @@ fn wireguard(w: &[u8; WINDOW], len: usize) -> Option<Detection> {
         3 if len == 64 => Detection::new(Protocol::WireGuard, Message::WgCookie, Strength::Strong)
             .with_tokens([0; 8], idx_a),
         // Transport data: 16-byte header + AEAD tag, padded to 16 bytes; keepalive is 32.
-        4 if len >= 32 && len % 16 == 0 => {
+        4 if len >= 32 && len.is_multiple_of(16) => {
             Detection::new(Protocol::WireGuard, Message::WgData, Strength::Weak)
                 .with_tokens(idx_a, [0; 8])
         }
@@ -435,7 +435,7 @@ fn openvpn(w: &[u8; WINDOW], o: usize, len: usize) -> Option<Detection> {
     };
     let opcode = p[0] >> 3;
     let key_id = p[0] & 0x07;
-    if key_id != 0 || len < 14 || len >= OVPN_MAX_RESET {
+    if key_id != 0 || !(14..OVPN_MAX_RESET).contains(&len) {
         return None;
     }
     // STUN/QUIC collisions: STUN's magic cookie at [4..8].
