@@ -1,5 +1,6 @@
 //! Builds the XDP object (the `vpn-filter-ebpf` crate) so the controller can embed it with
-//! `include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpn-filter.bpf.o"))`.
+//! `include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpn-filter.bpf.o"))`, and the
+//! benchmark-only programs as `vpn-filter-bench.bpf.o`.
 //!
 //! When: whenever the eBPF or common crate's sources, manifests or the lock file change.
 //! How: `rustup run nightly cargo build --release --target bpfel-unknown-none -Z build-std=core`
@@ -59,7 +60,7 @@ fn run() -> Result<(), String> {
     let mut cmd = Command::new("rustup");
     cmd.current_dir(&root)
         .args(["run", "nightly", "cargo", "build", "--release", "--locked"])
-        .args(["--package", "vpn-filter-ebpf", "--bin", "vpn-filter"])
+        .args(["--package", "vpn-filter-ebpf", "--bins"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(&target_dir);
@@ -83,9 +84,15 @@ fn run() -> Result<(), String> {
             "nightly cargo build of vpn-filter-ebpf failed ({status}); see the output above"
         ));
     }
-    let obj = target_dir.join("bpfel-unknown-none/release/vpn-filter");
-    std::fs::copy(&obj, out_dir.join("vpn-filter.bpf.o"))
-        .map_err(|e| format!("cannot copy {}: {e}", obj.display()))?;
+    // The controller's program, and the benchmark-only programs (`filter::BENCH_OBJECT`).
+    for (bin, object) in [
+        ("vpn-filter-xdp", "vpn-filter.bpf.o"),
+        ("vpn-filter-bench-progs", "vpn-filter-bench.bpf.o"),
+    ] {
+        let obj = target_dir.join("bpfel-unknown-none/release").join(bin);
+        std::fs::copy(&obj, out_dir.join(object))
+            .map_err(|e| format!("cannot copy {}: {e}", obj.display()))?;
+    }
     Ok(())
 }
 

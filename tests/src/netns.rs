@@ -426,3 +426,28 @@ impl RawSocket {
         );
     }
 }
+
+impl NetNs {
+    /// A command that runs in this network namespace but keeps the caller's mount namespace
+    /// (unlike `ip netns exec`, which remounts /sys): a controller started this way pins into
+    /// the host's /sys/fs/bpf, so its pins outlive it as they would on a real gateway.
+    pub fn command_keep_mounts(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        use std::os::unix::process::CommandExt as _;
+        let file = File::open(format!("/var/run/netns/{}", self.name))
+            .unwrap_or_else(|e| panic!("open netns {}: {e}", self.name));
+        let fd = file.as_raw_fd();
+        let mut cmd = Command::new(program);
+        // SAFETY: setns is async-signal-safe; `file` is moved into the closure so the fd stays
+        // open until exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let _keep = &file;
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+}

@@ -23,7 +23,12 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const EVENT_LIMIT: &str = "EVENT_LIMIT";
     pub const FLOW_GATE: &str = "FLOW_GATE";
+    pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
 }
+
+/// Version of the pinned map layout (`<bpffs>/vpn-filter/v<N>/maps`). Bump it whenever a map's
+/// key, value or type changes, so a new build never reuses maps of a different shape.
+pub const PIN_LAYOUT_VERSION: u32 = 1;
 
 /// Compile-time map sizes. The allowlist tries are resized at load time from configuration
 /// (`EbpfLoader::set_max_entries`); these are the defaults.
@@ -201,6 +206,9 @@ wire_enum! {
         EventsLost = 15 => "events_lost",
         /// Internal errors (a map update that should not fail did).
         InternalError = 16 => "internal_error",
+        /// First fragments too small to hold the L4 header and the start of the payload
+        /// (RFC 1858 tiny-fragment evasion): dropped. No real stack sends them.
+        TinyFragment = 17 => "tiny_fragment",
     }
 }
 
@@ -254,13 +262,16 @@ pub struct Config {
     pub pending_flow_timeout_ns: u64,
     /// Events per source address per second before suppression (default 5).
     pub events_per_source_per_sec: u32,
-    pub _reserved: u32,
+    /// Events per CPU per second over all sources (default 10,000): a flood from millions of
+    /// spoofed sources must not try to emit one record per packet.
+    pub events_per_cpu_per_sec: u32,
 }
 
 pub const DEFAULT_BLOCKED_FLOW_TIMEOUT_NS: u64 = 120_000_000_000;
 pub const DEFAULT_ALLOWED_FLOW_TIMEOUT_NS: u64 = 30_000_000_000;
 pub const DEFAULT_PENDING_FLOW_TIMEOUT_NS: u64 = 10_000_000_000;
 pub const DEFAULT_EVENTS_PER_SOURCE_PER_SEC: u32 = 5;
+pub const DEFAULT_EVENTS_PER_CPU_PER_SEC: u32 = 10_000;
 
 /// Key of the flow map: the two endpoints in canonical order (lower address/port first), so
 /// both directions of a flow find the same entry.
@@ -407,7 +418,7 @@ mod tests {
     fn counter_indices_do_not_overlap() {
         let last_verdict = verdict_counter_index(Protocol::SoftEther, Verdict::Ignored);
         assert!(last_verdict < counter_index(Counter::Packets));
-        assert_eq!(counter_index(Counter::InternalError) + 1, STATS_LEN);
+        assert_eq!(counter_index(Counter::TinyFragment) + 1, STATS_LEN);
     }
 
     #[test]

@@ -16,13 +16,19 @@ use vpn_filter_common::{FlowState, FlowStatus, Message, Protocol};
 
 /// Bytes of payload the classifier sees. Every check below indexes into this window with
 /// constant indices, so the BPF verifier sees no variable offsets and no panics exist.
-pub const WINDOW: usize = 64;
+/// 96 covers the longest fixed layout checked: OpenVPN's tls-auth resets with HMAC-SHA512
+/// (86 bytes from the client, 98 from the server), whose packet id, acks and echoed session id
+/// come after the 64-byte HMAC.
+pub const WINDOW: usize = 96;
 
 /// Largest padded WireGuard handshake recognised (some commercial VPNs pad the 148/92-byte
 /// messages; TunnelBear uses 204/100). Anything longer is not treated as WireGuard.
 pub const WG_MAX_PADDED: usize = 148 + 256;
 /// nDPI's bound for OpenVPN resets: larger packets are something else.
 pub const OVPN_MAX_RESET: usize = 1200;
+/// Smallest tls-crypt-v2 client reset (v3): the 54-byte tls-crypt reset and a WKc of at least
+/// a 32-byte tag, the 256-byte client key and its 2-byte length (the fixture's is 353).
+pub const OVPN_MIN_RESET_V3: usize = 54 + 32 + 256 + 2;
 /// Packets of a pending WireGuard-data flow before it counts as confirmed.
 pub const WG_DATA_CONFIRM_PACKETS: u32 = 4;
 
@@ -178,7 +184,11 @@ pub fn classify_udp(sport: u16, dport: u16, len: usize, w: &[u8; WINDOW]) -> Opt
         if w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == 0 {
             return if len >= 4 { ike(w, 4, len - 4) } else { None };
         }
-        if len >= 16 {
+        // ESP: SPI values 1..=255 are reserved (RFC 4303), and the sequence number starts
+        // at 1, so neither is zero in real ESP.
+        let spi_valid = w[0] | w[1] | w[2] != 0;
+        let seq_nonzero = w[4] | w[5] | w[6] | w[7] != 0;
+        if len >= 16 && spi_valid && seq_nonzero {
             return Some(
                 Detection::new(Protocol::Esp, Message::EspUdp, Strength::Strong)
                     .with_tokens([w[0], w[1], w[2], w[3], 0, 0, 0, 0], [0; 8]),
@@ -186,7 +196,7 @@ pub fn classify_udp(sport: u16, dport: u16, len: usize, w: &[u8; WINDOW]) -> Opt
         }
         return None;
     }
-    if let Some(d) = wireguard(w, len) {
+    if let Some(d) = wireguard(sport, dport, w, len) {
         return Some(d);
     }
     if len >= 62
@@ -212,7 +222,7 @@ pub fn classify_udp(sport: u16, dport: u16, len: usize, w: &[u8; WINDOW]) -> Opt
     if w[0] == b'I' && w[1] == b'P' && w[2] == b'=' {
         return softether(w, len);
     }
-    openvpn(w, 0, len)
+    openvpn::<0>(w, len)
 }
 
 /// IKE header at `w[o..o + 28]`; `len` is the IKE message length available.
@@ -285,8 +295,14 @@ fn window_at<const O: usize, const N: usize>(w: &[u8; WINDOW]) -> [u8; N] {
 }
 
 #[inline(always)]
-fn wireguard(w: &[u8; WINDOW], len: usize) -> Option<Detection> {
+fn wireguard(sport: u16, dport: u16, w: &[u8; WINDOW], len: usize) -> Option<Detection> {
     if w[1] != 0 || w[2] != 0 || w[3] != 0 {
+        return None;
+    }
+    // A DNS message with id 0x0100..0x0400 and flags 0 starts like WireGuard; on port 53 its
+    // question count (1) at [4..6] gives it away. WireGuard on port 53 loses only sender
+    // indices starting 00 01 (1 in 65,536 handshakes, retried with a new index).
+    if (sport == 53 || dport == 53) && w[4] == 0 && w[5] == 1 {
         return None;
     }
     let idx_a = [w[4], w[5], w[6], w[7], 0, 0, 0, 0];
@@ -424,53 +440,152 @@ fn softether(w: &[u8; WINDOW], len: usize) -> Option<Detection> {
     None
 }
 
-/// OpenVPN packet at `w[o..]` (o = 0 on UDP, 2 on TCP after the length prefix); `len` is the
-/// OpenVPN packet length.
+/// Whether a v1/v2 client reset of `len` bytes at `w[O..]` has one of the layouts OpenVPN
+/// sends. The replay packet id of wrapped resets is small (1, and one more per
+/// retransmission): its middle bytes are zero.
 #[inline(always)]
-fn openvpn(w: &[u8; WINDOW], o: usize, len: usize) -> Option<Detection> {
-    let p: [u8; 22] = if o == 0 {
-        window_at::<0, 22>(w)
-    } else {
-        window_at::<2, 22>(w)
-    };
-    let opcode = p[0] >> 3;
-    let key_id = p[0] & 0x07;
+fn client_reset_v2_layout<const O: usize>(w: &[u8; WINDOW], len: usize) -> bool {
+    match len {
+        // Plain: no acks, message packet id 0.
+        14 => w[O + 9] | w[O + 10] | w[O + 11] | w[O + 12] | w[O + 13] == 0,
+        // tls-auth with an HMAC of H bytes at [9..9 + H] (MD5 16, SHA1 20, SHA224 28, SHA256
+        // 32), then the replay packet id and time, no acks and message packet id 0: the last
+        // five bytes are zero.
+        38 => {
+            w[O + 26] | w[O + 27] | w[O + 33] | w[O + 34] | w[O + 35] | w[O + 36] | w[O + 37] == 0
+        }
+        42 => {
+            w[O + 30] | w[O + 31] | w[O + 37] | w[O + 38] | w[O + 39] | w[O + 40] | w[O + 41] == 0
+        }
+        50 => {
+            w[O + 38] | w[O + 39] | w[O + 45] | w[O + 46] | w[O + 47] | w[O + 48] | w[O + 49] == 0
+        }
+        // tls-auth with SHA256, or tls-crypt (replay packet id in clear at [9..13]).
+        54 => {
+            w[O + 42] | w[O + 43] | w[O + 49] | w[O + 50] | w[O + 51] | w[O + 52] | w[O + 53] == 0
+                || w[O + 10] | w[O + 11] == 0
+        }
+        // tls-auth with SHA384 and SHA512.
+        70 => {
+            w[O + 58] | w[O + 59] | w[O + 65] | w[O + 66] | w[O + 67] | w[O + 68] | w[O + 69] == 0
+        }
+        86 => {
+            w[O + 74] | w[O + 75] | w[O + 81] | w[O + 82] | w[O + 83] | w[O + 84] | w[O + 85] == 0
+        }
+        _ => false,
+    }
+}
+
+/// The client session id a server reset of `len` bytes at `w[O..]` echoes; `[0; 8]` when the
+/// layout hides it; `None` when no server reset has this layout. The server's reset
+/// acknowledges the client's packet 0 (ack count 1, packet id 0) and echoes the client's session
+/// id: in clear at [14..22] without tls-auth/tls-crypt, after the HMAC and the replay packet
+/// id and time with tls-auth (nDPI checks the same echo), encrypted with tls-crypt, where only
+/// the replay packet id (small) is visible.
+#[inline(always)]
+fn server_reset_echo<const O: usize>(w: &[u8; WINDOW], len: usize) -> Option<[u8; 8]> {
+    macro_rules! echo {
+        ($ack:expr, $at:expr) => {
+            if w[O + $ack] == 1
+                && w[O + $ack + 1] | w[O + $ack + 2] | w[O + $ack + 3] | w[O + $ack + 4] == 0
+            {
+                Some([
+                    w[O + $at],
+                    w[O + $at + 1],
+                    w[O + $at + 2],
+                    w[O + $at + 3],
+                    w[O + $at + 4],
+                    w[O + $at + 5],
+                    w[O + $at + 6],
+                    w[O + $at + 7],
+                ])
+            } else {
+                None
+            }
+        };
+    }
+    match len {
+        26 => echo!(9, 14),
+        // tls-auth, HMAC of H bytes: ack count at 17 + H, echo at 22 + H.
+        50 => echo!(33, 38),
+        54 => echo!(37, 42),
+        62 => echo!(45, 50),
+        // tls-crypt (replay packet id in clear at [9..13]), or tls-auth with SHA256.
+        66 if w[O + 10] | w[O + 11] == 0 => Some([0; 8]),
+        66 => echo!(49, 54),
+        // tls-crypt-v2: tls-crypt plus an early-negotiation TLV.
+        72 if w[O + 10] | w[O + 11] == 0 => Some([0; 8]),
+        // tls-auth with SHA384 and SHA512.
+        82 => echo!(65, 70),
+        98 => echo!(81, 86),
+        _ => None,
+    }
+}
+
+/// OpenVPN packet at `w[O..]` (O = 0 on UDP, 2 on TCP after the length prefix); `len` is the
+/// OpenVPN packet length. Indexes the window directly (a copy would cost BPF stack).
+#[inline(always)]
+fn openvpn<const O: usize>(w: &[u8; WINDOW], len: usize) -> Option<Detection> {
+    const { assert!(O + 94 <= WINDOW) };
+    let opcode = w[O] >> 3;
+    let key_id = w[O] & 0x07;
     if key_id != 0 || !(14..OVPN_MAX_RESET).contains(&len) {
         return None;
     }
     // STUN/QUIC collisions: STUN's magic cookie at [4..8].
-    if p[4] == STUN_MAGIC[0]
-        && p[5] == STUN_MAGIC[1]
-        && p[6] == STUN_MAGIC[2]
-        && p[7] == STUN_MAGIC[3]
+    if w[O + 4] == STUN_MAGIC[0]
+        && w[O + 5] == STUN_MAGIC[1]
+        && w[O + 6] == STUN_MAGIC[2]
+        && w[O + 7] == STUN_MAGIC[3]
     {
         return None;
     }
-    let session = [p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]];
-    if session == [0; 8] {
+    let session = [
+        w[O + 1],
+        w[O + 2],
+        w[O + 3],
+        w[O + 4],
+        w[O + 5],
+        w[O + 6],
+        w[O + 7],
+        w[O + 8],
+    ];
+    // The session id is 8 random bytes: four or more zero bytes there are the header of
+    // something else (a DNS header's counts put 4-6 zeros there).
+    let zeros = (session[0] == 0) as u8
+        + (session[1] == 0) as u8
+        + (session[2] == 0) as u8
+        + (session[3] == 0) as u8
+        + (session[4] == 0) as u8
+        + (session[5] == 0) as u8
+        + (session[6] == 0) as u8
+        + (session[7] == 0) as u8;
+    if zeros >= 4 {
         return None;
     }
     match opcode {
+        ovpn::CONTROL_HARD_RESET_CLIENT_V1 | ovpn::CONTROL_HARD_RESET_CLIENT_V2
+            if !client_reset_v2_layout::<O>(w, len) =>
+        {
+            None
+        }
+        // tls-crypt-v2 (v3): the 54-byte tls-crypt reset plus the wrapped client key (WKc:
+        // 32-byte tag, the 256-byte client key and metadata, 2-byte length), and the replay
+        // packet id in clear at [9..13] (0x0f000001 from OpenVPN 2.6: the early-negotiation
+        // marker in its top byte).
+        ovpn::CONTROL_HARD_RESET_CLIENT_V3
+            if len < OVPN_MIN_RESET_V3 || w[O + 10] | w[O + 11] != 0 =>
+        {
+            None
+        }
         ovpn::CONTROL_HARD_RESET_CLIENT_V1
         | ovpn::CONTROL_HARD_RESET_CLIENT_V2
-        | ovpn::CONTROL_HARD_RESET_CLIENT_V3 => {
-            // Without tls-auth/tls-crypt the reset is exactly 14 bytes: no acks, packet id 0.
-            if len == 14 && (p[9] != 0 || p[10] | p[11] | p[12] | p[13] != 0) {
-                return None;
-            }
-            Some(
-                Detection::new(Protocol::OpenVpn, Message::OvpnClientReset, Strength::Weak)
-                    .with_tokens(session, [0; 8]),
-            )
-        }
+        | ovpn::CONTROL_HARD_RESET_CLIENT_V3 => Some(
+            Detection::new(Protocol::OpenVpn, Message::OvpnClientReset, Strength::Weak)
+                .with_tokens(session, [0; 8]),
+        ),
         ovpn::CONTROL_HARD_RESET_SERVER_V1 | ovpn::CONTROL_HARD_RESET_SERVER_V2 => {
-            // Without tls-auth/tls-crypt the server's reset acknowledges the client's packet 0
-            // and echoes the client's session id in clear at [14..22].
-            let peer = if len == 26 && p[9] == 1 {
-                [p[14], p[15], p[16], p[17], p[18], p[19], p[20], p[21]]
-            } else {
-                [0; 8]
-            };
+            let peer = server_reset_echo::<O>(w, len)?;
             Some(
                 Detection::new(
                     Protocol::OpenVpn,
@@ -558,7 +673,7 @@ pub fn classify_tcp(len: usize, w: &[u8; WINDOW]) -> Option<Detection> {
         ));
     }
     if prefix + 2 <= len && prefix >= 14 {
-        return openvpn(w, 2, prefix);
+        return openvpn::<2>(w, prefix);
     }
     None
 }

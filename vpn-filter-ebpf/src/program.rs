@@ -14,7 +14,7 @@ use vpn_filter_common::{
     counter_index, verdict_counter_index, AllowValue, Config, Counter, Event, FlowKey, FlowState,
     FlowStatus, PolicyMode, Protocol, RateState, Reason, Verdict, DEFAULT_ALLOWED_FLOW_TIMEOUT_NS,
     DEFAULT_ALLOW_V4_ENTRIES, DEFAULT_ALLOW_V6_ENTRIES, DEFAULT_BLOCKED_FLOW_TIMEOUT_NS,
-    DEFAULT_EVENTS_PER_SOURCE_PER_SEC, DEFAULT_EVENT_LIMIT_ENTRIES, DEFAULT_EVENT_RING_BYTES,
+    DEFAULT_EVENTS_PER_CPU_PER_SEC, DEFAULT_EVENTS_PER_SOURCE_PER_SEC, DEFAULT_EVENT_LIMIT_ENTRIES, DEFAULT_EVENT_RING_BYTES,
     DEFAULT_FLOW_ENTRIES, DEFAULT_PENDING_FLOW_TIMEOUT_NS, FAMILY_V4, FAMILY_V6, STATS_LEN,
 };
 use vpn_filter_ebpf::classify::{
@@ -53,6 +53,11 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_RING_BYTES, 0);
 
+/// Per-CPU event budget over all sources (first-N-per-second), checked before the
+/// per-source limit so a random-source flood costs no LRU insert per packet.
+#[map(name = "EVENT_BUDGET")]
+static EVENT_BUDGET: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "EVENT_LIMIT")]
 static EVENT_LIMIT: LruHashMap<[u8; 16], RateState> =
     LruHashMap::with_max_entries(DEFAULT_EVENT_LIMIT_ENTRIES, 0);
@@ -73,6 +78,10 @@ const MAX_EXT_HEADERS: usize = 6;
 /// every packet offset bounded for the verifier.
 const MAX_L4_OFFSET: usize = 512;
 const NS_PER_SEC: u64 = 1_000_000_000;
+/// A first fragment must carry at least this much L4 payload; less is the tiny-fragment
+/// evasion (RFC 1858, RFC 3128): the handshake's identifying bytes would ride in later
+/// fragments, which carry no ports. Real stacks fragment at the MTU, far above this.
+const MIN_FIRST_FRAGMENT_PAYLOAD: usize = 16;
 
 /// Everything the decision needs from the headers.
 struct Packet {
@@ -85,8 +94,12 @@ struct Packet {
     vlan: u16,
     /// Offset of the L4 payload (UDP/TCP) or of the L4 header (GRE/ESP/AH) in the frame.
     payload_off: usize,
-    /// L4 payload length according to the headers (checked against the frame).
+    /// L4 payload length according to the headers (checked against the frame). For the first
+    /// fragment of a fragmented UDP datagram: the whole datagram's, from the UDP length.
     payload_len: usize,
+    /// Bytes of that payload present in this packet (less than `payload_len` only in a first
+    /// fragment).
+    captured: usize,
 }
 
 #[xdp]
@@ -94,6 +107,10 @@ pub fn vpn_filter(ctx: XdpContext) -> u32 {
     count(counter_index(Counter::Packets));
     match try_vpn_filter(&ctx) {
         Ok(action) => action,
+        Err(Counter::TinyFragment) => {
+            count(counter_index(Counter::TinyFragment));
+            XDP_DROP
+        }
         Err(outcome) => {
             count(counter_index(outcome));
             XDP_PASS
@@ -167,8 +184,11 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
         vlan,
         payload_off: 0,
         payload_len: 0,
+        captured: 0,
     };
     let frame_len = ctx.data_end() - ctx.data();
+    // A first fragment (offset 0, more to come): its UDP length counts the whole datagram.
+    let more_fragments;
     let (l4, l4_len) = match ethertype {
         ETH_P_IP => {
             count(counter_index(Counter::Ipv4));
@@ -182,9 +202,11 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
                 return Err(Counter::Malformed);
             }
             // Only the first fragment carries the L4 header; later fragments pass (README).
-            if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+            let frag = u16::from_be_bytes([ip[6], ip[7]]);
+            if frag & 0x1fff != 0 {
                 return Err(Counter::Fragment);
             }
+            more_fragments = frag & 0x2000 != 0;
             pkt.family = FAMILY_V4;
             pkt.ip_proto = ip[9];
             pkt.src[..4].copy_from_slice(&ip[12..16]);
@@ -204,7 +226,8 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
             pkt.family = FAMILY_V6;
             pkt.src.copy_from_slice(&ip[8..24]);
             pkt.dst.copy_from_slice(&ip[24..40]);
-            let (next, off) = ipv6_ext_headers(ctx, ip[6], l3 + 40)?;
+            let (next, off, more) = ipv6_ext_headers(ctx, ip[6], l3 + 40)?;
+            more_fragments = more;
             pkt.ip_proto = next;
             let used = off - (l3 + 40);
             if used > payload {
@@ -221,13 +244,19 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
         IPPROTO_UDP => {
             let udp: [u8; 8] = read(ctx, l4)?;
             let ulen = u16::from_be_bytes([udp[4], udp[5]]) as usize;
-            if ulen < 8 || ulen > l4_len {
+            // Only a first fragment may hold less than its UDP length announces (README,
+            // "Fragments": it is judged like any packet, by the datagram's length).
+            if ulen < 8 || l4_len < 8 || (ulen > l4_len && !more_fragments) {
                 return Err(Counter::Malformed);
             }
             pkt.sport = u16::from_be_bytes([udp[0], udp[1]]);
             pkt.dport = u16::from_be_bytes([udp[2], udp[3]]);
             pkt.payload_off = l4 + 8;
             pkt.payload_len = ulen - 8;
+            pkt.captured = if ulen < l4_len { ulen - 8 } else { l4_len - 8 };
+            if more_fragments && pkt.captured < MIN_FIRST_FRAGMENT_PAYLOAD {
+                return Err(Counter::TinyFragment);
+            }
         }
         IPPROTO_TCP => {
             let tcp: [u8; 20] = read(ctx, l4)?;
@@ -239,20 +268,31 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
             pkt.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
             pkt.payload_off = l4 + doff;
             pkt.payload_len = l4_len - doff;
+            pkt.captured = pkt.payload_len;
+            if more_fragments && pkt.captured < MIN_FIRST_FRAGMENT_PAYLOAD {
+                return Err(Counter::TinyFragment);
+            }
         }
         _ => {
             pkt.payload_off = l4;
             pkt.payload_len = l4_len;
+            pkt.captured = l4_len;
         }
     }
     Ok(pkt)
 }
 
-/// Follows IPv6 extension headers; returns the upper-layer protocol and its offset.
+/// Follows IPv6 extension headers; returns the upper-layer protocol, its offset, and whether a
+/// fragment header announced more fragments (this is a first fragment).
 #[inline(always)]
-fn ipv6_ext_headers(ctx: &XdpContext, first: u8, start: usize) -> Result<(u8, usize), Counter> {
+fn ipv6_ext_headers(
+    ctx: &XdpContext,
+    first: u8,
+    start: usize,
+) -> Result<(u8, usize, bool), Counter> {
     let mut next = first;
     let mut off = start;
+    let mut more = false;
     let mut i = 0;
     while i < MAX_EXT_HEADERS {
         match next {
@@ -266,13 +306,15 @@ fn ipv6_ext_headers(ctx: &XdpContext, first: u8, start: usize) -> Result<(u8, us
             // Fragment header: later fragments carry no L4 header.
             44 => {
                 let h: [u8; 4] = read(ctx, off)?;
-                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                let field = u16::from_be_bytes([h[2], h[3]]);
+                if field & 0xfff8 != 0 {
                     return Err(Counter::Fragment);
                 }
+                more = field & 1 != 0;
                 next = h[0];
                 off += 8;
             }
-            _ => return Ok((next, off)),
+            _ => return Ok((next, off, more)),
         }
         if off > MAX_L4_OFFSET {
             return Err(Counter::ExtHeaderLimit);
@@ -281,7 +323,7 @@ fn ipv6_ext_headers(ctx: &XdpContext, first: u8, start: usize) -> Result<(u8, us
     }
     match next {
         0 | 43 | 60 | 44 => Err(Counter::ExtHeaderLimit),
-        _ => Ok((next, off)),
+        _ => Ok((next, off, more)),
     }
 }
 
@@ -298,8 +340,9 @@ fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>, Counter> 
         _ => return Ok(None),
     }
     let len = pkt.payload_len;
-    // Every VPN message recognised is at least four bytes long.
-    if len < 4 {
+    // Every VPN message recognised is at least four bytes long (and a first fragment must
+    // hold the first four).
+    if len < 4 || pkt.captured < 4 {
         return Ok(None);
     }
     let head: [u8; 4] = read(ctx, pkt.payload_off)?;
@@ -318,7 +361,7 @@ fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>, Counter> 
                 return Ok(None);
             }
             let mut token = [0u8; 8];
-            if len >= 9 {
+            if pkt.captured >= 9 {
                 let h: [u8; 9] = read(ctx, pkt.payload_off)?;
                 token.copy_from_slice(&h[1..9]);
             }
@@ -333,7 +376,12 @@ fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>, Counter> 
         Prefilter::Inspect => {
             count(counter_index(Counter::Candidates));
             let mut w = [0u8; WINDOW];
-            let n = if len < WINDOW { len } else { WINDOW };
+            // A first fragment may hold fewer bytes than the datagram: the rest stays zero.
+            let n = if pkt.captured < WINDOW {
+                pkt.captured
+            } else {
+                WINDOW
+            };
             if n == 0 || n > WINDOW {
                 return Ok(None);
             }
@@ -372,6 +420,9 @@ fn config() -> Config {
     }
     if c.events_per_source_per_sec == 0 {
         c.events_per_source_per_sec = DEFAULT_EVENTS_PER_SOURCE_PER_SEC;
+    }
+    if c.events_per_cpu_per_sec == 0 {
+        c.events_per_cpu_per_sec = DEFAULT_EVENTS_PER_CPU_PER_SEC;
     }
     c
 }
@@ -630,6 +681,22 @@ fn emit(
     now: u64,
     cfg: &Config,
 ) {
+    // The CPU's budget first (only looked at here; spent below, once the per-source limit
+    // lets the event through, so one noisy source cannot spend everyone's budget).
+    let budget = match EVENT_BUDGET.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+        Some(b) => unsafe { &mut *b },
+        None => return,
+    };
+    if now.wrapping_sub(budget.window_start_ns) >= NS_PER_SEC {
+        budget.window_start_ns = now;
+        budget.emitted = 0;
+    }
+    if budget.emitted >= cfg.events_per_cpu_per_sec {
+        budget.suppressed += 1;
+        count(counter_index(Counter::EventsSuppressed));
+        return;
+    }
     let suppressed = match EVENT_LIMIT.get_ptr_mut(&pkt.src) {
         Some(rate) => {
             // SAFETY: a pointer into the LRU map's value, valid for this program run.
@@ -660,6 +727,7 @@ fn emit(
             0
         }
     };
+    budget.emitted += 1;
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(Event {

@@ -8,7 +8,11 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
         Array, MapData, PerCpuArray, RingBuf,
     },
-    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use vpn_filter_common::{
@@ -17,11 +21,63 @@ use vpn_filter_common::{
     PROGRAM_NAME,
 };
 
-use crate::registry::{canonical_ip, Allowlist, Prefix};
+use crate::{
+    pin::PinDir,
+    registry::{canonical_ip, Allowlist, Prefix},
+};
+
+/// Index of a network interface in this process's network namespace.
+pub fn if_index(iface: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(iface).map_err(|_| anyhow!("bad interface name {iface:?}"))?;
+    // SAFETY: valid NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        bail!("no interface named {iface} ({})", std::io::Error::last_os_error());
+    }
+    Ok(i)
+}
+
+/// Creates a new XDP link in the requested mode (auto: native, else generic with a warning).
+fn attach_new(prog: &mut Xdp, iface: &str, mode: AttachMode) -> Result<(XdpLinkId, XdpMode)> {
+    Ok(match mode {
+        AttachMode::Native => (
+            prog.attach(iface, XdpMode::Driver).with_context(|| {
+                format!("attaching to {iface} in native mode failed - try --xdp-mode generic")
+            })?,
+            XdpMode::Driver,
+        ),
+        AttachMode::Generic => (
+            prog.attach(iface, XdpMode::Skb)
+                .with_context(|| format!("attaching to {iface} in generic mode failed"))?,
+            XdpMode::Skb,
+        ),
+        AttachMode::Auto => match prog.attach(iface, XdpMode::Driver) {
+            Ok(l) => (l, XdpMode::Driver),
+            Err(native_err) => {
+                log::warn!(
+                    "{iface}: native XDP unavailable ({native_err}); falling back to generic mode (slower: runs after the skb is built)"
+                );
+                let l = prog.attach(iface, XdpMode::Skb).with_context(|| {
+                    format!("attaching to {iface} failed in native ({native_err}) and generic mode")
+                })?;
+                (l, XdpMode::Skb)
+            }
+        },
+    })
+}
+
+pub mod diff;
 
 /// The XDP object built by build.rs from the vpn-filter-ebpf crate.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpn-filter.bpf.o"));
+
+/// Benchmark and test programs only, never attached by the controller: `bench_pass`
+/// (returns `XDP_PASS`), `bench_count_drop` (per-CPU count in `BENCH_COUNT`, `XDP_DROP`) and
+/// `bench_gen` (the live-frames traffic generator). Built by build.rs from
+/// `vpn-filter-ebpf/src/bin/bench.rs`.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpn-filter-bench.bpf.o"));
 
 /// Per-protocol policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +171,48 @@ pub struct SyncReport {
     pub removed: usize,
     pub v4: usize,
     pub v6: usize,
+    /// Removals written before the additions because the trie could not hold both (see
+    /// [`diff::schedule`]).
+    pub removed_first: usize,
+    /// Whether the tries were read from the kernel first (first sync, adopted pinned maps, or
+    /// after a failed sync).
+    pub read_kernel: bool,
+    /// Flows that passed because an endpoint was registered and that no longer have a
+    /// registered endpoint: marked blocked (see [`Filter::sync_allowlist`]).
+    pub flows_blocked: usize,
+}
+
+/// The allowlist as written to the kernel, per family, sorted by prefix.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub v4: Vec<(Prefix, u64)>,
+    pub v6: Vec<(Prefix, u64)>,
+}
+
+impl Applied {
+    /// The allowlist's prefixes and tags split by family (already sorted: IPv4 sorts first).
+    pub fn from_allowlist(want: &Allowlist) -> Applied {
+        let v4_len = want.v4_count();
+        let mut out = Applied {
+            v4: Vec::with_capacity(v4_len),
+            v6: Vec::with_capacity(want.len() - v4_len),
+        };
+        for (p, by) in &want.prefixes {
+            match p {
+                Prefix::V4 { .. } => out.v4.push((*p, by.tag)),
+                Prefix::V6 { .. } => out.v6.push((*p, by.tag)),
+            }
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
 }
 
 /// The loaded program and its maps.
@@ -122,24 +220,90 @@ pub struct Filter {
     ebpf: Ebpf,
     options: LoadOptions,
     links: Vec<Attachment>,
+    pins: Option<PinDir>,
+    /// What the allowlist tries hold, as last written by this controller (sorted): a sync
+    /// diffs against it instead of reading a million-entry trie back. `None` until the first
+    /// sync, or after a failed one: then the tries are read (adopting what a previous
+    /// controller left in pinned maps).
+    applied: Option<Applied>,
 }
 
 /// One interface the program is attached to.
 #[derive(Debug)]
 pub struct Attachment {
     pub iface: String,
-    pub mode: XdpMode,
+    /// Mode used when this controller attached; `None` when it took over a pinned link (the
+    /// kernel keeps the mode the link was created with).
+    pub mode: Option<XdpMode>,
+    /// Interface index when attached.
+    pub ifindex: u32,
+    /// Whether the link is pinned (outlives the controller).
+    pub pinned: bool,
     link: XdpLinkId,
+}
+
+/// How [`Filter::attach`] got the program onto an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link in this mode.
+    New(XdpMode),
+    /// The pinned link left by a previous controller now runs this program (BPF_LINK_UPDATE:
+    /// atomic, no moment without a filter).
+    Replaced,
+}
+
+/// Keeps the verifier's verdict readable: its last lines say why.
+fn load_error(e: aya::programs::ProgramError) -> anyhow::Error {
+    if let aya::programs::ProgramError::LoadError { io_error, verifier_log } = &e {
+        let log = verifier_log.to_string();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+        return anyhow!("the kernel verifier rejected the XDP program ({io_error}); last lines of its log:\n{tail}");
+    }
+    anyhow::Error::new(e).context("loading the XDP program into the kernel")
 }
 
 impl Filter {
     /// Loads the embedded object through the verifier, sized by `options`, with `policy` and
-    /// `config` written before anything is attached.
+    /// `config` written before anything is attached. Nothing is pinned: the filter lives as
+    /// long as this value (tests, replay, benchmarks).
     pub fn load(options: LoadOptions, policy: &Policy, config: &Config) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
+        Self::load_inner(options, policy, config, None)
+    }
+
+    /// Like [`Filter::load`], but every map is pinned under `pins` and reused from there if
+    /// a previous controller left it (after checking its shape), and links are pinned on
+    /// attach: enforcement outlives the controller. Returns the filter and how many pinned
+    /// maps were reused.
+    pub fn load_pinned(
+        options: LoadOptions,
+        policy: &Policy,
+        config: &Config,
+        pins: PinDir,
+    ) -> Result<(Self, usize)> {
+        pins.prepare()?;
+        let reused = pins.check_maps(&options)?;
+        let filter = Self::load_inner(options, policy, config, Some(pins))?;
+        Ok((filter, reused))
+    }
+
+    fn load_inner(
+        options: LoadOptions,
+        policy: &Policy,
+        config: &Config,
+        pins: Option<PinDir>,
+    ) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(maps::ALLOW_V4, options.allow_v4_entries)
             .map_max_entries(maps::ALLOW_V6, options.allow_v6_entries)
-            .map_max_entries(maps::FLOWS, options.flow_entries)
+            .map_max_entries(maps::FLOWS, options.flow_entries);
+        if let Some(pins) = &pins {
+            for shape in crate::pin::expected_maps(&options) {
+                loader.map_pin_path(shape.name, pins.map_path(shape.name));
+            }
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the vpn-filter eBPF object (are you root, with BPF enabled?)")?;
         if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
@@ -150,16 +314,21 @@ impl Filter {
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the object"))?
             .try_into()?;
-        prog.load()
-            .context("the kernel verifier rejected the XDP program")?;
+        prog.load().map_err(load_error)?;
         let mut filter = Filter {
             ebpf,
             options,
             links: Vec::new(),
+            pins,
+            applied: None,
         };
         filter.set_policy(policy)?;
         filter.set_config(config)?;
         Ok(filter)
+    }
+
+    pub fn pins(&self) -> Option<&PinDir> {
+        self.pins.as_ref()
     }
 
     pub fn options(&self) -> LoadOptions {
@@ -195,55 +364,108 @@ impl Filter {
         Ok(r.return_value)
     }
 
-    /// Attaches to `iface`; returns the mode actually used.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode> {
-        let prog = self.program_mut();
-        let (link, used) = match mode {
-            AttachMode::Native => (
-                prog.attach(iface, XdpMode::Driver).with_context(|| {
-                    format!("attaching to {iface} in native mode failed - try --xdp-mode generic")
-                })?,
-                XdpMode::Driver,
-            ),
-            AttachMode::Generic => (
-                prog.attach(iface, XdpMode::Skb)
-                    .with_context(|| format!("attaching to {iface} in generic mode failed"))?,
-                XdpMode::Skb,
-            ),
-            AttachMode::Auto => {
-                match prog.attach(iface, XdpMode::Driver) {
-                    Ok(l) => (l, XdpMode::Driver),
-                    Err(native_err) => {
-                        log::warn!(
-                        "{iface}: native XDP unavailable ({native_err}); falling back to generic mode (slower: runs after the skb is built)"
-                    );
-                        let l = prog.attach(iface, XdpMode::Skb).with_context(|| {
-                        format!("attaching to {iface} failed in native ({native_err}) and generic mode")
-                    })?;
-                        (l, XdpMode::Skb)
+    /// Attaches to `iface`. With pins, a link pinned for `iface` by a previous controller is
+    /// taken over atomically if it is still attached to that interface; otherwise (and
+    /// without pins) a new link is created in `mode` and, with pins, pinned.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached> {
+        let ifindex = if_index(iface)?;
+        if let Some(pin_path) = self.pins.as_ref().map(|p| p.link_path(iface)) {
+            if pin_path.exists() {
+                match crate::pin::pinned_link_state(&pin_path) {
+                    Ok(state) if state.ifindex == ifindex => {
+                        let fd_link: FdLink = PinnedLink::from_pin(&pin_path)
+                            .with_context(|| format!("opening pinned link {}", pin_path.display()))?
+                            .into();
+                        let xdp_link = XdpLink::try_from(fd_link)
+                            .with_context(|| format!("{} is not an XDP link", pin_path.display()))?;
+                        let link = self
+                            .program_mut()
+                            .attach_to_link(xdp_link)
+                            .with_context(|| format!("replacing the program on {iface}'s pinned link"))?;
+                        self.links.push(Attachment { iface: iface.into(), mode: None, ifindex, pinned: true, link });
+                        return Ok(Attached::Replaced);
                     }
+                    Ok(state) => {
+                        log::warn!(
+                            "{iface}: pinned link {} belongs to a former interface (ifindex {} now {ifindex}); attaching anew",
+                            pin_path.display(),
+                            state.ifindex
+                        );
+                    }
+                    Err(e) => log::warn!("{iface}: pinned link {} unusable ({e:#}); attaching anew", pin_path.display()),
                 }
+                std::fs::remove_file(&pin_path).with_context(|| format!("removing stale pin {}", pin_path.display()))?;
             }
+        }
+        let (link, used) = attach_new(self.program_mut(), iface, mode)?;
+        let pinned = if let Some(pin_path) = self.pins.as_ref().map(|p| p.link_path(iface)) {
+            let prog = self.program_mut();
+            let xdp_link = prog.take_link(link)?;
+            let fd_link = FdLink::try_from(xdp_link)
+                .with_context(|| format!("{iface}: the kernel gave a netlink XDP attachment, which cannot be pinned"))?;
+            let pinned = fd_link.pin(&pin_path).with_context(|| format!("pinning {}", pin_path.display()))?;
+            let fd_link: FdLink = pinned.into();
+            let link = prog.attach_to_link(XdpLink::try_from(fd_link)?)?;
+            self.links.push(Attachment { iface: iface.into(), mode: Some(used), ifindex, pinned: true, link });
+            true
+        } else {
+            self.links.push(Attachment { iface: iface.into(), mode: Some(used), ifindex, pinned: false, link });
+            false
         };
-        self.links.push(Attachment {
-            iface: iface.to_string(),
-            mode: used,
-            link,
-        });
-        Ok(used)
+        log::debug!("{iface}: attached (pinned: {pinned})");
+        Ok(Attached::New(used))
     }
 
     pub fn attachments(&self) -> &[Attachment] {
         &self.links
     }
 
-    /// Detaches from every interface.
+    /// Interfaces whose attachment is gone (interface deleted, or deleted and re-created with
+    /// a new index) and that exist again: re-attaches them in `mode` and returns their names.
+    /// Interfaces still missing are returned in the second list.
+    pub fn reattach_lost(&mut self, mode: AttachMode) -> Result<(Vec<String>, Vec<String>)> {
+        let (mut back, mut missing) = (Vec::new(), Vec::new());
+        let ifaces: Vec<(String, u32, bool)> =
+            self.links.iter().map(|a| (a.iface.clone(), a.ifindex, a.pinned)).collect();
+        for (iface, ifindex, pinned) in ifaces {
+            let now = if_index(&iface).ok();
+            let link_ok = match (&self.pins, pinned) {
+                (Some(p), true) => crate::pin::pinned_link_state(&p.link_path(&iface))
+                    .map(|s| s.ifindex != 0 && Some(s.ifindex) == now)
+                    .unwrap_or(false),
+                _ => Some(ifindex) == now,
+            };
+            if link_ok {
+                continue;
+            }
+            let Some(_) = now else {
+                missing.push(iface);
+                continue;
+            };
+            if let Some(pos) = self.links.iter().position(|a| a.iface == iface) {
+                let old = self.links.remove(pos);
+                // The kernel already detached it; releasing our handle cannot fail usefully.
+                let _ = self.program_mut().detach(old.link);
+            }
+            self.attach(&iface, mode)?;
+            back.push(iface);
+        }
+        Ok((back, missing))
+    }
+
+    /// Detaches from every interface and removes the link pins: the filter stops.
     pub fn detach_all(&mut self) -> Result<()> {
         let links = std::mem::take(&mut self.links);
         for a in links {
-            self.program_mut()
-                .detach(a.link)
-                .with_context(|| format!("detaching from {}", a.iface))?;
+            if a.pinned {
+                if let Some(p) = &self.pins {
+                    let path = p.link_path(&a.iface);
+                    if path.exists() {
+                        std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+                    }
+                }
+            }
+            self.program_mut().detach(a.link).with_context(|| format!("detaching from {}", a.iface))?;
         }
         Ok(())
     }
@@ -275,56 +497,159 @@ impl Filter {
 
     /// Makes the kernel allowlist equal to `want`: prefixes are added (and re-tagged) before
     /// stale ones are removed, so an address that stays registered is never missing, even for
-    /// an instant. A prefix that does not fit (map full) fails the sync with a clear error;
-    /// what was already added stays, and nothing was removed yet.
+    /// an instant (see [`diff`]). A feed over capacity fails before anything is written, with
+    /// the option to raise. If a write fails midway, what was already added stays, nothing
+    /// was removed yet, and the next sync re-reads the tries.
+    ///
+    /// A flow already allowed because an endpoint was registered would keep passing (its
+    /// state is refreshed by every packet); after removals, flows whose endpoints are no
+    /// longer registered are marked blocked, so a revoked registration's tunnels stop at once.
     pub fn sync_allowlist(&mut self, want: &Allowlist) -> Result<SyncReport> {
-        let (want_v4, want_v6) = (want.v4_count(), want.v6_count());
-        if want_v4 > self.options.allow_v4_entries as usize {
+        let want_allowlist = want;
+        let want = Applied::from_allowlist(want);
+        let (cap_v4, cap_v6) = (
+            self.options.allow_v4_entries as usize,
+            self.options.allow_v6_entries as usize,
+        );
+        if want.v4.len() > cap_v4 {
             bail!(
-                "the registry has {want_v4} IPv4 prefixes but the allowlist holds at most {} (raise --allow-v4-entries)",
-                self.options.allow_v4_entries
+                "the registry has {} IPv4 prefixes in force but the IPv4 allowlist holds at most {cap_v4} (raise --allow-v4-entries); nothing was changed",
+                want.v4.len()
             );
         }
-        if want_v6 > self.options.allow_v6_entries as usize {
+        if want.v6.len() > cap_v6 {
             bail!(
-                "the registry has {want_v6} IPv6 prefixes but the allowlist holds at most {} (raise --allow-v6-entries)",
-                self.options.allow_v6_entries
+                "the registry has {} IPv6 prefixes in force but the IPv6 allowlist holds at most {cap_v6} (raise --allow-v6-entries); nothing was changed",
+                want.v6.len()
             );
         }
         let mut report = SyncReport {
-            v4: want_v4,
-            v6: want_v6,
+            v4: want.v4.len(),
+            v6: want.v6.len(),
             ..Default::default()
         };
-        {
-            let mut v4: LpmTrie<&mut MapData, [u8; 4], AllowValue> =
-                LpmTrie::try_from(self.map_mut(maps::ALLOW_V4)?)?;
-            let have = read_trie(&v4)?;
-            let wanted: BTreeMap<Key4, u64> = want
-                .prefixes
-                .iter()
-                .filter_map(|(p, by)| match p {
-                    Prefix::V4 { addr, len } => Some(((*len, *addr), by.tag)),
-                    _ => None,
-                })
-                .collect();
-            apply_diff(&mut v4, &have, &wanted, &mut report)?;
+        let have = match self.applied.take() {
+            Some(a) => a,
+            None => {
+                report.read_kernel = true;
+                self.read_allowlist()?
+            }
+        };
+        let plan_v4 = diff::plan(&have.v4, &want.v4);
+        let plan_v6 = diff::plan(&have.v6, &want.v6);
+        // Additions of both families before removals of either.
+        let early_v4 = diff::early_removals(&plan_v4, have.v4.len(), cap_v4);
+        let early_v6 = diff::early_removals(&plan_v6, have.v6.len(), cap_v6);
+        if early_v4 + early_v6 > 0 {
+            log::warn!(
+                "the allowlist cannot hold the current and the new prefixes at once (IPv4 {} + {} new > {cap_v4} or IPv6 {} + {} new > {cap_v6}): removing {} revoked prefix(es) before adding; raise --allow-v4-entries/--allow-v6-entries for headroom",
+                have.v4.len(),
+                plan_v4.added,
+                have.v6.len(),
+                plan_v6.added,
+                early_v4 + early_v6
+            );
         }
-        {
-            let mut v6: LpmTrie<&mut MapData, [u8; 16], AllowValue> =
-                LpmTrie::try_from(self.map_mut(maps::ALLOW_V6)?)?;
-            let have = read_trie(&v6)?;
-            let wanted: BTreeMap<(u8, [u8; 16]), u64> = want
-                .prefixes
-                .iter()
-                .filter_map(|(p, by)| match p {
-                    Prefix::V6 { addr, len } => Some(((*len, *addr), by.tag)),
-                    _ => None,
-                })
-                .collect();
-            apply_diff(&mut v6, &have, &wanted, &mut report)?;
+        report.added = plan_v4.added + plan_v6.added;
+        report.changed = plan_v4.changed() + plan_v6.changed();
+        report.removed = plan_v4.removals.len() + plan_v6.removals.len();
+        report.removed_first = early_v4 + early_v6;
+        let result = (|| -> Result<()> {
+            let (first_v4, rest_v4) = plan_v4.removals.split_at(early_v4);
+            let (first_v6, rest_v6) = plan_v6.removals.split_at(early_v6);
+            self.write_v4(|t| remove_all(t, first_v4))?;
+            self.write_v6(|t| remove_all(t, first_v6))?;
+            self.write_v4(|t| upsert_all(t, &plan_v4.upserts))?;
+            self.write_v6(|t| upsert_all(t, &plan_v6.upserts))?;
+            self.write_v4(|t| remove_all(t, rest_v4))?;
+            self.write_v6(|t| remove_all(t, rest_v6))?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.applied = Some(want);
+                if report.removed > 0 {
+                    match self.block_revoked_flows(want_allowlist) {
+                        Ok(n) => report.flows_blocked = n,
+                        Err(e) => log::warn!(
+                            "checking established flows after revocations failed ({e:#}); they stop passing after their idle timeout"
+                        ),
+                    }
+                }
+                Ok(report)
+            }
+            // `applied` stays None: the next sync reads what the kernel really holds.
+            Err(e) => Err(e),
         }
-        Ok(report)
+    }
+
+    /// Marks blocked every allowed flow with no endpoint in `allow`; returns how many.
+    fn block_revoked_flows(&mut self, allow: &Allowlist) -> Result<usize> {
+        use vpn_filter_common::{FlowKey, FlowState, FlowStatus, FAMILY_V4};
+        let mut flows: aya::maps::HashMap<&mut MapData, FlowKey, FlowState> =
+            aya::maps::HashMap::try_from(self.map_mut(maps::FLOWS)?)?;
+        let endpoint = |family: u8, a: [u8; 16]| -> IpAddr {
+            if family == FAMILY_V4 {
+                std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
+            } else {
+                std::net::Ipv6Addr::from(a).into()
+            }
+        };
+        let mut stale = Vec::new();
+        // Entries evicted during the walk are skipped by the iterator.
+        for (k, v) in flows.iter().flatten() {
+            if v.status != FlowStatus::Allowed as u8 {
+                continue;
+            }
+            let registered = allow.lookup(endpoint(k.family, k.lo_addr)).is_some()
+                || allow.lookup(endpoint(k.family, k.hi_addr)).is_some();
+            if !registered {
+                stale.push((k, v));
+            }
+        }
+        let mut blocked = 0;
+        for (k, mut v) in stale {
+            v.status = FlowStatus::Blocked as u8;
+            // BPF_EXIST: a flow evicted meanwhile is not re-created.
+            if flows.insert(k, v, 2).is_ok() {
+                blocked += 1;
+            }
+        }
+        Ok(blocked)
+    }
+
+    fn write_v4(
+        &mut self,
+        f: impl FnOnce(&mut LpmTrie<&mut MapData, [u8; 4], AllowValue>) -> Result<()>,
+    ) -> Result<()> {
+        let mut t = LpmTrie::try_from(self.map_mut(maps::ALLOW_V4)?)?;
+        f(&mut t)
+    }
+
+    fn write_v6(
+        &mut self,
+        f: impl FnOnce(&mut LpmTrie<&mut MapData, [u8; 16], AllowValue>) -> Result<()>,
+    ) -> Result<()> {
+        let mut t = LpmTrie::try_from(self.map_mut(maps::ALLOW_V6)?)?;
+        f(&mut t)
+    }
+
+    /// What the kernel's allowlist tries hold, sorted (reads every entry: slow at a million).
+    pub fn read_allowlist(&self) -> Result<Applied> {
+        let v4: LpmTrie<&MapData, [u8; 4], AllowValue> =
+            LpmTrie::try_from(self.map(maps::ALLOW_V4)?)?;
+        let v6: LpmTrie<&MapData, [u8; 16], AllowValue> =
+            LpmTrie::try_from(self.map(maps::ALLOW_V6)?)?;
+        Ok(Applied {
+            v4: read_trie(&v4, |addr, len| Prefix::V4 { addr, len })?,
+            v6: read_trie(&v6, |addr, len| Prefix::V6 { addr, len })?,
+        })
+    }
+
+    /// The allowlist as this controller last wrote it (`None` before the first sync or after
+    /// a failed one).
+    pub fn applied_allowlist(&self) -> Option<&Applied> {
+        self.applied.as_ref()
     }
 
     /// The kernel's answer for `ip`: the tag of the matching entry, if any.
@@ -389,46 +714,86 @@ impl Filter {
     }
 }
 
-type Key4 = (u8, [u8; 4]);
+fn v4_key(p: &Prefix) -> Key<[u8; 4]> {
+    match p {
+        Prefix::V4 { addr, len } => Key::new(u32::from(*len), *addr),
+        Prefix::V6 { .. } => unreachable!("IPv6 prefix in the IPv4 plan"),
+    }
+}
 
-fn read_trie<K: aya::Pod + Ord>(
-    trie: &LpmTrie<&mut MapData, K, AllowValue>,
-) -> Result<BTreeMap<(u8, K), u64>> {
-    let mut out = BTreeMap::new();
+fn v6_key(p: &Prefix) -> Key<[u8; 16]> {
+    match p {
+        Prefix::V6 { addr, len } => Key::new(u32::from(*len), *addr),
+        Prefix::V4 { .. } => unreachable!("IPv4 prefix in the IPv6 plan"),
+    }
+}
+
+fn read_trie<T: std::borrow::Borrow<MapData>, K: aya::Pod>(
+    trie: &LpmTrie<T, K, AllowValue>,
+    prefix: impl Fn(K, u8) -> Prefix,
+) -> Result<Vec<(Prefix, u64)>> {
+    let mut out = Vec::new();
     for item in trie.iter() {
         let (k, v) = item.context("reading the allowlist")?;
-        out.insert((k.prefix_len() as u8, k.data()), v.entry_tag);
+        out.push((prefix(k.data(), k.prefix_len() as u8), v.entry_tag));
     }
+    out.sort_unstable_by_key(|(p, _)| *p);
+    out.dedup_by_key(|(p, _)| *p);
     Ok(out)
 }
 
-fn apply_diff<K: aya::Pod + Ord>(
+fn upsert_all<K: aya::Pod>(
     trie: &mut LpmTrie<&mut MapData, K, AllowValue>,
-    have: &BTreeMap<(u8, K), u64>,
-    want: &BTreeMap<(u8, K), u64>,
-    report: &mut SyncReport,
-) -> Result<()> {
-    for ((len, data), tag) in want {
-        match have.get(&(*len, *data)) {
-            Some(t) if t == tag => continue,
-            Some(_) => report.changed += 1,
-            None => report.added += 1,
-        }
-        trie.insert(
-            &Key::new(*len as u32, *data),
-            AllowValue { entry_tag: *tag },
-            0,
-        )
-        .with_context(|| format!("adding an allowlist prefix of length /{len} (map full?)"))?;
+    upserts: &[(Prefix, u64)],
+) -> Result<()>
+where
+    Prefix: TrieKey<K>,
+{
+    for (p, tag) in upserts {
+        trie.insert(&p.trie_key(), AllowValue { entry_tag: *tag }, 0)
+            .with_context(|| format!("adding {p} to the allowlist"))?;
     }
-    for (len, data) in have.keys() {
-        if !want.contains_key(&(*len, *data)) {
-            trie.remove(&Key::new(*len as u32, *data))
-                .with_context(|| format!("removing an allowlist prefix of length /{len}"))?;
-            report.removed += 1;
+    Ok(())
+}
+
+fn remove_all<K: aya::Pod>(
+    trie: &mut LpmTrie<&mut MapData, K, AllowValue>,
+    removals: &[Prefix],
+) -> Result<()>
+where
+    Prefix: TrieKey<K>,
+{
+    for p in removals {
+        match trie.remove(&p.trie_key()) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            // Already gone: what the removal was for.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("removing {p} from the allowlist"))
+                )
+            }
         }
     }
     Ok(())
+}
+
+/// A prefix as the key of its family's trie.
+trait TrieKey<K: aya::Pod> {
+    fn trie_key(&self) -> Key<K>;
+}
+
+impl TrieKey<[u8; 4]> for Prefix {
+    fn trie_key(&self) -> Key<[u8; 4]> {
+        v4_key(self)
+    }
+}
+
+impl TrieKey<[u8; 16]> for Prefix {
+    fn trie_key(&self) -> Key<[u8; 16]> {
+        v6_key(self)
+    }
 }
 
 /// Counters read from the kernel.

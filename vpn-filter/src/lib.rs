@@ -2,7 +2,19 @@
 //! sync and the event stream. The `vpn-filter` binary is a thin CLI over it; the integration
 //! tests drive it directly.
 
+pub mod control;
+pub mod config;
 pub mod events;
 pub mod filter;
+pub mod metrics;
+pub mod observe;
+pub mod pin;
+pub mod privs;
 pub mod registry;
+pub mod registry_cli;
+pub mod replay;
 pub mod run;
+pub mod source;
+pub mod status;
+pub mod sync;
+pub mod top;

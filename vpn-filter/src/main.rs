@@ -1,10 +1,7 @@
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vpn_filter::{
-    registry::{Feed, ValidateOptions},
-    run::{run, RunArgs},
-};
+use vpn_filter::run::{run, RunArgs};
 
 /// Enforce a registered-VPN policy at line rate: VPN handshakes from or to registered
 /// addresses pass; all other VPN traffic is dropped in XDP and reported.
@@ -20,21 +17,29 @@ enum Command {
     /// Load and attach the filter, keep the allowlist in sync with the registry, and write
     /// drop events as JSON lines to stdout until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// Run the real program over a pcap/pcapng capture, offline (loaded, never attached),
+    /// and report per-protocol, per-verdict and per-flow results.
+    Replay(vpn_filter::replay::cli::ReplayArgs),
     /// Registry feed tools.
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// Is ADDRESS allowed, and by which registry entry: in the running filter (its pinned
+    /// allowlist and last applied feed) and in a given feed. Exit 0: allowed everywhere
+    /// consulted; 1: not allowed somewhere; 2: error.
+    Check(vpn_filter::registry_cli::CheckArgs),
+    /// Summary of the running filter: interfaces, program, registry, counters since start.
+    Status(vpn_filter::control::cli::StatusArgs),
+    /// Print the running filter's recent drop events; with --follow, stream new ones.
+    Events(vpn_filter::control::cli::EventsArgs),
+    /// Live view of drop rates per protocol and the top blocked sources (q to quit).
+    Top(vpn_filter::top::TopArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum RegistryCommand {
-    /// Check a feed file; prints every problem with its entry id and field, exits 1 if any.
-    Validate {
-        /// The JSON feed file.
-        file: PathBuf,
-        /// Accept prefixes broader than /8 (IPv4) or /16 (IPv6).
-        #[arg(long)]
-        allow_broad: bool,
-    },
+    /// Check a feed file (JSON or CSV); prints every problem with its entry id and field (or
+    /// line and column), exits 1 if any.
+    Validate(vpn_filter::registry_cli::ValidateArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,28 +54,14 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(run(args))),
-        Command::Registry(RegistryCommand::Validate { file, allow_broad }) => {
-            match Feed::from_file(&file, ValidateOptions { allow_broad }) {
-                Ok((feed, warnings)) => {
-                    for w in &warnings {
-                        eprintln!("warning: {w}");
-                    }
-                    let now = time::OffsetDateTime::now_utc();
-                    let allow = feed.allowlist(now);
-                    println!(
-                        "{}: valid: serial {}, {} entries, {} in force now, {} IPv4 and {} IPv6 prefixes allowed",
-                        file.display(),
-                        feed.serial,
-                        feed.entries.len(),
-                        feed.entries.iter().filter(|e| e.in_force(now)).count(),
-                        allow.v4_count(),
-                        allow.v6_count()
-                    );
-                    Ok(())
-                }
-                Err(e) => Err(e.into()),
-            }
+        Command::Replay(args) => vpn_filter::replay::cli::main(args),
+        Command::Status(args) => vpn_filter::control::cli::status(args),
+        Command::Events(args) => vpn_filter::control::cli::events(args),
+        Command::Top(args) => vpn_filter::top::run(args),
+        Command::Registry(RegistryCommand::Validate(args)) => {
+            vpn_filter::registry_cli::validate(args)
         }
+        Command::Check(args) => return vpn_filter::registry_cli::check(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,18 +1,16 @@
 //! `vpn-filter run`: the long-running controller.
 
-use std::{
-    path::{Path, PathBuf},
-    time::{Duration, SystemTime},
-};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use vpn_filter_common::{Config, Counter, Protocol, Verdict};
 
 use crate::{
-    events::{self, JsonLines},
-    filter::{AttachMode, Filter, LoadOptions, Policy, SyncReport},
-    registry::{Feed, ValidateOptions},
+    filter::{AttachMode, Filter, LoadOptions, Policy},
+    observe::{self, ObserveArgs},
+    status::{self, DaemonStatus, SharedStatus},
+    sync::{Outcome, RegistryArgs, RegistrySync},
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -21,10 +19,8 @@ pub struct RunArgs {
     /// traffic should be judged; the flow state sees both directions only if both are covered.
     #[arg(long = "iface", required = true)]
     pub ifaces: Vec<String>,
-    /// Registry feed (JSON) listing registered VPN addresses. Re-read when it changes; a bad
-    /// version is refused and the previous allowlist stays in force.
-    #[arg(long)]
-    pub registry: PathBuf,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// XDP attach mode: auto tries native and falls back to generic with a warning.
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: AttachMode,
@@ -33,9 +29,6 @@ pub struct RunArgs {
     /// openconnect_dtls, softether. Default: enforce for all.
     #[arg(long = "policy", value_name = "PROTOCOL=MODE")]
     pub policy: Vec<String>,
-    /// Accept registry prefixes broader than /8 (IPv4) or /16 (IPv6).
-    #[arg(long)]
-    pub allow_broad: bool,
     /// Print per-protocol counters to stderr every SECS seconds (0: never).
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     pub stats_interval: u64,
@@ -54,9 +47,12 @@ pub struct RunArgs {
     /// Events per source address per second before the kernel suppresses (and counts) them.
     #[arg(long, default_value_t = vpn_filter_common::DEFAULT_EVENTS_PER_SOURCE_PER_SEC)]
     pub events_per_source: u32,
-    /// How often the registry file is checked for changes, in milliseconds.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
-    pub registry_poll_ms: u64,
+    /// Events per CPU per second over all sources before the kernel suppresses (and counts)
+    /// them: bounds the event rate under a flood from random sources.
+    #[arg(long, default_value_t = vpn_filter_common::DEFAULT_EVENTS_PER_CPU_PER_SEC)]
+    pub events_per_cpu: u32,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 impl RunArgs {
@@ -72,47 +68,30 @@ impl RunArgs {
         Config {
             blocked_flow_timeout_ns: self.blocked_flow_timeout.saturating_mul(1_000_000_000),
             events_per_source_per_sec: self.events_per_source,
+            events_per_cpu_per_sec: self.events_per_cpu,
             ..Default::default()
         }
     }
 }
 
-/// Identity of a file version: a rewrite (even in place) changes mtime or size.
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
-
-fn log_sync(feed: &Feed, report: &SyncReport, took: Duration) {
-    log::info!(
-        "registry serial {} applied: {} IPv4 + {} IPv6 prefixes ({} added, {} changed, {} removed) in {:.1} ms",
-        feed.serial,
-        report.v4,
-        report.v6,
-        report.added,
-        report.changed,
-        report.removed,
-        took.as_secs_f64() * 1e3
-    );
-}
-
-fn apply(filter: &mut Filter, feed: &Feed) -> Result<SyncReport> {
-    let start = std::time::Instant::now();
-    let report = filter.sync_allowlist(&feed.allowlist(time::OffsetDateTime::now_utc()))?;
-    log_sync(feed, &report, start.elapsed());
-    Ok(report)
+/// Records a registry step in the daemon status.
+fn record_registry(status: &SharedStatus, outcome: &Outcome) {
+    match outcome {
+        // A CSV export has no serial: recorded as 0.
+        Outcome::Applied { serial, report, .. } => status::lock(status)
+            .registry
+            .synced(serial.unwrap_or(0), report),
+        Outcome::Failed(e) => status::lock(status).registry.failed(e),
+    }
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let policy = args.policy()?;
-    let validate = ValidateOptions {
-        allow_broad: args.allow_broad,
-    };
-    let (mut feed, warnings) = Feed::from_file(&args.registry, validate)?;
-    for w in warnings {
-        log::warn!("{}: {w}", args.registry.display());
-    }
-    let mut stamp = file_stamp(&args.registry);
+    let mut registry = RegistrySync::new(&args.registry)?;
+    let status = DaemonStatus::new(&policy, registry.source()).shared();
+    // Events file, control socket and metrics port first: a conflict stops the start before
+    // anything is loaded or attached.
+    let endpoints = observe::Bound::bind(&args.observe).await?;
 
     let options = LoadOptions {
         allow_v4_entries: args.allow_v4_entries,
@@ -120,32 +99,30 @@ pub async fn run(args: RunArgs) -> Result<()> {
         flow_entries: args.flow_entries,
     };
     let mut filter = Filter::load(options, &policy, &args.config())?;
-    apply(&mut filter, &feed)?;
+    let outcome = registry.start(&mut filter).await?;
+    record_registry(&status, &outcome);
     let ring = filter.take_events()?;
     for iface in &args.ifaces {
-        let mode = filter.attach(iface, args.xdp_mode)?;
+        let how = match filter.attach(iface, args.xdp_mode)? {
+            crate::filter::Attached::New(aya::programs::XdpMode::Driver) => "native mode",
+            crate::filter::Attached::New(_) => "generic mode",
+            crate::filter::Attached::Replaced => "took over the pinned link",
+        };
         log::info!(
-            "attached to {iface} ({} mode), program id {}",
-            if mode == aya::programs::XdpMode::Driver {
-                "native"
-            } else {
-                "generic"
-            },
+            "attached to {iface} ({how}), program id {}",
             filter.program_id().map_or("?".into(), |i| i.to_string())
         );
     }
 
-    let events_task = tokio::spawn(async move {
-        let mut out = JsonLines::new(std::io::stdout());
-        events::stream(ring, move |rec| out.write(&rec)).await
-    });
+    observe::record_attachments(&status, &filter);
+    let mut observability = endpoints.start(&filter, status.clone())?;
+    let events_task = observability.spawn_events(ring);
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut poll = tokio::time::interval(Duration::from_millis(args.registry_poll_ms.max(50)));
+    let mut poll = tokio::time::interval(registry.poll_interval());
     let stats_every = Duration::from_secs(args.stats_interval.max(1));
     let mut stats_tick = tokio::time::interval(stats_every);
-    let mut next_change = feed.next_change_after(time::OffsetDateTime::now_utc());
     let mut events_task = events_task;
 
     loop {
@@ -160,31 +137,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 }
             }
             _ = poll.tick() => {
-                let now_stamp = file_stamp(&args.registry);
-                let now = time::OffsetDateTime::now_utc();
-                if now_stamp != stamp {
-                    stamp = now_stamp;
-                    match Feed::from_file(&args.registry, validate) {
-                        Ok((new_feed, warnings)) => {
-                            for w in warnings {
-                                log::warn!("{}: {w}", args.registry.display());
-                            }
-                            match apply(&mut filter, &new_feed) {
-                                Ok(_) => {
-                                    feed = new_feed;
-                                    next_change = feed.next_change_after(now);
-                                }
-                                Err(e) => log::error!("registry serial {} not applied: {e:#}; previous entries stay in force", new_feed.serial),
-                            }
-                        }
-                        Err(e) => log::error!("registry refused, previous allowlist (serial {}) stays in force: {e}", feed.serial),
-                    }
-                } else if next_change.is_some_and(|t| t <= now) {
-                    // An entry was approved or expired: re-apply without a new feed.
-                    if let Err(e) = apply(&mut filter, &feed) {
-                        log::error!("re-applying the registry at an expiry failed: {e:#}");
-                    }
-                    next_change = feed.next_change_after(now);
+                if let Some(outcome) = registry.tick(&mut filter).await {
+                    record_registry(&status, &outcome);
                 }
             }
             _ = stats_tick.tick(), if args.stats_interval > 0 => {
@@ -196,6 +150,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     }
     events_task.abort();
+    drop(observability);
     filter.detach_all().context("detaching on exit")?;
     Ok(())
 }

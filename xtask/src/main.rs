@@ -60,8 +60,13 @@ enum Cmd {
         #[arg(long)]
         hold: bool,
     },
-    /// Benchmarks (results go to BENCHMARKS.md).
+    /// Benchmarks (results go to BENCHMARKS.md): in-kernel cost per packet, throughput across
+    /// veth against count-and-drop, xdp-filter and nftables, registry sync. Root required.
     Bench {
+        /// A short run (CI, under two minutes): the same tables from fewer samples.
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments for the bench binary (e.g. `--only kernel,sync`).
         #[arg(last = true)]
         args: Vec<OsString>,
     },
@@ -75,7 +80,7 @@ fn main() -> ExitCode {
         Cmd::Run { release, args } => run(release, &args),
         Cmd::Test { args } => test(&args),
         Cmd::Demo { hold } => demo(hold),
-        Cmd::Bench { args } => bench(&args),
+        Cmd::Bench { quick, args } => bench(quick, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -260,6 +265,58 @@ fn bootstrap() -> Result<PathBuf> {
 /// ping, sysctl, mount).
 const TEST_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "procps", "util-linux"];
 
+/// What the end-to-end suite (tests/tests/e2e_vpn.rs) adds: real VPN servers and clients, and
+/// the ordinary-traffic tools (curl, dig, dnsmasq, iperf3, openssl).
+const E2E_PACKAGES: &[&str] = &[
+    "openssl",
+    "openvpn",
+    "wireguard-go",
+    "wireguard-tools",
+    "strongswan-charon",
+    "strongswan-swanctl",
+    "libcharon-extra-plugins",
+    "libstrongswan-extra-plugins",
+    "pptpd",
+    "pptp-linux",
+    "xl2tpd",
+    "ocserv",
+    "openconnect",
+    "curl",
+    "bind9-dnsutils",
+    "dnsmasq-base",
+    "iperf3",
+];
+
+/// While alive, a `/usr/sbin/policy-rc.d` that forbids package scripts to start services, so
+/// installing openvpn, ocserv, pptpd, xl2tpd... never starts a daemon in the root namespace.
+/// A machine's own policy-rc.d is left alone.
+struct NoServiceStarts(Option<PathBuf>);
+
+impl NoServiceStarts {
+    fn install() -> Result<NoServiceStarts> {
+        const MARK: &str = "# written by cargo xtask for the duration of an install";
+        let path = PathBuf::from("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            // The machine's own, kept; or ours, left by an interrupted install: removed after.
+            let ours = std::fs::read_to_string(&path).is_ok_and(|s| s.contains(MARK));
+            return Ok(NoServiceStarts(ours.then_some(path)));
+        }
+        std::fs::write(&path, format!("#!/bin/sh\n{MARK}\nexit 101\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .with_context(|| format!("chmod {}", path.display()))?;
+        Ok(NoServiceStarts(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// Installs missing Debian packages with apt-get (root only; the caller checks).
 fn ensure_packages(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
@@ -277,6 +334,7 @@ fn ensure_packages(packages: &[&str]) -> Result<()> {
         bail!("missing packages {missing:?} and no apt-get to install them; install them by hand");
     }
     eprintln!("xtask: installing Debian packages {missing:?}");
+    let _no_service_starts = NoServiceStarts::install()?;
     sh(Command::new("apt-get")
         .arg("update")
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
@@ -344,6 +402,7 @@ fn test(extra: &[OsString]) -> Result<()> {
     let tools_bin = bootstrap()?;
     require_root("cargo xtask test")?;
     ensure_packages(TEST_PACKAGES)?;
+    ensure_packages(E2E_PACKAGES)?;
     // Formatting: the unstable rustfmt options (import grouping) need nightly rustfmt.
     sh(cargo_nightly().args(["fmt", "--all", "--check"]))?;
     // Clippy on the userspace crates and the host build of the eBPF crate...
@@ -397,10 +456,15 @@ fn demo(hold: bool) -> Result<()> {
     sh(&mut cmd)
 }
 
-fn bench(args: &[OsString]) -> Result<()> {
+/// What the benchmark adds to [`TEST_PACKAGES`]: the peers it compares against (nftables,
+/// xdp-filter from xdp-tools) and ethtool (GRO on the receiving veth).
+const BENCH_PACKAGES: &[&str] = &["nftables", "xdp-tools", "ethtool"];
+
+fn bench(quick: bool, args: &[OsString]) -> Result<()> {
     bootstrap()?;
     require_root("cargo xtask bench")?;
     ensure_packages(TEST_PACKAGES)?;
+    ensure_packages(BENCH_PACKAGES)?;
     sh(cargo().args([
         "build",
         "--release",
@@ -408,9 +472,17 @@ fn bench(args: &[OsString]) -> Result<()> {
         "vpn-filter-tests",
         "--bins",
     ]))?;
+    // The committed BENCHMARKS.md comes from a full run; a quick run (CI) writes beside the
+    // build output so it never replaces it.
+    let out = if quick {
+        root().join("target/BENCHMARKS.quick.md")
+    } else {
+        root().join("BENCHMARKS.md")
+    };
     let mut cmd = Command::new(root().join("target/release/vpn-filter-bench"));
-    cmd.arg("--out")
-        .arg(root().join("BENCHMARKS.md"))
-        .args(args);
-    sh(&mut cmd)
+    cmd.arg("--out").arg(&out);
+    if quick {
+        cmd.arg("--quick");
+    }
+    sh(cmd.args(args))
 }

@@ -13,7 +13,7 @@
 
 use std::{
     net::UdpSocket,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -21,8 +21,11 @@ use std::{
 
 use clap::Parser;
 use vpn_filter_tests::{
+    gateway_lab::{
+        GatewayLab, TempDir, GATEWAY_IFACES, REGISTERED as REG, SERVER, UNREGISTERED as UNREG,
+    },
     lab::{registry_json, sa},
-    netns::{neigh, udp_bind, udp_send, veth, NetNs, Process},
+    netns::{udp_bind, udp_send, Process},
     packet::wireguard_initiation,
 };
 
@@ -43,99 +46,27 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-const REG: &str = "10.81.1.2";
-const UNREG: &str = "10.81.2.2";
-const SERVER: &str = "10.81.3.2";
-
 struct Lab {
     // Field order is drop order: the controller goes before the namespaces.
     controller: Process,
-    gw_ifaces: [String; 3],
-    _registry: tempdir::Dir,
-    reg: NetNs,
-    unreg: NetNs,
-    server: NetNs,
-    gw: NetNs,
+    _registry: TempDir,
+    net: GatewayLab,
 }
 
-mod tempdir {
-    use std::path::{Path, PathBuf};
-
-    /// A temporary directory removed on drop.
-    pub struct Dir(PathBuf);
-
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
-            std::fs::create_dir_all(&p).expect("temp dir");
-            Dir(p)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn build_lab(controller: &PathBuf) -> Lab {
-    let gw = NetNs::new("gw");
-    let reg = NetNs::new("rc");
-    let unreg = NetNs::new("uc");
-    let server = NetNs::new("sv");
-    let gw_ifaces = [
-        "g-reg".to_string(),
-        "g-unreg".to_string(),
-        "g-srv".to_string(),
-    ];
-    for (i, (ns, gif, net)) in [
-        (&reg, &gw_ifaces[0], 1),
-        (&unreg, &gw_ifaces[1], 2),
-        (&server, &gw_ifaces[2], 3),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let cif = format!("c{i}");
-        veth(ns, &cif, &gw, gif);
-        ns.ip(&["addr", "add", &format!("10.81.{net}.2/24"), "dev", &cif]);
-        gw.ip(&["addr", "add", &format!("10.81.{net}.1/24"), "dev", gif]);
-        ns.ip(&["route", "add", "default", "via", &format!("10.81.{net}.1")]);
-        neigh(ns, &cif, &format!("10.81.{net}.1"), &gw.mac(gif));
-        neigh(&gw, gif, &format!("10.81.{net}.2"), &ns.mac(&cif));
-    }
-    gw.sysctl("net.ipv4.ip_forward", "1");
-
-    let dir = tempdir::Dir::new("vpn-filter-demo");
+fn build_lab(controller: &Path) -> Lab {
+    let net = GatewayLab::new();
+    let dir = TempDir::new("demo");
     let registry = dir.path().join("registry.json");
     std::fs::write(&registry, registry_json(1, &[("REG-DEMO-1", &[REG])])).expect("write registry");
     println!(
         "registry {} allows only {REG} (entry REG-DEMO-1)",
         registry.display()
     );
-
-    let mut cmd = gw.command(controller);
-    cmd.args(["run", "--registry"])
-        .arg(&registry)
-        .args(["--stats-interval", "1"]);
-    for i in &gw_ifaces {
-        cmd.args(["--iface", i]);
-    }
-    let controller = Process::spawn(cmd);
-    controller.wait_stderr("attached to g-srv", Duration::from_secs(20));
+    let controller = net.start_controller(controller, &registry, &["--stats-interval", "1"]);
     Lab {
         controller,
-        gw_ifaces,
         _registry: dir,
-        reg,
-        unreg,
-        server,
-        gw,
+        net,
     }
 }
 
@@ -157,8 +88,8 @@ fn main() -> ExitCode {
     for l in lab.controller.stderr_lines() {
         println!("   controller: {l}");
     }
-    let wg_sock = udp_bind(&lab.server, sa(SERVER, 51820));
-    let ike_sock = udp_bind(&lab.server, sa(SERVER, 500));
+    let wg_sock = udp_bind(&lab.net.server, sa(SERVER, 51820));
+    let ike_sock = udp_bind(&lab.net.server, sa(SERVER, 500));
 
     println!(
         "== both clients send WireGuard initiations and IKEv2 IKE_SA_INIT requests to {SERVER}"
@@ -170,8 +101,8 @@ fn main() -> ExitCode {
             break;
         }
         for (who, ns, src) in [
-            ("registered", &lab.reg, REG),
-            ("unregistered", &lab.unreg, UNREG),
+            ("registered", &lab.net.reg, REG),
+            ("unregistered", &lab.net.unreg, UNREG),
         ] {
             udp_send(
                 ns,
@@ -230,11 +161,11 @@ fn main() -> ExitCode {
     if args.hold {
         println!(
             "== lab kept up (namespaces {} {} {} {}; gateway interfaces {}); Ctrl-C to tear down",
-            lab.reg.name(),
-            lab.unreg.name(),
-            lab.gw.name(),
-            lab.server.name(),
-            lab.gw_ifaces.join(" ")
+            lab.net.reg.name(),
+            lab.net.unreg.name(),
+            lab.net.gw.name(),
+            lab.net.server.name(),
+            GATEWAY_IFACES.join(" ")
         );
         while !STOP.load(Ordering::SeqCst) {
             while let Some(line) = lab.controller.next_line(Duration::from_millis(200)) {

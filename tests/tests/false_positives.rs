@@ -1,0 +1,1473 @@
+//! Ordinary traffic is never dropped, and the kernel agrees with a host model frame by frame.
+//!
+//! 1. The false-positive corpus (DNS, QUIC, TLS, STUN, WebRTC DTLS, RTP, NTP, ...), in
+//!    realistic volumes and on the long-lived 5-tuples where flow state could build up,
+//!    through the real program (BPF_PROG_TEST_RUN): nothing is dropped.
+//! 2. A seeded random test: a few hundred thousand random frames and mutations (flipped bytes,
+//!    truncations, lying lengths) of valid VPN and non-VPN frames. For every frame:
+//!    - the program never returns XDP_ABORTED;
+//!    - a frame is dropped only if it is a *VPN candidate*: the pure classifier (this crate's
+//!      dependency `vpn-filter-ebpf`, run on the host on the payload the kernel would see)
+//!      calls it `Strong`, or it belongs to a flow that an earlier `Strong`/`Weak` detection
+//!      put in the flow table;
+//!    - the action equals the host reference model's: the same header parse, the same
+//!      classifier, and the flow rules of `decide` with `classify::confirms`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Instant,
+};
+
+use vpn_filter::filter::{Filter, LoadOptions, Policy};
+use vpn_filter_common::{Config, Counter, FlowState, FlowStatus};
+use vpn_filter_ebpf::classify::{
+    classify_gre, classify_ip_proto, classify_tcp, classify_udp, confirms, tcp_prefilter,
+    udp_prefilter, Confirmation, Detection, Prefilter, Strength, WINDOW,
+};
+use vpn_filter_tests::packet::*;
+
+const XDP_ABORTED: u32 = 0;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+/// Timeouts far longer than any test, so the host model can ignore time.
+fn timeless() -> Config {
+    Config {
+        blocked_flow_timeout_ns: 3_600_000_000_000,
+        allowed_flow_timeout_ns: 3_600_000_000_000,
+        pending_flow_timeout_ns: 3_600_000_000_000,
+        ..Config::default()
+    }
+}
+
+fn load(config: &Config) -> Filter {
+    vpn_filter_tests::require_root();
+    Filter::load(LoadOptions::default(), &Policy::default(), config)
+        .expect("the program loads through the verifier")
+}
+
+/// SplitMix64: small, seedable, good enough for test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below((hi - lo) as u64) as usize
+    }
+
+    fn chance(&mut self, one_in: u64) -> bool {
+        self.below(one_in) == 0
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+
+    fn bytes_in(&mut self, lo: usize, hi: usize) -> Vec<u8> {
+        let n = self.range(lo, hi);
+        self.bytes(n)
+    }
+
+    fn v4(&mut self) -> Ipv4Addr {
+        Ipv4Addr::from((self.next() as u32 & 0x00ff_ffff) | 0x0a00_0000)
+    }
+
+    fn v6(&mut self) -> Ipv6Addr {
+        Ipv6Addr::from((0x2001_0db8u128 << 96) | (self.next() as u128))
+    }
+
+    fn ephemeral(&mut self) -> u16 {
+        32768 + self.below(28232) as u16
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. The false-positive corpus
+// ---------------------------------------------------------------------------------------
+
+/// Runs frames; returns the indices of dropped frames (panics on XDP_ABORTED).
+fn drops(filter: &Filter, frames: &[Vec<u8>]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let a = filter.run_frame(f).expect("BPF_PROG_TEST_RUN");
+        assert_ne!(a, XDP_ABORTED, "frame {i}: XDP_ABORTED");
+        if a == XDP_DROP {
+            out.push(i);
+        }
+    }
+    out
+}
+
+fn assert_none_dropped(what: &str, frames: &[Vec<u8>]) {
+    let filter = load(&Config::default());
+    let dropped = drops(&filter, frames);
+    let stats = filter.stats().unwrap();
+    assert!(
+        dropped.is_empty(),
+        "{what}: {} of {} frames dropped, first: #{} {:02x?}\n{:?}",
+        dropped.len(),
+        frames.len(),
+        dropped[0],
+        &frames[dropped[0]][..frames[dropped[0]].len().min(96)],
+        stats.verdicts
+    );
+}
+
+const NAMES: [&str; 8] = [
+    "example.com",
+    "www.debian.org",
+    "a.root-servers.net",
+    "mail.google.com",
+    "cdn.jsdelivr.net",
+    "x.y",
+    "very-long-label-for-a-dns-name-used-in-a-test.subdomain.example.org",
+    "_sip._udp.voip.example.net",
+];
+
+fn endpoints(rng: &mut Rng, v6: bool) -> (IpAddr, IpAddr) {
+    if v6 {
+        (rng.v6().into(), rng.v6().into())
+    } else {
+        (rng.v4().into(), rng.v4().into())
+    }
+}
+
+#[test]
+fn dns_queries_and_answers_for_every_id_are_never_dropped() {
+    // A stub resolver: a fresh source port per query. Every 16-bit id, so every first byte
+    // and every WireGuard/OpenVPN-looking head, in both flag variants (RD + EDNS, and the
+    // RD=0 queries recursive resolvers send to authoritative servers).
+    let mut rng = Rng(0xd25);
+    let mut frames = Vec::new();
+    for id in 0..=u16::MAX {
+        let v6 = id % 2 == 1;
+        let (client, server) = endpoints(&mut rng, v6);
+        let port = rng.ephemeral();
+        let name = NAMES[(id % 8) as usize];
+        let q = if id % 3 == 0 {
+            dns_query_plain(id, name)
+        } else {
+            dns_query(id, name)
+        };
+        let a = dns_answer(
+            id,
+            name,
+            &[
+                Ipv4Addr::new(93, 184, 215, 14),
+                Ipv4Addr::new(93, 184, 215, 15),
+            ],
+        );
+        frames.push(
+            Frame::eth()
+                .ip(client, server)
+                .udp(port, 53)
+                .payload(&q)
+                .build(),
+        );
+        frames.push(
+            Frame::eth()
+                .ip(server, client)
+                .udp(53, port)
+                .payload(&a)
+                .build(),
+        );
+    }
+    assert_none_dropped("dns, one port per query", &frames);
+}
+
+#[test]
+fn dns_between_two_servers_on_one_five_tuple_is_never_dropped() {
+    // Server-to-server (53 <-> 53) or a forwarder with a fixed port: one long-lived 5-tuple
+    // whose first byte (the id) is random per message and whose bytes 1..9 (flags, counts)
+    // barely change. Queries are pipelined: answers come back out of order.
+    let mut rng = Rng(0xd26);
+    for v6 in [false, true] {
+        let (client, server) = endpoints(&mut rng, v6);
+        let mut frames = Vec::new();
+        let mut outstanding: Vec<(u16, &str)> = Vec::new();
+        for i in 0..30_000 {
+            let id = rng.next() as u16;
+            let name = NAMES[rng.below(8) as usize];
+            let q = if i % 2 == 0 {
+                dns_query_plain(id, name)
+            } else {
+                dns_query(id, name)
+            };
+            frames.push(
+                Frame::eth()
+                    .ip(client, server)
+                    .udp(53, 53)
+                    .payload(&q)
+                    .build(),
+            );
+            outstanding.push((id, name));
+            if outstanding.len() > 4 || rng.chance(2) {
+                let k = rng.below(outstanding.len() as u64) as usize;
+                let (id, name) = outstanding.swap_remove(k);
+                let a = dns_answer(id, name, &[Ipv4Addr::new(192, 0, 2, (id & 0xff) as u8)]);
+                frames.push(
+                    Frame::eth()
+                        .ip(server, client)
+                        .udp(53, 53)
+                        .payload(&a)
+                        .build(),
+                );
+            }
+        }
+        assert_none_dropped(
+            if v6 {
+                "dns 53<->53 over ipv6"
+            } else {
+                "dns 53<->53 over ipv4"
+            },
+            &frames,
+        );
+    }
+}
+
+#[test]
+fn quic_initial_and_handshake_long_headers_are_never_dropped() {
+    let mut rng = Rng(0x9c1);
+    let mut frames = Vec::new();
+    for i in 0..5_000 {
+        let (client, server) = endpoints(&mut rng, i % 2 == 0);
+        let port = rng.ephemeral();
+        let dcid = rng.bytes(8);
+        let scid = rng.bytes(if i % 3 == 0 { 0 } else { 8 });
+        frames.push(
+            Frame::eth()
+                .ip(client, server)
+                .udp(port, 443)
+                .payload(&quic_initial(&dcid, &scid, 1200 + (i % 150)))
+                .build(),
+        );
+        let mut reply = quic_initial(&scid, &rng.bytes(8), rng.range(100, 1200));
+        reply[0] = 0xc0 | (rng.next() as u8 & 0x3f); // Initial/0-RTT/Handshake/Retry, any bits
+        frames.push(
+            Frame::eth()
+                .ip(server, client)
+                .udp(443, port)
+                .payload(&reply)
+                .build(),
+        );
+    }
+    assert_none_dropped("quic long headers", &frames);
+}
+
+/// One QUIC connection after the handshake: short-header packets both ways on one 5-tuple.
+/// The first byte is 0x40 (fixed bit) | spin bit | five bits masked by header protection, so
+/// it looks like every OpenVPN opcode from 8 to 15 with every key id; the destination
+/// connection id (`client_cid`/`server_cid` bytes) follows, constant for the connection.
+fn quic_connection(
+    rng: &mut Rng,
+    v6: bool,
+    client_cid: usize,
+    server_cid: usize,
+    packets: usize,
+) -> Vec<Vec<u8>> {
+    let (client, server) = endpoints(rng, v6);
+    let port = rng.ephemeral();
+    let to_server = rng.bytes(server_cid);
+    let to_client = rng.bytes(client_cid);
+    let mut frames = Vec::new();
+    for _ in 0..packets {
+        let from_client = rng.chance(2);
+        let first = 0x40 | (rng.next() as u8 & 0x3f);
+        // ACK-only packets, mid-size, and full-size.
+        let len = match rng.below(3) {
+            0 => rng.range(25, 80),
+            1 => rng.range(80, 1200),
+            _ => rng.range(1200, 1351),
+        };
+        let seed = rng.next();
+        if from_client {
+            let p = quic_short(first, &to_server, len.max(1 + server_cid + 16), seed);
+            frames.push(
+                Frame::eth()
+                    .ip(client, server)
+                    .udp(port, 443)
+                    .payload(&p)
+                    .build(),
+            );
+        } else {
+            let p = quic_short(first, &to_client, len.max(1 + client_cid + 16), seed);
+            frames.push(
+                Frame::eth()
+                    .ip(server, client)
+                    .udp(443, port)
+                    .payload(&p)
+                    .build(),
+            );
+        }
+    }
+    frames
+}
+
+#[test]
+fn quic_short_header_connections_are_never_dropped() {
+    // HTTP/3: connection ids of 0 (common for clients), 8 (common for servers), 16 and 20
+    // bytes; long connections.
+    let mut rng = Rng(0x9c2);
+    for (client_cid, server_cid) in [(0, 8), (8, 8), (0, 16), (20, 20), (4, 8)] {
+        let frames = quic_connection(
+            &mut rng,
+            client_cid % 8 == 0,
+            client_cid,
+            server_cid,
+            40_000,
+        );
+        assert_none_dropped(
+            &format!("quic short headers, cids {client_cid}/{server_cid}"),
+            &frames,
+        );
+    }
+}
+
+#[test]
+fn tls_http_and_ssh_on_tcp_are_never_dropped() {
+    let mut rng = Rng(0x715);
+    let mut frames = Vec::new();
+    let hosts = [
+        "example.com",
+        "www.google.com",
+        "vpn.example.net",
+        "openvpn.net",
+        "a.b",
+    ];
+    for i in 0..5_000 {
+        let (client, server) = endpoints(&mut rng, i % 2 == 0);
+        let port = rng.ephemeral();
+        let dport = [443u16, 8443, 1194, 1723, 4500][i % 5];
+        let hello = tls_client_hello(hosts[i % hosts.len()]);
+        frames.push(
+            Frame::eth()
+                .ip(client, server)
+                .tcp(port, dport)
+                .tcp_syn_options()
+                .tcp_flags(TCP_SYN)
+                .build(),
+        );
+        frames.push(
+            Frame::eth()
+                .ip(client, server)
+                .tcp(port, dport)
+                .payload(&hello)
+                .build(),
+        );
+        // Application data records and continuation segments of random bytes.
+        let mut record = vec![0x17, 0x03, 0x03];
+        let body = rng.bytes_in(20, 1400);
+        record.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        record.extend_from_slice(&body);
+        frames.push(
+            Frame::eth()
+                .ip(server, client)
+                .tcp(dport, port)
+                .payload(&record)
+                .build(),
+        );
+        frames.push(
+            Frame::eth()
+                .ip(server, client)
+                .tcp(dport, port)
+                .payload(&rng.bytes_in(1, 1448))
+                .build(),
+        );
+    }
+    for p in [
+        &b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"[..],
+        b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n",
+        b"\x00\x00\x00\x1c\x0a\x14",
+    ] {
+        frames.push(
+            Frame::eth()
+                .ipv4(rng.v4(), rng.v4())
+                .tcp(rng.ephemeral(), 80)
+                .payload(p)
+                .build(),
+        );
+    }
+    assert_none_dropped("tls, http, ssh", &frames);
+}
+
+#[test]
+fn stun_and_webrtc_dtls_are_never_dropped() {
+    let mut rng = Rng(0x57);
+    let mut frames = Vec::new();
+    for i in 0..5_000 {
+        let (client, server) = endpoints(&mut rng, i % 2 == 0);
+        let port = rng.ephemeral();
+        let media = [3478u16, 19302, 443, rng.ephemeral(), 10000][i % 5];
+        let tid: [u8; 12] = rng.bytes(12).try_into().unwrap();
+        frames.push(
+            Frame::eth()
+                .ip(client, server)
+                .udp(port, media)
+                .payload(&stun_binding_request(tid))
+                .build(),
+        );
+        // DTLS-SRTP: the ClientHello, then again with the cookie from HelloVerifyRequest; on a
+        // high port and on 443 (media servers that listen there).
+        for cookie in [0u8, 32] {
+            frames.push(
+                Frame::eth()
+                    .ip(client, server)
+                    .udp(port, media)
+                    .payload(&webrtc_dtls_client_hello(cookie))
+                    .build(),
+            );
+        }
+        // The other side may be the DTLS client too.
+        frames.push(
+            Frame::eth()
+                .ip(server, client)
+                .udp(media, port)
+                .payload(&webrtc_dtls_client_hello(0))
+                .build(),
+        );
+    }
+    assert_none_dropped("stun, webrtc dtls", &frames);
+}
+
+#[test]
+fn rtp_and_ntp_streams_are_never_dropped() {
+    let mut rng = Rng(0x47b);
+    let mut frames = Vec::new();
+    for stream in 0..20 {
+        let (a, b) = endpoints(&mut rng, stream % 2 == 0);
+        let (pa, pb) = (rng.ephemeral(), rng.ephemeral());
+        let ssrc = rng.next() as u32;
+        let pt = [0u8, 8, 9, 96, 111, 120][stream % 6];
+        let len = [172usize, 172, 92, 1200, 80, 60][stream % 6];
+        for seq in 0..2_000u16 {
+            let p = rtp(
+                pt,
+                seq.wrapping_add(stream as u16 * 977),
+                seq as u32 * 160,
+                ssrc,
+                len,
+            );
+            frames.push(Frame::eth().ip(a, b).udp(pa, pb).payload(&p).build());
+        }
+    }
+    for i in 0..5_000 {
+        let (c, s) = endpoints(&mut rng, i % 2 == 0);
+        let port = if i % 2 == 0 { 123 } else { rng.ephemeral() };
+        frames.push(
+            Frame::eth()
+                .ip(c, s)
+                .udp(port, 123)
+                .payload(&ntp_request())
+                .build(),
+        );
+        let mut reply = ntp_request();
+        reply[0] = 0x24;
+        reply[1] = 2;
+        frames.push(Frame::eth().ip(s, c).udp(123, port).payload(&reply).build());
+    }
+    assert_none_dropped("rtp, ntp", &frames);
+}
+
+/// OpenVPN's reset sizes (client and server, every wrap and digest, UDP and TCP framing).
+const OVPN_SIZES: [usize; 16] = [
+    14, 26, 38, 42, 50, 54, 62, 66, 70, 72, 82, 86, 98, 353, 359, 400,
+];
+
+#[test]
+fn encrypted_udp_flows_with_openvpn_sized_packets_are_never_dropped() {
+    // Fully encrypted protocols (obfuscated proxies, games, VoIP over proprietary crypto):
+    // every byte random, on one 5-tuple for a long time, both ways, and half the packets
+    // exactly the size of an OpenVPN reset.
+    let mut rng = Rng(0x6a3e);
+    for v6 in [false, true] {
+        let (a, b) = endpoints(&mut rng, v6);
+        let (pa, pb) = (rng.ephemeral(), 27015);
+        let mut frames = Vec::new();
+        for _ in 0..60_000 {
+            let len = if rng.chance(2) {
+                OVPN_SIZES[rng.below(16) as usize]
+            } else {
+                rng.range(14, 1400)
+            };
+            let p = rng.bytes(len);
+            frames.push(if rng.chance(2) {
+                Frame::eth().ip(a, b).udp(pa, pb).payload(&p).build()
+            } else {
+                Frame::eth().ip(b, a).udp(pb, pa).payload(&p).build()
+            });
+        }
+        assert_none_dropped(
+            if v6 {
+                "encrypted udp over ipv6"
+            } else {
+                "encrypted udp over ipv4"
+            },
+            &frames,
+        );
+    }
+}
+
+#[test]
+fn dtls_1_3_records_with_connection_ids_are_never_dropped() {
+    // RFC 9147 unified header: 001CSLEE, here with C (an 8-byte connection id, constant for the
+    // connection), so 0x30..0x3f: OpenVPN's data v1 and client reset v2 opcodes. The sequence
+    // number is encrypted.
+    let mut rng = Rng(0xd713);
+    for v6 in [false, true] {
+        let (a, b) = endpoints(&mut rng, v6);
+        let (pa, pb) = (rng.ephemeral(), 4433);
+        let (cid_a, cid_b) = (rng.bytes(8), rng.bytes(8));
+        let mut frames = Vec::new();
+        for _ in 0..40_000 {
+            let first = 0x30 | (rng.next() as u8 & 0x0f);
+            let len = if rng.chance(2) {
+                OVPN_SIZES[rng.below(16) as usize]
+            } else {
+                rng.range(30, 1300)
+            };
+            let to_b = rng.chance(2);
+            let mut p = vec![first];
+            p.extend_from_slice(if to_b { &cid_b } else { &cid_a });
+            p.extend_from_slice(&rng.bytes(len - 9));
+            frames.push(if to_b {
+                Frame::eth().ip(a, b).udp(pa, pb).payload(&p).build()
+            } else {
+                Frame::eth().ip(b, a).udp(pb, pa).payload(&p).build()
+            });
+        }
+        assert_none_dropped("dtls 1.3 with connection ids", &frames);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. The host reference model
+// ---------------------------------------------------------------------------------------
+
+/// What the kernel's `parse` extracts (mirrors `vpn-filter-ebpf/src/program.rs`).
+#[derive(Clone, Copy, Debug)]
+struct Parsed {
+    src: [u8; 16],
+    dst: [u8; 16],
+    family: u8,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    payload_off: usize,
+    payload_len: usize,
+    captured: usize,
+    /// A first fragment too small to carry the L4 header and 16 payload bytes: the kernel
+    /// drops it (RFC 1858 tiny-fragment evasion).
+    tiny_fragment: bool,
+}
+
+/// Mirrors `MIN_FIRST_FRAGMENT_PAYLOAD` in the kernel program.
+const MIN_FIRST_FRAGMENT_PAYLOAD: usize = 16;
+
+fn be16(f: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+
+/// `None` where the kernel passes the frame before classification (non-IP, truncated,
+/// malformed, fragment, extension-header limit).
+fn host_parse(f: &[u8]) -> Option<Parsed> {
+    if f.len() < 14 {
+        return None;
+    }
+    let mut ethertype = be16(f, 12);
+    let mut l3 = 14;
+    let mut tags = 0;
+    while tags < 2 && (ethertype == 0x8100 || ethertype == 0x88a8) {
+        if l3 + 4 > f.len() {
+            return None;
+        }
+        ethertype = be16(f, l3 + 2);
+        l3 += 4;
+        tags += 1;
+    }
+    let mut p = Parsed {
+        src: [0; 16],
+        dst: [0; 16],
+        family: 0,
+        proto: 0,
+        sport: 0,
+        dport: 0,
+        payload_off: 0,
+        payload_len: 0,
+        captured: 0,
+        tiny_fragment: false,
+    };
+    let more_fragments;
+    let (l4, l4_len) = match ethertype {
+        0x0800 => {
+            if l3 + 20 > f.len() {
+                return None;
+            }
+            let ihl = (f[l3] & 0x0f) as usize * 4;
+            if f[l3] >> 4 != 4 || ihl < 20 {
+                return None;
+            }
+            let total = be16(f, l3 + 2) as usize;
+            if total < ihl || l3 + total > f.len() {
+                return None;
+            }
+            let frag = be16(f, l3 + 6);
+            if frag & 0x1fff != 0 {
+                return None;
+            }
+            more_fragments = frag & 0x2000 != 0;
+            p.family = 4;
+            p.proto = f[l3 + 9];
+            p.src[..4].copy_from_slice(&f[l3 + 12..l3 + 16]);
+            p.dst[..4].copy_from_slice(&f[l3 + 16..l3 + 20]);
+            (l3 + ihl, total - ihl)
+        }
+        0x86dd => {
+            if l3 + 40 > f.len() || f[l3] >> 4 != 6 {
+                return None;
+            }
+            let payload = be16(f, l3 + 4) as usize;
+            if l3 + 40 + payload > f.len() {
+                return None;
+            }
+            p.family = 6;
+            p.src.copy_from_slice(&f[l3 + 8..l3 + 24]);
+            p.dst.copy_from_slice(&f[l3 + 24..l3 + 40]);
+            let mut next = f[l3 + 6];
+            let mut off = l3 + 40;
+            let mut more = false;
+            let mut i = 0;
+            let mut done = false;
+            while i < 6 {
+                match next {
+                    0 | 43 | 60 => {
+                        if off + 2 > f.len() {
+                            return None;
+                        }
+                        next = f[off];
+                        off += (f[off + 1] as usize + 1) * 8;
+                    }
+                    44 => {
+                        if off + 4 > f.len() {
+                            return None;
+                        }
+                        let field = be16(f, off + 2);
+                        if field & 0xfff8 != 0 {
+                            return None;
+                        }
+                        more = field & 1 != 0;
+                        next = f[off];
+                        off += 8;
+                    }
+                    _ => {
+                        done = true;
+                        break;
+                    }
+                }
+                if off > 512 {
+                    return None;
+                }
+                i += 1;
+            }
+            if !done && matches!(next, 0 | 43 | 60 | 44) {
+                return None;
+            }
+            more_fragments = more;
+            p.proto = next;
+            let used = off - (l3 + 40);
+            if used > payload {
+                return None;
+            }
+            (off, payload - used)
+        }
+        _ => return None,
+    };
+    if l4 > 512 {
+        return None;
+    }
+    match p.proto {
+        17 => {
+            if l4 + 8 > f.len() {
+                return None;
+            }
+            let ulen = be16(f, l4 + 4) as usize;
+            if ulen < 8 || l4_len < 8 || (ulen > l4_len && !more_fragments) {
+                return None;
+            }
+            p.sport = be16(f, l4);
+            p.dport = be16(f, l4 + 2);
+            p.payload_off = l4 + 8;
+            p.payload_len = ulen - 8;
+            p.captured = ulen.min(l4_len) - 8;
+            p.tiny_fragment = more_fragments && p.captured < MIN_FIRST_FRAGMENT_PAYLOAD;
+        }
+        6 => {
+            if l4 + 20 > f.len() {
+                return None;
+            }
+            let doff = (f[l4 + 12] >> 4) as usize * 4;
+            if doff < 20 || doff > l4_len {
+                return None;
+            }
+            p.sport = be16(f, l4);
+            p.dport = be16(f, l4 + 2);
+            p.payload_off = l4 + doff;
+            p.payload_len = l4_len - doff;
+            p.captured = p.payload_len;
+            p.tiny_fragment = more_fragments && p.captured < MIN_FIRST_FRAGMENT_PAYLOAD;
+        }
+        _ => {
+            p.payload_off = l4;
+            p.payload_len = l4_len;
+            p.captured = l4_len;
+        }
+    }
+    Some(p)
+}
+
+/// The kernel's `detect`, without the flow gate: the detection, and whether it is a follow-up
+/// decided by the prefilter alone (those need their protocol's gate open).
+fn host_detect(f: &[u8], p: &Parsed) -> Option<(Detection, bool)> {
+    match p.proto {
+        17 | 6 => {}
+        47 => {
+            if p.payload_off + 4 > f.len() {
+                return None;
+            }
+            return classify_gre(f[p.payload_off..p.payload_off + 4].try_into().unwrap())
+                .map(|d| (d, false));
+        }
+        50 | 51 => return classify_ip_proto(p.proto).map(|d| (d, false)),
+        _ => return None,
+    }
+    let len = p.payload_len;
+    if len < 4 || p.captured < 4 || p.payload_off + 4 > f.len() {
+        return None;
+    }
+    let head: [u8; 4] = f[p.payload_off..p.payload_off + 4].try_into().unwrap();
+    let pre = if p.proto == 17 {
+        udp_prefilter(p.sport, p.dport, len, head)
+    } else {
+        tcp_prefilter(len, head)
+    };
+    match pre {
+        Prefilter::No => None,
+        Prefilter::FollowUp(protocol, message) => {
+            let mut token = [0u8; 8];
+            if p.captured >= 9 {
+                if p.payload_off + 9 > f.len() {
+                    return None;
+                }
+                token.copy_from_slice(&f[p.payload_off + 1..p.payload_off + 9]);
+            }
+            Some((
+                Detection {
+                    protocol,
+                    message,
+                    strength: Strength::FollowUp,
+                    token,
+                    peer_token: [0; 8],
+                },
+                true,
+            ))
+        }
+        Prefilter::Inspect => {
+            let n = p.captured.min(WINDOW);
+            if p.payload_off + n > f.len() {
+                return None;
+            }
+            let mut w = [0u8; WINDOW];
+            w[..n].copy_from_slice(&f[p.payload_off..p.payload_off + n]);
+            let d = if p.proto == 17 {
+                classify_udp(p.sport, p.dport, len, &w)
+            } else {
+                classify_tcp(len, &w)
+            };
+            d.map(|d| (d, false))
+        }
+    }
+}
+
+type Key = ([u8; 16], u16, [u8; 16], u16, u8, u8);
+
+fn flow_key(p: &Parsed) -> (Key, bool) {
+    let src_first = (p.src, p.sport) <= (p.dst, p.dport);
+    let key = if src_first {
+        (p.src, p.sport, p.dst, p.dport, p.proto, p.family)
+    } else {
+        (p.dst, p.dport, p.src, p.sport, p.proto, p.family)
+    };
+    (key, src_first)
+}
+
+/// The flow table and gates of `decide` under policy enforce, nothing registered, timeless.
+#[derive(Default)]
+struct Model {
+    flows: HashMap<Key, FlowState>,
+    gates: HashSet<u8>,
+}
+
+/// What the model says about one frame.
+struct Judgement {
+    action: u32,
+    /// The classifier alone says Strong.
+    strong: bool,
+    /// Judged as part of a flow already in the table (blocked, or pending and confirmed).
+    known_flow: bool,
+    /// A tiny first fragment, dropped whatever it carries.
+    tiny_fragment: bool,
+}
+
+impl Model {
+    fn judge(&mut self, f: &[u8]) -> Judgement {
+        let pass = Judgement {
+            action: XDP_PASS,
+            strong: false,
+            known_flow: false,
+            tiny_fragment: false,
+        };
+        let Some(p) = host_parse(f) else { return pass };
+        if p.tiny_fragment {
+            return Judgement {
+                action: XDP_DROP,
+                tiny_fragment: true,
+                ..pass
+            };
+        }
+        let Some((det, gated)) = host_detect(f, &p) else {
+            return pass;
+        };
+        if gated && !self.gates.contains(&(det.protocol as u8)) {
+            return pass;
+        }
+        let strong = det.strength == Strength::Strong;
+        let (key, src_is_lo) = flow_key(&p);
+        let mut confirmed = false;
+        if let Some(state) = self.flows.get_mut(&key) {
+            match FlowStatus::from_u8(state.status) {
+                Some(FlowStatus::Blocked) => {
+                    self.gates.insert(state.protocol);
+                    return Judgement {
+                        action: XDP_DROP,
+                        strong,
+                        known_flow: true,
+                        tiny_fragment: false,
+                    };
+                }
+                Some(FlowStatus::Pending) => {
+                    let same = (state.from_lo == 1) == src_is_lo;
+                    match confirms(state, &det, same) {
+                        Confirmation::Confirmed => confirmed = true,
+                        Confirmation::Pending => {
+                            if !strong {
+                                state.packets += 1;
+                                return pass;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if det.strength == Strength::FollowUp && !confirmed {
+            return pass;
+        }
+        let mut state = FlowState {
+            expires_ns: u64::MAX,
+            token: det.token,
+            packets: 1,
+            status: FlowStatus::Blocked as u8,
+            protocol: det.protocol as u8,
+            message: det.message as u8,
+            from_lo: src_is_lo as u8,
+        };
+        self.gates.insert(det.protocol as u8);
+        if det.strength == Strength::Weak && !confirmed {
+            state.status = FlowStatus::Pending as u8;
+            self.flows.insert(key, state);
+            return pass;
+        }
+        self.flows.insert(key, state);
+        Judgement {
+            action: XDP_DROP,
+            strong,
+            known_flow: confirmed,
+            tiny_fragment: false,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Frame generators for the random test
+// ---------------------------------------------------------------------------------------
+
+/// Endpoints of a VPN conversation and the message family it speaks, so later frames can
+/// continue it (both directions) and reach pending and blocked flows.
+#[derive(Clone, Copy)]
+struct Conv {
+    client: IpAddr,
+    server: IpAddr,
+    eport: u16,
+    /// Index into [`FAMILIES`].
+    family: usize,
+    session: u64,
+    vlan: Option<u16>,
+}
+
+/// Message kinds that share a flow (same ports), as ranges of `vpn_message` kinds.
+const FAMILIES: [std::ops::Range<usize>; 12] = [
+    0..4,
+    4..6,
+    6..10,
+    10..12,
+    12..13,
+    13..15,
+    15..16,
+    16..18,
+    18..20,
+    20..22,
+    22..23,
+    23..26,
+];
+
+fn new_conv(rng: &mut Rng) -> Conv {
+    let v6 = rng.chance(2);
+    let (client, server) = endpoints(rng, v6);
+    let vlan = if rng.chance(3) {
+        Some(rng.below(4095) as u16)
+    } else {
+        None
+    };
+    Conv {
+        client,
+        server,
+        eport: rng.ephemeral(),
+        family: rng.below(FAMILIES.len() as u64) as usize,
+        session: rng.next(),
+        vlan,
+    }
+}
+
+/// Adds L4 and payload to an IP frame, given the source and destination ports.
+type Build = Box<dyn FnOnce(Frame, u16, u16) -> Frame>;
+
+/// A valid VPN message of `conv`'s family, in a random direction.
+fn vpn_frame(rng: &mut Rng, conv: &Conv) -> Vec<u8> {
+    let kinds = FAMILIES[conv.family].clone();
+    let kind = rng.range(kinds.start, kinds.end);
+    let sid = conv.session;
+    let peer = sid.rotate_left(17) ^ 0x5a5a_5a5a_5a5a_5a5a;
+    let wraps = [
+        OvpnWrap::Plain,
+        TLS_AUTH_SHA1,
+        OvpnWrap::TlsCrypt,
+        OvpnWrap::TlsCryptV2 { wkc_len: 299 },
+    ];
+    let wrap = wraps[(sid % 4) as usize];
+    // (from the client?, L4 + payload)
+    let (c2s, build): (bool, Build) = match kind {
+        0 => (
+            true,
+            Box::new(move |f, sp, dp| f.udp(sp, dp).payload(&wireguard_initiation(sid as u32))),
+        ),
+        1 => (
+            false,
+            Box::new(move |f, sp, dp| {
+                f.udp(sp, dp)
+                    .payload(&wireguard_response(peer as u32, sid as u32))
+            }),
+        ),
+        2 => (
+            false,
+            Box::new(move |f, sp, dp| f.udp(sp, dp).payload(&wireguard_cookie(sid as u32))),
+        ),
+        3 => {
+            let len = 32 + 16 * rng.below(80) as usize;
+            (
+                rng.chance(2),
+                Box::new(move |f, sp, dp| {
+                    f.udp(sp, dp).payload(&wireguard_data(sid as u32, 0, len))
+                }),
+            )
+        }
+        4 => {
+            let len = rng.range(149, 405);
+            (
+                true,
+                Box::new(move |f, sp, dp| {
+                    f.udp(sp, dp)
+                        .payload(&wireguard_padded_initiation(sid as u32, len))
+                }),
+            )
+        }
+        5 => {
+            let len = rng.range(93, 405);
+            (
+                false,
+                Box::new(move |f, sp, dp| {
+                    f.udp(sp, dp)
+                        .payload(&wireguard_padded_response(peer as u32, sid as u32, len))
+                }),
+            )
+        }
+        6 => (
+            true,
+            Box::new(move |f, sp, dp| f.udp(sp, dp).payload(&openvpn_client_reset(sid, wrap))),
+        ),
+        7 => (
+            false,
+            Box::new(move |f, sp, dp| {
+                f.udp(sp, dp)
+                    .payload(&openvpn_server_reset(peer, sid, wrap))
+            }),
+        ),
+        8 => {
+            let len = rng.range(10, 1100);
+            (
+                true,
+                Box::new(move |f, sp, dp| {
+                    f.udp(sp, dp)
+                        .payload(&openvpn_control(sid, peer, wrap, 2, 1, len))
+                }),
+            )
+        }
+        9 => {
+            let len = rng.range(8, 1400);
+            (
+                rng.chance(2),
+                Box::new(move |f, sp, dp| f.udp(sp, dp).payload(&openvpn_data_v2(0, 1, len))),
+            )
+        }
+        10 => (
+            true,
+            Box::new(move |f, sp, dp| {
+                f.tcp(sp, dp)
+                    .payload(&tcp_framed(&openvpn_client_reset(sid, wrap)))
+            }),
+        ),
+        11 => (
+            false,
+            Box::new(move |f, sp, dp| {
+                f.tcp(sp, dp)
+                    .payload(&tcp_framed(&openvpn_server_reset(peer, sid, wrap)))
+            }),
+        ),
+        12 => {
+            let len = rng.range(200, 900);
+            (
+                rng.chance(2),
+                Box::new(move |f, sp, dp| f.udp(sp, dp).payload(&ikev2_sa_init(sid | 1, len))),
+            )
+        }
+        13 => {
+            let len = rng.range(100, 900);
+            (
+                true,
+                Box::new(move |f, sp, dp| {
+                    f.udp(sp, dp)
+                        .payload(&non_esp_marker(&ikev2_auth(sid | 1, peer, len)))
+                }),
+            )
+        }
+        14 => {
+            let len = rng.range(16, 1400);
+            (
+                rng.chance(2),
+                Box::new(move |f, sp, dp| {
+                    f.udp(sp, dp)
+                        .payload(&esp_in_udp(sid as u32 | 0x100, 1, len))
+                }),
+            )
+        }
+        15 => (
+            true,
+            Box::new(move |f, sp, dp| {
+                f.tcp(sp, dp)
+                    .payload(&iketcp_stream_start(&ikev2_sa_init(sid | 1, 352)))
+            }),
+        ),
+        16 => {
+            let body = rng.bytes_in(8, 200);
+            (
+                rng.chance(2),
+                Box::new(move |f, _, _| f.esp(sid as u32, 1).payload(&body)),
+            )
+        }
+        17 => {
+            let body = rng.bytes_in(8, 200);
+            (
+                rng.chance(2),
+                Box::new(move |f, _, _| f.ah(sid as u32, 1, 4).payload(&body)),
+            )
+        }
+        18 => (
+            true,
+            Box::new(move |f, sp, dp| f.udp(sp, dp).payload(&l2tp_sccrq(sid as u16))),
+        ),
+        19 => (
+            false,
+            Box::new(move |f, sp, dp| f.udp(sp, dp).payload(&l2tp_zlb(sid as u16, 1, 1))),
+        ),
+        20 => (
+            true,
+            Box::new(move |f, sp, dp| f.tcp(sp, dp).payload(&pptp_sccrq())),
+        ),
+        21 => {
+            let body = rng.bytes_in(4, 200);
+            (
+                rng.chance(2),
+                Box::new(move |f, _, _| f.gre_pptp(sid as u16, Some(1), None).payload(&body)),
+            )
+        }
+        22 => {
+            let len = rng.range(62, 200);
+            (
+                rng.chance(2),
+                Box::new(move |f, sp, dp| f.udp(sp, dp).payload(&tailscale_disco(len))),
+            )
+        }
+        23 => (
+            true,
+            Box::new(move |f, sp, dp| f.udp(sp, dp).payload(&openconnect_dtls_client_hello())),
+        ),
+        24 => (
+            true,
+            Box::new(move |f, sp, dp| f.udp(sp, dp).payload(&cisco_dtls_client_hello())),
+        ),
+        _ => (
+            true,
+            Box::new(move |f, sp, dp| f.udp(sp, dp).payload(&softether_udp("203.0.113.5", 5555))),
+        ),
+    };
+    let (src, dst) = if c2s {
+        (conv.client, conv.server)
+    } else {
+        (conv.server, conv.client)
+    };
+    let mut f = match conv.vlan {
+        Some(v) => Frame::eth().vlan(v),
+        None => Frame::eth(),
+    }
+    .ip(src, dst);
+    if src.is_ipv4() && rng.chance(8) {
+        f = f.ipv4_options(&[1, 1, 1, 1]);
+    }
+    if src.is_ipv6() && rng.chance(8) {
+        f = f.hop_by_hop().dest_opts();
+    }
+    // The server's port for the family; the client's is the conversation's ephemeral port.
+    let server_port = [
+        51820u16, 443, 1194, 1194, 500, 4500, 4500, 0, 1701, 1723, 41641, 443,
+    ][conv.family];
+    let server_port = if conv.family == 11 && kind == 25 {
+        5555
+    } else {
+        server_port
+    };
+    let (sp, dp) = if c2s {
+        (conv.eport, server_port)
+    } else {
+        (server_port, conv.eport)
+    };
+    build(f, sp, dp).build()
+}
+
+/// Ordinary traffic on random endpoints.
+fn ordinary_frame(rng: &mut Rng) -> Vec<u8> {
+    let v6 = rng.chance(2);
+    let (c, s) = endpoints(rng, v6);
+    let f = if rng.chance(4) {
+        Frame::eth().vlan(rng.below(4095) as u16)
+    } else {
+        Frame::eth()
+    }
+    .ip(c, s);
+    let e = rng.ephemeral();
+    let id = rng.next() as u16;
+    let f = match rng.below(11) {
+        0 => f
+            .udp(e, 53)
+            .payload(&dns_query(id, NAMES[rng.below(8) as usize])),
+        1 => f.udp(53, e).payload(&dns_answer(
+            id,
+            NAMES[rng.below(8) as usize],
+            &[Ipv4Addr::new(192, 0, 2, 1)],
+        )),
+        2 => f
+            .udp(e, 443)
+            .payload(&quic_initial(&rng.bytes(8), &rng.bytes(8), 1200)),
+        3 => f.udp(e, 443).payload(&quic_short(
+            0x40 | (rng.next() as u8 & 0x3f),
+            &rng.bytes(8),
+            rng.range(30, 1350),
+            rng.next(),
+        )),
+        4 => f.tcp(e, 443).payload(&tls_client_hello("example.com")),
+        5 => f
+            .udp(e, 3478)
+            .payload(&stun_binding_request(rng.bytes(12).try_into().unwrap())),
+        6 => f
+            .udp(e, rng.ephemeral())
+            .payload(&webrtc_dtls_client_hello(0)),
+        7 => f.udp(e, rng.ephemeral()).payload(&rtp(
+            96,
+            id,
+            0,
+            rng.next() as u32,
+            rng.range(20, 1200),
+        )),
+        8 => f.udp(e, 123).payload(&ntp_request()),
+        9 => f.icmp_echo(id, 1).payload(&rng.bytes(56)),
+        _ => f.gre_v0(0x0800).payload(&rng.bytes_in(20, 200)),
+    };
+    f.build()
+}
+
+/// Random bytes in plausible headers, on random ports.
+fn random_frame(rng: &mut Rng) -> Vec<u8> {
+    let v6 = rng.chance(2);
+    let (c, s) = endpoints(rng, v6);
+    let len = match rng.below(3) {
+        0 => rng.range(0, 20),
+        1 => rng.range(20, 200),
+        _ => rng.range(200, 1400),
+    };
+    let mut payload = rng.bytes(len);
+    // A share starts like something the prefilters look at.
+    let heads: [&[u8]; 8] = [
+        &[1, 0, 0, 0],
+        &[2, 0, 0, 0],
+        &[4, 0, 0, 0],
+        &[0x38],
+        &[0x50],
+        &[0x16, 0xfe, 0xfd],
+        &[0xc8, 0x02],
+        b"IP=",
+    ];
+    if rng.chance(3) {
+        let h = heads[rng.below(8) as usize];
+        let n = h.len().min(payload.len());
+        payload[..n].copy_from_slice(&h[..n]);
+    }
+    let ports = [
+        53u16,
+        123,
+        443,
+        500,
+        1194,
+        1701,
+        1723,
+        4500,
+        51820,
+        rng.ephemeral(),
+        rng.ephemeral(),
+    ];
+    let sp = ports[rng.below(ports.len() as u64) as usize];
+    let dp = ports[rng.below(ports.len() as u64) as usize];
+    let f = Frame::eth().ip(c, s);
+    match rng.below(8) {
+        0..=4 => f.udp(sp, dp).payload(&payload),
+        5 | 6 => f.tcp(sp, dp).payload(&payload),
+        _ => f.ip_proto(rng.next() as u8).payload(&payload),
+    }
+    .build()
+}
+
+/// Offsets of the length fields of a built frame (IPv4 total length, IHL, IPv6 payload
+/// length, UDP length, TCP data offset), found by walking the headers the builder wrote.
+fn length_fields(f: &[u8]) -> Vec<(usize, bool)> {
+    // (offset, is a 16-bit field)
+    let mut out = Vec::new();
+    let mut l3 = 14;
+    let mut et = be16(f, 12);
+    while et == 0x8100 || et == 0x88a8 {
+        et = be16(f, l3 + 2);
+        l3 += 4;
+    }
+    let (proto, l4) = match et {
+        0x0800 => {
+            out.push((l3 + 2, true));
+            out.push((l3, false));
+            (f[l3 + 9], l3 + (f[l3] & 0x0f) as usize * 4)
+        }
+        0x86dd => {
+            out.push((l3 + 4, true));
+            let mut next = f[l3 + 6];
+            let mut off = l3 + 40;
+            while matches!(next, 0 | 43 | 60 | 44) {
+                out.push((off + 1, false));
+                let step = if next == 44 {
+                    8
+                } else {
+                    (f[off + 1] as usize + 1) * 8
+                };
+                next = f[off];
+                off += step;
+            }
+            (next, off)
+        }
+        _ => return out,
+    };
+    match proto {
+        17 => out.push((l4 + 4, true)),
+        6 => out.push((l4 + 12, false)),
+        _ => {}
+    }
+    out
+}
+
+/// Mutates a frame: flipped bytes (mostly in the payload), a truncation, a lying length, or
+/// bytes inserted or removed in the middle.
+fn mutate(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
+    match rng.below(5) {
+        0 | 1 => {
+            for _ in 0..rng.range(1, 5) {
+                let at = if rng.chance(3) {
+                    rng.range(12, f.len())
+                } else {
+                    f.len() - 1 - rng.below(f.len().min(80) as u64) as usize
+                };
+                f[at] ^= 1 << rng.below(8);
+            }
+        }
+        2 => {
+            let cut = rng.range(14, f.len() + 1);
+            f.truncate(cut);
+        }
+        3 => {
+            let fields = length_fields(&f);
+            if !fields.is_empty() {
+                let (at, wide) = fields[rng.below(fields.len() as u64) as usize];
+                if wide {
+                    let v = match rng.below(3) {
+                        0 => rng.next() as u16,
+                        1 => be16(&f, at).wrapping_add(rng.range(1, 9) as u16),
+                        _ => be16(&f, at).wrapping_sub(rng.range(1, 9) as u16),
+                    };
+                    f[at..at + 2].copy_from_slice(&v.to_be_bytes());
+                } else {
+                    f[at] = rng.next() as u8;
+                }
+            }
+        }
+        _ => {
+            let at = rng.range(14, f.len());
+            if rng.chance(2) {
+                let n = rng.range(1, 9).min(f.len() - at);
+                f.drain(at..at + n);
+            } else {
+                let extra = rng.bytes_in(1, 9);
+                f.splice(at..at, extra);
+            }
+            if f.len() < 14 {
+                f.resize(14, 0);
+            }
+        }
+    }
+    f
+}
+
+#[test]
+fn random_and_mutated_frames_are_dropped_only_when_they_are_vpn_candidates() {
+    let filter = load(&timeless());
+    let mut model = Model::default();
+    let mut rng = Rng(0x5eed_f00d);
+    let mut convs: Vec<Conv> = Vec::new();
+    let started = Instant::now();
+    let total = 300_000;
+    let (mut dropped, mut strong_drops, mut flow_drops) = (0u64, 0u64, 0u64);
+    let mut mismatches = Vec::new();
+    for i in 0..total {
+        let frame = match rng.below(10) {
+            0..=2 => random_frame(&mut rng),
+            3..=7 => {
+                // Half the time a conversation already under way (its flow may be pending or
+                // blocked), else a new one.
+                let conv = if !convs.is_empty() && rng.chance(2) {
+                    convs[rng.below(convs.len() as u64) as usize]
+                } else {
+                    let c = new_conv(&mut rng);
+                    if convs.len() < 512 {
+                        convs.push(c);
+                    } else {
+                        let k = rng.below(512) as usize;
+                        convs[k] = c;
+                    }
+                    c
+                };
+                let f = vpn_frame(&mut rng, &conv);
+                if rng.chance(2) {
+                    mutate(&mut rng, f)
+                } else {
+                    f
+                }
+            }
+            _ => {
+                let f = ordinary_frame(&mut rng);
+                if rng.chance(2) {
+                    mutate(&mut rng, f)
+                } else {
+                    f
+                }
+            }
+        };
+        let got = filter.run_frame(&frame).expect("BPF_PROG_TEST_RUN");
+        assert_ne!(got, XDP_ABORTED, "frame {i}: XDP_ABORTED for {frame:02x?}");
+        assert!(
+            got == XDP_PASS || got == XDP_DROP,
+            "frame {i}: action {got}"
+        );
+        let want = model.judge(&frame);
+        if got == XDP_DROP {
+            dropped += 1;
+            assert!(
+                want.strong || want.known_flow || want.tiny_fragment,
+                "frame {i} dropped but it is not a VPN candidate (not Strong alone, no known flow, not a tiny fragment): {:02x?}",
+                &frame
+            );
+            if want.strong {
+                strong_drops += 1;
+            } else {
+                flow_drops += 1;
+            }
+        }
+        if got != want.action && mismatches.len() < 10 {
+            mismatches.push(format!(
+                "frame {i}: kernel {got}, model {}: {:02x?}",
+                want.action,
+                &frame[..frame.len().min(120)]
+            ));
+        }
+    }
+    let elapsed = started.elapsed();
+    let stats = filter.stats().unwrap();
+    eprintln!(
+        "{total} frames in {elapsed:?}: {dropped} dropped ({strong_drops} strong alone, {flow_drops} on known flows); {} flows",
+        model.flows.len()
+    );
+    assert!(
+        mismatches.is_empty(),
+        "kernel and model disagree:\n{}",
+        mismatches.join("\n")
+    );
+    assert_eq!(stats.counter(Counter::FlowInsertFailed), 0, "{stats:?}");
+    assert!(
+        strong_drops > 10_000 && flow_drops > 1_000,
+        "the generators reach both kinds of drop"
+    );
+    assert!(
+        elapsed.as_secs() < 60,
+        "keep this test under a minute: {elapsed:?}"
+    );
+}

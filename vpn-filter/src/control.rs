@@ -1,0 +1,804 @@
+//! The daemon's control socket: how `vpn-filter status`, `vpn-filter events` and `vpn-filter
+//! top` talk to a running `vpn-filter run`.
+//!
+//! A Unix stream socket (default [`DEFAULT_SOCKET`]) created mode 0600 by the daemon; a peer
+//! that is neither root nor the daemon's own user is refused (SO_PEERCRED), so only root may
+//! connect. The protocol is line-based JSON, one request per line:
+//!
+//! ```text
+//! > {"cmd":"status"}
+//! < {"ok":true,"status":{...}}                     (a StatusReport; more requests may follow)
+//! > {"cmd":"events","follow":true,"backlog":10}
+//! < {"ok":true}
+//! < {...event...}                                  (the last `backlog` events, then new ones)
+//! < {"lagged":120}                                 (this follower was too slow: 120 missed)
+//! ```
+//!
+//! Errors are `{"ok":false,"error":"..."}`. `events` without `follow` sends the backlog and
+//! closes. A follower has its own bounded queue ([`crate::events::EventHub`]); the daemon never
+//! waits for it.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::UnixListener,
+    sync::{broadcast::error::RecvError, Semaphore},
+};
+
+use crate::{
+    events::{EventHub, PipelineCounters},
+    status::{Sources, StatusReport},
+};
+
+/// Where the daemon listens unless told otherwise (`--control-socket`).
+pub const DEFAULT_SOCKET: &str = "/run/vpn-filter/control.sock";
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 4096;
+/// Concurrent control connections (followers included).
+const MAX_CONNECTIONS: usize = 64;
+/// A follower's writes are gathered up to this size.
+const FOLLOW_BATCH: usize = 64 * 1024;
+/// Default number of past events `events` sends first.
+pub const DEFAULT_EVENTS_BACKLOG: usize = 10;
+
+/// A request line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub cmd: String,
+    /// `events`: keep streaming after the backlog.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow: bool,
+    /// `events`: how many past events to send first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<usize>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Reply {
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<StatusReport>,
+}
+
+fn reply_line(reply: &Reply) -> Vec<u8> {
+    let mut v = serde_json::to_vec(reply).unwrap_or_else(|e| {
+        format!("{{\"ok\":false,\"error\":\"encoding the reply: {e}\"}}").into_bytes()
+    });
+    v.push(b'\n');
+    v
+}
+
+fn error_line(msg: impl Into<String>) -> Vec<u8> {
+    reply_line(&Reply {
+        ok: false,
+        error: Some(msg.into()),
+        status: None,
+    })
+}
+
+/// The daemon's listening socket; the socket file is removed on drop if it is still ours.
+pub struct ControlServer {
+    listener: UnixListener,
+    guard: SocketGuard,
+}
+
+/// Removes the socket file on drop, unless another daemon has replaced it since.
+#[derive(Debug)]
+pub struct SocketGuard {
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl ControlServer {
+    /// Binds `path` (creating its directory, mode 0755, if missing). A socket file left by a
+    /// daemon that is gone is replaced; one a live daemon answers on is an error.
+    pub fn bind(path: &Path) -> Result<ControlServer> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("creating the control socket directory {}", dir.display())
+                })?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                    .with_context(|| format!("chmod {}", dir.display()))?;
+            }
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                bail!(
+                    "{} exists and is not a socket; refusing to replace it (use --control-socket)",
+                    path.display()
+                );
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "another vpn-filter daemon is listening on {} (use --control-socket to run a second one)",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        }
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("binding the control socket {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", path.display()))?;
+        let ino = std::fs::symlink_metadata(path)?.ino();
+        Ok(ControlServer {
+            listener,
+            guard: SocketGuard {
+                path: path.to_path_buf(),
+                ino,
+            },
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.guard.path
+    }
+
+    /// Splits into the listener (to [`serve`]) and the guard that removes the socket file.
+    pub fn into_parts(self) -> (UnixListener, SocketGuard) {
+        (self.listener, self.guard)
+    }
+}
+
+/// Accepts connections until the task is cancelled.
+pub async fn serve(listener: UnixListener, sources: Sources) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                log::warn!("control socket accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match stream.peer_cred() {
+            Ok(c) if c.uid() == 0 || c.uid() == me => {}
+            Ok(c) => {
+                log::warn!(
+                    "control socket: refused a client with uid {} (root only)",
+                    c.uid()
+                );
+                let mut s = stream;
+                let _ = s
+                    .write_all(&error_line("permission denied: only root may connect"))
+                    .await;
+                continue;
+            }
+            Err(e) => {
+                log::warn!("control socket: cannot read the peer's credentials: {e}");
+                continue;
+            }
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let mut s = stream;
+            let _ = s
+                .write_all(&error_line(format!(
+                    "too many control connections (at most {MAX_CONNECTIONS})"
+                )))
+                .await;
+            continue;
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let (rd, wr) = stream.into_split();
+            let report = || sources.report();
+            let ep = Endpoint {
+                hub: &sources.hub,
+                pipeline: &sources.pipeline,
+                report: &report,
+            };
+            if let Err(e) = handle(rd, wr, &ep).await {
+                log::debug!("control connection ended: {e:#}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// What a connection needs from the daemon.
+pub struct Endpoint<'a> {
+    pub hub: &'a EventHub,
+    pub pipeline: &'a PipelineCounters,
+    /// Takes a status snapshot.
+    pub report: &'a (dyn Fn() -> Result<StatusReport> + Send + Sync),
+}
+
+/// Serves one connection: requests until EOF, or an event stream.
+pub async fn handle<R, W>(rd: R, mut wr: W, ep: &Endpoint<'_>) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut rd = tokio::io::BufReader::new(rd);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut rd)
+            .take(MAX_REQUEST + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.last() != Some(&b'\n') {
+            let msg = if n as u64 > MAX_REQUEST {
+                format!("request longer than {MAX_REQUEST} bytes")
+            } else {
+                "request not terminated by a newline".to_string()
+            };
+            wr.write_all(&error_line(msg)).await?;
+            return Ok(());
+        }
+        let req: Request = match serde_json::from_slice(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                wr.write_all(&error_line(format!(
+                    "bad request ({e}); expected {{\"cmd\":\"status\"}} or {{\"cmd\":\"events\",\"follow\":true}}"
+                )))
+                .await?;
+                continue;
+            }
+        };
+        match req.cmd.as_str() {
+            "status" => {
+                let reply = match (ep.report)() {
+                    Ok(r) => Reply {
+                        ok: true,
+                        error: None,
+                        status: Some(r),
+                    },
+                    Err(e) => Reply {
+                        ok: false,
+                        error: Some(format!("reading the counters: {e:#}")),
+                        status: None,
+                    },
+                };
+                wr.write_all(&reply_line(&reply)).await?;
+            }
+            "events" => {
+                let backlog = req.backlog.unwrap_or(DEFAULT_EVENTS_BACKLOG);
+                return serve_events(rd, wr, ep.hub, ep.pipeline, backlog, req.follow).await;
+            }
+            other => {
+                wr.write_all(&error_line(format!(
+                    "unknown command {other:?} (expected status or events)"
+                )))
+                .await?;
+            }
+        }
+    }
+}
+
+async fn serve_events<R, W>(
+    mut rd: R,
+    mut wr: W,
+    hub: &EventHub,
+    pipeline: &PipelineCounters,
+    backlog: usize,
+    follow: bool,
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let ok = reply_line(&Reply {
+        ok: true,
+        error: None,
+        status: None,
+    });
+    if !follow {
+        let mut buf = ok;
+        for l in hub.backlog(backlog) {
+            buf.extend_from_slice(&l);
+        }
+        wr.write_all(&buf).await?;
+        wr.shutdown().await?;
+        return Ok(());
+    }
+    let (past, mut rx) = hub.subscribe(backlog);
+    let mut buf = ok;
+    for l in past {
+        buf.extend_from_slice(&l);
+    }
+    wr.write_all(&buf).await?;
+    let mut scratch = [0u8; 256];
+    loop {
+        buf.clear();
+        tokio::select! {
+            r = rx.recv() => {
+                match r {
+                    Ok(line) => push_line(&mut buf, line),
+                    Err(RecvError::Lagged(n)) => lagged(&mut buf, n, pipeline),
+                    Err(RecvError::Closed) => return Ok(()),
+                }
+                // Gather what else is queued into one write.
+                while buf.len() < FOLLOW_BATCH {
+                    match rx.try_recv() {
+                        Ok(line) => push_line(&mut buf, line),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
+                            lagged(&mut buf, n, pipeline)
+                        }
+                        Err(_) => break,
+                    }
+                }
+                wr.write_all(&buf).await?;
+            }
+            // The client closed (or sent something it should not): stop following.
+            r = rd.read(&mut scratch) => {
+                if matches!(r, Ok(0) | Err(_)) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn push_line(buf: &mut Vec<u8>, line: Bytes) {
+    buf.extend_from_slice(&line);
+}
+
+fn lagged(buf: &mut Vec<u8>, n: u64, counters: &PipelineCounters) {
+    counters
+        .follower_dropped
+        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    buf.extend_from_slice(format!("{{\"lagged\":{n}}}\n").as_bytes());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side (blocking: the CLI commands have nothing else to do).
+
+/// Connects to the daemon, explaining the usual failures.
+pub fn connect(path: &Path) -> Result<std::os::unix::net::UnixStream> {
+    std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                " (is `vpn-filter run` running? pass --control-socket if it uses another path)"
+            }
+            std::io::ErrorKind::PermissionDenied => " (only root may connect)",
+            _ => "",
+        };
+        anyhow!(
+            "cannot connect to the vpn-filter daemon at {}: {e}{hint}",
+            path.display()
+        )
+    })
+}
+
+fn send(stream: &mut std::os::unix::net::UnixStream, req: &Request) -> Result<()> {
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    stream.write_all(&line).context("sending to the daemon")?;
+    Ok(())
+}
+
+fn read_reply(reader: &mut impl std::io::BufRead) -> Result<Reply> {
+    let mut line = String::new();
+    let n = reader
+        .read_line(&mut line)
+        .context("reading the daemon's reply")?;
+    if n == 0 {
+        bail!("the daemon closed the connection without replying");
+    }
+    let reply: Reply = serde_json::from_str(&line)
+        .with_context(|| format!("the daemon's reply is not valid: {}", line.trim_end()))?;
+    if !reply.ok {
+        bail!(
+            "the daemon refused: {}",
+            reply.error.as_deref().unwrap_or("no reason given")
+        );
+    }
+    Ok(reply)
+}
+
+/// A connection that asks for status reports (one per call).
+pub struct StatusClient {
+    writer: std::os::unix::net::UnixStream,
+    reader: BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl StatusClient {
+    pub fn connect(path: &Path) -> Result<Self> {
+        let s = connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let reader = BufReader::new(s.try_clone()?);
+        Ok(StatusClient { writer: s, reader })
+    }
+
+    pub fn status(&mut self) -> Result<StatusReport> {
+        send(
+            &mut self.writer,
+            &Request {
+                cmd: "status".into(),
+                follow: false,
+                backlog: None,
+            },
+        )?;
+        read_reply(&mut self.reader)?
+            .status
+            .ok_or_else(|| anyhow!("the daemon's reply carries no status"))
+    }
+}
+
+/// One status report from the daemon at `path`.
+pub fn request_status(path: &Path) -> Result<StatusReport> {
+    StatusClient::connect(path)?.status()
+}
+
+/// A line of an event stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamLine {
+    /// An event record, as the daemon wrote it (JSON, no trailing newline).
+    Event(String),
+    /// This follower was too slow; the daemon skipped this many lines for it.
+    Lagged(u64),
+}
+
+/// Classifies a stream line.
+pub fn parse_stream_line(line: &str) -> StreamLine {
+    #[derive(Deserialize)]
+    struct Lag {
+        lagged: u64,
+    }
+    if line.starts_with("{\"lagged\":") {
+        if let Ok(l) = serde_json::from_str::<Lag>(line) {
+            return StreamLine::Lagged(l.lagged);
+        }
+    }
+    StreamLine::Event(line.to_string())
+}
+
+/// Streams events from the daemon at `path`: the last `backlog` ones, then (with `follow`)
+/// new ones until the daemon goes away or `on_line` returns false.
+pub fn stream_events(
+    path: &Path,
+    backlog: usize,
+    follow: bool,
+    mut on_line: impl FnMut(StreamLine) -> bool,
+) -> Result<()> {
+    let mut s = connect(path)?;
+    send(
+        &mut s,
+        &Request {
+            cmd: "events".into(),
+            follow,
+            backlog: Some(backlog),
+        },
+    )?;
+    let mut reader = BufReader::with_capacity(64 * 1024, s);
+    read_reply(&mut reader)?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).context("reading events")? == 0 {
+            return Ok(());
+        }
+        if !on_line(parse_stream_line(line.trim_end_matches('\n'))) {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::UnixStream;
+
+    use super::*;
+
+    struct Fixture {
+        hub: EventHub,
+        pipeline: Arc<PipelineCounters>,
+    }
+
+    fn fixture(queue: usize) -> Fixture {
+        Fixture {
+            hub: EventHub::new(100, queue),
+            pipeline: Arc::new(PipelineCounters::default()),
+        }
+    }
+
+    fn no_status() -> Result<StatusReport> {
+        Err(anyhow!("no kernel in unit tests"))
+    }
+
+    /// A connection served like the daemon serves one; returns the client end.
+    fn connection(
+        f: &Fixture,
+    ) -> (
+        tokio::task::JoinHandle<Result<()>>,
+        tokio::io::BufReader<UnixStream>,
+    ) {
+        let (client, server) = UnixStream::pair().unwrap();
+        let hub = f.hub.clone();
+        let pipeline = f.pipeline.clone();
+        let task = tokio::spawn(async move {
+            let (rd, wr) = server.into_split();
+            let ep = Endpoint {
+                hub: &hub,
+                pipeline: &pipeline,
+                report: &no_status,
+            };
+            handle(rd, wr, &ep).await
+        });
+        (task, tokio::io::BufReader::new(client))
+    }
+
+    async fn follower(
+        f: &Fixture,
+        backlog: usize,
+    ) -> (
+        tokio::task::JoinHandle<Result<()>>,
+        tokio::io::BufReader<UnixStream>,
+    ) {
+        let (task, mut client) = connection(f);
+        let req = format!("{{\"cmd\":\"events\",\"follow\":true,\"backlog\":{backlog}}}\n");
+        client.get_mut().write_all(req.as_bytes()).await.unwrap();
+        (task, client)
+    }
+
+    async fn read_lines(client: &mut tokio::io::BufReader<UnixStream>, want: usize) -> Vec<String> {
+        let mut lines = Vec::new();
+        while lines.len() < want {
+            let mut l = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(5), client.read_line(&mut l))
+                .await
+                .expect("lines arrive within 5 s")
+                .unwrap();
+            assert!(n > 0, "stream ended early after {lines:?}");
+            lines.push(l.trim_end_matches('\n').to_string());
+        }
+        lines
+    }
+
+    fn publish(hub: &EventHub, range: std::ops::Range<usize>) {
+        let mut lines: Vec<Bytes> = range
+            .map(|i| Bytes::from(format!("{{\"n\":{i}}}\n")))
+            .collect();
+        hub.publish(&mut lines);
+    }
+
+    async fn wait_followers(hub: &EventHub, n: usize) {
+        for _ in 0..500 {
+            if hub.followers() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{} followers, expected {n}", hub.followers());
+    }
+
+    #[tokio::test]
+    async fn a_follower_gets_its_backlog_then_new_events() {
+        let f = fixture(100);
+        publish(&f.hub, 0..3);
+        let (_task, mut client) = follower(&f, 2).await;
+        let lines = read_lines(&mut client, 3).await;
+        assert_eq!(lines, ["{\"ok\":true}", "{\"n\":1}", "{\"n\":2}"]);
+        publish(&f.hub, 3..5);
+        let lines = read_lines(&mut client, 2).await;
+        assert_eq!(lines, ["{\"n\":3}", "{\"n\":4}"]);
+    }
+
+    #[tokio::test]
+    async fn events_without_follow_sends_the_backlog_and_closes() {
+        let f = fixture(100);
+        publish(&f.hub, 0..3);
+        let (task, mut client) = connection(&f);
+        client
+            .write_all(b"{\"cmd\":\"events\",\"backlog\":5}\n")
+            .await
+            .unwrap();
+        let mut all = String::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_string(&mut all))
+            .await
+            .expect("the daemon closes after the backlog")
+            .unwrap();
+        assert_eq!(all, "{\"ok\":true}\n{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n");
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_slow_follower_misses_lines_counted_and_never_blocks_the_publisher_or_others() {
+        let f = fixture(16);
+        let (_slow_task, _slow_client) = follower(&f, 0).await; // does not read for now
+        let (_fast_task, mut fast) = follower(&f, 0).await;
+        assert_eq!(read_lines(&mut fast, 1).await, ["{\"ok\":true}"]);
+        wait_followers(&f.hub, 2).await;
+        // The slow client's socket buffer fills, its task blocks in write and its queue
+        // overflows; publishing must go on regardless.
+        let pad = "x".repeat(1000);
+        let mut got = 0usize;
+        for chunk in 0..1000 {
+            let mut lines: Vec<Bytes> = (0..10)
+                .map(|i| Bytes::from(format!("{{\"n\":{},\"pad\":\"{pad}\"}}\n", chunk * 10 + i)))
+                .collect();
+            f.hub.publish(&mut lines);
+            // Keep the fast follower drained so only the slow one lags.
+            got += read_lines(&mut fast, 10).await.len();
+        }
+        assert_eq!(got, 10_000, "the fast follower gets every line");
+        assert_eq!(f.hub.followers(), 2);
+        // When the slow client finally reads, it learns how many lines it missed, and the
+        // daemon has counted them.
+        let mut slow = _slow_client;
+        let mut lagged = None;
+        let mut seen = 0;
+        while lagged.is_none() {
+            let l = read_lines(&mut slow, 1).await.remove(0);
+            seen += 1;
+            if let StreamLine::Lagged(n) = parse_stream_line(&l) {
+                lagged = Some(n);
+            }
+        }
+        let n = lagged.expect("a lag notice");
+        assert!(n > 0 && seen < 10_000, "lag {n} after {seen} lines");
+        assert!(PipelineCounters::get(&f.pipeline.follower_dropped) >= n);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_follower_is_told_how_many_it_missed() {
+        let f = fixture(4);
+        let (_, mut rx) = f.hub.subscribe(0);
+        publish(&f.hub, 0..10);
+        let mut buf = Vec::new();
+        match rx.recv().await {
+            Err(RecvError::Lagged(n)) => lagged(&mut buf, n, &f.pipeline),
+            other => panic!("expected a lag, got {other:?}"),
+        }
+        assert_eq!(String::from_utf8(buf).unwrap(), "{\"lagged\":6}\n");
+        assert_eq!(parse_stream_line("{\"lagged\":6}"), StreamLine::Lagged(6));
+        assert_eq!(PipelineCounters::get(&f.pipeline.follower_dropped), 6);
+    }
+
+    #[tokio::test]
+    async fn the_follower_task_ends_when_the_client_disconnects() {
+        let f = fixture(16);
+        let (task, mut client) = follower(&f, 0).await;
+        assert_eq!(read_lines(&mut client, 1).await, ["{\"ok\":true}"]);
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the follower task ends")
+            .unwrap()
+            .unwrap();
+        wait_followers(&f.hub, 0).await;
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_an_error_and_the_connection_stays_usable() {
+        let f = fixture(16);
+        let (_task, mut client) = connection(&f);
+        client.get_mut().write_all(b"not json\n").await.unwrap();
+        let l = read_lines(&mut client, 1).await;
+        assert!(
+            l[0].starts_with("{\"ok\":false,\"error\":\"bad request"),
+            "{l:?}"
+        );
+        client
+            .get_mut()
+            .write_all(b"{\"cmd\":\"reboot\"}\n")
+            .await
+            .unwrap();
+        let l = read_lines(&mut client, 1).await;
+        assert!(l[0].contains("unknown command \\\"reboot\\\""), "{l:?}");
+        client
+            .get_mut()
+            .write_all(b"{\"cmd\":\"status\"}\n")
+            .await
+            .unwrap();
+        let l = read_lines(&mut client, 1).await;
+        assert!(l[0].contains("no kernel in unit tests"), "{l:?}");
+    }
+
+    #[tokio::test]
+    async fn an_overlong_request_is_refused() {
+        let f = fixture(16);
+        let (task, mut client) = connection(&f);
+        client.get_mut().write_all(&vec![b'x'; 5000]).await.unwrap();
+        let l = read_lines(&mut client, 1).await;
+        assert!(l[0].contains("longer than 4096 bytes"), "{l:?}");
+        task.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn event_lines_are_passed_through_verbatim() {
+        let l = r#"{"time":"x","lagged_note":1}"#;
+        assert_eq!(parse_stream_line(l), StreamLine::Event(l.to_string()));
+    }
+}
+
+/// The `status` and `events` subcommands.
+pub mod cli {
+    use std::{io::Write as _, path::PathBuf};
+
+    use anyhow::Result;
+
+    use super::{request_status, stream_events, StreamLine, DEFAULT_EVENTS_BACKLOG};
+    use crate::status::render_text;
+
+    #[derive(Debug, Clone, clap::Args)]
+    pub struct StatusArgs {
+        /// Print the status document as JSON (stable field names, see docs/metrics.md).
+        #[arg(long)]
+        pub json: bool,
+        /// The daemon's control socket.
+        #[arg(long, value_name = "PATH", default_value = super::DEFAULT_SOCKET)]
+        pub control_socket: PathBuf,
+    }
+
+    #[derive(Debug, Clone, clap::Args)]
+    pub struct EventsArgs {
+        /// Keep printing new events as they happen (until Ctrl-C).
+        #[arg(long, short = 'f')]
+        pub follow: bool,
+        /// Past events to print first (the daemon keeps the last 1000).
+        #[arg(long, short = 'n', default_value_t = DEFAULT_EVENTS_BACKLOG, value_name = "N")]
+        pub lines: usize,
+        /// The daemon's control socket.
+        #[arg(long, value_name = "PATH", default_value = super::DEFAULT_SOCKET)]
+        pub control_socket: PathBuf,
+    }
+
+    pub fn status(args: StatusArgs) -> Result<()> {
+        let report = request_status(&args.control_socket)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print!("{}", render_text(&report));
+        }
+        Ok(())
+    }
+
+    /// Prints event lines to stdout (JSON lines, as the daemon writes them); a note on stderr
+    /// when this follower was too slow and missed some. Ends quietly when stdout is closed.
+    pub fn events(args: EventsArgs) -> Result<()> {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        let mut stdout_closed = false;
+        stream_events(
+            &args.control_socket,
+            args.lines,
+            args.follow,
+            |line| match line {
+                StreamLine::Event(l) => {
+                    stdout_closed = writeln!(out, "{l}").is_err();
+                    !stdout_closed
+                }
+                StreamLine::Lagged(n) => {
+                    eprintln!(
+                        "vpn-filter events: too slow, the daemon skipped {n} events for this follower"
+                    );
+                    true
+                }
+            },
+        )?;
+        if args.follow && !stdout_closed {
+            eprintln!("vpn-filter events: the daemon closed the stream (stopped?)");
+        }
+        Ok(())
+    }
+}

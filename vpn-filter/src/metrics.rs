@@ -1,0 +1,614 @@
+//! Prometheus endpoint (`vpn-filter run --metrics 127.0.0.1:9469`).
+//!
+//! Every scrape takes one [`StatusReport`] (kernel counters summed over CPUs, the event
+//! pipeline's counters, the registry status) and encodes it with `prometheus-client`: as
+//! OpenMetrics text when the scraper asks for it (Prometheus does), as the classic Prometheus
+//! text format (0.0.4) otherwise. Metric names are documented in docs/metrics.md.
+//!
+//! The HTTP side is deliberately tiny: `GET`/`HEAD /metrics`, one request per connection,
+//! bounded request size and time, a bounded number of connections.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+use vpn_filter_common::{Counter, Protocol, Verdict};
+
+use crate::status::{Sources, StatusReport};
+
+/// The port used when `--metrics` names none.
+pub const DEFAULT_PORT: u16 = 9469;
+const MAX_REQUEST: usize = 8192;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_CONNECTIONS: usize = 16;
+
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Parses `--metrics`: `PORT`, `HOST:PORT`, `[V6]:PORT` or `HOST` (port 9469). A bare port
+/// listens on 127.0.0.1: the endpoint is loopback-only unless an address says otherwise.
+pub fn parse_listen(spec: &str) -> Result<SocketAddr> {
+    let spec = spec.trim();
+    if let Ok(port) = spec.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if let Ok(sa) = spec.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    if let Ok(ip) = spec.trim_matches(['[', ']']).parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    Err(anyhow!(
+        "--metrics {spec:?}: expected PORT, ADDRESS or ADDRESS:PORT (e.g. 127.0.0.1:9469 or [::1]:9469)"
+    ))
+}
+
+/// Binds the endpoint (at startup, so a taken port fails the start with a clear error).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    if !addr.ip().is_loopback() {
+        log::warn!(
+            "metrics endpoint on {addr} is reachable from other hosts; the counters reveal traffic patterns, restrict access with a firewall"
+        );
+    }
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for metrics on {addr}"))
+}
+
+/// Serves scrapes until the task is cancelled.
+pub async fn serve(listener: TcpListener, sources: Sources) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("metrics accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            log::debug!("metrics: too many connections, dropped {peer}");
+            continue;
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &sources)).await {
+                Ok(Err(e)) => log::debug!("metrics request from {peer}: {e:#}"),
+                Err(_) => log::debug!("metrics request from {peer} timed out"),
+                Ok(Ok(())) => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// What a request asked for.
+#[derive(Debug, PartialEq, Eq)]
+struct Parsed {
+    method: String,
+    path: String,
+    openmetrics: bool,
+}
+
+/// Parses the request head (request line and headers, up to the blank line).
+fn parse_request(head: &str) -> Result<Parsed, (u16, &'static str)> {
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or("");
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err((400, "Bad Request"));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err((505, "HTTP Version Not Supported"));
+    }
+    let mut openmetrics = false;
+    for h in lines {
+        if let Some((name, value)) = h.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("accept")
+                && value.contains("application/openmetrics-text")
+            {
+                openmetrics = true;
+            }
+        }
+    }
+    let path = target.split('?').next().unwrap_or("").to_string();
+    Ok(Parsed {
+        method: method.to_string(),
+        path,
+        openmetrics,
+    })
+}
+
+async fn answer(mut stream: TcpStream, sources: &Sources) -> Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let head_end = loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > MAX_REQUEST {
+            return respond(
+                &mut stream,
+                431,
+                "Request Header Fields Too Large",
+                "text/plain",
+                b"request too large\n",
+                true,
+            )
+            .await;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let req = match parse_request(&head) {
+        Ok(r) => r,
+        Err((code, reason)) => {
+            return respond(
+                &mut stream,
+                code,
+                reason,
+                "text/plain",
+                b"bad request\n",
+                true,
+            )
+            .await
+        }
+    };
+    let with_body = req.method == "GET";
+    if !with_body && req.method != "HEAD" {
+        return respond(
+            &mut stream,
+            405,
+            "Method Not Allowed",
+            "text/plain",
+            b"only GET and HEAD\n",
+            true,
+        )
+        .await;
+    }
+    if req.path != "/metrics" {
+        return respond(
+            &mut stream,
+            404,
+            "Not Found",
+            "text/plain",
+            b"metrics are at /metrics\n",
+            with_body,
+        )
+        .await;
+    }
+    let report = match sources.report() {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("metrics scrape: {e:#}");
+            let body = format!("reading the counters failed: {e:#}\n");
+            return respond(
+                &mut stream,
+                500,
+                "Internal Server Error",
+                "text/plain",
+                body.as_bytes(),
+                with_body,
+            )
+            .await;
+        }
+    };
+    let (body, ctype) = encode(report, req.openmetrics)?;
+    respond(&mut stream, 200, "OK", ctype, body.as_bytes(), with_body).await
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    code: u16,
+    reason: &str,
+    ctype: &str,
+    body: &[u8],
+    with_body: bool,
+) -> Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if with_body {
+        out.extend_from_slice(body);
+    }
+    stream.write_all(&out).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// Encodes a report; returns the text and its content type.
+pub fn encode(report: StatusReport, openmetrics: bool) -> Result<(String, &'static str)> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ReportCollector(report)));
+    let mut body = String::with_capacity(16 * 1024);
+    if openmetrics {
+        prometheus_client::encoding::text::encode(&mut body, &registry)
+            .map_err(|_| anyhow!("encoding the metrics failed"))?;
+        Ok((body, OPENMETRICS_CONTENT_TYPE))
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut body, &registry)
+            .map_err(|_| anyhow!("encoding the metrics failed"))?;
+        Ok((body, PROMETHEUS_CONTENT_TYPE))
+    }
+}
+
+#[derive(Debug)]
+struct ReportCollector(StatusReport);
+
+type Enc<'a> = DescriptorEncoder<'a>;
+
+fn counter(enc: &mut Enc, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    c.encode(m)
+}
+
+fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
+    enc: &mut Enc,
+    name: &str,
+    help: &str,
+    v: V,
+) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    g.encode(m)
+}
+
+/// A counter family with one label.
+fn counters_by(
+    enc: &mut Enc,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: &[(&str, u64)],
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in series {
+        let labels = [(label, *value)];
+        ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn unix_seconds(t: Option<time::OffsetDateTime>) -> f64 {
+    t.map_or(0.0, |t| t.unix_timestamp_nanos() as f64 / 1e9)
+}
+
+impl Collector for ReportCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let r = &self.0;
+        let c = &r.counters;
+        let e = &mut enc;
+
+        // Build and process.
+        {
+            let mut m = e.encode_descriptor(
+                "vpn_filter_build_info",
+                "Controller version (always 1).",
+                None,
+                MetricType::Gauge,
+            )?;
+            let labels = [("version", r.version.as_str())];
+            ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+        }
+        gauge(
+            e,
+            "vpn_filter_start_time_seconds",
+            "Unix time the controller started.",
+            unix_seconds(Some(r.started_at)),
+        )?;
+        gauge(
+            e,
+            "vpn_filter_program_id",
+            "Kernel id of the loaded XDP program (0 if unknown).",
+            r.program_id.unwrap_or(0) as i64,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "vpn_filter_interface_attached",
+                "Interfaces the program is attached to (1 per interface), with the XDP mode.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for i in &r.interfaces {
+                let labels = [("iface", i.name.as_str()), ("mode", i.mode.as_str())];
+                ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+            }
+        }
+
+        // Verdicts per protocol.
+        {
+            let mut m = e.encode_descriptor(
+                "vpn_filter_verdicts",
+                "Classified VPN packets by protocol and verdict (allowed, dropped, monitored, pending, ignored).",
+                None,
+                MetricType::Counter,
+            )?;
+            for p in &Protocol::ALL[1..] {
+                for v in Verdict::ALL {
+                    let labels = [("protocol", p.name()), ("verdict", v.name())];
+                    ConstCounter::new(c.verdict(p.name(), v.name()))
+                        .encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        // Parse and infrastructure counters: every Counter has a home here (the match is
+        // exhaustive, so a new counter cannot be forgotten).
+        let mut by_family = Vec::new();
+        let mut passed = Vec::new();
+        for kc in Counter::ALL {
+            let n = &c.counter(kc.name());
+            match kc {
+                Counter::Packets => counter(e, "vpn_filter_packets", "Packets the XDP program saw.", *n)?,
+                Counter::NonIp | Counter::Ipv4 | Counter::Ipv6 => by_family.push((kc.name(), *n)),
+                Counter::Fragment | Counter::Truncated | Counter::Malformed | Counter::ExtHeaderLimit => {
+                    passed.push((kc.name(), *n))
+                }
+                Counter::Candidates => counter(e, "vpn_filter_candidates", "Packets whose headers made them VPN candidates (payload inspected).", *n)?,
+                Counter::FlowHit => counter(e, "vpn_filter_flow_hits", "Packets that found their flow in the flow map.", *n)?,
+                Counter::FlowInsert => counter(e, "vpn_filter_flow_inserts", "Flow map insertions.", *n)?,
+                Counter::FlowInsertFailed => counter(e, "vpn_filter_flow_insert_failures", "Flow map insertions that failed.", *n)?,
+                Counter::AllowlistLookups => counter(e, "vpn_filter_allowlist_lookups", "Allowlist lookups (one per newly judged flow).", *n)?,
+                Counter::EventsEmitted => counter(e, "vpn_filter_events_emitted", "Events the kernel put in the ring buffer.", *n)?,
+                Counter::EventsSuppressed => counter(e, "vpn_filter_events_suppressed", "Events not emitted because their source exceeded its event rate (--events-per-source) or the CPU its event budget (--events-per-cpu).", *n)?,
+                Counter::EventsLost => counter(e, "vpn_filter_events_lost", "Events lost because the ring buffer was full.", *n)?,
+                Counter::InternalError => counter(e, "vpn_filter_internal_errors", "Map updates in the XDP program that should not fail but did.", *n)?,
+                Counter::TinyFragment => counter(e, "vpn_filter_tiny_fragments_dropped", "First fragments too small to carry the L4 header and payload start (RFC 1858 evasion): dropped.", *n)?,
+            }
+        }
+        counters_by(
+            e,
+            "vpn_filter_packets_by_family",
+            "Packets by network layer: ipv4, ipv6, non_ip.",
+            "family",
+            &by_family,
+        )?;
+        counters_by(
+            e,
+            "vpn_filter_passed_unparsed",
+            "Packets passed without judgement because their headers could not be followed, by reason.",
+            "reason",
+            &passed,
+        )?;
+
+        // The controller's side of the event path.
+        let ev = &r.events;
+        counter(
+            e,
+            "vpn_filter_events_received",
+            "Events the controller read from the ring buffer.",
+            ev.received,
+        )?;
+        counter(
+            e,
+            "vpn_filter_events_written",
+            "Events written to the output (stdout or --events-file).",
+            ev.written,
+        )?;
+        counter(
+            e,
+            "vpn_filter_events_output_failed",
+            "Events whose write to the output failed.",
+            ev.output_failed,
+        )?;
+        counter(
+            e,
+            "vpn_filter_events_undecodable",
+            "Ring-buffer records of an unexpected size, skipped.",
+            ev.undecodable,
+        )?;
+        counter(
+            e,
+            "vpn_filter_events_follower_dropped",
+            "Event lines slow followers (events --follow, top) missed.",
+            ev.follower_dropped,
+        )?;
+        gauge(
+            e,
+            "vpn_filter_event_followers",
+            "Clients streaming events now.",
+            ev.followers as i64,
+        )?;
+
+        // Registry.
+        let reg = &r.registry;
+        gauge(
+            e,
+            "vpn_filter_registry_serial",
+            "Serial of the registry feed in force (-1 before the first good sync).",
+            reg.serial.map_or(-1, |s| s as i64),
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "vpn_filter_allowlist_prefixes",
+                "Prefixes in the kernel allowlist, by address family.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (fam, n) in [("ipv4", reg.v4_prefixes), ("ipv6", reg.v6_prefixes)] {
+                let labels = [("family", fam)];
+                ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        gauge(
+            e,
+            "vpn_filter_registry_last_sync_timestamp_seconds",
+            "Unix time of the last registry sync attempt (0: none yet).",
+            unix_seconds(reg.last_sync),
+        )?;
+        gauge(
+            e,
+            "vpn_filter_registry_last_success_timestamp_seconds",
+            "Unix time of the last successful registry sync (0: none yet).",
+            unix_seconds(reg.last_success),
+        )?;
+        gauge(
+            e,
+            "vpn_filter_registry_last_sync_success",
+            "1 if the last registry sync attempt succeeded, 0 if it failed or none was made.",
+            i64::from(reg.last_outcome.as_deref() == Some("ok")),
+        )?;
+        counters_by(
+            e,
+            "vpn_filter_registry_syncs",
+            "Registry sync attempts by outcome (ok, error).",
+            "outcome",
+            &[("ok", reg.syncs_ok), ("error", reg.syncs_failed)],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        filter::{Stats, SyncReport},
+        status::{EventsStatus, InterfaceStatus, KernelCounters, RegistryStatus},
+    };
+
+    fn report() -> StatusReport {
+        let mut stats = Stats::default();
+        stats
+            .verdicts
+            .insert((Protocol::WireGuard, Verdict::Dropped), 12);
+        stats.counters.insert(Counter::Packets, 40);
+        stats.counters.insert(Counter::Truncated, 2);
+        let mut registry = RegistryStatus::default();
+        registry.synced(
+            42,
+            &SyncReport {
+                v4: 3,
+                v6: 1,
+                ..Default::default()
+            },
+        );
+        StatusReport {
+            version: "0.1.0".into(),
+            pid: 1,
+            started_at: time::OffsetDateTime::UNIX_EPOCH,
+            uptime_secs: 1,
+            program_id: Some(17),
+            interfaces: vec![InterfaceStatus {
+                name: "eth0".into(),
+                ifindex: 2,
+                mode: "native".into(),
+            }],
+            policy: BTreeMap::new(),
+            registry,
+            counters: KernelCounters::from_stats(&stats),
+            events: EventsStatus {
+                suppressed: 5,
+                output_failed: 1,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Sample lines as `name{labels} value`.
+    fn samples(text: &str) -> BTreeMap<String, String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').expect("sample line");
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn openmetrics_output_has_the_documented_series() {
+        let (text, ctype) = encode(report(), true).unwrap();
+        assert_eq!(ctype, OPENMETRICS_CONTENT_TYPE);
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        let s = samples(&text);
+        assert_eq!(
+            s["vpn_filter_verdicts_total{protocol=\"wireguard\",verdict=\"dropped\"}"],
+            "12"
+        );
+        assert_eq!(
+            s["vpn_filter_verdicts_total{protocol=\"openvpn\",verdict=\"allowed\"}"],
+            "0"
+        );
+        assert_eq!(s["vpn_filter_packets_total"], "40");
+        assert_eq!(
+            s["vpn_filter_passed_unparsed_total{reason=\"truncated\"}"],
+            "2"
+        );
+        assert_eq!(s["vpn_filter_registry_serial"], "42");
+        assert_eq!(s["vpn_filter_allowlist_prefixes{family=\"ipv4\"}"], "3");
+        assert_eq!(s["vpn_filter_registry_last_sync_success"], "1");
+        assert_eq!(s["vpn_filter_registry_syncs_total{outcome=\"ok\"}"], "1");
+        assert_eq!(s["vpn_filter_events_output_failed_total"], "1");
+        assert_eq!(
+            s["vpn_filter_interface_attached{iface=\"eth0\",mode=\"native\"}"],
+            "1"
+        );
+    }
+
+    #[test]
+    fn prometheus_text_output_has_the_same_samples() {
+        let r = report();
+        let (om, _) = encode(r.clone(), true).unwrap();
+        let (text, ctype) = encode(r, false).unwrap();
+        assert_eq!(ctype, PROMETHEUS_CONTENT_TYPE);
+        assert!(!text.contains("# EOF"));
+        assert_eq!(samples(&text), samples(&om));
+    }
+
+    #[test]
+    fn listen_addresses_default_to_loopback() {
+        assert_eq!(
+            parse_listen("9469").unwrap(),
+            "127.0.0.1:9469".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("0.0.0.0:9100").unwrap(),
+            "0.0.0.0:9100".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("[::1]:9469").unwrap(),
+            "[::1]:9469".parse().unwrap()
+        );
+        assert_eq!(parse_listen("::1").unwrap(), "[::1]:9469".parse().unwrap());
+        let e = parse_listen("localhost:x").unwrap_err().to_string();
+        assert!(e.contains("expected PORT"), "{e}");
+    }
+
+    #[test]
+    fn request_heads_are_parsed_strictly() {
+        let p = parse_request("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5").unwrap();
+        assert_eq!(p.path, "/metrics");
+        assert!(p.openmetrics);
+        assert!(!parse_request("GET /metrics HTTP/1.0").unwrap().openmetrics);
+        assert_eq!(parse_request("GET /metrics").unwrap_err().0, 400);
+        assert_eq!(parse_request("GET /metrics SPDY/3").unwrap_err().0, 505);
+    }
+}

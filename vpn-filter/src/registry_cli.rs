@@ -1,0 +1,439 @@
+//! `vpn-filter registry validate` and `vpn-filter check`.
+
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
+use time::OffsetDateTime;
+use vpn_filter_common::{maps, AllowValue};
+
+use crate::{
+    pin::{PinDir, DEFAULT_PIN_ROOT},
+    registry::{
+        canonical_ip,
+        guard::{self, Baseline, GuardOptions, DEFAULT_MAX_FEED_BYTES, DEFAULT_MAX_SHRINK_PERCENT},
+        rfc3339,
+        signature::PublicKey,
+        state::{StateDir, DEFAULT_STATE_DIR},
+        Entry, Feed, FeedFormat, FormatChoice, Prefix, Status, ValidateOptions,
+    },
+    source::{signature_path, FileSource, HttpPoll, HttpSource, SourceSpec},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// The feed file (JSON or CSV).
+    pub file: PathBuf,
+    /// Feed format: auto tells JSON from CSV by the content.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub registry_format: FormatChoice,
+    /// Accept prefixes broader than /8 (IPv4) or /16 (IPv6).
+    #[arg(long)]
+    pub allow_broad: bool,
+    /// Also check the detached signature FILE.sig against this Ed25519 public key.
+    #[arg(long, value_name = "KEYFILE")]
+    pub registry_pubkey: Option<PathBuf>,
+    /// Refuse feeds larger than this many bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_FEED_BYTES, value_name = "BYTES")]
+    pub max_feed_bytes: u64,
+    /// Also run the controller's checks against the last good feed persisted in DIR (serial
+    /// going backwards, emptying or mass shrink): would a running controller apply it?
+    #[arg(long, value_name = "DIR")]
+    pub against_state: Option<PathBuf>,
+    /// With --against-state: accept a feed that empties or shrinks the allowlist.
+    #[arg(long)]
+    pub force_shrink: bool,
+    /// With --against-state: the largest share of the prefixes in force a feed may remove.
+    #[arg(long, default_value_t = DEFAULT_MAX_SHRINK_PERCENT, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub max_shrink_percent: u8,
+    /// With --against-state: accept a serial lower than the one in force.
+    #[arg(long)]
+    pub allow_serial_reset: bool,
+}
+
+/// Exit 0 when valid (and acceptable against the state), 1 otherwise.
+pub fn validate(args: ValidateArgs) -> Result<()> {
+    let name = args.file.display().to_string();
+    let mut source = FileSource::new(
+        args.file.clone(),
+        args.registry_pubkey.is_some(),
+        args.max_feed_bytes,
+    );
+    let fetched = source.read_now()?;
+    let mut signed = String::new();
+    if let Some(key_path) = &args.registry_pubkey {
+        let key = PublicKey::from_file(key_path)?;
+        key.verify(
+            &fetched.bytes,
+            fetched.signature.as_deref(),
+            &signature_path(&args.file).display().to_string(),
+        )?;
+        signed = format!(", signature valid (key {})", key.fingerprint());
+    }
+    let opts = ValidateOptions {
+        allow_broad: args.allow_broad,
+    };
+    let (feed, warnings) = Feed::parse(&fetched.bytes, &name, args.registry_format, opts)?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let now = OffsetDateTime::now_utc();
+    let allow = feed.allowlist(now);
+    let count = |s: Status| feed.entries.iter().filter(|e| e.status == s).count();
+    let next = feed.next_change_after(now).map_or(String::new(), |t| {
+        format!("; next approval or expiry at {}", rfc3339(t))
+    });
+    println!(
+        "{name}: valid {} feed ({}{signed}): {} entries ({} approved, {} pending, {} rejected, {} revoked; {} in force now), {} IPv4 and {} IPv6 prefixes allowed now{next}",
+        feed.format.name().to_uppercase(),
+        feed.describe(),
+        feed.entries.len(),
+        count(Status::Approved),
+        count(Status::Pending),
+        count(Status::Rejected),
+        count(Status::Revoked),
+        feed.entries.iter().filter(|e| e.in_force(now)).count(),
+        allow.v4_count(),
+        allow.v6_count()
+    );
+    if let Some(dir) = &args.against_state {
+        let state = StateDir::new(dir);
+        let Some(p) = state.load()? else {
+            println!(
+                "{}: no last good feed persisted: a controller would apply it as its first",
+                dir.display()
+            );
+            return Ok(());
+        };
+        let format =
+            FeedFormat::from_name(&p.meta.format).map_or(FormatChoice::Auto, |f| match f {
+                FeedFormat::Json => FormatChoice::Json,
+                FeedFormat::Csv => FormatChoice::Csv,
+            });
+        let (last, _) = Feed::parse(
+            &p.bytes,
+            &format!("{}/{}", dir.display(), p.meta.feed_file),
+            format,
+            opts,
+        )?;
+        let last_allow = last.allowlist(now);
+        let guard_opts = GuardOptions {
+            max_feed_bytes: args.max_feed_bytes,
+            max_shrink_percent: args.max_shrink_percent,
+            force_shrink: args.force_shrink,
+            allow_serial_reset: args.allow_serial_reset,
+        };
+        let baseline = Baseline {
+            serial: last.serial,
+            allowlist: &last_allow,
+        };
+        let warnings = guard::check_transition(Some(baseline), &feed, &allow, &guard_opts)
+            .map_err(|e| {
+                anyhow!(
+                    "a controller would refuse it against the last good feed ({}) in {}: {e}",
+                    last.describe(),
+                    dir.display()
+                )
+            })?;
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        println!(
+            "against the last good feed in {} ({}, {} prefixes in force now): acceptable, {} prefix(es) removed",
+            dir.display(),
+            last.describe(),
+            last_allow.len(),
+            guard::removed_count(&last_allow, &allow)
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The address to check (IPv4 or IPv6; IPv4-mapped IPv6 is checked as IPv4).
+    pub address: IpAddr,
+    /// Also check against this feed (file or http(s) URL, JSON or CSV).
+    #[arg(long, value_name = "FILE|URL")]
+    pub registry: Option<String>,
+    /// Format of --registry.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub registry_format: FormatChoice,
+    /// With --registry: accept prefixes broader than /8 (IPv4) or /16 (IPv6).
+    #[arg(long)]
+    pub allow_broad: bool,
+    /// The running controller's state directory (its last applied feed names the entries).
+    #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// The running filter's bpffs pin directory (its allowlist maps answer for the kernel).
+    #[arg(long, default_value = DEFAULT_PIN_ROOT, value_name = "DIR")]
+    pub pin_dir: PathBuf,
+}
+
+/// One view's answer.
+struct Answer {
+    view: String,
+    /// `None`: the view could not be consulted.
+    allowed: Option<bool>,
+    lines: Vec<String>,
+}
+
+/// Exit 0: allowed in every view consulted; 1: not allowed in some view; 2: error.
+pub fn check(args: CheckArgs) -> ExitCode {
+    match check_inner(&args) {
+        Ok(answers) => {
+            println!("{}", args.address);
+            for a in &answers {
+                println!(
+                    "  {}: {}",
+                    a.view,
+                    match a.allowed {
+                        Some(true) => "ALLOWED",
+                        Some(false) => "NOT ALLOWED",
+                        None => "not consulted",
+                    }
+                );
+                for l in &a.lines {
+                    println!("    {l}");
+                }
+            }
+            if answers.iter().all(|a| a.allowed != Some(false)) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check_inner(args: &CheckArgs) -> Result<Vec<Answer>> {
+    let ip = canonical_ip(args.address);
+    let now = OffsetDateTime::now_utc();
+    let mut answers = Vec::new();
+    let opts = ValidateOptions {
+        allow_broad: args.allow_broad,
+    };
+    if let Some(src) = &args.registry {
+        let (feed, name) = fetch_feed(src, args.registry_format, opts)?;
+        answers.push(feed_answer(
+            format!("feed {name} ({})", feed.describe()),
+            &feed,
+            ip,
+            now,
+        ));
+    }
+    // The running filter: its last applied feed, and the kernel's pinned allowlist.
+    let state = StateDir::new(&args.state_dir);
+    let applied = match state.load() {
+        Ok(Some(p)) => {
+            let format =
+                FeedFormat::from_name(&p.meta.format).map_or(FormatChoice::Auto, |f| match f {
+                    FeedFormat::Json => FormatChoice::Json,
+                    FeedFormat::Csv => FormatChoice::Csv,
+                });
+            let name = format!("{}/{}", args.state_dir.display(), p.meta.feed_file);
+            // The controller validated it with its own options; be lenient on breadth here.
+            let lenient = ValidateOptions { allow_broad: true };
+            let (feed, _) = Feed::parse(&p.bytes, &name, format, lenient)?;
+            Some((feed, p.meta))
+        }
+        Ok(None) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let pins = PinDir::new(&args.pin_dir);
+    let kernel = kernel_lookup(&pins, ip)?;
+    match (&kernel, &applied) {
+        (Some(tag), _) => {
+            let mut lines = Vec::new();
+            let view = format!(
+                "running filter (kernel allowlist pinned in {})",
+                pins.maps_dir().display()
+            );
+            let allowed = Some(tag.is_some());
+            match (tag, &applied) {
+                (Some(tag), Some((feed, meta))) => {
+                    match feed.entries.iter().find(|e| e.tag() == *tag) {
+                        Some(e) => lines.push(entry_line(e, best_prefix(e, ip), now)),
+                        None => lines.push(format!(
+                            "by entry tag {tag:#018x}, not in the last applied feed ({} in {}): the state directory is older than the kernel's allowlist",
+                            feed.describe(),
+                            meta.source
+                        )),
+                    }
+                }
+                (Some(tag), None) => lines.push(format!(
+                    "by entry tag {tag:#018x} (no state in {} to name the entry)",
+                    args.state_dir.display()
+                )),
+                (None, Some((feed, _))) => lines.extend(not_allowed_lines(feed, ip, now)),
+                (None, None) => {}
+            }
+            answers.push(Answer {
+                view,
+                allowed,
+                lines,
+            });
+        }
+        (None, Some((feed, meta))) => {
+            let a = feed_answer(
+                format!(
+                    "running filter's last applied feed ({} from {}, applied {}; no pinned maps in {}, so the kernel itself was not asked)",
+                    feed.describe(),
+                    meta.source,
+                    meta.applied_at,
+                    pins.maps_dir().display()
+                ),
+                feed,
+                ip,
+                now,
+            );
+            answers.push(a);
+        }
+        (None, None) => {
+            if answers.is_empty() {
+                bail!(
+                    "nothing to check against: no --registry given, no state in {} and no pinned maps in {} (is the controller running with these directories?)",
+                    args.state_dir.display(),
+                    pins.maps_dir().display()
+                );
+            }
+            answers.push(Answer {
+                view: "running filter".into(),
+                allowed: None,
+                lines: vec![format!(
+                    "not found: no state in {}, no pinned maps in {}",
+                    args.state_dir.display(),
+                    pins.maps_dir().display()
+                )],
+            });
+        }
+    }
+    Ok(answers)
+}
+
+fn fetch_feed(src: &str, format: FormatChoice, opts: ValidateOptions) -> Result<(Feed, String)> {
+    let spec = SourceSpec::parse(src)?;
+    let bytes = match &spec {
+        SourceSpec::File(p) => {
+            FileSource::new(p.clone(), false, DEFAULT_MAX_FEED_BYTES)
+                .read_now()?
+                .bytes
+        }
+        SourceSpec::Url(u) => {
+            let http = HttpSource::new(u.clone(), false, DEFAULT_MAX_FEED_BYTES, None)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            match rt.block_on(http.fetch(None))? {
+                HttpPoll::New(f) => f.bytes,
+                HttpPoll::NotModified => bail!("{u}: 304 Not Modified to a request without ETag"),
+            }
+        }
+    };
+    let name = spec.describe();
+    let (feed, _) = Feed::parse(&bytes, &name, format, opts)?;
+    Ok((feed, name))
+}
+
+/// `Ok(None)`: no pinned maps (the kernel cannot be asked); `Ok(Some(tag))`: the kernel's
+/// answer.
+fn kernel_lookup(pins: &PinDir, ip: IpAddr) -> Result<Option<Option<u64>>> {
+    let (name, key_v4, key_v6) = match ip {
+        IpAddr::V4(a) => (maps::ALLOW_V4, Some(a.octets()), None),
+        IpAddr::V6(a) => (maps::ALLOW_V6, None, Some(a.octets())),
+    };
+    let path = pins.map_path(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening the pinned map {} (are you root?)", path.display()))?;
+    let map = Map::LpmTrie(data);
+    let r = if let Some(k) = key_v4 {
+        let t: LpmTrie<_, [u8; 4], AllowValue> = LpmTrie::try_from(&map)?;
+        t.get(&Key::new(32, k), 0)
+    } else {
+        let k = key_v6.expect("one of the two");
+        let t: LpmTrie<_, [u8; 16], AllowValue> = LpmTrie::try_from(&map)?;
+        t.get(&Key::new(128, k), 0)
+    };
+    match r {
+        Ok(v) => Ok(Some(Some(v.entry_tag))),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(Some(None)),
+        Err(e) => {
+            Err(anyhow::Error::new(e).context(format!("looking up {ip} in {}", path.display())))
+        }
+    }
+}
+
+fn feed_answer(view: String, feed: &Feed, ip: IpAddr, now: OffsetDateTime) -> Answer {
+    let allow = feed.allowlist(now);
+    match allow.lookup(ip) {
+        Some((prefix, by)) => {
+            let e = feed
+                .entry(&by.id)
+                .expect("the allowlist names entries of its feed");
+            Answer {
+                view,
+                allowed: Some(true),
+                lines: vec![entry_line(e, Some(*prefix), now)],
+            }
+        }
+        None => Answer {
+            view,
+            allowed: Some(false),
+            lines: not_allowed_lines(feed, ip, now),
+        },
+    }
+}
+
+fn best_prefix(e: &Entry, ip: IpAddr) -> Option<Prefix> {
+    e.prefixes
+        .iter()
+        .filter(|p| p.contains(ip))
+        .max_by_key(|p| p.len())
+        .copied()
+}
+
+fn entry_line(e: &Entry, prefix: Option<Prefix>, now: OffsetDateTime) -> String {
+    let via = prefix.map_or(String::new(), |p| format!(" via {p}"));
+    let until = e.expires_at.map_or("no expiry".to_string(), |t| {
+        format!("expires {}", rfc3339(t))
+    });
+    let state = match e.not_in_force_because(now) {
+        None => String::new(),
+        Some(why) => {
+            format!(" [now not in force: {why}; the controller re-applies at that instant]")
+        }
+    };
+    format!(
+        "by entry {} \"{}\" ({}){via}, approved {}, {until}{state}",
+        e.id,
+        e.holder,
+        e.category.name(),
+        rfc3339(e.approved_at)
+    )
+}
+
+fn not_allowed_lines(feed: &Feed, ip: IpAddr, now: OffsetDateTime) -> Vec<String> {
+    let covering = feed.entries_covering(ip);
+    if covering.is_empty() {
+        return vec!["no entry of the feed lists a prefix containing it".to_string()];
+    }
+    covering
+        .into_iter()
+        .map(|(e, p)| {
+            format!(
+                "entry {} \"{}\" lists {p}, but {}",
+                e.id,
+                e.holder,
+                e.not_in_force_because(now)
+                    .unwrap_or_else(|| "it is in force (?)".into())
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,671 @@
+//! The controller's registry loop: fetch the feed, check it, apply it to the kernel, persist
+//! it, and re-apply at approval and expiry instants.
+//!
+//! Every new feed goes through the same steps, and the first that fails refuses it with the
+//! allowlist in force left exactly as it was:
+//!
+//! 1. size limit (`--max-feed-bytes`), enforced while reading;
+//! 2. signature, when a key is pinned (`--registry-pubkey`);
+//! 3. parse and validate (JSON or CSV), every problem located;
+//! 4. the guard against the feed in force: serial going backwards, emptying or mass shrink;
+//! 5. capacity, then the add-before-remove sync ([`Filter::sync_allowlist`]); a write that
+//!    fails midway is rolled back to the feed in force;
+//! 6. the feed is persisted in the state directory as the last good one.
+//!
+//! At startup the persisted feed is the baseline for step 4, and when the source is
+//! unreachable or its feed refused, the persisted feed is enforced (logged loudly).
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+
+use crate::{
+    filter::{Filter, SyncReport},
+    registry::{
+        guard::{self, Baseline, GuardOptions, DEFAULT_MAX_FEED_BYTES, DEFAULT_MAX_SHRINK_PERCENT},
+        rfc3339,
+        signature::PublicKey,
+        state::{sha256_hex, Persisted, StateDir, StateLock, StateMeta, DEFAULT_STATE_DIR},
+        Feed, FeedFormat, FormatChoice, ValidateOptions,
+    },
+    source::{Fetched, FileSource, HttpPoll, HttpSource, SourceSpec},
+};
+
+/// The registry options of `vpn-filter run`. Serialisable with the flag names as keys, for a
+/// configuration file.
+#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RegistryArgs {
+    /// Registry feed: a file path (re-read when it changes; publish by writing a temporary
+    /// file and renaming it over this one) or an http(s):// URL (polled with ETag). JSON or
+    /// CSV. A bad version is refused and the previous allowlist stays in force.
+    #[arg(long, value_name = "FILE|URL")]
+    pub registry: String,
+    /// Feed format: auto tells JSON from CSV by the content.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub registry_format: FormatChoice,
+    /// Pinned Ed25519 public key (PEM, or raw 32 bytes in base64/hex). With it, feeds must
+    /// come with a valid detached signature (FEED.sig beside a file, URL.sig for a URL);
+    /// unsigned or badly signed feeds are refused.
+    #[arg(long, value_name = "FILE")]
+    pub registry_pubkey: Option<PathBuf>,
+    /// Directory holding the last good feed (enforced at startup when the source is
+    /// unreachable or bad). One controller per directory.
+    #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Refuse feeds larger than this many bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_FEED_BYTES, value_name = "BYTES")]
+    pub max_feed_bytes: u64,
+    /// Accept registry prefixes broader than /8 (IPv4) or /16 (IPv6).
+    #[arg(long)]
+    pub allow_broad: bool,
+    /// Apply feeds that empty the allowlist or remove more than --max-shrink-percent of it
+    /// (refused by default: a likely upstream failure).
+    #[arg(long)]
+    pub force_shrink: bool,
+    /// Largest share of the prefixes in force (when at least 100) a new feed may remove.
+    #[arg(long, default_value_t = DEFAULT_MAX_SHRINK_PERCENT, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub max_shrink_percent: u8,
+    /// Accept a feed whose serial is lower than the one in force (a registry reset).
+    #[arg(long)]
+    pub allow_serial_reset: bool,
+    /// How often the registry file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub registry_poll_ms: u64,
+    /// How often a registry URL is polled, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub registry_http_interval: u64,
+    /// Extra CA certificates (PEM) trusted for an https registry URL, besides the system's.
+    #[arg(long, value_name = "FILE")]
+    pub registry_ca: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    pub fn validate_options(&self) -> ValidateOptions {
+        ValidateOptions {
+            allow_broad: self.allow_broad,
+        }
+    }
+
+    pub fn guard_options(&self) -> GuardOptions {
+        GuardOptions {
+            max_feed_bytes: self.max_feed_bytes,
+            max_shrink_percent: self.max_shrink_percent,
+            force_shrink: self.force_shrink,
+            allow_serial_reset: self.allow_serial_reset,
+        }
+    }
+}
+
+/// What a step of the loop did, for status reporting.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Applied {
+        serial: Option<u64>,
+        report: SyncReport,
+        took: Duration,
+    },
+    Failed(String),
+}
+
+/// The feed in force (or, at startup before anything is applied, the persisted one).
+struct Current {
+    feed: Feed,
+    bytes_sha256: String,
+    origin: String,
+    etag: Option<String>,
+    signature: Option<String>,
+    applied_at: Option<String>,
+}
+
+enum Source {
+    File(FileSource),
+    Http {
+        src: HttpSource,
+        interval: Duration,
+        next_due: Instant,
+        in_flight: Option<JoinHandle<Result<HttpPoll>>>,
+    },
+}
+
+/// The registry side of the controller.
+pub struct RegistrySync {
+    spec: SourceSpec,
+    source: Source,
+    format: FormatChoice,
+    validate: ValidateOptions,
+    guard: GuardOptions,
+    key: Option<PublicKey>,
+    state: StateDir,
+    _lock: StateLock,
+    current: Option<Current>,
+    /// Whether `current` is what the kernel holds.
+    applied: bool,
+    next_change: Option<OffsetDateTime>,
+    poll_interval: Duration,
+    /// Digest of the last refused feed and signature, so a URL serving them again is not
+    /// reported at length every poll.
+    last_refused: Option<String>,
+}
+
+fn now_utc() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+impl RegistrySync {
+    /// Parses the options, reads the key, and takes the state directory's lock.
+    pub fn new(args: &RegistryArgs) -> Result<RegistrySync> {
+        let spec = SourceSpec::parse(&args.registry)?;
+        let key = match &args.registry_pubkey {
+            Some(p) => {
+                let k = PublicKey::from_file(p)?;
+                log::info!(
+                    "registry feeds must be signed by the Ed25519 key {} ({})",
+                    k.fingerprint(),
+                    p.display()
+                );
+                Some(k)
+            }
+            None => None,
+        };
+        let state = StateDir::new(&args.state_dir);
+        let lock = state.lock().with_context(|| {
+            format!(
+                "cannot use the state directory {} (--state-dir)",
+                args.state_dir.display()
+            )
+        })?;
+        let with_sig = key.is_some();
+        let source = match &spec {
+            SourceSpec::File(p) => {
+                Source::File(FileSource::new(p.clone(), with_sig, args.max_feed_bytes))
+            }
+            SourceSpec::Url(u) => Source::Http {
+                src: HttpSource::new(
+                    u.clone(),
+                    with_sig,
+                    args.max_feed_bytes,
+                    args.registry_ca.as_deref(),
+                )?,
+                interval: Duration::from_secs(args.registry_http_interval.max(1)),
+                next_due: Instant::now(),
+                in_flight: None,
+            },
+        };
+        Ok(RegistrySync {
+            spec,
+            source,
+            format: args.registry_format,
+            validate: args.validate_options(),
+            guard: args.guard_options(),
+            key,
+            state,
+            _lock: lock,
+            current: None,
+            applied: false,
+            next_change: None,
+            poll_interval: Duration::from_millis(args.registry_poll_ms.max(50)),
+            last_refused: None,
+        })
+    }
+
+    /// How often [`RegistrySync::tick`] should run.
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    /// The feed in force.
+    pub fn feed(&self) -> Option<&Feed> {
+        self.current
+            .as_ref()
+            .filter(|_| self.applied)
+            .map(|c| &c.feed)
+    }
+
+    /// The source as given on the command line.
+    pub fn source(&self) -> String {
+        self.spec.describe()
+    }
+
+    /// First load: the source's feed, or else the persisted last good one. Fails only when
+    /// neither can be enforced.
+    pub async fn start(&mut self, filter: &mut Filter) -> Result<Outcome> {
+        self.current = self.load_persisted();
+        self.applied = false;
+        let origin = self.spec.describe();
+        let etag = self
+            .current
+            .as_ref()
+            .filter(|c| c.origin == origin)
+            .and_then(|c| c.etag.clone());
+        let first: Result<Option<Fetched>> = match &mut self.source {
+            Source::File(f) => f.read_now().map(Some),
+            Source::Http {
+                src,
+                interval,
+                next_due,
+                ..
+            } => {
+                *next_due = Instant::now() + *interval;
+                match src.fetch(etag.as_deref()).await {
+                    Ok(HttpPoll::NotModified) => {
+                        log::info!(
+                            "{origin}: not modified since the persisted copy (ETag {})",
+                            etag.as_deref().unwrap_or("?")
+                        );
+                        Ok(None)
+                    }
+                    Ok(HttpPoll::New(f)) => Ok(Some(f)),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let error = match first {
+            Ok(None) => return self.apply_current(filter, "startup"),
+            Ok(Some(fetched)) => match self.accept(filter, fetched, now_utc()) {
+                Ok(Some(outcome)) => return Ok(outcome),
+                // The same bytes as the persisted feed.
+                Ok(None) => return self.apply_current(filter, "startup"),
+                Err(e) => e,
+            },
+            Err(e) => format!("{e:#}"),
+        };
+        let Some(cur) = &self.current else {
+            bail!(
+                "no usable registry feed: {error}; and no last good feed persisted in {} to fall back on",
+                self.state.path().display()
+            );
+        };
+        log::error!("REGISTRY SOURCE UNUSABLE AT STARTUP: {error}");
+        log::error!(
+            "ENFORCING THE LAST GOOD FEED persisted in {}: {} from {}, applied {}, sha256 {}",
+            self.state.path().display(),
+            cur.feed.describe(),
+            cur.origin,
+            cur.applied_at.as_deref().unwrap_or("?"),
+            cur.bytes_sha256
+        );
+        self.apply_current(filter, "startup (last good feed)")
+    }
+
+    /// One step of the loop: picks up a new feed version, or re-applies at an approval or
+    /// expiry instant. `None` when there was nothing to do.
+    pub async fn tick(&mut self, filter: &mut Filter) -> Option<Outcome> {
+        let now = now_utc();
+        let fetched: Option<Result<Fetched>> = match &mut self.source {
+            Source::File(f) => f.poll(),
+            Source::Http {
+                src,
+                interval,
+                next_due,
+                in_flight,
+            } => {
+                if in_flight.as_ref().is_some_and(|h| h.is_finished()) {
+                    let handle = in_flight.take().expect("checked");
+                    match handle.await {
+                        Ok(Ok(HttpPoll::NotModified)) => {
+                            log::debug!("{}: not modified", src.url());
+                            None
+                        }
+                        Ok(Ok(HttpPoll::New(f))) => Some(Ok(f)),
+                        Ok(Err(e)) => Some(Err(e)),
+                        Err(e) => Some(Err(anyhow::anyhow!("the fetch task failed: {e}"))),
+                    }
+                } else {
+                    if in_flight.is_none() && Instant::now() >= *next_due {
+                        *next_due = Instant::now() + *interval;
+                        let src = src.clone();
+                        let origin = src.url().to_string();
+                        let etag = self
+                            .current
+                            .as_ref()
+                            .filter(|c| c.origin == origin)
+                            .and_then(|c| c.etag.clone());
+                        *in_flight = Some(tokio::spawn(
+                            async move { src.fetch(etag.as_deref()).await },
+                        ));
+                    }
+                    None
+                }
+            }
+        };
+        match fetched {
+            Some(Ok(f)) => match self.accept(filter, f, now) {
+                Ok(Some(outcome)) => return Some(outcome),
+                Ok(None) => {}
+                Err(e) => return Some(Outcome::Failed(e)),
+            },
+            Some(Err(e)) => {
+                let msg = format!("{e:#}");
+                log::error!("{}", self.refusal_line(&msg));
+                return Some(Outcome::Failed(msg));
+            }
+            None => {}
+        }
+        if self.applied && self.next_change.is_some_and(|t| t <= now) {
+            return Some(
+                match self.apply_current(filter, "an approval or expiry instant") {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        log::error!("re-applying the registry at an approval or expiry instant failed: {msg}");
+                        Outcome::Failed(msg)
+                    }
+                },
+            );
+        }
+        None
+    }
+
+    fn refusal_line(&self, error: &str) -> String {
+        let in_force = match self.current.as_ref().filter(|_| self.applied) {
+            Some(c) => format!("the allowlist in force ({}) stays", c.feed.describe()),
+            None => "nothing is in force yet".to_string(),
+        };
+        format!(
+            "registry from {} refused; {in_force}: {error}",
+            self.spec.describe()
+        )
+    }
+
+    /// Checks and applies a fetched feed. `Ok(None)`: the same bytes as the feed in force.
+    /// `Err`: refused (already logged), with the allowlist in force unchanged.
+    fn accept(
+        &mut self,
+        filter: &mut Filter,
+        fetched: Fetched,
+        now: OffsetDateTime,
+    ) -> Result<Option<Outcome>, String> {
+        let origin = self.spec.describe();
+        let checked_start = Instant::now();
+        let result = self.check(&fetched, &origin, now);
+        let (feed, digest) = match result {
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                if let Some(c) = &mut self.current {
+                    if fetched.etag.is_some() {
+                        c.etag = fetched.etag;
+                    }
+                }
+                return Ok(None);
+            }
+            Err((msg, digest)) => {
+                if digest.is_some() && digest == self.last_refused {
+                    log::warn!(
+                        "registry from {origin} still refused (same content as before); the allowlist in force stays"
+                    );
+                } else {
+                    log::error!("{}", self.refusal_line(&msg));
+                }
+                self.last_refused = digest;
+                return Err(msg);
+            }
+        };
+        let checked = checked_start.elapsed();
+        let start = Instant::now();
+        let report = match filter.sync_allowlist(&feed.allowlist(now)) {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!("{} not applied: {e:#}", feed.describe());
+                log::error!("{}", self.refusal_line(&msg));
+                self.rollback(filter, now);
+                return Err(msg);
+            }
+        };
+        let took = start.elapsed();
+        log::info!(
+            "registry {} applied from {origin}: {} (checks {:.1} ms)",
+            feed.describe(),
+            report_line(&report, took),
+            checked.as_secs_f64() * 1e3
+        );
+        let signature = fetched
+            .signature
+            .as_deref()
+            .filter(|_| self.key.is_some())
+            .map(|s| String::from_utf8_lossy(s).trim().to_string());
+        let mut current = Current {
+            feed,
+            bytes_sha256: digest,
+            origin,
+            etag: fetched.etag,
+            signature,
+            applied_at: Some(rfc3339(now_utc())),
+        };
+        self.persist(&mut current, &fetched.bytes, &report);
+        self.next_change = current.feed.next_change_after(now);
+        self.current = Some(current);
+        self.applied = true;
+        self.last_refused = None;
+        Ok(Some(Outcome::Applied {
+            serial: self.current.as_ref().and_then(|c| c.feed.serial),
+            report,
+            took,
+        }))
+    }
+
+    /// Steps 1-4. `Ok(None)`: unchanged. `Err((message, digest))`.
+    #[expect(
+        clippy::type_complexity,
+        reason = "a private helper's result, spelled out once"
+    )]
+    fn check(
+        &self,
+        fetched: &Fetched,
+        origin: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<(Feed, String)>, (String, Option<String>)> {
+        guard::check_size(fetched.bytes.len() as u64, &self.guard)
+            .map_err(|e| (e.to_string(), None))?;
+        let digest = sha256_hex(&fetched.bytes);
+        // A refusal is remembered by feed and signature, so a new signature is reported anew.
+        let refusal_key = format!(
+            "{digest}:{}",
+            fetched
+                .signature
+                .as_deref()
+                .map(sha256_hex)
+                .unwrap_or_default()
+        );
+        let fail = |msg: String| (msg, Some(refusal_key.clone()));
+        if let Some(key) = &self.key {
+            key.verify(
+                &fetched.bytes,
+                fetched.signature.as_deref(),
+                &fetched.signature_at,
+            )
+            .map_err(|e| fail(e.to_string()))?;
+        }
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.bytes_sha256 == digest)
+        {
+            return Ok(None);
+        }
+        let (feed, warnings) = Feed::parse(&fetched.bytes, origin, self.format, self.validate)
+            .map_err(|e| fail(e.to_string()))?;
+        log_warnings(origin, &warnings);
+        let new_allow = feed.allowlist(now);
+        let last_allow = self.current.as_ref().map(|c| c.feed.allowlist(now));
+        let baseline = self
+            .current
+            .as_ref()
+            .zip(last_allow.as_ref())
+            .map(|(c, a)| Baseline {
+                serial: c.feed.serial,
+                allowlist: a,
+            });
+        let warnings = guard::check_transition(baseline, &feed, &new_allow, &self.guard)
+            .map_err(|e| fail(format!("{}: {e}", feed.describe())))?;
+        log_warnings(origin, &warnings);
+        Ok(Some((feed, digest)))
+    }
+
+    /// After a failed write: put the feed in force back exactly.
+    fn rollback(&mut self, filter: &mut Filter, now: OffsetDateTime) {
+        let Some(cur) = self.current.as_ref().filter(|_| self.applied) else {
+            return;
+        };
+        match filter.sync_allowlist(&cur.feed.allowlist(now)) {
+            Ok(r) => log::warn!(
+                "rolled back to {}: {} added, {} removed",
+                cur.feed.describe(),
+                r.added,
+                r.removed
+            ),
+            Err(e) => log::error!(
+                "ROLLING BACK to {} FAILED: {e:#}; the kernel allowlist may hold a mix of both feeds (no prefix of the feed in force was removed)",
+                cur.feed.describe()
+            ),
+        }
+    }
+
+    /// Applies the current feed as it stands at this instant (startup, expiry, approval).
+    fn apply_current(&mut self, filter: &mut Filter, why: &str) -> Result<Outcome> {
+        let Some(cur) = &self.current else {
+            bail!("no registry feed to apply");
+        };
+        let now = now_utc();
+        let start = Instant::now();
+        let report = filter
+            .sync_allowlist(&cur.feed.allowlist(now))
+            .with_context(|| format!("applying registry {}", cur.feed.describe()))?;
+        let took = start.elapsed();
+        log::info!(
+            "registry {} applied ({why}) from {}: {}",
+            cur.feed.describe(),
+            cur.origin,
+            report_line(&report, took)
+        );
+        self.applied = true;
+        self.next_change = cur.feed.next_change_after(now);
+        if let Some(t) = self.next_change {
+            log::debug!("next approval or expiry at {}", rfc3339(t));
+        }
+        Ok(Outcome::Applied {
+            serial: cur.feed.serial,
+            report,
+            took,
+        })
+    }
+
+    fn load_persisted(&self) -> Option<Current> {
+        let dir = self.state.path().display();
+        let p: Persisted = match self.state.load() {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                log::info!("no last good feed persisted in {dir} yet");
+                return None;
+            }
+            Err(e) => {
+                log::error!("the persisted last good feed is unusable: {e}");
+                return None;
+            }
+        };
+        let name = format!("the persisted feed in {dir} (from {})", p.meta.source);
+        if let Some(key) = &self.key {
+            if let Err(e) = key.verify(
+                &p.bytes,
+                p.meta.signature.as_deref().map(str::as_bytes),
+                &format!("{dir}/registry-state.json"),
+            ) {
+                log::error!("{name} is not used: {e}");
+                return None;
+            }
+        }
+        let format = match FeedFormat::from_name(&p.meta.format) {
+            Some(FeedFormat::Json) => FormatChoice::Json,
+            Some(FeedFormat::Csv) => FormatChoice::Csv,
+            None => FormatChoice::Auto,
+        };
+        match Feed::parse(&p.bytes, &name, format, self.validate) {
+            Ok((feed, _)) => {
+                log::info!(
+                    "last good feed: {} from {}, applied {}",
+                    feed.describe(),
+                    p.meta.source,
+                    p.meta.applied_at
+                );
+                Some(Current {
+                    feed,
+                    bytes_sha256: p.meta.sha256,
+                    origin: p.meta.source,
+                    etag: p.meta.etag,
+                    signature: p.meta.signature,
+                    applied_at: Some(p.meta.applied_at),
+                })
+            }
+            Err(e) => {
+                log::error!("{name} is not used: {e}");
+                None
+            }
+        }
+    }
+
+    fn persist(&self, cur: &mut Current, bytes: &[u8], report: &SyncReport) {
+        let meta = StateMeta {
+            version: 0,
+            source: cur.origin.clone(),
+            format: cur.feed.format.name().to_string(),
+            serial: cur.feed.serial,
+            sha256: cur.bytes_sha256.clone(),
+            feed_file: String::new(),
+            signature: cur.signature.clone(),
+            etag: cur.etag.clone(),
+            applied_at: cur.applied_at.clone().unwrap_or_default(),
+            prefixes_in_force: report.v4 + report.v6,
+        };
+        match self.state.save(meta, bytes) {
+            Ok(_) => log::debug!(
+                "persisted {} in {}",
+                cur.feed.describe(),
+                self.state.path().display()
+            ),
+            Err(e) => log::error!(
+                "could not persist the applied feed as the last good one ({e}); a restart without the source would enforce an older feed"
+            ),
+        }
+    }
+}
+
+/// `N IPv4 + M IPv6 prefixes (a added, c changed, r removed) in T ms`.
+pub fn report_line(report: &SyncReport, took: Duration) -> String {
+    let mut s = format!(
+        "{} IPv4 + {} IPv6 prefixes ({} added, {} changed, {} removed) in {:.1} ms",
+        report.v4,
+        report.v6,
+        report.added,
+        report.changed,
+        report.removed,
+        took.as_secs_f64() * 1e3
+    );
+    if report.read_kernel {
+        s.push_str(", after reading the kernel's tries");
+    }
+    if report.flows_blocked > 0 {
+        s.push_str(&format!(
+            "; {} established flow(s) with no registered endpoint left now blocked",
+            report.flows_blocked
+        ));
+    }
+    s
+}
+
+/// Warnings, at most 20 of them in full.
+fn log_warnings(origin: &str, warnings: &[String]) {
+    for w in warnings.iter().take(20) {
+        log::warn!("{origin}: {w}");
+    }
+    if warnings.len() > 20 {
+        log::warn!(
+            "{origin}: ... and {} more warning(s) (`vpn-filter registry validate` lists them all)",
+            warnings.len() - 20
+        );
+    }
+}
