@@ -35,6 +35,8 @@ pub struct GatewayLab {
     pub unreg: NetNs,
     pub server: NetNs,
     pub gw: NetNs,
+    /// The controller's state directory (persisted registry), private to this lab.
+    pub state: TempDir,
 }
 
 impl GatewayLab {
@@ -46,6 +48,7 @@ impl GatewayLab {
             unreg: NetNs::new("uc"),
             server: NetNs::new("sv"),
             gw: NetNs::new("gw"),
+            state: TempDir::new("gwstate"),
         };
         for (i, (ns, gif)) in [&lab.reg, &lab.unreg, &lab.server]
             .into_iter()
@@ -76,7 +79,11 @@ impl GatewayLab {
             controller.display()
         );
         let mut cmd = self.gw.command(controller);
-        cmd.args(["run", "--registry"]).arg(registry);
+        // Unpinned, with a private state directory and control socket: nothing of this lab
+        // outlives it or meets another lab's controller.
+        cmd.args(["run", "--no-pin", "--registry"]).arg(registry);
+        cmd.arg("--state-dir").arg(self.state.path());
+        cmd.arg("--control-socket").arg(self.state.path().join("control.sock"));
         for iface in GATEWAY_IFACES {
             cmd.args(["--iface", iface]);
         }

@@ -44,7 +44,7 @@ impl Daemon {
         .expect("write the registry");
         let socket = dir.path().join("control.sock");
         let mut cmd = lab.filter.command(controller_path());
-        cmd.args(["run", "--iface", &lab.filter_if, "--registry"])
+        cmd.args(["run", "--no-pin", "--iface", &lab.filter_if, "--registry"])
             .arg(&registry)
             .arg("--control-socket")
             .arg(&socket)
@@ -844,7 +844,7 @@ fn a_second_daemon_on_the_same_control_socket_is_refused() {
     let lab2 = FilterLab::new();
     let registry = d.dir.path().join("registry.json");
     let mut cmd = lab2.filter.command(controller_path());
-    cmd.args(["run", "--iface", &lab2.filter_if, "--registry"])
+    cmd.args(["run", "--no-pin", "--iface", &lab2.filter_if, "--registry"])
         .arg(&registry)
         .arg("--control-socket")
         .arg(&d.socket)

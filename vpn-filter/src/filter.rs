@@ -156,7 +156,8 @@ impl Default for LoadOptions {
 
 /// How to attach: `Auto` tries native (driver) mode and falls back to generic (skb) mode with
 /// a warning; the others insist.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     Auto,
     Native,

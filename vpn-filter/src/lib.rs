@@ -6,6 +6,7 @@ pub mod control;
 pub mod config;
 pub mod events;
 pub mod filter;
+pub mod lifecycle;
 pub mod metrics;
 pub mod observe;
 pub mod pin;

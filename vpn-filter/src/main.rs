@@ -1,7 +1,10 @@
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use vpn_filter::run::{run, RunArgs};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use vpn_filter::{
+    lifecycle::Reloader,
+    run::{run, Reload, RunArgs},
+};
 
 /// Enforce a registered-VPN policy at line rate: VPN handshakes from or to registered
 /// addresses pass; all other VPN traffic is dropped in XDP and reported.
@@ -33,6 +36,38 @@ enum Command {
     Events(vpn_filter::control::cli::EventsArgs),
     /// Live view of drop rates per protocol and the top blocked sources (q to quit).
     Top(vpn_filter::top::TopArgs),
+    /// Remove the filter: detach from an interface, or (without --iface) from every interface
+    /// and delete all its pins. Refused while a controller runs (stop it first).
+    Detach(DetachArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DetachArgs {
+    /// Only this interface (its link); the maps stay for the other interfaces.
+    #[arg(long)]
+    iface: Option<String>,
+    /// bpffs directory the controller pinned into.
+    #[arg(long, default_value = vpn_filter::pin::DEFAULT_PIN_ROOT, value_name = "DIR")]
+    bpffs_dir: std::path::PathBuf,
+    /// Lock file of the controller (default: derived from --bpffs-dir, as `run` does).
+    #[arg(long, value_name = "PATH")]
+    lock_file: Option<std::path::PathBuf>,
+}
+
+fn detach(args: DetachArgs) -> anyhow::Result<()> {
+    let pins = vpn_filter::pin::PinDir::new(&args.bpffs_dir);
+    let lock = args.lock_file.unwrap_or_else(|| vpn_filter::pin::default_lock_path(&args.bpffs_dir));
+    let report = vpn_filter::pin::detach(&pins, args.iface.as_deref(), &lock)?;
+    if report.links.is_empty() {
+        println!("no vpn-filter link was pinned under {}", pins.links_dir().display());
+    }
+    for i in &report.links {
+        println!("detached from {i}");
+    }
+    if report.maps_removed {
+        println!("removed every pin under {}", args.bpffs_dir.display());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,14 +81,32 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
-        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(run(args))),
+        Command::Run(args) => {
+            // With --config, the file fills what the command line did not set; SIGHUP re-reads it.
+            let run_matches = matches.subcommand_matches("run").cloned().expect("the run subcommand");
+            let settings = match &args.config {
+                Some(path) => {
+                    let reloader = Reloader { matches: run_matches, path: path.clone() };
+                    reloader.load(&args).map(|merged| (merged, Some(Reload { reloader, cli: args.clone() })))
+                }
+                None => Ok((args, None)),
+            };
+            settings.and_then(|(args, reload)| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| rt.block_on(run(args, reload)))
+            })
+        }
+        Command::Detach(args) => detach(args),
         Command::Replay(args) => vpn_filter::replay::cli::main(args),
         Command::Status(args) => vpn_filter::control::cli::status(args),
         Command::Events(args) => vpn_filter::control::cli::events(args),

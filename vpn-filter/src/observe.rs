@@ -19,7 +19,8 @@ use crate::{
 };
 
 /// Command-line options of `vpn-filter run` for events, metrics and the control socket.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct ObserveArgs {
     /// Append events (JSON lines) to this file instead of writing them to stdout; the file
     /// is reopened on SIGHUP (logrotate: `postrotate systemctl kill -s HUP vpn-filter`).

@@ -75,8 +75,9 @@ pub fn drop_privileges(user: Option<(u32, u32)>) -> Result<()> {
             let _ = caps::drop(None, CapSet::Bounding, cap);
         }
     }
-    caps::set(None, CapSet::Permitted, &keep).context("setting the permitted capabilities")?;
+    // Effective first: the kernel refuses a permitted set smaller than the effective one.
     caps::set(None, CapSet::Effective, &keep).context("setting the effective capabilities")?;
+    caps::set(None, CapSet::Permitted, &keep).context("setting the permitted capabilities")?;
     caps::set(None, CapSet::Inheritable, &CapsHashSet::new()).context("clearing inheritable capabilities")?;
     let eff = caps::read(None, CapSet::Effective)?;
     if eff != keep {

@@ -7,19 +7,31 @@ use tokio::signal::unix::{signal, SignalKind};
 use vpn_filter_common::{Config, Counter, Protocol, Verdict};
 
 use crate::{
-    filter::{AttachMode, Filter, LoadOptions, Policy},
+    filter::{Attached, AttachMode, Filter, LoadOptions, Policy},
+    lifecycle::{LifecycleArgs, Reloader},
+    pin::ControllerLock,
     observe::{self, ObserveArgs},
     status::{self, DaemonStatus, SharedStatus},
     sync::{Outcome, RegistryArgs, RegistrySync},
 };
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct RunArgs {
     /// Interface to attach to (repeat for several). Attach to every interface whose ingress
     /// traffic should be judged; the flow state sees both directions only if both are covered.
-    #[arg(long = "iface", required = true)]
+    /// In the config file: `interfaces = ["eth0", "eth1"]`.
+    #[arg(long = "iface", required_unless_present = "config")]
+    #[serde(rename = "interfaces")]
     pub ifaces: Vec<String>,
+    /// TOML file with any of these settings (keys are the long flag names; `interfaces`;
+    /// `[policy]` table). Flags override it; SIGHUP re-reads it (a bad file is refused and
+    /// the running settings stay).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub registry: RegistryArgs,
     /// XDP attach mode: auto tries native and falls back to generic with a warning.
     #[arg(long, value_enum, default_value = "auto")]
@@ -52,7 +64,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = vpn_filter_common::DEFAULT_EVENTS_PER_CPU_PER_SEC)]
     pub events_per_cpu: u32,
     #[command(flatten)]
+    #[serde(flatten)]
     pub observe: ObserveArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub lifecycle: LifecycleArgs,
 }
 
 impl RunArgs {
@@ -64,7 +80,7 @@ impl RunArgs {
         Ok(policy)
     }
 
-    fn config(&self) -> Config {
+    fn kernel_config(&self) -> Config {
         Config {
             blocked_flow_timeout_ns: self.blocked_flow_timeout.saturating_mul(1_000_000_000),
             events_per_source_per_sec: self.events_per_source,
@@ -85,8 +101,25 @@ fn record_registry(status: &SharedStatus, outcome: &Outcome) {
     }
 }
 
-pub async fn run(args: RunArgs) -> Result<()> {
+/// What `run` needs to re-read `--config` on SIGHUP: the command line as given.
+pub struct Reload {
+    pub reloader: Reloader,
+    pub cli: RunArgs,
+}
+
+pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
+    if args.ifaces.is_empty() {
+        bail!("no interface to attach to: give --iface or `interfaces` in the config file");
+    }
+    if args.registry.registry.is_empty() {
+        bail!("no registry: give --registry or `registry` in the config file");
+    }
     let policy = args.policy()?;
+    // One controller per pin tree: a second one would fight over links and maps.
+    let _lock = match args.lifecycle.pins() {
+        Some(_) => Some(ControllerLock::acquire(&args.lifecycle.lock_path())?),
+        None => None,
+    };
     let mut registry = RegistrySync::new(&args.registry)?;
     let status = DaemonStatus::new(&policy, registry.source()).shared();
     // Events file, control socket and metrics port first: a conflict stops the start before
@@ -98,37 +131,72 @@ pub async fn run(args: RunArgs) -> Result<()> {
         allow_v6_entries: args.allow_v6_entries,
         flow_entries: args.flow_entries,
     };
-    let mut filter = Filter::load(options, &policy, &args.config())?;
+    let mut filter = match args.lifecycle.pins() {
+        Some(pins) => {
+            let root = pins.root().display().to_string();
+            let (filter, reused) = Filter::load_pinned(options, &policy, &args.kernel_config(), pins)?;
+            if reused > 0 {
+                log::info!("adopted {reused} pinned maps under {root}: allowlist, flows and counters carry over");
+            }
+            filter
+        }
+        None => Filter::load(options, &policy, &args.kernel_config())?,
+    };
+    // The allowlist is brought up to date before any link runs this program, so a restart
+    // or an upgrade never judges a packet with a stale or empty allowlist.
     let outcome = registry.start(&mut filter).await?;
     record_registry(&status, &outcome);
     let ring = filter.take_events()?;
     for iface in &args.ifaces {
         let how = match filter.attach(iface, args.xdp_mode)? {
-            crate::filter::Attached::New(aya::programs::XdpMode::Driver) => "native mode",
-            crate::filter::Attached::New(_) => "generic mode",
-            crate::filter::Attached::Replaced => "took over the pinned link",
+            Attached::New(aya::programs::XdpMode::Driver) => "native mode",
+            Attached::New(_) => "generic mode",
+            Attached::Replaced => "replaced the program on its pinned link, atomically",
         };
         log::info!(
             "attached to {iface} ({how}), program id {}",
             filter.program_id().map_or("?".into(), |i| i.to_string())
         );
     }
+    if let Some(pins) = filter.pins() {
+        // Links of an older layout now run this program; that layout's maps can go.
+        for dir in pins.other_versions()? {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            log::info!("removed maps of another pin layout: {}", dir.display());
+        }
+    }
 
     observe::record_attachments(&status, &filter);
     let mut observability = endpoints.start(&filter, status.clone())?;
     let events_task = observability.spawn_events(ring);
 
+    if !args.lifecycle.keep_privileges {
+        drop_privileges(&args)?;
+    }
+
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut poll = tokio::time::interval(registry.poll_interval());
     let stats_every = Duration::from_secs(args.stats_interval.max(1));
     let mut stats_tick = tokio::time::interval(stats_every);
+    let mut reattach = tokio::time::interval(Duration::from_millis(args.lifecycle.reattach_interval_ms.max(100)));
+    let mut missing_logged: Vec<String> = Vec::new();
     let mut events_task = events_task;
+    let mut args = args;
 
     loop {
         tokio::select! {
-            _ = sigint.recv() => { log::info!("SIGINT: detaching and exiting"); break; }
-            _ = sigterm.recv() => { log::info!("SIGTERM: detaching and exiting"); break; }
+            _ = sigint.recv() => { log::info!("SIGINT: exiting"); break; }
+            _ = sigterm.recv() => { log::info!("SIGTERM: exiting"); break; }
+            _ = sighup.recv() => {
+                if let Some(r) = &reload {
+                    match r.reloader.load(&r.cli).and_then(|new| apply_reload(&mut filter, &args, new)) {
+                        Ok(new) => args = new,
+                        Err(e) => log::error!("configuration not reloaded, the running one stays in force: {e:#}"),
+                    }
+                }
+            }
             r = &mut events_task => {
                 match r {
                     Ok(Ok(())) => bail!("event stream ended"),
@@ -141,6 +209,24 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     record_registry(&status, &outcome);
                 }
             }
+            _ = reattach.tick() => {
+                match filter.reattach_lost(args.xdp_mode) {
+                    Ok((back, missing)) => {
+                        for i in back {
+                            log::warn!("{i}: the interface came back; filter re-attached");
+                            missing_logged.retain(|m| *m != i);
+                        }
+                        for i in missing {
+                            if !missing_logged.contains(&i) {
+                                log::warn!("{i}: the interface is gone; the filter will re-attach when it returns");
+                                missing_logged.push(i);
+                            }
+                        }
+                        observe::record_attachments(&status, &filter);
+                    }
+                    Err(e) => log::error!("re-attaching: {e:#}"),
+                }
+            }
             _ = stats_tick.tick(), if args.stats_interval > 0 => {
                 match filter.stats() {
                     Ok(stats) => eprintln!("{}", stats_line(&stats)),
@@ -149,9 +235,112 @@ pub async fn run(args: RunArgs) -> Result<()> {
             }
         }
     }
+    // Give the event task a moment to drain what the kernel already queued.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     events_task.abort();
     drop(observability);
-    filter.detach_all().context("detaching on exit")?;
+    if args.lifecycle.detach_on_exit || args.lifecycle.no_pin {
+        filter.detach_all().context("detaching on exit")?;
+        if let (true, Some(pins)) = (args.lifecycle.detach_on_exit, filter.pins().cloned()) {
+            drop(filter);
+            pins.remove_maps()?;
+            pins.remove_if_empty()?;
+        }
+        log::info!("detached from every interface");
+    } else {
+        log::info!(
+            "exiting; the filter stays attached and enforcing from {} (`vpn-filter detach` removes it)",
+            args.lifecycle.bpffs_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Applies a re-read configuration: policy and kernel settings at once; anything that needs
+/// a new program or new maps is reported as waiting for a restart. Returns the settings now
+/// in force.
+fn apply_reload(filter: &mut Filter, old: &RunArgs, new: RunArgs) -> Result<RunArgs> {
+    let policy = new.policy()?;
+    if new.ifaces.is_empty() {
+        bail!("no interface in the new configuration");
+    }
+    filter.set_policy(&policy)?;
+    filter.set_config(&new.kernel_config())?;
+    let mut waiting = Vec::new();
+    if new.ifaces != old.ifaces {
+        waiting.push("interfaces");
+    }
+    if (new.allow_v4_entries, new.allow_v6_entries, new.flow_entries)
+        != (old.allow_v4_entries, old.allow_v6_entries, old.flow_entries)
+    {
+        waiting.push("map sizes");
+    }
+    let json = |v: &dyn erased::Ser| v.json();
+    if json(&new.registry) != json(&old.registry) {
+        waiting.push("registry settings");
+    }
+    if json(&new.observe) != json(&old.observe) {
+        waiting.push("observability settings");
+    }
+    if json(&new.lifecycle) != json(&old.lifecycle) || new.xdp_mode != old.xdp_mode {
+        waiting.push("attach and pin settings");
+    }
+    log::info!("configuration reloaded: policy and kernel settings applied");
+    if !waiting.is_empty() {
+        log::warn!("changed {} take effect at the next restart", waiting.join(", "));
+    }
+    // Keep what is really in force for the settings that did not apply.
+    Ok(RunArgs {
+        ifaces: old.ifaces.clone(),
+        allow_v4_entries: old.allow_v4_entries,
+        allow_v6_entries: old.allow_v6_entries,
+        flow_entries: old.flow_entries,
+        registry: old.registry.clone(),
+        observe: old.observe.clone(),
+        lifecycle: old.lifecycle.clone(),
+        xdp_mode: old.xdp_mode,
+        ..new
+    })
+}
+
+mod erased {
+    /// Compares settings groups by their serialised form.
+    pub trait Ser {
+        fn json(&self) -> serde_json::Value;
+    }
+
+    impl<T: serde::Serialize> Ser for T {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or_default()
+        }
+    }
+}
+
+/// Keeps only CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, switching to `--run-as` if given (its
+/// directories are handed to that user first).
+fn drop_privileges(args: &RunArgs) -> Result<()> {
+    let user = match &args.lifecycle.run_as {
+        Some(name) => {
+            let (uid, gid) = crate::privs::lookup_user(name)?;
+            let mut dirs = vec![args.lifecycle.bpffs_dir.clone(), args.registry.state_dir.clone()];
+            if let Some(dir) = args.observe.control_socket_path().parent() {
+                dirs.push(dir.to_path_buf());
+            }
+            if let Some(f) = &args.observe.events_file {
+                dirs.push(f.clone());
+            }
+            for d in dirs {
+                crate::privs::chown_tree(&d, uid, gid)?;
+            }
+            Some((uid, gid))
+        }
+        None => None,
+    };
+    crate::privs::drop_privileges(user)?;
+    log::info!(
+        "privileges dropped: {}keeping only CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON",
+        args.lifecycle.run_as.as_ref().map(|u| format!("running as {u}, ")).unwrap_or_default()
+    );
     Ok(())
 }
 
@@ -178,4 +367,30 @@ pub fn stats_line(stats: &crate::filter::Stats) -> String {
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/vpn-filter.toml");
+        let m = Wrapper::command().try_get_matches_from(["x", "--config", path]).unwrap();
+        let w = Wrapper::from_arg_matches(&m).unwrap();
+        let merged = crate::config::merge(&w.run, &m, std::path::Path::new(path)).unwrap();
+        assert_eq!(merged.ifaces, ["eth0", "eth1"]);
+        assert_eq!(merged.registry.registry, "/etc/vpn-filter/registry.json");
+        let policy = merged.policy().unwrap();
+        assert_eq!(policy.mode(Protocol::SoftEther), vpn_filter_common::PolicyMode::Monitor);
+        assert_eq!(policy.mode(Protocol::WireGuard), vpn_filter_common::PolicyMode::Enforce);
+    }
 }

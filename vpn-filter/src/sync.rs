@@ -44,7 +44,7 @@ pub struct RegistryArgs {
     /// Registry feed: a file path (re-read when it changes; publish by writing a temporary
     /// file and renaming it over this one) or an http(s):// URL (polled with ETag). JSON or
     /// CSV. A bad version is refused and the previous allowlist stays in force.
-    #[arg(long, value_name = "FILE|URL")]
+    #[arg(long, value_name = "FILE|URL", required_unless_present = "config", default_value = "")]
     pub registry: String,
     /// Feed format: auto tells JSON from CSV by the content.
     #[arg(long, value_enum, default_value = "auto")]

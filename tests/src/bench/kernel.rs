@@ -558,7 +558,7 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
                 )?);
             }
         }
-        // Fill the flow table (and the per-source event limiter) with a flood of new flows.
+        // Fill the flow table (and the event rate limiters) with a flood of new flows.
         let flood = (CLASSES.iter().find(|c| c.vpn).expect("a VPN class").build)(
             &mut rng,
             "192.0.2.77".parse()?,
@@ -755,8 +755,8 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
                  baseline, medians):\n\n\
                  | path | ns |\n|---|---:|\n\
                  | parse + classify only (WireGuard policy `off`: no flow map, allowlist or event) | {} |\n\
-                 | follow-up of a blocked flow (flow-map hit, event rate-limited per source) | {} |\n\
-                 | first packet, flow table empty (lookups, flow insert, event) | {} |\n\
+                 | follow-up of a blocked flow (flow-map hit; its event is rate-limited) | {} |\n\
+                 | first packet, flow table empty (allowlist lookups, flow insert, event within the rate limits) | {} |\n\
                  | first packet, flow table full (the same plus an LRU eviction) | {} |\n\n",
                 count(size),
                 diff(&classify_only),
@@ -770,7 +770,7 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
         out.push_str(&format!(
             "vpn-filter's counters over these measurements: {} packets, {} allowlist lookups, \
              {} flow inserts, {} flow-map hits, {} events emitted, {} suppressed by the \
-             per-source rate limit, {} lost (ring buffer full), {} flow inserts failed.\n\n",
+             event rate limits, {} lost (ring buffer full), {} flow inserts failed.\n\n",
             c(Counter::Packets),
             c(Counter::AllowlistLookups),
             c(Counter::FlowInsert),

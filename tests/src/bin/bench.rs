@@ -159,6 +159,11 @@ fn run() -> Result<()> {
     }
     if let Some(t) = &vhl.targets {
         md.push_str(&format!(
+            "| the same on veth: vpn-filter minus a pass-through XDP program, receiving CPU per packet | ordinary UDP {} ns, ordinary TCP {} ns |\n",
+            util::signed_ns(t.ordinary_over_pass.0),
+            util::signed_ns(t.ordinary_over_pass.1),
+        ));
+        md.push_str(&format!(
             "| unregistered-handshake flood on veth, {} prefixes: receiving-CPU cost at most 1.1x count-and-drop | {} ns vs {} ns: {} (xdp-filter {} ns, nftables {} ns) |\n",
             util::count(t.prefixes),
             ns(t.vpn_filter),
