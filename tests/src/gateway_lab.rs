@@ -83,7 +83,8 @@ impl GatewayLab {
         // outlives it or meets another lab's controller.
         cmd.args(["run", "--no-pin", "--registry"]).arg(registry);
         cmd.arg("--state-dir").arg(self.state.path());
-        cmd.arg("--control-socket").arg(self.state.path().join("control.sock"));
+        cmd.arg("--control-socket")
+            .arg(self.state.path().join("control.sock"));
         for iface in GATEWAY_IFACES {
             cmd.args(["--iface", iface]);
         }

@@ -49,19 +49,37 @@ impl FilterLab {
     pub fn readdress(&self) {
         let (client, filter) = (&self.client, &self.filter);
         let (client_if, filter_if) = (self.client_if.as_str(), self.filter_if.as_str());
-        for a in [format!("{REGISTERED_V4}/24"), format!("{UNREGISTERED_V4}/24")] {
+        for a in [
+            format!("{REGISTERED_V4}/24"),
+            format!("{UNREGISTERED_V4}/24"),
+        ] {
             client.ip(&["addr", "add", &a, "dev", client_if]);
         }
-        for a in [format!("{REGISTERED_V6}/64"), format!("{UNREGISTERED_V6}/64")] {
+        for a in [
+            format!("{REGISTERED_V6}/64"),
+            format!("{UNREGISTERED_V6}/64"),
+        ] {
             client.ip(&["addr", "add", &a, "dev", client_if, "nodad"]);
         }
         filter.ip(&["addr", "add", &format!("{FILTER_V4}/24"), "dev", filter_if]);
-        filter.ip(&["addr", "add", &format!("{FILTER_V6}/64"), "dev", filter_if, "nodad"]);
+        filter.ip(&[
+            "addr",
+            "add",
+            &format!("{FILTER_V6}/64"),
+            "dev",
+            filter_if,
+            "nodad",
+        ]);
         let (cmac, fmac) = (client.mac(client_if), filter.mac(filter_if));
         for a in [FILTER_V4, FILTER_V6] {
             neigh(client, client_if, a, &fmac);
         }
-        for a in [REGISTERED_V4, UNREGISTERED_V4, REGISTERED_V6, UNREGISTERED_V6] {
+        for a in [
+            REGISTERED_V4,
+            UNREGISTERED_V4,
+            REGISTERED_V6,
+            UNREGISTERED_V6,
+        ] {
             neigh(filter, filter_if, a, &cmac);
         }
     }

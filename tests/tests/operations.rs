@@ -32,8 +32,15 @@ struct Dirs {
 
 impl Dirs {
     fn new() -> Dirs {
-        let d = Dirs { pins: BpfFsDir::new("ops"), tmp: TempDir::new("ops") };
-        std::fs::write(d.registry(), registry_json(1, &[("REG-1", &[REGISTERED_V4])])).unwrap();
+        let d = Dirs {
+            pins: BpfFsDir::new("ops"),
+            tmp: TempDir::new("ops"),
+        };
+        std::fs::write(
+            d.registry(),
+            registry_json(1, &[("REG-1", &[REGISTERED_V4])]),
+        )
+        .unwrap();
         d
     }
 
@@ -68,10 +75,14 @@ impl Dirs {
 
 fn start(lab: &FilterLab, dirs: &Dirs, extra: &[&str]) -> Process {
     let mut cmd = lab.filter.command_keep_mounts(controller_path());
-    cmd.args(["run", "--iface", &lab.filter_if, "--registry"]).arg(dirs.registry());
+    cmd.args(["run", "--iface", &lab.filter_if, "--registry"])
+        .arg(dirs.registry());
     cmd.args(dirs.args()).args(extra);
     let p = Process::spawn(cmd);
-    p.wait_stderr(&format!("attached to {}", lab.filter_if), Duration::from_secs(20));
+    p.wait_stderr(
+        &format!("attached to {}", lab.filter_if),
+        Duration::from_secs(20),
+    );
     p
 }
 
@@ -79,7 +90,10 @@ fn kill9(p: &Process) {
     p.signal(libc::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(5);
     while p.exit_status().is_none() {
-        assert!(Instant::now() < deadline, "controller did not die on SIGKILL");
+        assert!(
+            Instant::now() < deadline,
+            "controller did not die on SIGKILL"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -99,8 +113,12 @@ impl Traffic {
         let sent = Arc::new(Mutex::new((0, 0)));
         let got = Arc::new(Mutex::new((0, 0)));
         let rx: UdpSocket = udp_bind(&lab.filter, sa(FILTER_V4, WG_PORT));
-        let reg: UdpSocket = lab.client.enter(|| UdpSocket::bind(sa(REGISTERED_V4, 0)).unwrap());
-        let unreg: UdpSocket = lab.client.enter(|| UdpSocket::bind(sa(UNREGISTERED_V4, 0)).unwrap());
+        let reg: UdpSocket = lab
+            .client
+            .enter(|| UdpSocket::bind(sa(REGISTERED_V4, 0)).unwrap());
+        let unreg: UdpSocket = lab
+            .client
+            .enter(|| UdpSocket::bind(sa(UNREGISTERED_V4, 0)).unwrap());
         let mut threads = Vec::new();
         {
             let (stop, got) = (stop.clone(), got.clone());
@@ -127,8 +145,11 @@ impl Traffic {
             threads.push(std::thread::spawn(move || {
                 let mut i = 0u32;
                 while !stop.load(Ordering::SeqCst) {
-                    reg.send_to(&wireguard_initiation(i), sa(FILTER_V4, WG_PORT)).unwrap();
-                    unreg.send_to(&wireguard_initiation(i + 1), sa(FILTER_V4, WG_PORT)).unwrap();
+                    reg.send_to(&wireguard_initiation(i), sa(FILTER_V4, WG_PORT))
+                        .unwrap();
+                    unreg
+                        .send_to(&wireguard_initiation(i + 1), sa(FILTER_V4, WG_PORT))
+                        .unwrap();
                     {
                         let mut s = sent.lock().unwrap();
                         s.0 += 1;
@@ -139,7 +160,12 @@ impl Traffic {
                 }
             }));
         }
-        Traffic { stop, sent, got, threads }
+        Traffic {
+            stop,
+            sent,
+            got,
+            threads,
+        }
     }
 
     /// Stops, waits for the last datagrams, returns ((reg sent, unreg sent), (reg got, unreg got)).
@@ -165,16 +191,30 @@ fn kill_9_leaves_the_filter_enforcing_and_a_restart_adopts_it_without_a_gap() {
     kill9(&first);
     // No controller now: the pinned link and maps keep enforcing.
     std::thread::sleep(Duration::from_millis(800));
-    assert!(dirs.pin_root().join("links").join(&lab.filter_if).exists(), "link pin survives the controller");
+    assert!(
+        dirs.pin_root().join("links").join(&lab.filter_if).exists(),
+        "link pin survives the controller"
+    );
     let second = start(&lab, &dirs, &[]);
     second.wait_stderr("adopted", Duration::from_secs(5));
-    second.wait_stderr("replaced the program on its pinned link", Duration::from_secs(5));
+    second.wait_stderr(
+        "replaced the program on its pinned link",
+        Duration::from_secs(5),
+    );
     std::thread::sleep(Duration::from_millis(500));
     let ((reg_sent, unreg_sent), (reg_got, unreg_got)) = traffic.finish();
     assert!(unreg_sent > 500, "the flood ran: {unreg_sent}");
-    assert_eq!(unreg_got, 0, "no unregistered handshake passes before, during or after the restart");
-    assert_eq!(reg_got, reg_sent, "no registered packet is dropped before, during or after the restart");
-    second.terminate(Duration::from_secs(5)).expect("controller exits on SIGTERM");
+    assert_eq!(
+        unreg_got, 0,
+        "no unregistered handshake passes before, during or after the restart"
+    );
+    assert_eq!(
+        reg_got, reg_sent,
+        "no registered packet is dropped before, during or after the restart"
+    );
+    second
+        .terminate(Duration::from_secs(5))
+        .expect("controller exits on SIGTERM");
 }
 
 #[test]
@@ -182,15 +222,28 @@ fn a_restarted_controller_swaps_its_program_into_the_same_link() {
     let lab = FilterLab::new();
     let dirs = Dirs::new();
     let first = start(&lab, &dirs, &[]);
-    let link_before = vpn_filter::pin::pinned_link_state(&dirs.pin_root().join("links").join(&lab.filter_if)).unwrap();
+    let link_before =
+        vpn_filter::pin::pinned_link_state(&dirs.pin_root().join("links").join(&lab.filter_if))
+            .unwrap();
     first.terminate(Duration::from_secs(5)).expect("exit");
     let traffic = Traffic::start(&lab);
     let second = start(&lab, &dirs, &[]);
-    let link_after = vpn_filter::pin::pinned_link_state(&dirs.pin_root().join("links").join(&lab.filter_if)).unwrap();
+    let link_after =
+        vpn_filter::pin::pinned_link_state(&dirs.pin_root().join("links").join(&lab.filter_if))
+            .unwrap();
     let ((reg_sent, _), (reg_got, unreg_got)) = traffic.finish();
-    assert_eq!(link_after.link_id, link_before.link_id, "the same kernel link object");
-    assert_ne!(link_after.prog_id, link_before.prog_id, "running the new program");
-    assert_eq!(unreg_got, 0, "no packet was judged by 'no program' during the swap");
+    assert_eq!(
+        link_after.link_id, link_before.link_id,
+        "the same kernel link object"
+    );
+    assert_ne!(
+        link_after.prog_id, link_before.prog_id,
+        "running the new program"
+    );
+    assert_eq!(
+        unreg_got, 0,
+        "no packet was judged by 'no program' during the swap"
+    );
     assert_eq!(reg_got, reg_sent);
     second.terminate(Duration::from_secs(5)).expect("exit");
 }
@@ -201,12 +254,20 @@ fn a_second_controller_refuses_with_a_clear_message() {
     let dirs = Dirs::new();
     let _first = start(&lab, &dirs, &[]);
     let mut cmd = lab.filter.command_keep_mounts(controller_path());
-    cmd.args(["run", "--iface", &lab.filter_if, "--registry"]).arg(dirs.registry()).args(dirs.args());
+    cmd.args(["run", "--iface", &lab.filter_if, "--registry"])
+        .arg(dirs.registry())
+        .args(dirs.args());
     let out = cmd.output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("another vpn-filter controller is running"), "{err}");
-    assert!(err.contains(&format!("pid {}", _first.pid())), "names the holder: {err}");
+    assert!(
+        err.contains("another vpn-filter controller is running"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("pid {}", _first.pid())),
+        "names the holder: {err}"
+    );
 }
 
 #[test]
@@ -214,9 +275,14 @@ fn detach_removes_links_pins_and_programs() {
     let lab = FilterLab::new();
     let dirs = Dirs::new();
     let ctl = start(&lab, &dirs, &[]);
-    let link = vpn_filter::pin::pinned_link_state(&dirs.pin_root().join("links").join(&lab.filter_if)).unwrap();
+    let link =
+        vpn_filter::pin::pinned_link_state(&dirs.pin_root().join("links").join(&lab.filter_if))
+            .unwrap();
     ctl.terminate(Duration::from_secs(5)).expect("exit");
-    assert!(lab.xdp_mode_shown().starts_with("xdp"), "still attached after the controller exits");
+    assert!(
+        lab.xdp_mode_shown().starts_with("xdp"),
+        "still attached after the controller exits"
+    );
 
     let out = std::process::Command::new(controller_path())
         .args(["detach", "--bpffs-dir"])
@@ -225,9 +291,17 @@ fn detach_removes_links_pins_and_programs() {
         .arg(dirs.lock())
         .output()
         .unwrap();
-    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(lab.xdp_mode_shown(), "", "no XDP program on the interface");
-    assert!(!dirs.pin_root().exists(), "no pins left under {}", dirs.pin_root().display());
+    assert!(
+        !dirs.pin_root().exists(),
+        "no pins left under {}",
+        dirs.pin_root().display()
+    );
     // The kernel's own listing: the program is gone.
     let still: Vec<u32> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
@@ -264,13 +338,30 @@ fn an_interface_deleted_and_recreated_gets_the_filter_back() {
     ctl.wait_stderr("the interface is gone", Duration::from_secs(5));
     vpn_filter_tests::netns::veth(&lab.client, &lab.client_if, &lab.filter, &lab.filter_if);
     lab.readdress();
-    ctl.wait_stderr("the interface came back; filter re-attached", Duration::from_secs(5));
+    ctl.wait_stderr(
+        "the interface came back; filter re-attached",
+        Duration::from_secs(5),
+    );
     assert!(lab.xdp_mode_shown().starts_with("xdp"));
     let sock = udp_bind(&lab.filter, sa(FILTER_V4, WG_PORT));
-    vpn_filter_tests::netns::udp_send(&lab.client, sa(UNREGISTERED_V4, 40000), sa(FILTER_V4, WG_PORT), &wireguard_initiation(1));
-    vpn_filter_tests::netns::udp_send(&lab.client, sa(REGISTERED_V4, 40001), sa(FILTER_V4, WG_PORT), &wireguard_initiation(2));
+    vpn_filter_tests::netns::udp_send(
+        &lab.client,
+        sa(UNREGISTERED_V4, 40000),
+        sa(FILTER_V4, WG_PORT),
+        &wireguard_initiation(1),
+    );
+    vpn_filter_tests::netns::udp_send(
+        &lab.client,
+        sa(REGISTERED_V4, 40001),
+        sa(FILTER_V4, WG_PORT),
+        &wireguard_initiation(2),
+    );
     let got = vpn_filter_tests::netns::udp_drain(&sock, Duration::from_millis(400));
-    assert_eq!(got.len(), 1, "only the registered initiation arrives: {got:?}");
+    assert_eq!(
+        got.len(),
+        1,
+        "only the registered initiation arrives: {got:?}"
+    );
     assert_eq!(got[0].0, sa(REGISTERED_V4, 40001));
 }
 
@@ -283,16 +374,28 @@ fn sighup_with_a_bad_config_keeps_the_old_one_and_a_good_one_applies() {
     let ctl = start(&lab, &dirs, &["--config", config.to_str().unwrap()]);
     let sock = udp_bind(&lab.filter, sa(FILTER_V4, WG_PORT));
     let send = |port: u16| {
-        vpn_filter_tests::netns::udp_send(&lab.client, sa(UNREGISTERED_V4, port), sa(FILTER_V4, WG_PORT), &wireguard_initiation(port as u32));
+        vpn_filter_tests::netns::udp_send(
+            &lab.client,
+            sa(UNREGISTERED_V4, port),
+            sa(FILTER_V4, WG_PORT),
+            &wireguard_initiation(port as u32),
+        );
         vpn_filter_tests::netns::udp_drain(&sock, Duration::from_millis(300)).len()
     };
     assert_eq!(send(41000), 0, "enforced");
 
-    std::fs::write(&config, "[policy]\nwireguard = \"maybe\"\nflow-entrie = 3\n").unwrap();
+    std::fs::write(
+        &config,
+        "[policy]\nwireguard = \"maybe\"\nflow-entrie = 3\n",
+    )
+    .unwrap();
     ctl.signal(libc::SIGHUP);
     ctl.wait_stderr("configuration not reloaded", Duration::from_secs(5));
     let err = ctl.stderr_lines().join("\n");
-    assert!(err.contains("flow-entrie") || err.contains("maybe"), "the error names the problem: {err}");
+    assert!(
+        err.contains("flow-entrie") || err.contains("maybe"),
+        "the error names the problem: {err}"
+    );
     assert_eq!(send(41001), 0, "the old policy stays in force");
 
     std::fs::write(&config, "[policy]\nwireguard = \"monitor\"\n").unwrap();
@@ -300,8 +403,15 @@ fn sighup_with_a_bad_config_keeps_the_old_one_and_a_good_one_applies() {
     ctl.wait_stderr("configuration reloaded", Duration::from_secs(5));
     assert_eq!(send(41002), 1, "monitor: the initiation passes");
     let deadline = Instant::now() + Duration::from_secs(3);
-    while !ctl.stdout_lines().iter().any(|l| l.contains("\"monitored\"")) {
-        assert!(Instant::now() < deadline, "a monitored event is still emitted");
+    while !ctl
+        .stdout_lines()
+        .iter()
+        .any(|l| l.contains("\"monitored\""))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a monitored event is still emitted"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -324,12 +434,33 @@ fn the_controller_keeps_only_cap_bpf_net_admin_and_perfmon() {
     let want = (1u64 << 12) | (1 << 38) | (1 << 39);
     assert_eq!(u64::from_str_radix(&field("CapEff:"), 16).unwrap(), want);
     assert_eq!(u64::from_str_radix(&field("CapPrm:"), 16).unwrap(), want);
-    let uid: u32 = field("Uid:").split_whitespace().next().unwrap().parse().unwrap();
+    let uid: u32 = field("Uid:")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_ne!(uid, 0, "no longer root");
     // It still does its job: a registry change is applied to the kernel map.
-    std::fs::write(dirs.registry(), registry_json(2, &[("REG-1", &[REGISTERED_V4]), ("REG-2", &[UNREGISTERED_V4])])).unwrap();
+    std::fs::write(
+        dirs.registry(),
+        registry_json(
+            2,
+            &[("REG-1", &[REGISTERED_V4]), ("REG-2", &[UNREGISTERED_V4])],
+        ),
+    )
+    .unwrap();
     ctl.wait_stderr("serial 2", Duration::from_secs(5));
     let sock = udp_bind(&lab.filter, sa(FILTER_V4, WG_PORT));
-    vpn_filter_tests::netns::udp_send(&lab.client, sa(UNREGISTERED_V4, 40002), sa(FILTER_V4, WG_PORT), &wireguard_initiation(5));
-    assert_eq!(vpn_filter_tests::netns::udp_drain(&sock, Duration::from_millis(400)).len(), 1, "now registered");
+    vpn_filter_tests::netns::udp_send(
+        &lab.client,
+        sa(UNREGISTERED_V4, 40002),
+        sa(FILTER_V4, WG_PORT),
+        &wireguard_initiation(5),
+    );
+    assert_eq!(
+        vpn_filter_tests::netns::udp_drain(&sock, Duration::from_millis(400)).len(),
+        1,
+        "now registered"
+    );
 }

@@ -124,9 +124,21 @@ fn publish(path: &Path, content: &str) {
     std::fs::rename(&tmp, path).expect("rename feed");
 }
 
-/// The controller running in the lab's filter namespace.
+/// The controller running in the lab's filter namespace, without pins (so a restart starts
+/// from an empty kernel allowlist and only the persisted feed can restore it).
 fn start(lab: &FilterLab, dir: &TempDir, registry: &str, extra: &[&str]) -> Process {
-    let mut cmd = lab.filter.command(controller());
+    let mut args = vec!["--no-pin"];
+    args.extend_from_slice(extra);
+    start_with(lab.filter.command(controller()), lab, dir, registry, &args)
+}
+
+fn start_with(
+    mut cmd: Command,
+    lab: &FilterLab,
+    dir: &TempDir,
+    registry: &str,
+    extra: &[&str],
+) -> Process {
     cmd.args(["run", "--iface", &lab.filter_if, "--registry", registry])
         .arg("--state-dir")
         .arg(dir.join("state"))
@@ -534,12 +546,18 @@ fn a_restart_with_the_file_gone_enforces_the_persisted_last_good_feed() {
 fn a_first_start_without_source_or_persisted_feed_fails_clearly() {
     let lab = Lab::new("none");
     let mut cmd = lab.lab.filter.command(controller());
-    cmd.args(["run", "--iface", &lab.lab.filter_if, "--registry"])
-        .arg(lab.feed_path())
-        .arg("--state-dir")
-        .arg(lab.dir.join("state"))
-        .arg("--control-socket")
-        .arg(lab.dir.join("control.sock"));
+    cmd.args([
+        "run",
+        "--no-pin",
+        "--iface",
+        &lab.lab.filter_if,
+        "--registry",
+    ])
+    .arg(lab.feed_path())
+    .arg("--state-dir")
+    .arg(lab.dir.join("state"))
+    .arg("--control-socket")
+    .arg(lab.dir.join("control.sock"));
     let out = cmd.output().expect("run the controller");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "must fail: {stderr}");
@@ -1136,6 +1154,57 @@ fn a_feed_signed_with_openssl_as_documented_validates_and_a_tampered_one_does_no
 }
 
 #[test]
+fn check_asks_the_running_filter_s_pinned_allowlist_and_names_the_entry() {
+    let lab = Lab::new("kchk");
+    let bpffs = vpn_filter_tests::netns::BpfFsDir::new("kchk");
+    publish(
+        &lab.feed_path(),
+        &feed_json(4, &[approved("REG-1", &["10.77.0.0/30"])]),
+    );
+    // Pins in this process's mount namespace, so `check` (run from here) sees them.
+    let p = start_with(
+        lab.lab.filter.command_keep_mounts(controller()),
+        &lab.lab,
+        &lab.dir,
+        &lab.registry(),
+        &[
+            "--bpffs-dir",
+            &bpffs.path().join("vf").display().to_string(),
+            "--lock-file",
+            &lab.dir.join("pins.lock").display().to_string(),
+            "--detach-on-exit",
+        ],
+    );
+    p.wait_stderr("registry serial 4 applied", STARTUP);
+    let check = |addr: &str| {
+        let out = Command::new(controller())
+            .args(["check", addr, "--state-dir"])
+            .arg(lab.dir.join("state"))
+            .arg("--bpffs-dir")
+            .arg(bpffs.path().join("vf"))
+            .output()
+            .expect("run check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, out) = check(REGISTERED_V4);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("running filter (kernel allowlist pinned in")
+            && out.contains(
+                "ALLOWED\n    by entry REG-1 \"holder of REG-1\" (company) via 10.77.0.0/30"
+            ),
+        "the kernel's answer, named through the last applied feed:\n{out}"
+    );
+    let (code, out) = check("10.77.0.9");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("NOT ALLOWED"), "{out}");
+    stop(&p);
+}
+
+#[test]
 fn check_names_the_entry_that_allows_an_address_in_a_feed_and_in_the_running_filter() {
     let lab = Lab::new("chk");
     publish(
@@ -1159,7 +1228,7 @@ fn check_names_the_entry_that_allows_an_address_in_a_feed_and_in_the_running_fil
             .arg(lab.feed_path())
             .arg("--state-dir")
             .arg(lab.dir.join("state"))
-            .arg("--pin-dir")
+            .arg("--bpffs-dir")
             .arg(lab.dir.join("no-pins"))
             .output()
             .expect("run check");

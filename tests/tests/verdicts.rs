@@ -1821,15 +1821,33 @@ fn tiny_first_fragments_are_dropped_and_counted_whatever_they_carry() {
     for (what, frame) in [
         (
             "ipv4 first fragment with 8 bytes of a WireGuard initiation",
-            Frame::eth().ipv4(C4, S4).fragment(true, 0).udp(40000, 51820).udp_len(156).payload(&wg[..8]).build(),
+            Frame::eth()
+                .ipv4(C4, S4)
+                .fragment(true, 0)
+                .udp(40000, 51820)
+                .udp_len(156)
+                .payload(&wg[..8])
+                .build(),
         ),
         (
             "ipv6 first fragment with 4 payload bytes",
-            Frame::eth().ipv6(c6(), s6()).fragment(true, 0).udp(40000, 51820).udp_len(156).payload(&wg[..4]).build(),
+            Frame::eth()
+                .ipv6(c6(), s6())
+                .fragment(true, 0)
+                .udp(40000, 51820)
+                .udp_len(156)
+                .payload(&wg[..4])
+                .build(),
         ),
         (
             "ipv4 first fragment of a registered client with 8 payload bytes",
-            Frame::eth().ipv4(REG_V4, S4).fragment(true, 0).udp(53, 53).udp_len(600).payload(dns).build(),
+            Frame::eth()
+                .ipv4(REG_V4, S4)
+                .fragment(true, 0)
+                .udp(53, 53)
+                .udp_len(600)
+                .payload(dns)
+                .build(),
         ),
     ] {
         let before = filter.stats().unwrap().counter(Counter::TinyFragment);
@@ -1839,7 +1857,13 @@ fn tiny_first_fragments_are_dropped_and_counted_whatever_they_carry() {
     }
     // A first fragment with 16 payload bytes is an ordinary first fragment: judged, and
     // ordinary traffic passes.
-    let frame = Frame::eth().ipv4(C4, S4).fragment(true, 0).udp(53, 53).udp_len(600).payload(&[0x55; 16]).build();
+    let frame = Frame::eth()
+        .ipv4(C4, S4)
+        .fragment(true, 0)
+        .udp(53, 53)
+        .udp_len(600)
+        .payload(&[0x55; 16])
+        .build();
     assert_eq!(filter.run_frame(&frame).unwrap(), XDP_PASS);
 }
 

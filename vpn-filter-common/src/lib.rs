@@ -24,6 +24,11 @@ pub mod maps {
     pub const EVENT_LIMIT: &str = "EVENT_LIMIT";
     pub const FLOW_GATE: &str = "FLOW_GATE";
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+    /// Fast-path verdict structures in front of the allowlist tries (see [`super::FastLengths`]).
+    pub const FAST_BITMAPS: &str = "FAST_BITMAPS";
+    pub const FAST_V4_LONG: &str = "FAST_V4_LONG";
+    pub const FAST_V6: &str = "FAST_V6";
+    pub const FAST_LENGTHS: &str = "FAST_LENGTHS";
 }
 
 /// Version of the pinned map layout (`<bpffs>/vpn-filter/v<N>/maps`). Bump it whenever a map's
@@ -265,6 +270,11 @@ pub struct Config {
     /// Events per CPU per second over all sources (default 10,000): a flood from millions of
     /// spoofed sources must not try to emit one record per packet.
     pub events_per_cpu_per_sec: u32,
+    /// How the datapath answers "is this address registered?" ([`AllowlistLookup`]; 0 means
+    /// [`DEFAULT_ALLOWLIST_LOOKUP`]).
+    pub allowlist_lookup: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
 }
 
 pub const DEFAULT_BLOCKED_FLOW_TIMEOUT_NS: u64 = 120_000_000_000;
@@ -272,6 +282,89 @@ pub const DEFAULT_ALLOWED_FLOW_TIMEOUT_NS: u64 = 30_000_000_000;
 pub const DEFAULT_PENDING_FLOW_TIMEOUT_NS: u64 = 10_000_000_000;
 pub const DEFAULT_EVENTS_PER_SOURCE_PER_SEC: u32 = 5;
 pub const DEFAULT_EVENTS_PER_CPU_PER_SEC: u32 = 10_000;
+/// [`AllowlistLookup`] used when [`Config::allowlist_lookup`] is zero.
+pub const DEFAULT_ALLOWLIST_LOOKUP: AllowlistLookup = AllowlistLookup::Fast;
+
+wire_enum! {
+    /// How the datapath decides whether an address is registered (the value of
+    /// [`Config::allowlist_lookup`]). All give the same answers; they differ in cost.
+    pub enum AllowlistLookup {
+        /// The built-in default ([`DEFAULT_ALLOWLIST_LOOKUP`]).
+        Default = 0 => "default",
+        /// The LPM tries alone (`ALLOW_V4`, `ALLOW_V6`).
+        Trie = 1 => "trie",
+        /// IPv4: a bitmap over /24s for prefixes of /24 and shorter, exact-match hash probes
+        /// for the longer lengths present. IPv6: exact-match hash probes over the lengths
+        /// present (the trie when more than [`FAST_V6_MAX_LENGTHS`] lengths are in use).
+        Fast = 2 => "fast",
+        /// IPv4: the /24 bitmap, then the trie only when longer prefixes exist. IPv6: the
+        /// trie. (A benchmark comparison point.)
+        BitmapTrie = 3 => "bitmap_trie",
+    }
+}
+
+/// Words of the fast path's bitmaps (`FAST_BITMAPS`): three regions of 2^24 bits each.
+/// From word 0: bit `n` set when the IPv4 /24 number `n` lies in a registered prefix of /24
+/// or shorter (exact). From [`FAST_BITMAP_V4_LONG`]: bit `n` set when a /25../32 prefix lies
+/// in the /24 number `n` (a filter: only then are the long-prefix hashes probed). From
+/// [`FAST_BITMAP_V6`]: bit [`fast_v6_filter_bit`]`(x)` set for every /32 `x` (top 32 bits of
+/// the address) that an IPv6 prefix overlaps (a filter in front of the IPv6 hashes, unused
+/// while [`FastLengths::v6_unfiltered`] is set).
+pub const FAST_BITMAP_WORDS: u32 = 3 << 18;
+/// First word of the IPv4 long-prefix filter in `FAST_BITMAPS`.
+pub const FAST_BITMAP_V4_LONG: u32 = 1 << 18;
+/// First word of the IPv6 filter in `FAST_BITMAPS`.
+pub const FAST_BITMAP_V6: u32 = 2 << 18;
+/// The bit of the IPv6 filter for the /32 whose top 32 bits are `top32` (Fibonacci hashing
+/// onto 2^24 bits).
+#[inline(always)]
+pub const fn fast_v6_filter_bit(top32: u32) -> u32 {
+    top32.wrapping_mul(0x9e37_79b1) >> 8
+}
+
+/// IPv6 prefixes shorter than this leave the IPv6 filter unused (too many /32s to mark).
+pub const FAST_V6_FILTER_MIN_LEN: u8 = 16;
+
+/// Most distinct IPv6 prefix lengths the fast path probes; more and IPv6 uses the trie.
+pub const FAST_V6_MAX_LENGTHS: usize = 16;
+/// [`FastLengths::v6_count`] value meaning "IPv6 lookups use the trie".
+pub const FAST_V6_USE_TRIE: u8 = 0xff;
+
+/// Key of the fast path's IPv4 hash (`FAST_V4_LONG`, prefixes /25../32): the prefix address
+/// (host bits zero) and its length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FastKeyV4 {
+    pub addr: [u8; 4],
+    pub len: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of the fast path's IPv6 hash (`FAST_V6`, every IPv6 prefix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FastKeyV6 {
+    pub addr: [u8; 16],
+    pub len: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Which prefix lengths the fast path's hashes hold (single slot of `FAST_LENGTHS`). The
+/// controller only adds lengths before adding entries and removes them after removing entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FastLengths {
+    /// Bit `len - 25` set when `FAST_V4_LONG` may hold prefixes of length `len` (25..=32).
+    pub v4_long: u32,
+    /// Number of valid entries of `v6`, or [`FAST_V6_USE_TRIE`].
+    pub v6_count: u8,
+    /// 1 when an IPv6 prefix is shorter than [`FAST_V6_FILTER_MIN_LEN`]: the IPv6 filter is
+    /// not consulted.
+    pub v6_unfiltered: u8,
+    pub _pad: [u8; 2],
+    /// IPv6 lengths present, longest first.
+    pub v6: [u8; FAST_V6_MAX_LENGTHS],
+}
 
 /// Key of the flow map: the two endpoints in canonical order (lower address/port first), so
 /// both directions of a flow find the same entry.
@@ -385,6 +478,9 @@ mod user {
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for RateState {}
+    unsafe impl aya::Pod for FastKeyV4 {}
+    unsafe impl aya::Pod for FastKeyV6 {}
+    unsafe impl aya::Pod for FastLengths {}
 }
 
 #[cfg(test)]
@@ -398,7 +494,10 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowState>(), 24);
         assert_eq!(size_of::<Event>(), 64);
-        assert_eq!(size_of::<Config>(), 32);
+        assert_eq!(size_of::<Config>(), 40);
+        assert_eq!(size_of::<FastKeyV4>(), 8);
+        assert_eq!(size_of::<FastKeyV6>(), 20);
+        assert_eq!(size_of::<FastLengths>(), 24);
         assert_eq!(size_of::<RateState>(), 16);
     }
 

@@ -28,8 +28,13 @@ fn arg_id(key: &str) -> String {
 /// Reads `file` and merges it under the command line: a key from the file is used unless
 /// the same setting was given as a flag. `cli` must serialise to a flat JSON object whose keys
 /// are the config keys.
-pub fn merge<T: Serialize + DeserializeOwned>(cli: &T, matches: &ArgMatches, file: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading config {}", file.display()))?;
+pub fn merge<T: Serialize + DeserializeOwned>(
+    cli: &T,
+    matches: &ArgMatches,
+    file: &Path,
+) -> Result<T> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading config {}", file.display()))?;
     merge_str(cli, matches, &text, &file.display().to_string())
 }
 
@@ -40,9 +45,13 @@ pub fn merge_str<T: Serialize + DeserializeOwned>(
     text: &str,
     name: &str,
 ) -> Result<T> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow!("{name}: {e}"))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| anyhow!("{name}: {e}"))?;
     let mut merged = serde_json::to_value(cli).context("serialising the command line")?;
-    let obj = merged.as_object_mut().ok_or_else(|| anyhow!("settings are not a table"))?;
+    let obj = merged
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("settings are not a table"))?;
     let known: BTreeSet<String> = obj.keys().cloned().collect();
     for (key, value) in table {
         if !known.contains(&key) {
@@ -51,7 +60,10 @@ pub fn merge_str<T: Serialize + DeserializeOwned>(
                 known.iter().cloned().collect::<Vec<_>>().join(", ")
             );
         }
-        let from_cli = matches!(matches.value_source(&arg_id(&key)), Some(ValueSource::CommandLine));
+        let from_cli = matches!(
+            matches.value_source(&arg_id(&key)),
+            Some(ValueSource::CommandLine)
+        );
         if from_cli {
             continue;
         }
@@ -74,9 +86,9 @@ fn to_json(key: &str, value: toml::Value) -> Result<Value> {
         if let toml::Value::Table(t) = value {
             let mut list = Vec::new();
             for (proto, mode) in t {
-                let mode = mode
-                    .as_str()
-                    .ok_or_else(|| anyhow!("`{proto}` must be a string: enforce, monitor or off"))?;
+                let mode = mode.as_str().ok_or_else(|| {
+                    anyhow!("`{proto}` must be a string: enforce, monitor or off")
+                })?;
                 list.push(Value::String(format!("{proto}={mode}")));
             }
             return Ok(Value::Array(list));
@@ -112,7 +124,11 @@ mod tests {
 
     #[test]
     fn file_values_fill_what_the_command_line_did_not_set() {
-        let a = parse(&["x"], "interfaces = [\"eth0\"]\nflow-entries = 99\n[policy]\nopenvpn = \"monitor\"\n").unwrap();
+        let a = parse(
+            &["x"],
+            "interfaces = [\"eth0\"]\nflow-entries = 99\n[policy]\nopenvpn = \"monitor\"\n",
+        )
+        .unwrap();
         assert_eq!(a.ifaces, vec!["eth0"]);
         assert_eq!(a.flow_entries, 99);
         assert_eq!(a.policy, vec!["openvpn=monitor"]);
@@ -120,7 +136,11 @@ mod tests {
 
     #[test]
     fn command_line_flags_override_the_file() {
-        let a = parse(&["x", "--flow-entries", "5", "--iface", "eth9"], "interfaces = [\"eth0\"]\nflow-entries = 99\n").unwrap();
+        let a = parse(
+            &["x", "--flow-entries", "5", "--iface", "eth9"],
+            "interfaces = [\"eth0\"]\nflow-entries = 99\n",
+        )
+        .unwrap();
         assert_eq!(a.flow_entries, 5);
         assert_eq!(a.ifaces, vec!["eth9"]);
     }
@@ -129,9 +149,13 @@ mod tests {
     fn errors_name_the_key() {
         let e = parse(&["x"], "flow-entrie = 3\n").unwrap_err().to_string();
         assert!(e.contains("unknown key `flow-entrie`"), "{e}");
-        let e = parse(&["x"], "flow-entries = \"many\"\n").unwrap_err().to_string();
+        let e = parse(&["x"], "flow-entries = \"many\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("key `flow-entries`"), "{e}");
-        let e = parse(&["x"], "[policy]\nwireguard = 3\n").unwrap_err().to_string();
+        let e = parse(&["x"], "[policy]\nwireguard = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("key `policy`") && e.contains("wireguard"), "{e}");
         let e = parse(&["x"], "flow-entries = \n").unwrap_err().to_string();
         assert!(e.contains("test.toml"), "{e}");

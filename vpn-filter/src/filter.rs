@@ -32,7 +32,10 @@ pub fn if_index(iface: &str) -> Result<u32> {
     // SAFETY: valid NUL-terminated name.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if i == 0 {
-        bail!("no interface named {iface} ({})", std::io::Error::last_os_error());
+        bail!(
+            "no interface named {iface} ({})",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(i)
 }
@@ -73,9 +76,10 @@ pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpn-filter.bpf.o"));
 
 /// Benchmark and test programs only, never attached by the controller: `bench_pass`
-/// (returns `XDP_PASS`), `bench_count_drop` (per-CPU count in `BENCH_COUNT`, `XDP_DROP`) and
-/// `bench_gen` (the live-frames traffic generator). Built by build.rs from
-/// `vpn-filter-ebpf/src/bin/bench.rs`.
+/// (returns `XDP_PASS`), `bench_count_drop` (per-CPU count in `BENCH_COUNT`, `XDP_DROP`),
+/// `bench_gen` (the live-frames traffic generator) and `bench_mutate` (writes the next source
+/// address from a table into the frame, then tail-calls the program under test). Built by
+/// build.rs from `vpn-filter-ebpf/src/bin/bench.rs`.
 pub static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpn-filter-bench.bpf.o"));
 
@@ -156,7 +160,9 @@ impl Default for LoadOptions {
 
 /// How to attach: `Auto` tries native (driver) mode and falls back to generic (skb) mode with
 /// a warning; the others insist.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     Auto,
@@ -227,6 +233,8 @@ pub struct Filter {
     /// sync, or after a failed one: then the tries are read (adopting what a previous
     /// controller left in pinned maps).
     applied: Option<Applied>,
+    /// What the fast-path maps hold, as last written by this controller (`None`: read them).
+    fast: Option<crate::fastpath::FastState>,
 }
 
 /// One interface the program is attached to.
@@ -255,7 +263,11 @@ pub enum Attached {
 
 /// Keeps the verifier's verdict readable: its last lines say why.
 fn load_error(e: aya::programs::ProgramError) -> anyhow::Error {
-    if let aya::programs::ProgramError::LoadError { io_error, verifier_log } = &e {
+    if let aya::programs::ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &e
+    {
         let log = verifier_log.to_string();
         let lines: Vec<&str> = log.lines().collect();
         let tail = lines[lines.len().saturating_sub(25)..].join("\n");
@@ -294,10 +306,13 @@ impl Filter {
         config: &Config,
         pins: Option<PinDir>,
     ) -> Result<Self> {
+        let pins_none = pins.is_none();
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(maps::ALLOW_V4, options.allow_v4_entries)
             .map_max_entries(maps::ALLOW_V6, options.allow_v6_entries)
+            .map_max_entries(maps::FAST_V4_LONG, options.allow_v4_entries)
+            .map_max_entries(maps::FAST_V6, options.allow_v6_entries)
             .map_max_entries(maps::FLOWS, options.flow_entries);
         if let Some(pins) = &pins {
             for shape in crate::pin::expected_maps(&options) {
@@ -321,6 +336,8 @@ impl Filter {
             options,
             links: Vec::new(),
             pins,
+            // Maps created by this load are empty; pinned ones may hold a predecessor's.
+            fast: pins_none.then(crate::fastpath::FastState::empty),
             applied: None,
         };
         filter.set_policy(policy)?;
@@ -377,13 +394,22 @@ impl Filter {
                         let fd_link: FdLink = PinnedLink::from_pin(&pin_path)
                             .with_context(|| format!("opening pinned link {}", pin_path.display()))?
                             .into();
-                        let xdp_link = XdpLink::try_from(fd_link)
-                            .with_context(|| format!("{} is not an XDP link", pin_path.display()))?;
-                        let link = self
-                            .program_mut()
-                            .attach_to_link(xdp_link)
-                            .with_context(|| format!("replacing the program on {iface}'s pinned link"))?;
-                        self.links.push(Attachment { iface: iface.into(), mode: None, ifindex, pinned: true, link });
+                        let xdp_link = XdpLink::try_from(fd_link).with_context(|| {
+                            format!("{} is not an XDP link", pin_path.display())
+                        })?;
+                        let link =
+                            self.program_mut()
+                                .attach_to_link(xdp_link)
+                                .with_context(|| {
+                                    format!("replacing the program on {iface}'s pinned link")
+                                })?;
+                        self.links.push(Attachment {
+                            iface: iface.into(),
+                            mode: None,
+                            ifindex,
+                            pinned: true,
+                            link,
+                        });
                         return Ok(Attached::Replaced);
                     }
                     Ok(state) => {
@@ -393,24 +419,43 @@ impl Filter {
                             state.ifindex
                         );
                     }
-                    Err(e) => log::warn!("{iface}: pinned link {} unusable ({e:#}); attaching anew", pin_path.display()),
+                    Err(e) => log::warn!(
+                        "{iface}: pinned link {} unusable ({e:#}); attaching anew",
+                        pin_path.display()
+                    ),
                 }
-                std::fs::remove_file(&pin_path).with_context(|| format!("removing stale pin {}", pin_path.display()))?;
+                std::fs::remove_file(&pin_path)
+                    .with_context(|| format!("removing stale pin {}", pin_path.display()))?;
             }
         }
         let (link, used) = attach_new(self.program_mut(), iface, mode)?;
         let pinned = if let Some(pin_path) = self.pins.as_ref().map(|p| p.link_path(iface)) {
             let prog = self.program_mut();
             let xdp_link = prog.take_link(link)?;
-            let fd_link = FdLink::try_from(xdp_link)
-                .with_context(|| format!("{iface}: the kernel gave a netlink XDP attachment, which cannot be pinned"))?;
-            let pinned = fd_link.pin(&pin_path).with_context(|| format!("pinning {}", pin_path.display()))?;
+            let fd_link = FdLink::try_from(xdp_link).with_context(|| {
+                format!("{iface}: the kernel gave a netlink XDP attachment, which cannot be pinned")
+            })?;
+            let pinned = fd_link
+                .pin(&pin_path)
+                .with_context(|| format!("pinning {}", pin_path.display()))?;
             let fd_link: FdLink = pinned.into();
             let link = prog.attach_to_link(XdpLink::try_from(fd_link)?)?;
-            self.links.push(Attachment { iface: iface.into(), mode: Some(used), ifindex, pinned: true, link });
+            self.links.push(Attachment {
+                iface: iface.into(),
+                mode: Some(used),
+                ifindex,
+                pinned: true,
+                link,
+            });
             true
         } else {
-            self.links.push(Attachment { iface: iface.into(), mode: Some(used), ifindex, pinned: false, link });
+            self.links.push(Attachment {
+                iface: iface.into(),
+                mode: Some(used),
+                ifindex,
+                pinned: false,
+                link,
+            });
             false
         };
         log::debug!("{iface}: attached (pinned: {pinned})");
@@ -426,8 +471,11 @@ impl Filter {
     /// Interfaces still missing are returned in the second list.
     pub fn reattach_lost(&mut self, mode: AttachMode) -> Result<(Vec<String>, Vec<String>)> {
         let (mut back, mut missing) = (Vec::new(), Vec::new());
-        let ifaces: Vec<(String, u32, bool)> =
-            self.links.iter().map(|a| (a.iface.clone(), a.ifindex, a.pinned)).collect();
+        let ifaces: Vec<(String, u32, bool)> = self
+            .links
+            .iter()
+            .map(|a| (a.iface.clone(), a.ifindex, a.pinned))
+            .collect();
         for (iface, ifindex, pinned) in ifaces {
             let now = if_index(&iface).ok();
             let link_ok = match (&self.pins, pinned) {
@@ -462,11 +510,14 @@ impl Filter {
                 if let Some(p) = &self.pins {
                     let path = p.link_path(&a.iface);
                     if path.exists() {
-                        std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+                        std::fs::remove_file(&path)
+                            .with_context(|| format!("unpinning {}", path.display()))?;
                     }
                 }
             }
-            self.program_mut().detach(a.link).with_context(|| format!("detaching from {}", a.iface))?;
+            self.program_mut()
+                .detach(a.link)
+                .with_context(|| format!("detaching from {}", a.iface))?;
         }
         Ok(())
     }
@@ -536,6 +587,13 @@ impl Filter {
                 self.read_allowlist()?
             }
         };
+        let fast_have = match self.fast.take() {
+            Some(f) => f,
+            None => crate::fastpath::FastState::read(self)?,
+        };
+        let fast_want = crate::fastpath::FastState::from_applied(&want);
+        let fast_plan = crate::fastpath::Plan::new(&fast_have, &fast_want, cap_v4, cap_v6);
+        drop(fast_have);
         let plan_v4 = diff::plan(&have.v4, &want.v4);
         let plan_v6 = diff::plan(&have.v6, &want.v6);
         // Additions of both families before removals of either.
@@ -562,13 +620,16 @@ impl Filter {
             self.write_v6(|t| remove_all(t, first_v6))?;
             self.write_v4(|t| upsert_all(t, &plan_v4.upserts))?;
             self.write_v6(|t| upsert_all(t, &plan_v6.upserts))?;
+            fast_plan.grow(self)?;
             self.write_v4(|t| remove_all(t, rest_v4))?;
             self.write_v6(|t| remove_all(t, rest_v6))?;
+            fast_plan.shrink(self)?;
             Ok(())
         })();
         match result {
             Ok(()) => {
                 self.applied = Some(want);
+                self.fast = Some(fast_want);
                 if report.removed > 0 {
                     match self.block_revoked_flows(want_allowlist) {
                         Ok(n) => report.flows_blocked = n,
@@ -587,6 +648,7 @@ impl Filter {
     /// Marks blocked every allowed flow with no endpoint in `allow`; returns how many.
     fn block_revoked_flows(&mut self, allow: &Allowlist) -> Result<usize> {
         use vpn_filter_common::{FlowKey, FlowState, FlowStatus, FAMILY_V4};
+        let budget = 2 * self.options.flow_entries as usize;
         let mut flows: aya::maps::HashMap<&mut MapData, FlowKey, FlowState> =
             aya::maps::HashMap::try_from(self.map_mut(maps::FLOWS)?)?;
         let endpoint = |family: u8, a: [u8; 16]| -> IpAddr {
@@ -596,14 +658,18 @@ impl Filter {
                 std::net::Ipv6Addr::from(a).into()
             }
         };
+        // Membership by prefix length: a handful of hash probes per address instead of a
+        // scan of every prefix (a million prefixes times a full flow map would never end).
+        let index = CoverIndex::new(allow);
         let mut stale = Vec::new();
-        // Entries evicted during the walk are skipped by the iterator.
-        for (k, v) in flows.iter().flatten() {
+        // Entries evicted during the walk are skipped by the iterator; a flood inserting new
+        // flows meanwhile could keep the walk going, so it stops after one map's worth.
+        for (k, v) in flows.iter().flatten().take(budget) {
             if v.status != FlowStatus::Allowed as u8 {
                 continue;
             }
-            let registered = allow.lookup(endpoint(k.family, k.lo_addr)).is_some()
-                || allow.lookup(endpoint(k.family, k.hi_addr)).is_some();
+            let registered = index.covers(endpoint(k.family, k.lo_addr))
+                || index.covers(endpoint(k.family, k.hi_addr));
             if !registered {
                 stale.push((k, v));
             }
@@ -837,5 +903,103 @@ impl Stats {
             .map(|(c, n)| (c.name().to_string(), (*n).into()))
             .collect();
         serde_json::json!({ "protocols": protocols, "counters": counters })
+    }
+}
+
+/// Which addresses an [`Allowlist`] covers, answered with one hash probe per prefix length
+/// present.
+struct CoverIndex {
+    v4: Vec<(u8, std::collections::HashSet<u32>)>,
+    v6: Vec<(u8, std::collections::HashSet<u128>)>,
+}
+
+impl CoverIndex {
+    fn new(allow: &Allowlist) -> Self {
+        let mut v4: BTreeMap<u8, std::collections::HashSet<u32>> = BTreeMap::new();
+        let mut v6: BTreeMap<u8, std::collections::HashSet<u128>> = BTreeMap::new();
+        for p in allow.prefixes.keys() {
+            match p {
+                Prefix::V4 { addr, len } => {
+                    v4.entry(*len)
+                        .or_default()
+                        .insert(u32::from_be_bytes(*addr));
+                }
+                Prefix::V6 { addr, len } => {
+                    v6.entry(*len)
+                        .or_default()
+                        .insert(u128::from_be_bytes(*addr));
+                }
+            }
+        }
+        CoverIndex {
+            v4: v4.into_iter().collect(),
+            v6: v6.into_iter().collect(),
+        }
+    }
+
+    fn covers(&self, ip: IpAddr) -> bool {
+        match canonical_ip(ip) {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                self.v4.iter().any(|(len, set)| {
+                    let mask = if *len == 0 { 0 } else { u32::MAX << (32 - len) };
+                    set.contains(&(a & mask))
+                })
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                self.v6.iter().any(|(len, set)| {
+                    let mask = if *len == 0 {
+                        0
+                    } else {
+                        u128::MAX << (128 - len)
+                    };
+                    set.contains(&(a & mask))
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod cover_tests {
+    use super::*;
+
+    #[test]
+    fn cover_index_agrees_with_the_allowlist_lookup() {
+        let mut allow = Allowlist::default();
+        for (i, p) in [
+            "10.0.0.0/8",
+            "192.0.2.7/32",
+            "198.51.100.0/25",
+            "2001:db8::/32",
+            "2001:db8:1::5/128",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let id: std::sync::Arc<str> = format!("E{i}").into();
+            allow.prefixes.insert(
+                p.parse().unwrap(),
+                crate::registry::AllowedBy { id, tag: i as u64 },
+            );
+        }
+        let index = CoverIndex::new(&allow);
+        for ip in [
+            "10.1.2.3",
+            "11.0.0.1",
+            "192.0.2.7",
+            "192.0.2.8",
+            "198.51.100.127",
+            "198.51.100.128",
+            "::ffff:10.9.9.9",
+            "2001:db8:ffff::1",
+            "2001:db9::1",
+            "2001:db8:1::5",
+            "2001:db8:1::6",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(index.covers(ip), allow.lookup(ip).is_some(), "{ip}");
+        }
     }
 }

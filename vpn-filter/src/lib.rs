@@ -2,9 +2,10 @@
 //! sync and the event stream. The `vpn-filter` binary is a thin CLI over it; the integration
 //! tests drive it directly.
 
-pub mod control;
 pub mod config;
+pub mod control;
 pub mod events;
+pub mod fastpath;
 pub mod filter;
 pub mod lifecycle;
 pub mod metrics;

@@ -47,7 +47,9 @@ impl LifecycleArgs {
     }
 
     pub fn lock_path(&self) -> PathBuf {
-        self.lock_file.clone().unwrap_or_else(|| default_lock_path(&self.bpffs_dir))
+        self.lock_file
+            .clone()
+            .unwrap_or_else(|| default_lock_path(&self.bpffs_dir))
     }
 }
 

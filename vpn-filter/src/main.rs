@@ -56,10 +56,15 @@ struct DetachArgs {
 
 fn detach(args: DetachArgs) -> anyhow::Result<()> {
     let pins = vpn_filter::pin::PinDir::new(&args.bpffs_dir);
-    let lock = args.lock_file.unwrap_or_else(|| vpn_filter::pin::default_lock_path(&args.bpffs_dir));
+    let lock = args
+        .lock_file
+        .unwrap_or_else(|| vpn_filter::pin::default_lock_path(&args.bpffs_dir));
     let report = vpn_filter::pin::detach(&pins, args.iface.as_deref(), &lock)?;
     if report.links.is_empty() {
-        println!("no vpn-filter link was pinned under {}", pins.links_dir().display());
+        println!(
+            "no vpn-filter link was pinned under {}",
+            pins.links_dir().display()
+        );
     }
     for i in &report.links {
         println!("detached from {i}");
@@ -89,11 +94,25 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => {
             // With --config, the file fills what the command line did not set; SIGHUP re-reads it.
-            let run_matches = matches.subcommand_matches("run").cloned().expect("the run subcommand");
+            let run_matches = matches
+                .subcommand_matches("run")
+                .cloned()
+                .expect("the run subcommand");
             let settings = match &args.config {
                 Some(path) => {
-                    let reloader = Reloader { matches: run_matches, path: path.clone() };
-                    reloader.load(&args).map(|merged| (merged, Some(Reload { reloader, cli: args.clone() })))
+                    let reloader = Reloader {
+                        matches: run_matches,
+                        path: path.clone(),
+                    };
+                    reloader.load(&args).map(|merged| {
+                        (
+                            merged,
+                            Some(Reload {
+                                reloader,
+                                cli: args.clone(),
+                            }),
+                        )
+                    })
                 }
                 None => Ok((args, None)),
             };

@@ -66,6 +66,34 @@ pub fn expected_maps(options: &LoadOptions) -> Vec<MapShape> {
             max_entries: options.allow_v6_entries,
         },
         MapShape {
+            name: maps::FAST_BITMAPS,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 8,
+            max_entries: vpn_filter_common::FAST_BITMAP_WORDS,
+        },
+        MapShape {
+            name: maps::FAST_V4_LONG,
+            map_type: MapType::Hash,
+            key_size: s(size_of::<vpn_filter_common::FastKeyV4>()),
+            value_size: 1,
+            max_entries: options.allow_v4_entries,
+        },
+        MapShape {
+            name: maps::FAST_V6,
+            map_type: MapType::Hash,
+            key_size: s(size_of::<vpn_filter_common::FastKeyV6>()),
+            value_size: 1,
+            max_entries: options.allow_v6_entries,
+        },
+        MapShape {
+            name: maps::FAST_LENGTHS,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: s(size_of::<vpn_filter_common::FastLengths>()),
+            max_entries: 1,
+        },
+        MapShape {
             name: maps::POLICY,
             map_type: MapType::Array,
             key_size: 4,
@@ -214,7 +242,9 @@ impl PinDir {
                 .with_context(|| format!("opening pinned map {}", path.display()))?;
             let got = MapShape {
                 name: want.name,
-                map_type: info.map_type().with_context(|| format!("type of {}", path.display()))?,
+                map_type: info
+                    .map_type()
+                    .with_context(|| format!("type of {}", path.display()))?,
                 key_size: info.key_size(),
                 value_size: info.value_size(),
                 max_entries: info.max_entries(),
@@ -281,21 +311,35 @@ pub fn ensure_bpffs(path: &Path) -> Result<()> {
     if fs_magic(&probe)? == BPF_FS_MAGIC {
         return Ok(());
     }
-    if path.starts_with("/sys/fs/bpf") && fs_magic(Path::new("/sys/fs/bpf")).ok() != Some(BPF_FS_MAGIC) {
+    if path.starts_with("/sys/fs/bpf")
+        && fs_magic(Path::new("/sys/fs/bpf")).ok() != Some(BPF_FS_MAGIC)
+    {
         let target = c"/sys/fs/bpf";
         // SAFETY: valid NUL-terminated strings; a plain mount(2).
         let rc = unsafe {
-            libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                c"bpf".as_ptr(),
+                target.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if rc != 0 {
-            bail!("/sys/fs/bpf is not a bpffs and mounting one failed: {}", std::io::Error::last_os_error());
+            bail!(
+                "/sys/fs/bpf is not a bpffs and mounting one failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
         log::warn!(
             "mounted a bpffs on /sys/fs/bpf: if this process runs in a private mount namespace (e.g. `ip netns exec`), its pins vanish with it; start the controller in the host's mount namespace for enforcement that outlives it"
         );
         return Ok(());
     }
-    bail!("{} is not on a bpffs (mount -t bpf bpf /sys/fs/bpf)", path.display())
+    bail!(
+        "{} is not on a bpffs (mount -t bpf bpf /sys/fs/bpf)",
+        path.display()
+    )
 }
 
 fn fs_magic(p: &Path) -> Result<i64> {
@@ -305,7 +349,11 @@ fn fs_magic(p: &Path) -> Result<i64> {
     // SAFETY: valid path and statfs buffer.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
     if rc != 0 {
-        bail!("statfs {}: {}", p.display(), std::io::Error::last_os_error());
+        bail!(
+            "statfs {}: {}",
+            p.display(),
+            std::io::Error::last_os_error()
+        );
     }
     Ok(st.f_type as i64)
 }
@@ -330,13 +378,26 @@ pub fn bpf_obj_get(path: &Path) -> Result<std::os::fd::OwnedFd> {
     }
     const BPF_OBJ_GET: libc::c_long = 7;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    let attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
     // SAFETY: attr is valid for its size and points at a NUL-terminated path.
     let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr as *const ObjAttr, std::mem::size_of::<ObjAttr>() as u32)
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjAttr,
+            std::mem::size_of::<ObjAttr>() as u32,
+        )
     };
     if fd < 0 {
-        bail!("opening pin {}: {}", path.display(), std::io::Error::last_os_error());
+        bail!(
+            "opening pin {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
     }
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
@@ -367,7 +428,13 @@ pub fn xdp_link_state(link: impl AsFd) -> Result<XdpLinkState> {
     }
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     const BPF_LINK_TYPE_XDP: u32 = 6;
-    let mut info = LinkInfo { link_type: 0, id: 0, prog_id: 0, _pad: 0, union: [0; 8] };
+    let mut info = LinkInfo {
+        link_type: 0,
+        id: 0,
+        prog_id: 0,
+        _pad: 0,
+        union: [0; 8],
+    };
     let attr = InfoAttr {
         bpf_fd: link.as_fd().as_raw_fd() as u32,
         info_len: std::mem::size_of::<LinkInfo>() as u32,
@@ -383,12 +450,23 @@ pub fn xdp_link_state(link: impl AsFd) -> Result<XdpLinkState> {
         )
     };
     if rc != 0 {
-        bail!("BPF_OBJ_GET_INFO_BY_FD on a link: {}", std::io::Error::last_os_error());
+        bail!(
+            "BPF_OBJ_GET_INFO_BY_FD on a link: {}",
+            std::io::Error::last_os_error()
+        );
     }
     if info.link_type != BPF_LINK_TYPE_XDP {
-        bail!("pinned link {} is not an XDP link (type {})", info.id, info.link_type);
+        bail!(
+            "pinned link {} is not an XDP link (type {})",
+            info.id,
+            info.link_type
+        );
     }
-    Ok(XdpLinkState { ifindex: info.union[0] as u32, prog_id: info.prog_id, link_id: info.id })
+    Ok(XdpLinkState {
+        ifindex: info.union[0] as u32,
+        prog_id: info.prog_id,
+        link_id: info.id,
+    })
 }
 
 /// An exclusive lock: one controller per pin directory.
@@ -427,7 +505,10 @@ impl ControllerLock {
         file.rewind()?;
         write!(file, "{}", std::process::id())?;
         file.flush()?;
-        Ok(ControllerLock { _file: file, path: path.to_path_buf() })
+        Ok(ControllerLock {
+            _file: file,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -463,7 +544,10 @@ pub fn detach(pins: &PinDir, iface: Option<&str>, lock_path: &Path) -> Result<De
     let targets = match iface {
         Some(i) => {
             if !pins.link_path(i).exists() {
-                bail!("no pinned vpn-filter link for {i} under {}", pins.links_dir().display());
+                bail!(
+                    "no pinned vpn-filter link for {i} under {}",
+                    pins.links_dir().display()
+                );
             }
             vec![i.to_string()]
         }
@@ -474,7 +558,10 @@ pub fn detach(pins: &PinDir, iface: Option<&str>, lock_path: &Path) -> Result<De
         // Unpinning drops the last reference once our fd closes: the kernel detaches the program.
         let link = aya::programs::links::PinnedLink::from_pin(&path)
             .with_context(|| format!("opening pinned link {}", path.display()))?;
-        drop(link.unpin().with_context(|| format!("unpinning {}", path.display()))?);
+        drop(
+            link.unpin()
+                .with_context(|| format!("unpinning {}", path.display()))?,
+        );
         report.links.push(i);
     }
     if iface.is_none() {

@@ -19,7 +19,11 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use caps::{CapSet, Capability, CapsHashSet};
 
 /// The capabilities kept after start-up.
-pub const KEPT: [Capability; 3] = [Capability::CAP_BPF, Capability::CAP_NET_ADMIN, Capability::CAP_PERFMON];
+pub const KEPT: [Capability; 3] = [
+    Capability::CAP_BPF,
+    Capability::CAP_NET_ADMIN,
+    Capability::CAP_PERFMON,
+];
 
 /// Looks up a user's uid and gid.
 pub fn lookup_user(name: &str) -> Result<(u32, u32)> {
@@ -54,7 +58,10 @@ pub fn drop_privileges(user: Option<(u32, u32)>) -> Result<()> {
         // Keep the permitted set across setuid, then restore the effective set.
         // SAFETY: prctl with constant arguments.
         if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
-            bail!("prctl(PR_SET_KEEPCAPS): {}", std::io::Error::last_os_error());
+            bail!(
+                "prctl(PR_SET_KEEPCAPS): {}",
+                std::io::Error::last_os_error()
+            );
         }
         // SAFETY: plain syscalls; order matters (groups and gid before uid).
         unsafe {
@@ -78,7 +85,8 @@ pub fn drop_privileges(user: Option<(u32, u32)>) -> Result<()> {
     // Effective first: the kernel refuses a permitted set smaller than the effective one.
     caps::set(None, CapSet::Effective, &keep).context("setting the effective capabilities")?;
     caps::set(None, CapSet::Permitted, &keep).context("setting the permitted capabilities")?;
-    caps::set(None, CapSet::Inheritable, &CapsHashSet::new()).context("clearing inheritable capabilities")?;
+    caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
+        .context("clearing inheritable capabilities")?;
     let eff = caps::read(None, CapSet::Effective)?;
     if eff != keep {
         bail!("capability drop incomplete: effective set is {eff:?}");

@@ -665,17 +665,45 @@ pub(crate) fn check_prefix(s: &str, opts: ValidateOptions) -> Result<Prefix, Str
     Ok(p)
 }
 
-/// Adds `p` to an entry's prefixes unless already listed (then returns false).
-pub(crate) fn add_prefix(
-    prefixes: &mut Vec<Prefix>,
-    seen: &mut HashSet<Prefix>,
-    p: Prefix,
-) -> bool {
-    if seen.insert(p) {
-        prefixes.push(p);
+/// An entry's prefixes in feed order, without repeats: a linear search while short, a hash
+/// set once long (an entry may list thousands).
+#[derive(Debug, Default)]
+pub(crate) struct PrefixSet {
+    list: Vec<Prefix>,
+    set: Option<HashSet<Prefix>>,
+}
+
+impl PrefixSet {
+    const LINEAR: usize = 16;
+
+    pub fn with_capacity(n: usize) -> PrefixSet {
+        PrefixSet {
+            list: Vec::with_capacity(n),
+            set: None,
+        }
+    }
+
+    /// Adds `p` unless already there (then returns false).
+    pub fn insert(&mut self, p: Prefix) -> bool {
+        if self.list.len() < Self::LINEAR {
+            if self.list.contains(&p) {
+                return false;
+            }
+        } else {
+            let list = &self.list;
+            let set = self
+                .set
+                .get_or_insert_with(|| list.iter().copied().collect());
+            if !set.insert(p) {
+                return false;
+            }
+        }
+        self.list.push(p);
         true
-    } else {
-        false
+    }
+
+    pub fn into_vec(self) -> Vec<Prefix> {
+        self.list
     }
 }
 

@@ -165,9 +165,10 @@ pub struct CheckArgs {
     /// The running controller's state directory (its last applied feed names the entries).
     #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
     pub state_dir: PathBuf,
-    /// The running filter's bpffs pin directory (its allowlist maps answer for the kernel).
+    /// The running filter's bpffs directory (`run --bpffs-dir`): its pinned allowlist maps
+    /// answer for the kernel.
     #[arg(long, default_value = DEFAULT_PIN_ROOT, value_name = "DIR")]
-    pub pin_dir: PathBuf,
+    pub bpffs_dir: PathBuf,
 }
 
 /// One view's answer.
@@ -244,7 +245,7 @@ fn check_inner(args: &CheckArgs) -> Result<Vec<Answer>> {
         Ok(None) => None,
         Err(e) => return Err(e.into()),
     };
-    let pins = PinDir::new(&args.pin_dir);
+    let pins = PinDir::new(&args.bpffs_dir);
     let kernel = kernel_lookup(&pins, ip)?;
     match (&kernel, &applied) {
         (Some(tag), _) => {

@@ -7,10 +7,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use vpn_filter_common::{Config, Counter, Protocol, Verdict};
 
 use crate::{
-    filter::{Attached, AttachMode, Filter, LoadOptions, Policy},
+    filter::{AttachMode, Attached, Filter, LoadOptions, Policy},
     lifecycle::{LifecycleArgs, Reloader},
-    pin::ControllerLock,
     observe::{self, ObserveArgs},
+    pin::ControllerLock,
     status::{self, DaemonStatus, SharedStatus},
     sync::{Outcome, RegistryArgs, RegistrySync},
 };
@@ -32,7 +32,7 @@ pub struct RunArgs {
     pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
     #[serde(flatten)]
-    pub registry: RegistryArgs,
+    pub registry: Box<RegistryArgs>,
     /// XDP attach mode: auto tries native and falls back to generic with a warning.
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: AttachMode,
@@ -134,7 +134,8 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
     let mut filter = match args.lifecycle.pins() {
         Some(pins) => {
             let root = pins.root().display().to_string();
-            let (filter, reused) = Filter::load_pinned(options, &policy, &args.kernel_config(), pins)?;
+            let (filter, reused) =
+                Filter::load_pinned(options, &policy, &args.kernel_config(), pins)?;
             if reused > 0 {
                 log::info!("adopted {reused} pinned maps under {root}: allowlist, flows and counters carry over");
             }
@@ -180,7 +181,9 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
     let mut poll = tokio::time::interval(registry.poll_interval());
     let stats_every = Duration::from_secs(args.stats_interval.max(1));
     let mut stats_tick = tokio::time::interval(stats_every);
-    let mut reattach = tokio::time::interval(Duration::from_millis(args.lifecycle.reattach_interval_ms.max(100)));
+    let mut reattach = tokio::time::interval(Duration::from_millis(
+        args.lifecycle.reattach_interval_ms.max(100),
+    ));
     let mut missing_logged: Vec<String> = Vec::new();
     let mut events_task = events_task;
     let mut args = args;
@@ -287,7 +290,10 @@ fn apply_reload(filter: &mut Filter, old: &RunArgs, new: RunArgs) -> Result<RunA
     }
     log::info!("configuration reloaded: policy and kernel settings applied");
     if !waiting.is_empty() {
-        log::warn!("changed {} take effect at the next restart", waiting.join(", "));
+        log::warn!(
+            "changed {} take effect at the next restart",
+            waiting.join(", ")
+        );
     }
     // Keep what is really in force for the settings that did not apply.
     Ok(RunArgs {
@@ -322,7 +328,10 @@ fn drop_privileges(args: &RunArgs) -> Result<()> {
     let user = match &args.lifecycle.run_as {
         Some(name) => {
             let (uid, gid) = crate::privs::lookup_user(name)?;
-            let mut dirs = vec![args.lifecycle.bpffs_dir.clone(), args.registry.state_dir.clone()];
+            let mut dirs = vec![
+                args.lifecycle.bpffs_dir.clone(),
+                args.registry.state_dir.clone(),
+            ];
             if let Some(dir) = args.observe.control_socket_path().parent() {
                 dirs.push(dir.to_path_buf());
             }
@@ -339,7 +348,11 @@ fn drop_privileges(args: &RunArgs) -> Result<()> {
     crate::privs::drop_privileges(user)?;
     log::info!(
         "privileges dropped: {}keeping only CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON",
-        args.lifecycle.run_as.as_ref().map(|u| format!("running as {u}, ")).unwrap_or_default()
+        args.lifecycle
+            .run_as
+            .as_ref()
+            .map(|u| format!("running as {u}, "))
+            .unwrap_or_default()
     );
     Ok(())
 }
@@ -384,13 +397,21 @@ mod tests {
     #[test]
     fn the_shipped_example_config_is_valid() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/vpn-filter.toml");
-        let m = Wrapper::command().try_get_matches_from(["x", "--config", path]).unwrap();
+        let m = Wrapper::command()
+            .try_get_matches_from(["x", "--config", path])
+            .unwrap();
         let w = Wrapper::from_arg_matches(&m).unwrap();
         let merged = crate::config::merge(&w.run, &m, std::path::Path::new(path)).unwrap();
         assert_eq!(merged.ifaces, ["eth0", "eth1"]);
         assert_eq!(merged.registry.registry, "/etc/vpn-filter/registry.json");
         let policy = merged.policy().unwrap();
-        assert_eq!(policy.mode(Protocol::SoftEther), vpn_filter_common::PolicyMode::Monitor);
-        assert_eq!(policy.mode(Protocol::WireGuard), vpn_filter_common::PolicyMode::Enforce);
+        assert_eq!(
+            policy.mode(Protocol::SoftEther),
+            vpn_filter_common::PolicyMode::Monitor
+        );
+        assert_eq!(
+            policy.mode(Protocol::WireGuard),
+            vpn_filter_common::PolicyMode::Enforce
+        );
     }
 }

@@ -31,7 +31,7 @@ use crate::{
         rfc3339,
         signature::PublicKey,
         state::{sha256_hex, Persisted, StateDir, StateLock, StateMeta, DEFAULT_STATE_DIR},
-        Feed, FeedFormat, FormatChoice, ValidateOptions,
+        Allowlist, Feed, FeedFormat, FormatChoice, ValidateOptions,
     },
     source::{Fetched, FileSource, HttpPoll, HttpSource, SourceSpec},
 };
@@ -44,7 +44,12 @@ pub struct RegistryArgs {
     /// Registry feed: a file path (re-read when it changes; publish by writing a temporary
     /// file and renaming it over this one) or an http(s):// URL (polled with ETag). JSON or
     /// CSV. A bad version is refused and the previous allowlist stays in force.
-    #[arg(long, value_name = "FILE|URL", required_unless_present = "config", default_value = "")]
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        required_unless_present = "config",
+        default_value = ""
+    )]
     pub registry: String,
     /// Feed format: auto tells JSON from CSV by the content.
     #[arg(long, value_enum, default_value = "auto")]
@@ -384,7 +389,7 @@ impl RegistrySync {
         let origin = self.spec.describe();
         let checked_start = Instant::now();
         let result = self.check(&fetched, &origin, now);
-        let (feed, digest) = match result {
+        let (feed, digest, allow) = match result {
             Ok(Some(x)) => x,
             Ok(None) => {
                 if let Some(c) = &mut self.current {
@@ -408,7 +413,7 @@ impl RegistrySync {
         };
         let checked = checked_start.elapsed();
         let start = Instant::now();
-        let report = match filter.sync_allowlist(&feed.allowlist(now)) {
+        let report = match filter.sync_allowlist(&allow) {
             Ok(r) => r,
             Err(e) => {
                 let msg = format!("{} not applied: {e:#}", feed.describe());
@@ -449,7 +454,8 @@ impl RegistrySync {
         }))
     }
 
-    /// Steps 1-4. `Ok(None)`: unchanged. `Err((message, digest))`.
+    /// Steps 1-4: the feed, its digest and its allowlist at `now`. `Ok(None)`: unchanged.
+    /// `Err((message, refusal key))`.
     #[expect(
         clippy::type_complexity,
         reason = "a private helper's result, spelled out once"
@@ -459,7 +465,7 @@ impl RegistrySync {
         fetched: &Fetched,
         origin: &str,
         now: OffsetDateTime,
-    ) -> Result<Option<(Feed, String)>, (String, Option<String>)> {
+    ) -> Result<Option<(Feed, String, Allowlist)>, (String, Option<String>)> {
         guard::check_size(fetched.bytes.len() as u64, &self.guard)
             .map_err(|e| (e.to_string(), None))?;
         let digest = sha256_hex(&fetched.bytes);
@@ -504,7 +510,7 @@ impl RegistrySync {
         let warnings = guard::check_transition(baseline, &feed, &new_allow, &self.guard)
             .map_err(|e| fail(format!("{}: {e}", feed.describe())))?;
         log_warnings(origin, &warnings);
-        Ok(Some((feed, digest)))
+        Ok(Some((feed, digest, new_allow)))
     }
 
     /// After a failed write: put the feed in force back exactly.

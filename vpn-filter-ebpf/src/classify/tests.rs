@@ -1911,7 +1911,13 @@ fn classifiers_never_panic_on_any_length_or_content() {
 /// starts `01 00 00 00` like a WireGuard initiation.
 fn dns_query_like_wireguard(len: usize) -> Vec<u8> {
     // id 0x0100, flags 0, qdcount 1, ancount 0, nscount 0, arcount 0, then the question.
-    padded(&[0x01, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00], len, 53)
+    padded(
+        &[
+            0x01, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ],
+        len,
+        53,
+    )
 }
 
 #[test]

@@ -3,13 +3,10 @@
 //! `prefix`. An empty `expires_at` means no expiry. Columns are found by header name (any
 //! order); extra columns are ignored with a warning. Every problem names its line and column.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use super::{
-    add_prefix, check_fields, check_prefix, Entry, Feed, FeedError, FeedFormat, Fields, RawFields,
+    check_fields, check_prefix, Entry, Feed, FeedError, FeedFormat, Fields, PrefixSet, RawFields,
     ValidateOptions, Warnings, CSV_HEADER,
 };
 
@@ -30,8 +27,7 @@ struct Building {
     /// The row's text of every column but `prefix` (to compare later rows with).
     text: [String; 6],
     fields: Option<Fields>,
-    prefixes: Vec<super::Prefix>,
-    seen: HashSet<super::Prefix>,
+    prefixes: PrefixSet,
 }
 
 pub(super) fn parse(
@@ -160,7 +156,7 @@ pub(super) fn parse(
                     }
                 }
                 if let Some(p) = prefix {
-                    if !add_prefix(&mut b.prefixes, &mut b.seen, p) {
+                    if !b.prefixes.insert(p) {
                         warnings.push(format!("{}: \"{p}\" listed twice", at(3)));
                     }
                 }
@@ -182,11 +178,10 @@ pub(super) fn parse(
                     first_line: line,
                     text: others.map(str::to_string),
                     fields,
-                    prefixes: Vec::new(),
-                    seen: HashSet::new(),
+                    prefixes: PrefixSet::default(),
                 };
                 if let Some(p) = prefix {
-                    add_prefix(&mut b.prefixes, &mut b.seen, p);
+                    b.prefixes.insert(p);
                 }
                 let id: Arc<str> = id.into();
                 order.push(id.clone());
@@ -209,7 +204,7 @@ pub(super) fn parse(
             id,
             holder: f.holder,
             category: f.category,
-            prefixes: b.prefixes,
+            prefixes: b.prefixes.into_vec(),
             status: f.status,
             approved_at: f.approved_at,
             expires_at: f.expires_at,

@@ -4,7 +4,7 @@
 //! every entry into an intermediate tree first, which at a million entries costs seconds and
 //! gigabytes. The visitors keep unknown field names (for the warnings) and skip their values.
 
-use std::{collections::HashSet, fmt, sync::Arc};
+use std::{borrow::Cow, fmt};
 
 use serde::{
     de::{IgnoredAny, MapAccess, Visitor},
@@ -12,29 +12,64 @@ use serde::{
 };
 
 use super::{
-    add_prefix, check_fields, check_prefix, parse_time, Feed, FeedError, FeedFormat, RawFields,
+    check_fields, check_prefix, parse_time, Feed, FeedError, FeedFormat, PrefixSet, RawFields,
     ValidateOptions, Warnings,
 };
 
+/// A string borrowed from the feed bytes when it has no escapes (most do): a million entries
+/// then cost no allocation per field.
+#[derive(Debug)]
+struct Str<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Str<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_string())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+fn as_str<'a>(s: &'a Option<Str<'_>>) -> Option<&'a str> {
+    s.as_ref().map(|s| &*s.0)
+}
+
 /// One registration as it appears in the feed, before validation.
 #[derive(Debug, Default)]
-struct RawEntry {
-    id: Option<String>,
-    holder: Option<String>,
-    category: Option<String>,
-    prefixes: Option<Vec<String>>,
-    status: Option<String>,
-    approved_at: Option<String>,
-    expires_at: Option<String>,
+struct RawEntry<'de> {
+    id: Option<Str<'de>>,
+    holder: Option<Str<'de>>,
+    category: Option<Str<'de>>,
+    prefixes: Option<Vec<Str<'de>>>,
+    status: Option<Str<'de>>,
+    approved_at: Option<Str<'de>>,
+    expires_at: Option<Str<'de>>,
     unknown: Vec<String>,
     repeated: Vec<&'static str>,
 }
 
 #[derive(Debug, Default)]
-struct RawFeed {
+struct RawFeed<'de> {
     serial: Option<u64>,
-    generated_at: Option<String>,
-    entries: Option<Vec<RawEntry>>,
+    generated_at: Option<Str<'de>>,
+    entries: Option<Vec<RawEntry<'de>>>,
     unknown: Vec<String>,
     repeated: Vec<&'static str>,
 }
@@ -92,17 +127,17 @@ fn set_once<T>(slot: &mut Option<T>, seen: &mut u32, bit: usize, v: Option<T>) -
     fresh
 }
 
-impl<'de> Deserialize<'de> for RawEntry {
+impl<'de> Deserialize<'de> for RawEntry<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = RawEntry;
+            type Value = RawEntry<'de>;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a registry entry (an object)")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEntry, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEntry<'de>, A::Error> {
                 let mut e = RawEntry::default();
                 let mut seen = 0u32;
                 while let Some(key) = map.next_key_seed(KeySeed(ENTRY_FIELDS))? {
@@ -136,17 +171,17 @@ impl<'de> Deserialize<'de> for RawEntry {
 
 const FEED_FIELDS: &[&str] = &["serial", "generated_at", "entries"];
 
-impl<'de> Deserialize<'de> for RawFeed {
+impl<'de> Deserialize<'de> for RawFeed<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = RawFeed;
+            type Value = RawFeed<'de>;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a registry feed (an object with serial, generated_at and entries)")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFeed, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFeed<'de>, A::Error> {
                 let mut feed = RawFeed::default();
                 let mut seen = 0u32;
                 while let Some(key) = map.next_key_seed(KeySeed(FEED_FIELDS))? {
@@ -208,7 +243,7 @@ pub(super) fn parse(
     if serial.is_none() {
         problems.push("missing field \"serial\" (an unsigned integer)".to_string());
     }
-    let generated_at = match raw.generated_at.as_deref().map(parse_time) {
+    let generated_at = match as_str(&raw.generated_at).map(parse_time) {
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
             problems.push(format!("generated_at: {e}"));
@@ -224,19 +259,36 @@ pub(super) fn parse(
         Vec::new()
     });
     let mut entries = Vec::with_capacity(raw_entries.len());
-    let mut seen_ids: std::collections::HashMap<Arc<str>, usize> =
-        std::collections::HashMap::with_capacity(raw_entries.len());
+    // Index in the feed of each valid entry, for the duplicate check.
+    let mut index = Vec::with_capacity(raw_entries.len());
     for (i, raw) in raw_entries.into_iter().enumerate() {
         if let Some(entry) = validate_entry(i, raw, opts, &mut problems, &mut warnings) {
-            if let Some(first) = seen_ids.insert(entry.id.clone(), i) {
-                problems.push(format!(
-                    "entries[{i}] (id {}): duplicate id, first used by entries[{first}]",
-                    entry.id
-                ));
-            }
             entries.push(entry);
+            index.push(i);
         }
     }
+    // Duplicate ids: sort (id, index) pairs and compare neighbours (no hashing of a million
+    // ids).
+    let mut by_id: Vec<(&str, usize)> = entries
+        .iter()
+        .zip(&index)
+        .map(|(e, i)| (&*e.id, *i))
+        .collect();
+    by_id.sort_unstable();
+    let mut dups: Vec<(usize, String)> = Vec::new();
+    for w in by_id.chunk_by(|a, b| a.0 == b.0) {
+        for (id, i) in &w[1..] {
+            dups.push((
+                *i,
+                format!(
+                    "entries[{i}] (id {id}): duplicate id, first used by entries[{}]",
+                    w[0].1
+                ),
+            ));
+        }
+    }
+    dups.sort_unstable();
+    problems.extend(dups.into_iter().map(|(_, p)| p));
     if !problems.is_empty() {
         return Err(FeedError {
             source_name: source_name.to_string(),
@@ -256,52 +308,53 @@ pub(super) fn parse(
 
 fn validate_entry(
     i: usize,
-    raw: RawEntry,
+    raw: RawEntry<'_>,
     opts: ValidateOptions,
     problems: &mut Vec<String>,
     warnings: &mut Warnings,
 ) -> Option<super::Entry> {
     let before = problems.len();
-    let id = match raw.id.as_deref().map(str::trim) {
+    let id = match as_str(&raw.id).map(str::trim) {
         Some(id) if !id.is_empty() => id.to_string(),
         _ => {
             problems.push(format!("entries[{i}]: missing or empty \"id\""));
             format!("<entries[{i}]>")
         }
     };
-    let base = format!("entries[{i}] (id {id})");
+    // Built only for messages.
+    let base = || format!("entries[{i}] (id {id})");
     for k in &raw.unknown {
-        warnings.push(format!("{base}: unknown field \"{k}\" ignored"));
+        warnings.push(format!("{}: unknown field \"{k}\" ignored", base()));
     }
     for k in &raw.repeated {
-        problems.push(format!("{base}: {k}: given more than once"));
+        problems.push(format!("{}: {k}: given more than once", base()));
     }
     let fields = check_fields(
         &RawFields {
-            holder: raw.holder.as_deref(),
-            category: raw.category.as_deref(),
-            status: raw.status.as_deref(),
-            approved_at: raw.approved_at.as_deref(),
-            expires_at: raw.expires_at.as_deref(),
+            holder: as_str(&raw.holder),
+            category: as_str(&raw.category),
+            status: as_str(&raw.status),
+            approved_at: as_str(&raw.approved_at),
+            expires_at: as_str(&raw.expires_at),
         },
-        &|field| format!("{base}: {field}"),
+        &|field| format!("{}: {field}", base()),
         problems,
     );
-    let mut prefixes = Vec::new();
-    match raw.prefixes {
-        None => problems.push(format!("{base}: prefixes: missing")),
-        Some(list) if list.is_empty() => problems.push(format!("{base}: prefixes: empty list")),
+    let mut prefixes = PrefixSet::with_capacity(raw.prefixes.as_ref().map_or(0, Vec::len));
+    match &raw.prefixes {
+        None => problems.push(format!("{}: prefixes: missing", base())),
+        Some(list) if list.is_empty() => problems.push(format!("{}: prefixes: empty list", base())),
         Some(list) => {
-            prefixes.reserve(list.len());
-            let mut seen = HashSet::with_capacity(list.len());
             for (j, s) in list.iter().enumerate() {
+                let s = &*s.0;
                 match check_prefix(s, opts) {
                     Ok(p) => {
-                        if !add_prefix(&mut prefixes, &mut seen, p) {
-                            warnings.push(format!("{base}: prefixes[{j}] \"{s}\" listed twice"));
+                        if !prefixes.insert(p) {
+                            warnings
+                                .push(format!("{}: prefixes[{j}] \"{s}\" listed twice", base()));
                         }
                     }
-                    Err(e) => problems.push(format!("{base}: prefixes[{j}] \"{s}\": {e}")),
+                    Err(e) => problems.push(format!("{}: prefixes[{j}] \"{s}\": {e}", base())),
                 }
             }
         }
@@ -314,7 +367,7 @@ fn validate_entry(
         id: id.into(),
         holder: f.holder,
         category: f.category,
-        prefixes,
+        prefixes: prefixes.into_vec(),
         status: f.status,
         approved_at: f.approved_at,
         expires_at: f.expires_at,

@@ -669,6 +669,7 @@ fn load(settings: &ReplaySettings) -> anyhow::Result<Filter> {
         // Every drop and monitor verdict must produce its event (message, reason).
         events_per_source_per_sec: u32::MAX,
         events_per_cpu_per_sec: u32::MAX,
+        ..Config::default()
     };
     let mut filter = Filter::load(options, &settings.policy, &config)?;
     filter
