@@ -743,20 +743,7 @@ impl Filter {
     /// Counters summed over CPUs.
     pub fn stats(&self) -> Result<Stats> {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(maps::STATS)?)?;
-        let sum = |i: u32| -> Result<u64> { Ok(map.get(&i, 0)?.iter().sum()) };
-        let mut stats = Stats::default();
-        for p in Protocol::ALL {
-            for v in Verdict::ALL {
-                let n = sum(verdict_counter_index(*p, *v))?;
-                if n > 0 {
-                    stats.verdicts.insert((*p, *v), n);
-                }
-            }
-        }
-        for c in Counter::ALL {
-            stats.counters.insert(*c, sum(counter_index(*c))?);
-        }
-        Ok(stats)
+        Stats::read(&map)
     }
 
     /// Takes the ring buffer of events (once).
@@ -872,6 +859,24 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Reads the `STATS` per-CPU array, summing each counter over CPUs.
+    pub fn read<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<Stats> {
+        let sum = |i: u32| -> Result<u64> { Ok(map.get(&i, 0)?.iter().sum()) };
+        let mut stats = Stats::default();
+        for p in Protocol::ALL {
+            for v in Verdict::ALL {
+                let n = sum(verdict_counter_index(*p, *v))?;
+                if n > 0 {
+                    stats.verdicts.insert((*p, *v), n);
+                }
+            }
+        }
+        for c in Counter::ALL {
+            stats.counters.insert(*c, sum(counter_index(*c))?);
+        }
+        Ok(stats)
+    }
+
     pub fn verdict(&self, p: Protocol, v: Verdict) -> u64 {
         self.verdicts.get(&(p, v)).copied().unwrap_or(0)
     }

@@ -17,7 +17,7 @@ use anyhow::{anyhow, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use vpn_filter_common::{counter_index, maps, verdict_counter_index, Counter, Protocol, Verdict};
+use vpn_filter_common::{maps, Counter, Protocol, Verdict};
 
 use crate::{
     events::{EventHub, PipelineCounters},
@@ -152,20 +152,7 @@ impl StatsReader {
 
     /// Counters summed over CPUs.
     pub fn read(&self) -> Result<Stats> {
-        let sum = |i: u32| -> Result<u64> { Ok(self.map.get(&i, 0)?.iter().sum()) };
-        let mut stats = Stats::default();
-        for p in Protocol::ALL {
-            for v in Verdict::ALL {
-                let n = sum(verdict_counter_index(*p, *v))?;
-                if n > 0 {
-                    stats.verdicts.insert((*p, *v), n);
-                }
-            }
-        }
-        for c in Counter::ALL {
-            stats.counters.insert(*c, sum(counter_index(*c))?);
-        }
-        Ok(stats)
+        Stats::read(&self.map)
     }
 }
 

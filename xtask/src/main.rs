@@ -470,6 +470,9 @@ fn bench(quick: bool, args: &[OsString]) -> Result<()> {
         "--release",
         "--package",
         "vpn-filter-tests",
+        // The controller itself: sections 4 (events) and 5 (replay) run the release binary.
+        "--package",
+        "vpn-filter",
         "--bins",
     ]))?;
     // The committed BENCHMARKS.md comes from a full run; a quick run (CI) writes beside the
@@ -484,5 +487,34 @@ fn bench(quick: bool, args: &[OsString]) -> Result<()> {
     if quick {
         cmd.arg("--quick");
     }
-    sh(cmd.args(args))
+    sh(cmd.args(args))?;
+    // Section 6: the allowlist lookup structures against the plain LPM trie, same keys, same
+    // process (a separate binary: it loads its own program per lookup mode).
+    let mut lookup = Command::new(root().join("target/release/vpn-filter-bench-lookup"));
+    if quick {
+        lookup.args(["--sizes", "20000", "--rounds", "3"]);
+    }
+    eprintln!("xtask: $ {}", describe(&lookup));
+    let table = output(&mut lookup)?;
+    let section = format!(
+        "\n## 6. Allowlist lookup structures\n\n\
+         Written by `vpn-filter-bench-lookup`. Each packet is an unregistered WireGuard initiation \
+         from a new random source (a new flow, so every packet pays the lookup of both endpoints), \
+         through BPF_PROG_TEST_RUN with a pass-through baseline in the same process; medians of \
+         interleaved rounds. Modes (the `allowlist_lookup` field of the CONFIG map): `trie` = the \
+         LPM tries alone; `bitmap_trie` = a /24 bitmap, then the trie; `fast` = the default: IPv4 \
+         /24 bitmap for prefixes up to /24, a second bitmap marking /24s that hold longer prefixes, \
+         then one hash probe per longer prefix length present; IPv6 a /32 filter bitmap, then one \
+         hash probe per prefix length present (at most 16, else the trie). \
+         \"lookup\" is the cost over the same program with an empty allowlist. The tries stay the \
+         authoritative allowlist; `tests/tests/fastpath.rs` checks in the kernel that `fast` and \
+         `trie` agree on random sets, every prefix length and boundary, and during a large \
+         update. Choice: `fast`, because `bitmap_trie` gains nothing once any prefix longer than \
+         /24 exists, and filtering before the hash probes is what makes IPv6 cheap.\n\n{table}"
+    );
+    let mut text =
+        std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    text.push_str(&section);
+    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
 }

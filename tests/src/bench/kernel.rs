@@ -146,8 +146,8 @@ const CLASSES: &[Class] = &[
         vpn: false,
         family: Family::V4,
         build: |r, s, d| {
-            // A fixed id: 5 in 256 ids (first byte 0x08, 0x10, 0x38, 0x40, 0x50) make the
-            // query look like an OpenVPN reset to the prefilter (see the notes).
+            // A fixed id: 5 in 256 ids (first byte 0x08, 0x10, 0x38, 0x40, 0x50) pass the
+            // prefilter as possible OpenVPN resets (said in the section's introduction).
             let p = dns_query(0xbeef, "www.example.com");
             Frame::eth().ip(s, d).udp(r.port(), 53).payload(&p).build()
         },
@@ -474,9 +474,9 @@ fn find(frame: &[u8], src: &[u8]) -> Result<usize> {
 pub struct Settings {
     /// Allowlist sizes (total prefixes; 80% IPv4, 20% IPv6).
     pub sizes: Vec<usize>,
-    /// Frames per corpus (distinct sources).
+    /// Packets per (class, source) cell and round, each from a different source address.
     pub frames: usize,
-    /// Interleaved rounds; the report gives the median of the per-round medians.
+    /// Interleaved rounds; the report gives the median over rounds.
     pub rounds: usize,
     /// Runs of the single-frame, cache-hot measurement.
     pub direct_repeat: u32,
@@ -517,7 +517,9 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
          straight into the program (cache-hot, one flow). For each allowlist size a fresh \
          program is loaded and its flow table (LRU, {} flows) filled by a flood of new flows \
          first, as any flood fills it within a fraction of a second: every new flow measured \
-         here also pays an LRU eviction.\n\n",
+         here also pays an LRU eviction. The DNS query has a fixed id (0xbeef): ids whose \
+         first byte is 0x08, 0x10, 0x38, 0x40 or 0x50 (2% of random ids) pass the prefilter \
+         as possible OpenVPN resets and are classified in full before they pass.\n\n",
         s.rounds,
         count(s.frames),
         count(s.frames),

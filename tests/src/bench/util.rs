@@ -136,6 +136,14 @@ impl Machine {
     }
 }
 
+/// The 1, 5 and 15-minute load averages, as /proc/loadavg gives them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Pins the calling thread (`pid` 0) or task `pid` to one CPU.
 pub fn pin_to_cpu(pid: libc::pid_t, cpu: usize) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
