@@ -407,23 +407,30 @@ impl RawSocket {
         RawSocket { fd }
     }
 
-    /// Sends a complete Ethernet frame.
+    /// Sends a complete Ethernet frame. A full transmit queue (ENOBUFS, which a flood from
+    /// one thread reaches on a veth) is waited out, so every frame the caller counts is sent.
     pub fn send(&self, frame: &[u8]) {
-        // SAFETY: frame is a valid buffer of the given length.
-        let n = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
-                0,
-            )
-        };
-        assert_eq!(
-            n as usize,
-            frame.len(),
-            "raw send: {}",
-            std::io::Error::last_os_error()
-        );
+        let mut waits = 0u32;
+        loop {
+            // SAFETY: frame is a valid buffer of the given length.
+            let n = unsafe {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    frame.as_ptr() as *const libc::c_void,
+                    frame.len(),
+                    0,
+                )
+            };
+            if n >= 0 {
+                assert_eq!(n as usize, frame.len(), "raw send: short write");
+                return;
+            }
+            let err = std::io::Error::last_os_error();
+            let full = matches!(err.raw_os_error(), Some(libc::ENOBUFS) | Some(libc::EAGAIN));
+            assert!(full && waits < 20_000, "raw send: {err}");
+            waits += 1;
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
     }
 }
 
