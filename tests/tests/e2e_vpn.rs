@@ -140,11 +140,12 @@ fn path_str(p: &Path) -> &str {
 /// Polls `f` every 100 ms until it holds or `timeout` passes; returns how long it took.
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
+    let deadline = start + timeout;
     loop {
         if f() {
             return Some(start.elapsed());
         }
-        if start.elapsed() >= timeout {
+        if Instant::now() >= deadline {
             return None;
         }
         std::thread::sleep(Duration::from_millis(100));

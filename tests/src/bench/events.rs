@@ -200,9 +200,9 @@ fn round(d: &Daemon, lab: &FilterLab, raw: &RawSocket, s: &Settings, seed: u64) 
     let lines0 = count_lines(&d.events_file)?;
     let cpu0 = d.cpu_secs()?;
     let start = Instant::now();
-    let until = Duration::from_secs_f64(s.seconds);
+    let stop_at = start + Duration::from_secs_f64(s.seconds);
     let mut sent = 0u64;
-    while start.elapsed() < until {
+    while Instant::now() < stop_at {
         for _ in 0..256 {
             let frame = Frame::eth()
                 .macs(src_mac, dst_mac)
