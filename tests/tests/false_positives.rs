@@ -22,7 +22,7 @@ use std::{
 use vpn_filter::filter::{Filter, LoadOptions, Policy};
 use vpn_filter_common::{Config, Counter, FlowState, FlowStatus};
 use vpn_filter_ebpf::classify::{
-    classify_gre, classify_ip_proto, classify_tcp, classify_udp, confirms, tcp_prefilter,
+    advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp, tcp_prefilter,
     udp_prefilter, Confirmation, Detection, Prefilter, Strength, WINDOW,
 };
 use vpn_filter_tests::packet::*;
@@ -570,6 +570,8 @@ struct Parsed {
     /// A first fragment too small to carry the L4 header and 16 payload bytes: the kernel
     /// drops it (RFC 1858 tiny-fragment evasion).
     tiny_fragment: bool,
+    /// Outermost VLAN id (flows are keyed by it).
+    vlan: u16,
 }
 
 /// Mirrors `MIN_FIRST_FRAGMENT_PAYLOAD` in the kernel program.
@@ -588,9 +590,13 @@ fn host_parse(f: &[u8]) -> Option<Parsed> {
     let mut ethertype = be16(f, 12);
     let mut l3 = 14;
     let mut tags = 0;
+    let mut vlan = 0;
     while tags < 2 && (ethertype == 0x8100 || ethertype == 0x88a8) {
         if l3 + 4 > f.len() {
             return None;
+        }
+        if tags == 0 {
+            vlan = be16(f, l3) & 0x0fff;
         }
         ethertype = be16(f, l3 + 2);
         l3 += 4;
@@ -607,6 +613,7 @@ fn host_parse(f: &[u8]) -> Option<Parsed> {
         payload_len: 0,
         captured: 0,
         tiny_fragment: false,
+        vlan,
     };
     let more_fragments;
     let (l4, l4_len) = match ethertype {
@@ -765,11 +772,18 @@ fn host_detect(f: &[u8], p: &Parsed) -> Option<(Detection, bool)> {
         Prefilter::No => None,
         Prefilter::FollowUp(protocol, message) => {
             let mut token = [0u8; 8];
+            let mut aux = head;
             if p.captured >= 9 {
                 if p.payload_off + 9 > f.len() {
                     return None;
                 }
                 token.copy_from_slice(&f[p.payload_off + 1..p.payload_off + 9]);
+            }
+            if p.captured >= 17 && message == vpn_filter_common::Message::OvpnControl {
+                if p.payload_off + 17 > f.len() {
+                    return None;
+                }
+                aux.copy_from_slice(&f[p.payload_off + 13..p.payload_off + 17]);
             }
             Some((
                 Detection {
@@ -778,6 +792,7 @@ fn host_detect(f: &[u8], p: &Parsed) -> Option<(Detection, bool)> {
                     strength: Strength::FollowUp,
                     token,
                     peer_token: [0; 8],
+                    aux,
                 },
                 true,
             ))
@@ -799,14 +814,21 @@ fn host_detect(f: &[u8], p: &Parsed) -> Option<(Detection, bool)> {
     }
 }
 
-type Key = ([u8; 16], u16, [u8; 16], u16, u8, u8);
+/// Endpoints in canonical order, IP protocol, family, VPN protocol and class, VLAN.
+type Key = ([u8; 16], u16, [u8; 16], u16, u8, u8, (u8, u8), u16);
 
-fn flow_key(p: &Parsed) -> (Key, bool) {
+fn flow_key(p: &Parsed, det: &Detection) -> (Key, bool) {
     let src_first = (p.src, p.sport) <= (p.dst, p.dport);
+    let class = (det.message == vpn_filter_common::Message::WgData) as u8;
+    let pc = (det.protocol as u8, class);
     let key = if src_first {
-        (p.src, p.sport, p.dst, p.dport, p.proto, p.family)
+        (
+            p.src, p.sport, p.dst, p.dport, p.proto, p.family, pc, p.vlan,
+        )
     } else {
-        (p.dst, p.dport, p.src, p.sport, p.proto, p.family)
+        (
+            p.dst, p.dport, p.src, p.sport, p.proto, p.family, pc, p.vlan,
+        )
     };
     (key, src_first)
 }
@@ -852,57 +874,74 @@ impl Model {
             return pass;
         }
         let strong = det.strength == Strength::Strong;
-        let (key, src_is_lo) = flow_key(&p);
-        let mut confirmed = false;
+        let protocol = det.protocol as u8;
+        let (key, src_is_lo) = flow_key(&p, &det);
+        let mut confirmed: Option<FlowState> = None;
         if let Some(state) = self.flows.get_mut(&key) {
+            let same = (state.from_lo == 1) == src_is_lo;
             match FlowStatus::from_u8(state.status) {
                 Some(FlowStatus::Blocked) => {
-                    self.gates.insert(state.protocol);
-                    return Judgement {
-                        action: XDP_DROP,
-                        strong,
-                        known_flow: true,
-                        tiny_fragment: false,
-                    };
-                }
-                Some(FlowStatus::Pending) => {
-                    let same = (state.from_lo == 1) == src_is_lo;
-                    match confirms(state, &det, same) {
-                        Confirmation::Confirmed => confirmed = true,
-                        Confirmation::Pending => {
-                            if !strong {
-                                state.packets += 1;
-                                return pass;
-                            }
-                        }
+                    if belongs(state, &det) {
+                        self.gates.insert(protocol);
+                        return Judgement {
+                            action: XDP_DROP,
+                            strong,
+                            known_flow: true,
+                            tiny_fragment: false,
+                        };
+                    }
+                    if !strong {
+                        return pass;
                     }
                 }
+                Some(FlowStatus::Pending) => match advance(state, &det, same) {
+                    Confirmation::Confirmed => confirmed = Some(*state),
+                    Confirmation::Pending => {
+                        if !strong {
+                            self.gates.insert(protocol);
+                            return pass;
+                        }
+                    }
+                },
                 _ => {}
             }
         }
-        if det.strength == Strength::FollowUp && !confirmed {
+        if det.strength == Strength::FollowUp && confirmed.is_none() {
             return pass;
         }
-        let mut state = FlowState {
+        let known_flow = confirmed.is_some();
+        let mut state = confirmed.unwrap_or(FlowState {
             expires_ns: u64::MAX,
             token: det.token,
             packets: 1,
-            status: FlowStatus::Blocked as u8,
-            protocol: det.protocol as u8,
+            aux: det.aux,
+            protocol,
             message: det.message as u8,
             from_lo: src_is_lo as u8,
-        };
-        self.gates.insert(det.protocol as u8);
-        if det.strength == Strength::Weak && !confirmed {
+            ..Default::default()
+        });
+        if det.strength == Strength::Weak && !known_flow {
             state.status = FlowStatus::Pending as u8;
+            self.gates.insert(protocol);
             self.flows.insert(key, state);
             return pass;
         }
-        self.flows.insert(key, state);
+        if known_flow {
+            state.status = FlowStatus::Blocked as u8;
+            self.gates.insert(protocol);
+            self.flows.insert(key, state);
+            if det.protocol == vpn_filter_common::Protocol::WireGuard && key.6 .1 == 0 {
+                // A confirmed padded handshake blocks its transport data too.
+                let mut data_key = key;
+                data_key.6 .1 = vpn_filter_common::FLOW_CLASS_DATA;
+                self.flows.insert(data_key, state);
+            }
+        }
+        // Conclusive alone: dropped without a flow entry.
         Judgement {
             action: XDP_DROP,
             strong,
-            known_flow: confirmed,
+            known_flow,
             tiny_fragment: false,
         }
     }

@@ -19,7 +19,7 @@ use vpn_filter_tests::{
         UNREGISTERED_V4, UNREGISTERED_V6,
     },
     netns::{udp_send, Process, RawSocket},
-    packet::{wireguard_initiation, Frame},
+    packet::{wireguard_data, wireguard_initiation, Frame},
 };
 
 const WG_PORT: u16 = 51820;
@@ -238,8 +238,17 @@ fn dropped_ipv6_handshake_produces_exactly_one_event_with_its_fields() {
 fn a_follow_up_packet_of_a_blocked_flow_is_reported_as_follow_up() {
     let lab = FilterLab::new();
     let d = Daemon::start(&lab, &[]);
-    send_wg(&lab, UNREGISTERED_V4, 40003, FILTER_V4, 3);
-    send_wg(&lab, UNREGISTERED_V4, 40003, FILTER_V4, 4);
+    // A WireGuard data-only flow: three data packets pending, the fourth confirms it (a new
+    // verdict), the fifth is a follow-up of the blocked flow. (Handshake messages are
+    // conclusive alone and leave no flow entry: each is a new verdict.)
+    for n in 0..5 {
+        udp_send(
+            &lab.client,
+            sa(UNREGISTERED_V4, 40003),
+            sa(FILTER_V4, WG_PORT),
+            &wireguard_data(0x77, n, 64),
+        );
+    }
     let first = d
         .proc
         .next_line(Duration::from_secs(10))
@@ -254,7 +263,7 @@ fn a_follow_up_packet_of_a_blocked_flow_is_reported_as_follow_up() {
     );
     assert_eq!(
         (first["flow"].as_str(), first["reason"].as_str()),
-        (Some("new"), Some("signature"))
+        (Some("new"), Some("confirmed"))
     );
     assert_eq!(
         (second["flow"].as_str(), second["reason"].as_str()),

@@ -341,13 +341,54 @@ fn a_revoked_registration_s_established_flow_is_dropped_at_once() {
         .find(|l| l.contains("registry serial 2 applied"))
         .unwrap_or_default();
     assert!(
-        applied.contains("1 established flow(s) with no registered endpoint left now blocked"),
+        applied.contains("allowlist generation") && applied.contains("re-check their endpoints"),
         "{applied}"
     );
     assert!(
         !send(3),
         "the established flow of a revoked registration must be dropped at once, not after its idle timeout"
     );
+    stop(&p);
+}
+
+#[test]
+fn a_client_retrying_from_one_port_gets_through_once_approved() {
+    // The regulator's process: an unregistered client keeps retrying its handshake from one
+    // port; its registration is approved; its very next handshake must arrive.
+    let lab = Lab::new("retry");
+    publish(
+        &lab.feed_path(),
+        &feed_json(1, &[approved("REG-2", &[REGISTERED_V6])]),
+    );
+    let p = lab.start(&[]);
+    p.wait_stderr("registry serial 1 applied", STARTUP);
+    let send = |n: u32| {
+        udp_send(
+            &lab.lab.client,
+            sa(UNREGISTERED_V4, 40405),
+            sa(FILTER_V4, WG_PORT),
+            &wireguard_initiation(n),
+        );
+        udp_drain(&lab.sock4, WINDOW)
+            .iter()
+            .any(|(from, _)| *from == sa(UNREGISTERED_V4, 40405))
+    };
+    for n in 0..3 {
+        assert!(!send(n), "retry {n} while unregistered is dropped");
+    }
+    publish(
+        &lab.feed_path(),
+        &feed_json(
+            2,
+            &[
+                approved("REG-2", &[REGISTERED_V6]),
+                approved("REG-NEW", &[UNREGISTERED_V4]),
+            ],
+        ),
+    );
+    p.wait_stderr("registry serial 2 applied", RELOAD);
+    assert!(send(10), "the first retry after the approval arrives");
+    assert!(send(11), "and so does the next");
     stop(&p);
 }
 

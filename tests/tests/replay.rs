@@ -23,8 +23,8 @@ use vpn_filter_tests::{
     netns::unique,
     packet::{
         dns_answer, dns_query, fill_pseudo_random, ntp_request, quic_initial, quic_short, rtp,
-        stun_binding_request, tls_client_hello, webrtc_dtls_client_hello, wireguard_data,
-        wireguard_initiation, Frame, TCP_ACK, TCP_SYN,
+        stun_binding_request, tls_client_hello, webrtc_dtls_client_hello, wireguard_data, Frame,
+        TCP_ACK, TCP_SYN,
     },
     require_root,
 };
@@ -318,7 +318,10 @@ fn monitor_policy_reports_the_vpn_flow_and_drops_nothing() {
     assert_eq!(r.packets_with(Verdict::Dropped), 0);
     assert_eq!(r.flows.len(), 1);
     assert_eq!(r.flows[0].verdict, Outcome::Monitored);
-    assert_eq!(r.verdict(Protocol::WireGuard, Verdict::Monitored), 10);
+    // The handshake (1, 2) and the data-only flow confirmed by its fourth packet (6-10); 3-5
+    // are pending.
+    assert_eq!(r.verdict(Protocol::WireGuard, Verdict::Monitored), 7);
+    assert_eq!(r.verdict(Protocol::WireGuard, Verdict::Pending), 3);
 }
 
 #[test]
@@ -338,7 +341,13 @@ fn off_policy_ignores_its_protocol_and_judges_the_others() {
 #[test]
 fn dropped_packets_carry_the_message_and_reason_of_their_event() {
     let r = run(&fixture("wireguard-ipv4"), &settings(&[]));
-    assert_eq!(r.dropped.len(), 10, "every packet of the flow is dropped");
+    // The handshake (1, 2), then the transport data as a data-only flow: 3-5 pending, 6-10
+    // dropped.
+    assert_eq!(
+        r.dropped.len(),
+        7,
+        "the handshake and the confirmed data-only flow"
+    );
     let first = &r.dropped[0];
     assert_eq!(first.number, 1);
     assert_eq!(
@@ -351,9 +360,19 @@ fn dropped_packets_carry_the_message_and_reason_of_their_event() {
     );
     assert_eq!(first.src, CLIENT_V4.parse::<IpAddr>().expect("address"));
     assert_eq!(first.dport, 51820);
-    assert!(r.dropped[1..]
-        .iter()
-        .all(|d| d.reason == Reason::FlowFollowUp));
+    let reasons: Vec<(u64, Reason)> = r.dropped.iter().map(|d| (d.number, d.reason)).collect();
+    assert_eq!(
+        reasons,
+        [
+            (1, Reason::Signature),
+            (2, Reason::Signature),
+            (6, Reason::Confirmed),
+            (7, Reason::FlowFollowUp),
+            (8, Reason::FlowFollowUp),
+            (9, Reason::FlowFollowUp),
+            (10, Reason::FlowFollowUp),
+        ]
+    );
 }
 
 #[test]
@@ -525,8 +544,8 @@ fn pcapng_capture_gives_the_verdicts_and_times_of_its_pcap_original() {
     assert_eq!(r.first_ts_ns, Some(packets[0].0));
 }
 
-/// A WireGuard initiation from an unregistered client, then transport data `gap_s` seconds
-/// later (four packets, the count that confirms a data-only flow).
+/// Transport data of a WireGuard flow from an unregistered client (four packets, the count
+/// that confirms a data-only flow), then four more `gap_s` seconds later.
 fn wireguard_with_gap(gap_s: u64) -> Vec<Packet> {
     let c: IpAddr = CLIENT_V4.parse().expect("v4");
     let s: IpAddr = "10.200.0.1".parse().expect("v4");
@@ -538,11 +557,14 @@ fn wireguard_with_gap(gap_s: u64) -> Vec<Packet> {
             .payload(payload)
             .build()
     };
-    let mut p = vec![(t0, wg(&wireguard_initiation(7)))];
+    let mut p = Vec::new();
+    for i in 0..4 {
+        p.push((t0 + i * 1_000_000, wg(&wireguard_data(9, i, 128))));
+    }
     for i in 0..4 {
         p.push((
             t0 + gap_s * 1_000_000_000 + i * 1_000_000,
-            wg(&wireguard_data(9, i, 128)),
+            wg(&wireguard_data(9, 4 + i, 128)),
         ));
     }
     p
@@ -550,10 +572,11 @@ fn wireguard_with_gap(gap_s: u64) -> Vec<Packet> {
 
 #[test]
 fn blocked_flow_keeps_dropping_within_its_timeout_on_the_capture_clock() {
-    // 60 s after the initiation: the blocked flow (120 s) is still remembered.
+    // 60 s after the flow was confirmed: the blocked flow (120 s) is still remembered.
     let file = TempFile::new("wg-60s.pcap", &pcap(1, &wireguard_with_gap(60)));
     let r = run(file.path(), &settings(&[]));
     assert_eq!(r.dropped.len(), 5);
+    assert_eq!(r.dropped[0].reason, Reason::Confirmed);
     assert!(r.dropped[1..]
         .iter()
         .all(|d| d.reason == Reason::FlowFollowUp));
@@ -568,11 +591,11 @@ fn blocked_flow_expires_after_its_timeout_on_the_capture_clock() {
     let f = &r.flows[0];
     assert_eq!(
         (f.count(Outcome::Pending), f.count(Outcome::Dropped)),
-        (3, 2),
-        "three data packets pending, the fourth confirms the flow: {f:?}"
+        (6, 2),
+        "twice three data packets pending, the fourth confirms the flow: {f:?}"
     );
     let reasons: Vec<(u64, Reason)> = r.dropped.iter().map(|d| (d.number, d.reason)).collect();
-    assert_eq!(reasons, [(1, Reason::Signature), (5, Reason::Confirmed)]);
+    assert_eq!(reasons, [(4, Reason::Confirmed), (8, Reason::Confirmed)]);
 }
 
 #[test]
@@ -747,8 +770,9 @@ fn cli_json_has_flow_dropped_packet_change_and_summary_records() {
     assert_eq!(flows[0]["src"], CLIENT_V4);
     assert_eq!(flows[0]["dport"], 51820);
     assert_eq!(flows[0]["packets"], 10);
-    assert_eq!(flows[0]["packets_by_verdict"]["dropped"], 10);
-    assert_eq!(of("dropped_packet").len(), 10);
+    assert_eq!(flows[0]["packets_by_verdict"]["dropped"], 7);
+    assert_eq!(flows[0]["packets_by_verdict"]["pending"], 3);
+    assert_eq!(of("dropped_packet").len(), 7);
     assert_eq!(of("dropped_packet")[0]["message"], "wg_initiation");
     let changes = of("verdict_change");
     assert_eq!(changes.len(), 1);
@@ -759,7 +783,7 @@ fn cli_json_has_flow_dropped_packet_change_and_summary_records() {
     let summary = of("summary");
     assert_eq!(summary.len(), 1);
     assert_eq!(summary[0]["packets"], 10);
-    assert_eq!(summary[0]["verdicts"]["wireguard"]["dropped"], 10);
+    assert_eq!(summary[0]["verdicts"]["wireguard"]["dropped"], 7);
     assert_eq!(summary[0]["second"]["changed_flows"], 1);
     assert_eq!(records.last().expect("records")["record"], "summary");
 }

@@ -24,6 +24,12 @@ pub mod maps {
     pub const EVENT_LIMIT: &str = "EVENT_LIMIT";
     pub const FLOW_GATE: &str = "FLOW_GATE";
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+    /// Allowlist generation (single slot), raised by the controller after every sync that
+    /// changed the allowlist; flows re-check their endpoints when it moved (see
+    /// [`super::FlowState::generation`]).
+    pub const ALLOW_GEN: &str = "ALLOW_GEN";
+    /// Repeat-source filter in front of the event budget (see [`super::REPEAT_SLOTS`]).
+    pub const REPEAT_SOURCES: &str = "REPEAT_SOURCES";
     /// Fast-path verdict structures in front of the allowlist tries (see [`super::FastLengths`]).
     pub const FAST_BITMAPS: &str = "FAST_BITMAPS";
     pub const FAST_V4_LONG: &str = "FAST_V4_LONG";
@@ -33,7 +39,7 @@ pub mod maps {
 
 /// Version of the pinned map layout (`<bpffs>/vpn-filter/v<N>/maps`). Bump it whenever a map's
 /// key, value or type changes, so a new build never reuses maps of a different shape.
-pub const PIN_LAYOUT_VERSION: u32 = 1;
+pub const PIN_LAYOUT_VERSION: u32 = 2;
 
 /// Compile-time map sizes. The allowlist tries are resized at load time from configuration
 /// (`EbpfLoader::set_max_entries`); these are the defaults.
@@ -179,6 +185,13 @@ wire_enum! {
         Confirmed = 2 => "confirmed",
         /// The flow was already judged; this is a later packet of it.
         FlowFollowUp = 3 => "flow_follow_up",
+        /// A flow judged unregistered (blocked, monitored or pending) has an endpoint that the
+        /// allowlist now holds: this first packet after the approval passes, and so does the
+        /// rest of the flow.
+        Registered = 4 => "registered",
+        /// A flow allowed because of a registration that has since been removed: from this
+        /// packet on it is judged as an unregistered flow of its protocol.
+        Revoked = 5 => "revoked",
     }
 }
 
@@ -214,6 +227,12 @@ wire_enum! {
         /// First fragments too small to hold the L4 header and the start of the payload
         /// (RFC 1858 tiny-fragment evasion): dropped. No real stack sends them.
         TinyFragment = 17 => "tiny_fragment",
+        /// Flow entries whose verdict predates the current allowlist generation and whose
+        /// endpoints were looked up again (one per flow per allowlist change).
+        FlowRejudged = 18 => "flow_rejudged",
+        /// Events emitted from the reserve for sources seen retrying while the per-CPU budget
+        /// was spent (a random-source flood cannot hide a real, retrying client).
+        EventsRepeatSource = 19 => "events_repeat_source",
     }
 }
 
@@ -367,7 +386,12 @@ pub struct FastLengths {
 }
 
 /// Key of the flow map: the two endpoints in canonical order (lower address/port first), so
-/// both directions of a flow find the same entry.
+/// both directions of a flow find the same entry, the VPN protocol judged, and the VLAN.
+///
+/// Each protocol has its own entry on a 5-tuple: a packet is judged only against the state of
+/// the protocol it was recognised as, so a decoy of one protocol can neither absorb another
+/// protocol's handshake nor make its packets follow-ups. Flows in different VLANs never share
+/// state (tenants with overlapping private addresses); the allowlist itself is global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
@@ -377,7 +401,15 @@ pub struct FlowKey {
     pub hi_port: [u8; 2],
     pub ip_proto: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
+    /// [`Protocol`] of the entry.
+    pub protocol: u8,
+    /// Within a protocol, which conversation: [`FLOW_CLASS_DATA`] for WireGuard transport
+    /// data (a data-only flow), 0 for handshakes and everything else. A data-shaped decoy
+    /// cannot then absorb a padded handshake on the same 5-tuple.
+    pub class: u8,
+    /// Outermost VLAN id (0 untagged), big-endian.
+    pub vlan: [u8; 2],
+    pub _pad2: [u8; 2],
 }
 
 wire_enum! {
@@ -399,13 +431,29 @@ wire_enum! {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowState {
-    /// Monotonic time (bpf_ktime_get_ns) after which the entry is stale.
+    /// Monotonic time (bpf_ktime_get_ns) after which the entry is stale. Every packet that
+    /// belongs to the flow moves it on (pending entries too: a late reply still confirms).
     pub expires_ns: u64,
-    /// Protocol-specific token a confirming packet must match: the OpenVPN client session id,
-    /// or the WireGuard sender/receiver index in the first four bytes.
+    /// Identifier of the side that created the entry: the OpenVPN client session id, the
+    /// WireGuard sender index (first four bytes), the ESP SPI and sequence number.
     pub token: [u8; 8],
+    /// Identifier of the other side once seen: the OpenVPN server session id, the WireGuard
+    /// responder's index, the reverse direction's ESP SPI. Follow-up packets of a blocked
+    /// flow must carry one of the two tokens to be dropped as the flow's own.
+    pub peer_token: [u8; 8],
     /// Packets seen on this flow while pending (for confirmation by repetition).
     pub packets: u32,
+    /// Allowlist generation ([`maps::ALLOW_GEN`], low 32 bits) the verdict was taken under.
+    /// When the controller changes the allowlist the generation moves, and the next packet
+    /// of every flow looks its endpoints up again: approvals and revocations reach live flows
+    /// within one sync, at the cost of one lookup per flow, with no walk of the flow map.
+    pub generation: u32,
+    /// OpenVPN tls-crypt-v2: the packet-id time of the client's reset, which its control
+    /// packets repeat in clear (zero when not applicable).
+    pub aux: [u8; 4],
+    /// OpenVPN: the first four bytes of the first data packet seen while the flow was
+    /// allowed (opcode and peer id), so a revoked flow's data can be told from other traffic.
+    pub data_head: [u8; 4],
     /// [`FlowStatus`].
     pub status: u8,
     /// [`Protocol`].
@@ -414,7 +462,38 @@ pub struct FlowState {
     pub message: u8,
     /// 1 when the packet that created the entry came from the `lo` endpoint of the key.
     pub from_lo: u8,
+    /// [`flow_flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
 }
+
+/// [`FlowKey::class`] of WireGuard transport-data entries.
+pub const FLOW_CLASS_DATA: u8 = 1;
+
+/// Bits of [`FlowState::flags`].
+pub mod flow_flags {
+    /// Several different tokens were seen from the creating side while pending (a retry with
+    /// a new session id or index, or a decoy): the reply confirms without echoing a
+    /// particular one, so a decoy cannot keep the real handshake from being confirmed.
+    pub const ANY_TOKEN: u8 = 1;
+    /// ESP-in-UDP: the reverse direction sent an ESP-shaped packet with its own SPI.
+    pub const ESP_REVERSE: u8 = 2;
+    /// ESP-in-UDP: the creating direction sent the same SPI with a higher sequence number.
+    pub const ESP_ADVANCED: u8 = 4;
+    /// The kind of packet that created the entry came from the other side too (a decoy, or
+    /// roles the other way round): the reply confirms from either side.
+    pub const ANY_SIDE: u8 = 8;
+}
+
+/// Slots of the repeat-source filter (`REPEAT_SOURCES`, u32 each: 16 MiB). A power of two.
+pub const REPEAT_SLOTS: u32 = 1 << 22;
+/// Length of one repeat-source window: a source seen again within two windows counts as
+/// retrying.
+pub const REPEAT_WINDOW_NS: u64 = 8_000_000_000;
+/// A retrying source is reported from the reserve at most once per this many windows (56 s).
+pub const REPEAT_REPORT_WINDOWS: u8 = 7;
+/// Events per CPU per second kept back for retrying sources once the budget is spent.
+pub const REPEAT_RESERVE_PER_SEC: u32 = 200;
 
 /// Address family values used in [`Event::family`] and [`FlowKey::family`].
 pub const FAMILY_V4: u8 = 4;
@@ -491,8 +570,8 @@ mod tests {
 
     #[test]
     fn records_have_no_implicit_padding() {
-        assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<FlowState>(), 24);
+        assert_eq!(size_of::<FlowKey>(), 44);
+        assert_eq!(size_of::<FlowState>(), 48);
         assert_eq!(size_of::<Event>(), 64);
         assert_eq!(size_of::<Config>(), 40);
         assert_eq!(size_of::<FastKeyV4>(), 8);
@@ -517,7 +596,7 @@ mod tests {
     fn counter_indices_do_not_overlap() {
         let last_verdict = verdict_counter_index(Protocol::SoftEther, Verdict::Ignored);
         assert!(last_verdict < counter_index(Counter::Packets));
-        assert_eq!(counter_index(Counter::TinyFragment) + 1, STATS_LEN);
+        assert_eq!(counter_index(Counter::EventsRepeatSource) + 1, STATS_LEN);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! [`Strength::FollowUp`] when it only matters if its flow is already known.
 //! Wire facts and their sources: README, "What is detected".
 
-use vpn_filter_common::{FlowState, FlowStatus, Message, Protocol};
+use vpn_filter_common::{flow_flags, FlowState, FlowStatus, Message, Protocol};
 
 /// Bytes of payload the classifier sees. Every check below indexes into this window with
 /// constant indices, so the BPF verifier sees no variable offsets and no panics exist.
@@ -31,6 +31,13 @@ pub const OVPN_MAX_RESET: usize = 1200;
 pub const OVPN_MIN_RESET_V3: usize = 54 + 32 + 256 + 2;
 /// Packets of a pending WireGuard-data flow before it counts as confirmed.
 pub const WG_DATA_CONFIRM_PACKETS: u32 = 4;
+/// ESP-in-UDP: how far the creating direction's sequence number may advance between two of
+/// its packets and still count as the same SA making progress (RFC 4303 sequence numbers
+/// rise by one per packet; a gap this size is lost packets, not a coincidence).
+pub const ESP_SEQ_WINDOW: u32 = 4096;
+/// Highest replay packet id (low byte) a tls-crypt-v2 client reset carries: 1, plus one per
+/// retransmission within the handshake window.
+pub const OVPN_V3_MAX_REPLAY_ID: u8 = 64;
 
 pub const IKE_PORT: u16 = 500;
 pub const NAT_T_PORT: u16 = 4500;
@@ -63,6 +70,9 @@ pub struct Detection {
     /// Identifier of the peer echoed by this packet (WireGuard response's receiver index,
     /// OpenVPN server reset's remote session id when visible); zero when none.
     pub peer_token: [u8; 8],
+    /// OpenVPN: the packet-id time of tls-crypt-v2 resets and of control packets (in clear
+    /// at [13..17]), or the first four bytes of a data packet; zero otherwise.
+    pub aux: [u8; 4],
 }
 
 impl Detection {
@@ -74,6 +84,7 @@ impl Detection {
             strength,
             token: [0; 8],
             peer_token: [0; 8],
+            aux: [0; 4],
         }
     }
 
@@ -81,6 +92,12 @@ impl Detection {
     const fn with_tokens(mut self, token: [u8; 8], peer_token: [u8; 8]) -> Self {
         self.token = token;
         self.peer_token = peer_token;
+        self
+    }
+
+    #[inline(always)]
+    const fn with_aux(mut self, aux: [u8; 4]) -> Self {
+        self.aux = aux;
         self
     }
 }
@@ -185,13 +202,17 @@ pub fn classify_udp(sport: u16, dport: u16, len: usize, w: &[u8; WINDOW]) -> Opt
             return if len >= 4 { ike(w, 4, len - 4) } else { None };
         }
         // ESP: SPI values 1..=255 are reserved (RFC 4303), and the sequence number starts
-        // at 1, so neither is zero in real ESP.
+        // at 1, so neither is zero in real ESP. That shape alone is weak: any UDP payload on
+        // a 4500 source port (DNS, NTP, QUIC from a port-randomising stack or CGNAT) has it.
+        // The flow is confirmed only by what ESP does and they do not: the same SPI with a
+        // rising sequence number from one side, and an ESP packet with its own SPI from the
+        // other (see `advance`).
         let spi_valid = w[0] | w[1] | w[2] != 0;
         let seq_nonzero = w[4] | w[5] | w[6] | w[7] != 0;
         if len >= 16 && spi_valid && seq_nonzero {
             return Some(
-                Detection::new(Protocol::Esp, Message::EspUdp, Strength::Strong)
-                    .with_tokens([w[0], w[1], w[2], w[3], 0, 0, 0, 0], [0; 8]),
+                Detection::new(Protocol::Esp, Message::EspUdp, Strength::Weak)
+                    .with_tokens([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]], [0; 8]),
             );
         }
         return None;
@@ -511,15 +532,26 @@ fn server_reset_echo<const O: usize>(w: &[u8; WINDOW], len: usize) -> Option<[u8
         54 => echo!(37, 42),
         62 => echo!(45, 50),
         // tls-crypt (replay packet id in clear at [9..13]), or tls-auth with SHA256.
-        66 if w[O + 10] | w[O + 11] == 0 => Some([0; 8]),
+        66 if small_replay_id::<O>(w) => Some([0; 8]),
         66 => echo!(49, 54),
         // tls-crypt-v2: tls-crypt plus an early-negotiation TLV.
-        72 if w[O + 10] | w[O + 11] == 0 => Some([0; 8]),
+        72 if small_replay_id::<O>(w) => Some([0; 8]),
         // tls-auth with SHA384 and SHA512.
         82 => echo!(65, 70),
         98 => echo!(81, 86),
         _ => None,
     }
+}
+
+/// The replay packet id in clear at `w[O + 9..O + 13]` of a tls-crypt packet is a small
+/// counter (1 for a first reset, one more per retransmission), with OpenVPN 2.6's
+/// early-negotiation marker 0x0f in its top byte or none.
+#[inline(always)]
+fn small_replay_id<const O: usize>(w: &[u8; WINDOW]) -> bool {
+    (w[O + 9] == 0 || w[O + 9] == 0x0f)
+        && w[O + 10] | w[O + 11] == 0
+        && w[O + 12] != 0
+        && w[O + 12] <= OVPN_V3_MAX_REPLAY_ID
 }
 
 /// OpenVPN packet at `w[O..]` (O = 0 on UDP, 2 on TCP after the length prefix); `len` is the
@@ -574,13 +606,20 @@ fn openvpn<const O: usize>(w: &[u8; WINDOW], len: usize) -> Option<Detection> {
         // packet id in clear at [9..13] (0x0f000001 from OpenVPN 2.6: the early-negotiation
         // marker in its top byte).
         ovpn::CONTROL_HARD_RESET_CLIENT_V3
-            if len < OVPN_MIN_RESET_V3 || w[O + 10] | w[O + 11] != 0 =>
+            if len < OVPN_MIN_RESET_V3 || !small_replay_id::<O>(w) =>
         {
             None
         }
-        ovpn::CONTROL_HARD_RESET_CLIENT_V1
-        | ovpn::CONTROL_HARD_RESET_CLIENT_V2
-        | ovpn::CONTROL_HARD_RESET_CLIENT_V3 => Some(
+        // The packet-id time of a tls-crypt-v2 reset is repeated in clear by every control
+        // packet of the session: the continuation must carry it (a QUIC short-header packet
+        // can look like a v3 reset and its successor like a WKc control packet, but its
+        // bytes [13..17] are packet number and ciphertext, different in every packet).
+        ovpn::CONTROL_HARD_RESET_CLIENT_V3 => Some(
+            Detection::new(Protocol::OpenVpn, Message::OvpnClientReset, Strength::Weak)
+                .with_tokens(session, [0; 8])
+                .with_aux([w[O + 13], w[O + 14], w[O + 15], w[O + 16]]),
+        ),
+        ovpn::CONTROL_HARD_RESET_CLIENT_V1 | ovpn::CONTROL_HARD_RESET_CLIENT_V2 => Some(
             Detection::new(Protocol::OpenVpn, Message::OvpnClientReset, Strength::Weak)
                 .with_tokens(session, [0; 8]),
         ),
@@ -597,7 +636,8 @@ fn openvpn<const O: usize>(w: &[u8; WINDOW], len: usize) -> Option<Detection> {
         }
         ovpn::CONTROL_V1 | ovpn::ACK_V1 | ovpn::CONTROL_WKC_V1 => Some(
             Detection::new(Protocol::OpenVpn, Message::OvpnControl, Strength::FollowUp)
-                .with_tokens(session, [0; 8]),
+                .with_tokens(session, [0; 8])
+                .with_aux([w[O + 13], w[O + 14], w[O + 15], w[O + 16]]),
         ),
         _ => None,
     }
@@ -721,36 +761,148 @@ pub enum Confirmation {
     Pending,
 }
 
-/// Whether `det`, seen on a flow in state `pending`, confirms it. `same_direction` is true
-/// when the packet travels in the direction of the packet that created the entry.
+/// Applies `det`, a packet of the pending flow's protocol, to the pending entry `state` and
+/// says whether it confirms the flow. `same_direction` is true when the packet travels in the
+/// direction of the packet that created the entry.
+///
+/// Confirmation needs what the other side or the flow's own progress shows: the peer's reply
+/// echoing the creator's token (padded WireGuard, OpenVPN), the client continuing under its
+/// session id (and, for tls-crypt-v2, its packet-id time), repeated consistent packets
+/// (WireGuard data), or both ESP directions with one SA's sequence number rising. A packet
+/// that does not confirm still moves the entry on: the pending timeout follows the flow, the
+/// other side's token is learned, and a second token from the creating side (a retry or a
+/// decoy) lets the reply confirm without echoing a particular one.
 #[inline(always)]
-pub fn confirms(pending: &FlowState, det: &Detection, same_direction: bool) -> Confirmation {
-    if pending.status != FlowStatus::Pending as u8 || pending.protocol != det.protocol as u8 {
+pub fn advance(state: &mut FlowState, det: &Detection, same_direction: bool) -> Confirmation {
+    if state.status != FlowStatus::Pending as u8 || state.protocol != det.protocol as u8 {
         return Confirmation::Pending;
     }
-    let created_by = Message::from_u8(pending.message);
+    let created_by = Message::from_u8(state.message);
+    // Another packet of the kind that created the entry (a client reset, a padded initiation):
+    // a retry with a new session id or index, a decoy, or the roles the other way round.
+    // Either way the entry no longer knows which one the real handshake is: any reply of the
+    // right layout confirms, from either side.
+    if det.strength == Strength::Weak
+        && det.message as u8 == state.message
+        && !matches!(created_by, Some(Message::WgData) | Some(Message::EspUdp))
+    {
+        if det.token != state.token || det.aux != state.aux {
+            state.flags |= flow_flags::ANY_TOKEN;
+        }
+        if !same_direction {
+            state.flags |= flow_flags::ANY_SIDE;
+        }
+    }
+    let any_token = state.flags & flow_flags::ANY_TOKEN != 0;
+    let reply = !same_direction || state.flags & flow_flags::ANY_SIDE != 0;
+    let continuation = same_direction || state.flags & flow_flags::ANY_SIDE != 0;
     let yes = match (created_by, det.message) {
         // Padded WireGuard: the reply's receiver index must echo the initiator's sender index.
         (Some(Message::WgPaddedInitiation), Message::WgPaddedResponse | Message::WgResponse) => {
-            !same_direction && det.peer_token == pending.token
+            reply && (det.peer_token == state.token || any_token)
         }
         // WireGuard seen only from its data packets: enough consistent packets on the flow.
-        (Some(Message::WgData), Message::WgData) => pending.packets + 1 >= WG_DATA_CONFIRM_PACKETS,
+        (Some(Message::WgData), Message::WgData) => {
+            if !same_direction && state.peer_token == [0; 8] {
+                state.peer_token = det.token;
+            }
+            state.packets + 1 >= WG_DATA_CONFIRM_PACKETS
+        }
         // OpenVPN: the server answers the client's reset...
         (Some(Message::OvpnClientReset), Message::OvpnServerReset) => {
-            !same_direction && (det.peer_token == [0; 8] || det.peer_token == pending.token)
+            reply && (det.peer_token == [0; 8] || det.peer_token == state.token || any_token)
         }
-        // ...or the client continues its control channel under the same session id.
+        // ...or the client continues its control channel under the same session id (and,
+        // for tls-crypt-v2, the same packet-id time).
         (Some(Message::OvpnClientReset), Message::OvpnControl) => {
-            same_direction && det.token == pending.token
+            continuation
+                && (det.token == state.token || any_token)
+                && (state.aux == [0; 4] || det.aux == state.aux || any_token)
+        }
+        (Some(Message::EspUdp), Message::EspUdp) => {
+            esp_progress(state, det, same_direction);
+            state.flags & (flow_flags::ESP_REVERSE | flow_flags::ESP_ADVANCED)
+                == flow_flags::ESP_REVERSE | flow_flags::ESP_ADVANCED
         }
         _ => false,
     };
     if yes {
-        Confirmation::Confirmed
-    } else {
-        Confirmation::Pending
+        // The confirming reply names the other side's session or index.
+        if !same_direction && det.token != [0; 8] && created_by != Some(Message::WgData) {
+            state.peer_token = det.token;
+        }
+        return Confirmation::Confirmed;
     }
+    state.packets = state.packets.saturating_add(1);
+    Confirmation::Pending
+}
+
+/// ESP-in-UDP evidence: the creator's SPI again with a sequence number a little higher, and an
+/// ESP packet with another SPI from the other side.
+#[inline(always)]
+fn esp_progress(state: &mut FlowState, det: &Detection, same_direction: bool) {
+    let t = &det.token;
+    let same_spi = t[0] == state.token[0]
+        && t[1] == state.token[1]
+        && t[2] == state.token[2]
+        && t[3] == state.token[3];
+    if same_direction {
+        if !same_spi {
+            return;
+        }
+        let old = u32::from_be_bytes([
+            state.token[4],
+            state.token[5],
+            state.token[6],
+            state.token[7],
+        ]);
+        let new = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+        if new > old && new - old <= ESP_SEQ_WINDOW {
+            state.flags |= flow_flags::ESP_ADVANCED;
+            state.token[4] = t[4];
+            state.token[5] = t[5];
+            state.token[6] = t[6];
+            state.token[7] = t[7];
+        }
+    } else if !same_spi {
+        state.flags |= flow_flags::ESP_REVERSE;
+        if state.peer_token == [0; 8] {
+            state.peer_token = *t;
+        }
+    }
+}
+
+/// Whether `det`, a packet of the protocol of a blocked (or monitored) flow, is that flow's own
+/// and so dropped (or reported) as a follow-up. Handshake messages with a strict layout are
+/// the protocol's whatever their tokens; packets recognised only by a first byte or a loose
+/// shape must carry one of the flow's tokens. So a spoofer who makes an ordinary 5-tuple (NTP,
+/// DNS, SIP...) a blocked flow cannot get that service's real packets dropped.
+#[inline(always)]
+pub fn belongs(state: &FlowState, det: &Detection) -> bool {
+    match det.message {
+        // Receiver index (WireGuard data) or SPI (ESP): one of the two sides' own.
+        Message::WgData | Message::EspUdp => {
+            token4_is(&det.token, &state.token) || token4_is(&det.token, &state.peer_token)
+        }
+        Message::OvpnControl => {
+            det.token != [0; 8] && (det.token == state.token || det.token == state.peer_token)
+        }
+        // Data packets carry no session id: the flow must have carried data while allowed
+        // (it was revoked since), with the same opcode and, for P_DATA_V2, the same peer id.
+        Message::OvpnData => {
+            let head = state.data_head;
+            head[0] != 0
+                && det.aux[0] >> 3 == head[0] >> 3
+                && (det.aux[0] >> 3 != ovpn::DATA_V2
+                    || (det.aux[1] == head[1] && det.aux[2] == head[2] && det.aux[3] == head[3]))
+        }
+        _ => true,
+    }
+}
+
+#[inline(always)]
+fn token4_is(a: &[u8; 8], b: &[u8; 8]) -> bool {
+    (b[0] | b[1] | b[2] | b[3]) != 0 && a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
 }
 
 #[cfg(test)]

@@ -19,10 +19,11 @@ use vpn_filter_common::{
     DEFAULT_EVENTS_PER_SOURCE_PER_SEC, DEFAULT_EVENT_LIMIT_ENTRIES, DEFAULT_EVENT_RING_BYTES,
     DEFAULT_FLOW_ENTRIES, DEFAULT_PENDING_FLOW_TIMEOUT_NS, FAMILY_V4, FAMILY_V6,
     FAST_BITMAP_V4_LONG, FAST_BITMAP_V6, FAST_BITMAP_WORDS, FAST_V6_MAX_LENGTHS, FAST_V6_USE_TRIE,
+    FLOW_CLASS_DATA, REPEAT_REPORT_WINDOWS, REPEAT_RESERVE_PER_SEC, REPEAT_SLOTS, REPEAT_WINDOW_NS,
     STATS_LEN,
 };
 use vpn_filter_ebpf::classify::{
-    classify_gre, classify_ip_proto, classify_tcp, classify_udp, confirms, tcp_prefilter,
+    advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp, tcp_prefilter,
     udp_prefilter, Confirmation, Detection, Prefilter, Strength, WINDOW,
 };
 
@@ -73,6 +74,29 @@ static FLOWS: LruHashMap<FlowKey, FlowState> =
 #[map(name = "FLOW_GATE")]
 static FLOW_GATE: Array<u64> = Array::with_max_entries(Protocol::COUNT as u32, 0);
 
+/// Allowlist generation: raised by the controller after each sync that changed the allowlist
+/// (after the writes), read here before any allowlist lookup. A flow entry stamped with an
+/// older generation looks its endpoints up again on its next packet.
+#[map(name = "ALLOW_GEN")]
+static ALLOW_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Repeat-source filter: per slot (hash of the source address) a 16-bit fingerprint, the
+/// window it was last seen in and the window it was last reported in from the reserve.
+#[map(name = "REPEAT_SOURCES")]
+static REPEAT_SOURCES: Array<u32> = Array::with_max_entries(REPEAT_SLOTS, 0);
+
+/// Per-CPU scratch slot holding the packet's headers and detection while it is judged (see
+/// [`try_vpn_filter`]).
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<Candidate> = PerCpuArray::with_max_entries(1, 0);
+
+/// A classified packet on its way to [`decide`].
+#[derive(Clone, Copy)]
+struct Candidate {
+    pkt: Packet,
+    det: Detection,
+}
+
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
 
@@ -80,9 +104,10 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_RING_BYTES, 0);
 
 /// Per-CPU event budget over all sources (first-N-per-second), checked before the
-/// per-source limit so a random-source flood costs no LRU insert per packet.
+/// per-source limit so a random-source flood costs no LRU insert per packet. Slot 1 is the
+/// reserve for retrying sources once slot 0 is spent.
 #[map(name = "EVENT_BUDGET")]
-static EVENT_BUDGET: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+static EVENT_BUDGET: PerCpuArray<RateState> = PerCpuArray::with_max_entries(2, 0);
 
 #[map(name = "EVENT_LIMIT")]
 static EVENT_LIMIT: LruHashMap<[u8; 16], RateState> =
@@ -110,6 +135,7 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 const MIN_FIRST_FRAGMENT_PAYLOAD: usize = 16;
 
 /// Everything the decision needs from the headers.
+#[derive(Clone, Copy)]
 struct Packet {
     src: [u8; 16],
     dst: [u8; 16],
@@ -180,7 +206,23 @@ fn try_vpn_filter(ctx: &XdpContext) -> Result<u32, Counter> {
         Some(d) => d,
         None => return Ok(XDP_PASS),
     };
-    Ok(decide(ctx, &pkt, &det))
+    // Every parse and classification path ends here with its own constants (family, offsets,
+    // protocol, message, strength). Judged from those registers, `decide` would be verified
+    // once per path and the program would exceed the verifier's budget. Judged from a map
+    // slot, read through a pointer the compiler cannot see through, the values are unknown to
+    // the verifier: every path meets in one state and `decide` is verified once. Candidates
+    // only (ordinary traffic never gets here); the copy also keeps them off the BPF stack.
+    let slot = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
+    // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+    unsafe {
+        (*slot).pkt = pkt;
+        (*slot).det = det;
+    }
+    // SAFETY: reads the local pointer; volatile so the stores above are not forwarded.
+    let slot = unsafe { ptr::read_volatile(&slot) };
+    // SAFETY: as above.
+    let c = unsafe { &*slot };
+    Ok(decide(ctx, &c.pkt, &c.det))
 }
 
 #[inline(always)]
@@ -387,7 +429,16 @@ fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>, Counter> 
                 return Ok(None);
             }
             let mut token = [0u8; 8];
-            if pkt.captured >= 9 {
+            // Control packets: the tls-crypt packet-id time at [13..17]; data packets: the
+            // opcode and peer id (see `belongs`).
+            let mut aux = [head[0], head[1], head[2], head[3]];
+            if pkt.captured >= 17 {
+                let h: [u8; 17] = read(ctx, pkt.payload_off)?;
+                token.copy_from_slice(&h[1..9]);
+                if message == vpn_filter_common::Message::OvpnControl {
+                    aux.copy_from_slice(&h[13..17]);
+                }
+            } else if pkt.captured >= 9 {
                 let h: [u8; 9] = read(ctx, pkt.payload_off)?;
                 token.copy_from_slice(&h[1..9]);
             }
@@ -397,6 +448,7 @@ fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>, Counter> 
                 strength: Strength::FollowUp,
                 token,
                 peer_token: [0; 8],
+                aux,
             }))
         }
         Prefilter::Inspect => {
@@ -456,10 +508,10 @@ fn config() -> Config {
     c
 }
 
-/// Canonical flow key: the lower (address, port) endpoint first. Returns the key and whether
-/// the packet's source is the `lo` endpoint.
+/// Canonical flow key of `protocol`'s entry: the lower (address, port) endpoint first. Returns
+/// the key and whether the packet's source is the `lo` endpoint.
 #[inline(always)]
-fn flow_key(pkt: &Packet) -> (FlowKey, bool) {
+fn flow_key(pkt: &Packet, protocol: Protocol, class: u8) -> (FlowKey, bool) {
     let s_hi = u64::from_be_bytes([
         pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3], pkt.src[4], pkt.src[5], pkt.src[6],
         pkt.src[7],
@@ -502,7 +554,10 @@ fn flow_key(pkt: &Packet) -> (FlowKey, bool) {
             hi_port: bp.to_be_bytes(),
             ip_proto: pkt.ip_proto,
             family: pkt.family,
-            _pad: [0; 2],
+            protocol: protocol as u8,
+            class,
+            vlan: pkt.vlan.to_be_bytes(),
+            _pad2: [0; 2],
         },
         src_first,
     )
@@ -531,6 +586,17 @@ fn address_allowed(mode: u32, family: u8, addr: &[u8; 16]) -> bool {
         && addr[11] == 0xff;
     if mapped {
         return v4_allowed(mode, [addr[12], addr[13], addr[14], addr[15]]);
+    }
+    // NAT64's well-known prefix (64:ff9b::/96, RFC 6052) embeds the IPv4 host a.b.c.d that a
+    // NAT64 gateway translates to: a registration of a.b.c.d covers it. An IPv6 registration
+    // of the NAT64 address itself is honoured too (below).
+    let nat64 = addr[0] == 0
+        && addr[1] == 0x64
+        && addr[2] == 0xff
+        && addr[3] == 0x9b
+        && addr[4] | addr[5] | addr[6] | addr[7] | addr[8] | addr[9] | addr[10] | addr[11] == 0;
+    if nat64 && v4_allowed(mode, [addr[12], addr[13], addr[14], addr[15]]) {
+        return true;
     }
     if mode == AllowlistLookup::Fast as u32 {
         if let Some(found) = v6_fast(addr) {
@@ -675,6 +741,22 @@ fn store_flow(key: &FlowKey, state: &FlowState, protocol: Protocol) {
 }
 
 #[inline(always)]
+fn allow_generation() -> u32 {
+    ALLOW_GEN.get(0).copied().unwrap_or(0) as u32
+}
+
+/// What the flow entry of a packet's protocol decided.
+enum Judged {
+    /// Passed without a report (allowed flow, pending flow, or not the flow's own packet).
+    Pass,
+    /// Reported with this reason; the verdict follows the current policy (or is `allowed`
+    /// for [`Reason::Registered`]).
+    Report(Reason),
+    /// The entry does not decide: judge the packet as on a fresh 5-tuple.
+    Fresh,
+}
+
+#[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "passing map keys by value copies them onto the 512-byte BPF stack"
@@ -689,92 +771,193 @@ fn decide(ctx: &XdpContext, pkt: &Packet, det: &Detection) -> u32 {
     let cfg = config();
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (key, src_is_lo) = flow_key(pkt);
+    // Read before any allowlist lookup: the controller raises it after its writes, so a
+    // verdict stamped with it never misses a later change.
+    let generation = allow_generation();
+    let class = if det.message == vpn_filter_common::Message::WgData {
+        FLOW_CLASS_DATA
+    } else {
+        0
+    };
+    let (key, src_is_lo) = flow_key(pkt, protocol, class);
 
-    let mut reason = Reason::Signature;
-    if let Some(state) = FLOWS.get_ptr_mut(&key) {
+    let entry = match FLOWS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the LRU map's value, valid for this program run.
+        Some(state) if unsafe { (*state).expires_ns } > now => Some(state),
+        _ => None,
+    };
+    // At most one allowlist lookup per packet, and none for a flow judged under the current
+    // generation: its status already says whether an endpoint is registered.
+    let allowed = match entry {
+        // SAFETY: as above.
+        Some(state) if unsafe { (*state).generation } == generation => {
+            (unsafe { (*state).status }) == FlowStatus::Allowed as u8
+        }
+        None if det.strength == Strength::FollowUp => {
+            // Continues a flow we do not know (or that expired): ordinary traffic.
+            return XDP_PASS;
+        }
+        _ => allowlisted(pkt, cfg.allowlist_lookup),
+    };
+    let mut judged = Judged::Fresh;
+    if let Some(state) = entry {
+        count(counter_index(Counter::FlowHit));
+        // SAFETY: as above.
         let state = unsafe { &mut *state };
-        if state.expires_ns > now {
-            count(counter_index(Counter::FlowHit));
-            let flow_proto = Protocol::from_u8(state.protocol).unwrap_or(protocol);
-            match FlowStatus::from_u8(state.status) {
-                Some(FlowStatus::Allowed) => {
-                    state.expires_ns = now + cfg.allowed_flow_timeout_ns;
-                    count(verdict_counter_index(flow_proto, Verdict::Allowed));
-                    return XDP_PASS;
-                }
-                Some(FlowStatus::Blocked) | Some(FlowStatus::Monitored) => {
-                    state.expires_ns = now + cfg.blocked_flow_timeout_ns;
-                    open_gate(flow_proto, state.expires_ns);
-                    return unregistered(
-                        ctx,
-                        pkt,
-                        det,
-                        flow_proto,
-                        Reason::FlowFollowUp,
-                        now,
-                        &cfg,
-                    );
-                }
-                Some(FlowStatus::Pending) => {
-                    let same_direction = (state.from_lo == 1) == src_is_lo;
-                    match confirms(state, det, same_direction) {
-                        Confirmation::Confirmed => reason = Reason::Confirmed,
-                        Confirmation::Pending => {
-                            if det.strength != Strength::Strong {
-                                state.packets += 1;
-                                count(verdict_counter_index(protocol, Verdict::Pending));
-                                return XDP_PASS;
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
+        judged = judge_flow(det, state, src_is_lo, now, generation, allowed, &cfg);
+        if matches!(judged, Judged::Report(Reason::Confirmed))
+            && protocol == Protocol::WireGuard
+            && class == 0
+        {
+            // A padded handshake just confirmed: its transport data is a conversation of
+            // its own (see `FlowKey::class`); block it too, with the handshake's indices.
+            let mut data_key = key;
+            data_key.class = FLOW_CLASS_DATA;
+            store_flow(&data_key, state, protocol);
         }
     }
-
-    if det.strength == Strength::FollowUp && reason != Reason::Confirmed {
-        // Continues a flow we do not know (or that expired): ordinary traffic for us.
-        return XDP_PASS;
-    }
-
-    let mut state = FlowState {
-        expires_ns: 0,
-        token: det.token,
-        packets: 1,
-        status: FlowStatus::Allowed as u8,
-        protocol: protocol as u8,
-        message: det.message as u8,
-        from_lo: src_is_lo as u8,
+    let reason = match judged {
+        Judged::Pass => return XDP_PASS,
+        Judged::Report(reason) => reason,
+        Judged::Fresh => {
+            if det.strength == Strength::FollowUp {
+                return XDP_PASS;
+            }
+            if allowed || det.strength == Strength::Weak {
+                let (status, timeout, verdict) = if allowed {
+                    (
+                        FlowStatus::Allowed,
+                        cfg.allowed_flow_timeout_ns,
+                        Verdict::Allowed,
+                    )
+                } else {
+                    (
+                        FlowStatus::Pending,
+                        cfg.pending_flow_timeout_ns,
+                        Verdict::Pending,
+                    )
+                };
+                let state = FlowState {
+                    expires_ns: now + timeout,
+                    token: det.token,
+                    peer_token: [0; 8],
+                    packets: 1,
+                    generation,
+                    aux: det.aux,
+                    data_head: [0; 4],
+                    status: status as u8,
+                    protocol: protocol as u8,
+                    message: det.message as u8,
+                    from_lo: src_is_lo as u8,
+                    flags: 0,
+                    _pad: [0; 3],
+                };
+                store_flow(&key, &state, protocol);
+                count(verdict_counter_index(protocol, verdict));
+                return XDP_PASS;
+            }
+            // Conclusive alone: no flow entry. Every later packet that matters is conclusive
+            // alone too, so a flood of handshakes from random sources costs no insert, and
+            // no eviction can let a blocked session's next recognisable packet through.
+            Reason::Signature
+        }
     };
-    if allowlisted(pkt, cfg.allowlist_lookup) {
-        state.expires_ns = now + cfg.allowed_flow_timeout_ns;
-        store_flow(&key, &state, protocol);
-        count(verdict_counter_index(protocol, Verdict::Allowed));
-        return XDP_PASS;
-    }
-    if det.strength == Strength::Weak && reason != Reason::Confirmed {
-        state.status = FlowStatus::Pending as u8;
-        state.expires_ns = now + cfg.pending_flow_timeout_ns;
-        store_flow(&key, &state, protocol);
-        count(verdict_counter_index(protocol, Verdict::Pending));
-        return XDP_PASS;
-    }
-    state.status = if mode == PolicyMode::Enforce as u8 {
-        FlowStatus::Blocked as u8
-    } else {
-        FlowStatus::Monitored as u8
-    };
-    state.expires_ns = now + cfg.blocked_flow_timeout_ns;
-    store_flow(&key, &state, protocol);
-    unregistered(ctx, pkt, det, protocol, reason, now, &cfg)
+    report(ctx, pkt, det, protocol, reason, now, &cfg)
 }
 
-/// Verdict for a packet of an unregistered VPN flow under the current policy.
+/// Applies the flow entry of the packet's protocol (keys carry the protocol, so the entry is
+/// always of `det`'s protocol). `allowed` says whether an endpoint is registered now. An
+/// entry judged under an older allowlist is judged again first: approvals and revocations
+/// take effect on the next packet.
 #[inline(always)]
-fn unregistered(
+fn judge_flow(
+    det: &Detection,
+    state: &mut FlowState,
+    src_is_lo: bool,
+    now: u64,
+    generation: u32,
+    allowed: bool,
+    cfg: &Config,
+) -> Judged {
+    let same_direction = (state.from_lo == 1) == src_is_lo;
+    let mut reason = Reason::FlowFollowUp;
+    if state.generation != generation {
+        // `allowed` was looked up under the current generation.
+        count(counter_index(Counter::FlowRejudged));
+        state.generation = generation;
+        let was_allowed = state.status == FlowStatus::Allowed as u8;
+        if allowed && !was_allowed {
+            // Approved while blocked, monitored or pending: this packet and the rest pass.
+            state.status = FlowStatus::Allowed as u8;
+            state.expires_ns = now + cfg.allowed_flow_timeout_ns;
+            return Judged::Report(Reason::Registered);
+        }
+        if !allowed && was_allowed {
+            // Revoked: from now on an unregistered flow of its protocol.
+            state.status = FlowStatus::Blocked as u8;
+            reason = Reason::Revoked;
+        }
+    }
+    let status = state.status;
+    if status == FlowStatus::Allowed as u8 {
+        state.expires_ns = now + cfg.allowed_flow_timeout_ns;
+        // Learn what a revocation needs to recognise the flow's later packets: the peer's
+        // session or index from its reply, and that the flow carried OpenVPN data.
+        if !same_direction
+            && (det.message == vpn_filter_common::Message::OvpnServerReset
+                || det.message == vpn_filter_common::Message::WgResponse
+                || det.message == vpn_filter_common::Message::WgPaddedResponse)
+        {
+            state.peer_token = det.token;
+        }
+        if det.message == vpn_filter_common::Message::OvpnData && state.data_head[0] == 0 {
+            state.data_head = det.aux;
+        }
+        count(verdict_counter_index(det.protocol, Verdict::Allowed));
+        return Judged::Pass;
+    }
+    if status == FlowStatus::Blocked as u8 || status == FlowStatus::Monitored as u8 {
+        if !belongs(state, det) {
+            // Shares a first byte or a loose shape with the protocol but not the flow's
+            // tokens: ordinary traffic or another session, judged on its own; the entry is
+            // left as it is.
+            return if det.strength == Strength::Strong {
+                Judged::Fresh
+            } else {
+                Judged::Pass
+            };
+        }
+        state.expires_ns = now + cfg.blocked_flow_timeout_ns;
+        open_gate(det.protocol, state.expires_ns);
+        return Judged::Report(reason);
+    }
+    if status == FlowStatus::Pending as u8 {
+        if advance(state, det, same_direction) == Confirmation::Confirmed {
+            // Confirmed over several packets: remembered (with both sides' tokens), so the
+            // flow's own later packets, not all conclusive alone, are dropped too. The
+            // endpoints were looked up under this generation: still unregistered.
+            state.status = FlowStatus::Blocked as u8;
+            state.expires_ns = now + cfg.blocked_flow_timeout_ns;
+            open_gate(det.protocol, state.expires_ns);
+            return Judged::Report(Reason::Confirmed);
+        }
+        if det.strength == Strength::Strong {
+            return Judged::Fresh;
+        }
+        // The pending timeout follows the flow: a late reply still confirms.
+        state.expires_ns = now + cfg.pending_flow_timeout_ns;
+        open_gate(det.protocol, state.expires_ns);
+        count(verdict_counter_index(det.protocol, Verdict::Pending));
+        return Judged::Pass;
+    }
+    Judged::Fresh
+}
+
+/// Verdict for a reported packet: `allowed` for a just-approved flow, else what the current
+/// policy says for an unregistered flow (the policy may have changed since the flow was
+/// judged: the current one decides). One call site, so the event code is inlined once.
+#[inline(always)]
+fn report(
     ctx: &XdpContext,
     pkt: &Packet,
     det: &Detection,
@@ -783,9 +966,10 @@ fn unregistered(
     now: u64,
     cfg: &Config,
 ) -> u32 {
-    // The policy may have changed since the flow was judged: the current one decides.
     let mode = policy(protocol);
-    let (verdict, action) = if mode == PolicyMode::Enforce as u8 {
+    let (verdict, action) = if reason == Reason::Registered {
+        (Verdict::Allowed, XDP_PASS)
+    } else if mode == PolicyMode::Enforce as u8 {
         (Verdict::Dropped, XDP_DROP)
     } else if mode == PolicyMode::Monitor as u8 {
         (Verdict::Monitored, XDP_PASS)
@@ -803,10 +987,6 @@ fn unregistered(
 #[expect(
     clippy::too_many_arguments,
     reason = "inlined; a struct would only add copies on the BPF stack"
-)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "passing map keys by value copies them onto the 512-byte BPF stack"
 )]
 fn emit(
     ctx: &XdpContext,
@@ -829,12 +1009,36 @@ fn emit(
         budget.window_start_ns = now;
         budget.emitted = 0;
     }
-    if budget.emitted >= cfg.events_per_cpu_per_sec {
-        budget.suppressed += 1;
-        count(counter_index(Counter::EventsSuppressed));
-        return;
-    }
-    let suppressed = match EVENT_LIMIT.get_ptr_mut(&pkt.src) {
+    let suppressed = if budget.emitted >= cfg.events_per_cpu_per_sec {
+        // Spent (a flood, often from random sources): a source seen retrying still gets
+        // reported about once a minute, from a small reserve.
+        if !(repeat_source_due(&pkt.src, now) && take_reserve(now)) {
+            budget.suppressed += 1;
+            count(counter_index(Counter::EventsSuppressed));
+            return;
+        }
+        count(counter_index(Counter::EventsRepeatSource));
+        0
+    } else {
+        let suppressed = match per_source(&pkt.src, now, cfg) {
+            Some(s) => s,
+            None => return,
+        };
+        budget.emitted += 1;
+        suppressed
+    };
+    submit(ctx, pkt, det, protocol, verdict, reason, now, suppressed);
+}
+
+/// The per-source limit: `None` when `src` has used its events this second (counted as
+/// suppressed), else how many of its events were suppressed since its last one.
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "passing map keys by value copies them onto the 512-byte BPF stack"
+)]
+fn per_source(src: &[u8; 16], now: u64, cfg: &Config) -> Option<u32> {
+    match EVENT_LIMIT.get_ptr_mut(src) {
         Some(rate) => {
             // SAFETY: a pointer into the LRU map's value, valid for this program run.
             let rate = unsafe { &mut *rate };
@@ -845,12 +1049,12 @@ fn emit(
             if rate.emitted >= cfg.events_per_source_per_sec {
                 rate.suppressed += 1;
                 count(counter_index(Counter::EventsSuppressed));
-                return;
+                return None;
             }
             rate.emitted += 1;
             let s = rate.suppressed;
             rate.suppressed = 0;
-            s
+            Some(s)
         }
         None => {
             let fresh = RateState {
@@ -858,13 +1062,30 @@ fn emit(
                 emitted: 1,
                 suppressed: 0,
             };
-            if EVENT_LIMIT.insert(&pkt.src, &fresh, 0).is_err() {
+            if EVENT_LIMIT.insert(src, &fresh, 0).is_err() {
                 count(counter_index(Counter::InternalError));
             }
-            0
+            Some(0)
         }
-    };
-    budget.emitted += 1;
+    }
+}
+
+/// Writes one event into the ring buffer (a full ring is counted, never waited on).
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined; a struct would only add copies on the BPF stack"
+)]
+fn submit(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    det: &Detection,
+    protocol: Protocol,
+    verdict: Verdict,
+    reason: Reason,
+    now: u64,
+    suppressed: u32,
+) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(Event {
@@ -889,6 +1110,76 @@ fn emit(
         }
         None => count(counter_index(Counter::EventsLost)),
     }
+}
+
+/// Whether `src`, whose event the spent budget would suppress, was seen within the last window
+/// or two and not reported from the reserve for [`REPEAT_REPORT_WINDOWS`] windows. One read
+/// and one write of a 16 MiB array; a 16-bit fingerprint keeps a flood of random sources from
+/// passing for a repeat (about one in 65,536 collisions with an occupied slot).
+#[inline(always)]
+fn repeat_source_due(src: &[u8; 16], now: u64) -> bool {
+    let a = u64::from_le_bytes([
+        src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7],
+    ]);
+    let b = u64::from_le_bytes([
+        src[8], src[9], src[10], src[11], src[12], src[13], src[14], src[15],
+    ]);
+    let mut h = a ^ b.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    let idx = (h as u32) & (REPEAT_SLOTS - 1);
+    let fp = ((h >> 48) as u32) | 1;
+    let window = ((now / REPEAT_WINDOW_NS) & 0xff) as u32;
+    let slot = match REPEAT_SOURCES.get_ptr_mut(idx) {
+        Some(s) => s,
+        None => return false,
+    };
+    // SAFETY: an array slot; a racing writer can only lose an update (a missed report).
+    let v = unsafe { *slot };
+    let (due, reported) = if v >> 16 == fp {
+        let seen = (v >> 8) & 0xff;
+        let reported = v & 0xff;
+        let recent = (window.wrapping_sub(seen) & 0xff) <= 1;
+        let quiet = (window.wrapping_sub(reported) & 0xff) >= REPEAT_REPORT_WINDOWS as u32;
+        if recent && quiet {
+            (true, window)
+        } else {
+            (false, reported)
+        }
+    } else {
+        (
+            false,
+            window.wrapping_sub(REPEAT_REPORT_WINDOWS as u32) & 0xff,
+        )
+    };
+    let new = (fp << 16) | (window << 8) | reported;
+    if new != v {
+        // SAFETY: as above.
+        unsafe { *slot = new };
+    }
+    due
+}
+
+/// Takes one event from this CPU's reserve for retrying sources, if any is left this second.
+#[inline(always)]
+fn take_reserve(now: u64) -> bool {
+    let reserve = match EVENT_BUDGET.get_ptr_mut(1) {
+        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+        Some(r) => unsafe { &mut *r },
+        None => return false,
+    };
+    if now.wrapping_sub(reserve.window_start_ns) >= NS_PER_SEC {
+        reserve.window_start_ns = now;
+        reserve.emitted = 0;
+    }
+    if reserve.emitted >= REPEAT_RESERVE_PER_SEC {
+        return false;
+    }
+    reserve.emitted += 1;
+    true
 }
 
 const _: () = assert!(size_of::<Event>().is_multiple_of(8));

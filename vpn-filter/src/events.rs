@@ -177,7 +177,10 @@ fn name_or_unknown<T>(v: Option<T>, name: impl FnOnce(T) -> &'static str) -> &'s
 
 /// The `flow` field: `new` or `follow_up` (see [`EventRecord::flow`]).
 pub fn flow_state(reason: u8) -> &'static str {
-    if reason == Reason::FlowFollowUp as u8 {
+    if reason == Reason::FlowFollowUp as u8
+        || reason == Reason::Registered as u8
+        || reason == Reason::Revoked as u8
+    {
         "follow_up"
     } else {
         "new"

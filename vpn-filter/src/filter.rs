@@ -184,9 +184,9 @@ pub struct SyncReport {
     /// Whether the tries were read from the kernel first (first sync, adopted pinned maps, or
     /// after a failed sync).
     pub read_kernel: bool,
-    /// Flows that passed because an endpoint was registered and that no longer have a
-    /// registered endpoint: marked blocked (see [`Filter::sync_allowlist`]).
-    pub flows_blocked: usize,
+    /// The allowlist generation raised after the writes (0 when nothing changed): live flows
+    /// re-check their endpoints against the new allowlist (see [`Filter::sync_allowlist`]).
+    pub generation: u64,
 }
 
 /// The allowlist as written to the kernel, per family, sorted by prefix.
@@ -553,11 +553,13 @@ impl Filter {
     /// the option to raise. If a write fails midway, what was already added stays, nothing
     /// was removed yet, and the next sync re-reads the tries.
     ///
-    /// A flow already allowed because an endpoint was registered would keep passing (its
-    /// state is refreshed by every packet); after removals, flows whose endpoints are no
-    /// longer registered are marked blocked, so a revoked registration's tunnels stop at once.
+    /// Live flows follow at once, in both directions: after the writes the allowlist
+    /// generation (`ALLOW_GEN`) is raised, and each flow entry stamped with an older one looks
+    /// its endpoints up again on its next packet. A blocked or pending flow whose endpoint was
+    /// just approved passes (event reason `registered`); an allowed flow whose registration
+    /// was removed is judged unregistered from then on (reason `revoked`). O(1) per sync,
+    /// one lookup per live flow, no walk of the flow map.
     pub fn sync_allowlist(&mut self, want: &Allowlist) -> Result<SyncReport> {
-        let want_allowlist = want;
         let want = Applied::from_allowlist(want);
         let (cap_v4, cap_v6) = (
             self.options.allow_v4_entries as usize,
@@ -630,13 +632,8 @@ impl Filter {
             Ok(()) => {
                 self.applied = Some(want);
                 self.fast = Some(fast_want);
-                if report.removed > 0 {
-                    match self.block_revoked_flows(want_allowlist) {
-                        Ok(n) => report.flows_blocked = n,
-                        Err(e) => log::warn!(
-                            "checking established flows after revocations failed ({e:#}); they stop passing after their idle timeout"
-                        ),
-                    }
+                if report.added + report.changed + report.removed > 0 {
+                    report.generation = self.bump_generation()?;
                 }
                 Ok(report)
             }
@@ -645,44 +642,18 @@ impl Filter {
         }
     }
 
-    /// Marks blocked every allowed flow with no endpoint in `allow`; returns how many.
-    fn block_revoked_flows(&mut self, allow: &Allowlist) -> Result<usize> {
-        use vpn_filter_common::{FlowKey, FlowState, FlowStatus, FAMILY_V4};
-        let budget = 2 * self.options.flow_entries as usize;
-        let mut flows: aya::maps::HashMap<&mut MapData, FlowKey, FlowState> =
-            aya::maps::HashMap::try_from(self.map_mut(maps::FLOWS)?)?;
-        let endpoint = |family: u8, a: [u8; 16]| -> IpAddr {
-            if family == FAMILY_V4 {
-                std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
-            } else {
-                std::net::Ipv6Addr::from(a).into()
-            }
-        };
-        // Membership by prefix length: a handful of hash probes per address instead of a
-        // scan of every prefix (a million prefixes times a full flow map would never end).
-        let index = CoverIndex::new(allow);
-        let mut stale = Vec::new();
-        // Entries evicted during the walk are skipped by the iterator; a flood inserting new
-        // flows meanwhile could keep the walk going, so it stops after one map's worth.
-        for (k, v) in flows.iter().flatten().take(budget) {
-            if v.status != FlowStatus::Allowed as u8 {
-                continue;
-            }
-            let registered = index.covers(endpoint(k.family, k.lo_addr))
-                || index.covers(endpoint(k.family, k.hi_addr));
-            if !registered {
-                stale.push((k, v));
-            }
-        }
-        let mut blocked = 0;
-        for (k, mut v) in stale {
-            v.status = FlowStatus::Blocked as u8;
-            // BPF_EXIST: a flow evicted meanwhile is not re-created.
-            if flows.insert(k, v, 2).is_ok() {
-                blocked += 1;
-            }
-        }
-        Ok(blocked)
+    /// Raises the allowlist generation (after the allowlist writes); returns the new one.
+    fn bump_generation(&mut self) -> Result<u64> {
+        let mut map: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::ALLOW_GEN)?)?;
+        let next = map.get(&0, 0).context("reading ALLOW_GEN")?.wrapping_add(1);
+        map.set(0, next, 0).context("writing ALLOW_GEN")?;
+        Ok(next)
+    }
+
+    /// The allowlist generation the kernel holds.
+    pub fn generation(&self) -> Result<u64> {
+        let map: Array<&MapData, u64> = Array::try_from(self.map(maps::ALLOW_GEN)?)?;
+        map.get(&0, 0).context("reading ALLOW_GEN")
     }
 
     fn write_v4(
@@ -908,103 +879,5 @@ impl Stats {
             .map(|(c, n)| (c.name().to_string(), (*n).into()))
             .collect();
         serde_json::json!({ "protocols": protocols, "counters": counters })
-    }
-}
-
-/// Which addresses an [`Allowlist`] covers, answered with one hash probe per prefix length
-/// present.
-struct CoverIndex {
-    v4: Vec<(u8, std::collections::HashSet<u32>)>,
-    v6: Vec<(u8, std::collections::HashSet<u128>)>,
-}
-
-impl CoverIndex {
-    fn new(allow: &Allowlist) -> Self {
-        let mut v4: BTreeMap<u8, std::collections::HashSet<u32>> = BTreeMap::new();
-        let mut v6: BTreeMap<u8, std::collections::HashSet<u128>> = BTreeMap::new();
-        for p in allow.prefixes.keys() {
-            match p {
-                Prefix::V4 { addr, len } => {
-                    v4.entry(*len)
-                        .or_default()
-                        .insert(u32::from_be_bytes(*addr));
-                }
-                Prefix::V6 { addr, len } => {
-                    v6.entry(*len)
-                        .or_default()
-                        .insert(u128::from_be_bytes(*addr));
-                }
-            }
-        }
-        CoverIndex {
-            v4: v4.into_iter().collect(),
-            v6: v6.into_iter().collect(),
-        }
-    }
-
-    fn covers(&self, ip: IpAddr) -> bool {
-        match canonical_ip(ip) {
-            IpAddr::V4(a) => {
-                let a = u32::from(a);
-                self.v4.iter().any(|(len, set)| {
-                    let mask = if *len == 0 { 0 } else { u32::MAX << (32 - len) };
-                    set.contains(&(a & mask))
-                })
-            }
-            IpAddr::V6(a) => {
-                let a = u128::from(a);
-                self.v6.iter().any(|(len, set)| {
-                    let mask = if *len == 0 {
-                        0
-                    } else {
-                        u128::MAX << (128 - len)
-                    };
-                    set.contains(&(a & mask))
-                })
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod cover_tests {
-    use super::*;
-
-    #[test]
-    fn cover_index_agrees_with_the_allowlist_lookup() {
-        let mut allow = Allowlist::default();
-        for (i, p) in [
-            "10.0.0.0/8",
-            "192.0.2.7/32",
-            "198.51.100.0/25",
-            "2001:db8::/32",
-            "2001:db8:1::5/128",
-        ]
-        .iter()
-        .enumerate()
-        {
-            let id: std::sync::Arc<str> = format!("E{i}").into();
-            allow.prefixes.insert(
-                p.parse().unwrap(),
-                crate::registry::AllowedBy { id, tag: i as u64 },
-            );
-        }
-        let index = CoverIndex::new(&allow);
-        for ip in [
-            "10.1.2.3",
-            "11.0.0.1",
-            "192.0.2.7",
-            "192.0.2.8",
-            "198.51.100.127",
-            "198.51.100.128",
-            "::ffff:10.9.9.9",
-            "2001:db8:ffff::1",
-            "2001:db9::1",
-            "2001:db8:1::5",
-            "2001:db8:1::6",
-        ] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(index.covers(ip), allow.lookup(ip).is_some(), "{ip}");
-        }
     }
 }

@@ -379,6 +379,8 @@ impl Collector for ReportCollector {
                 Counter::EventsLost => counter(e, "vpn_filter_events_lost", "Events lost because the ring buffer was full.", *n)?,
                 Counter::InternalError => counter(e, "vpn_filter_internal_errors", "Map updates in the XDP program that should not fail but did.", *n)?,
                 Counter::TinyFragment => counter(e, "vpn_filter_tiny_fragments_dropped", "First fragments too small to carry the L4 header and payload start (RFC 1858 evasion): dropped.", *n)?,
+                Counter::FlowRejudged => counter(e, "vpn_filter_flows_rejudged", "Flow entries whose endpoints were looked up again because the allowlist changed since their verdict.", *n)?,
+                Counter::EventsRepeatSource => counter(e, "vpn_filter_events_repeat_source", "Events emitted from the reserve for sources seen retrying while the per-CPU event budget was spent.", *n)?,
             }
         }
         counters_by(

@@ -140,7 +140,21 @@ pub fn expected_maps(options: &LoadOptions) -> Vec<MapShape> {
             map_type: MapType::PerCpuArray,
             key_size: 4,
             value_size: s(size_of::<RateState>()),
+            max_entries: 2,
+        },
+        MapShape {
+            name: maps::ALLOW_GEN,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 8,
             max_entries: 1,
+        },
+        MapShape {
+            name: maps::REPEAT_SOURCES,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 4,
+            max_entries: vpn_filter_common::REPEAT_SLOTS,
         },
         MapShape {
             name: maps::EVENT_LIMIT,

@@ -654,10 +654,10 @@ pub fn report_line(report: &SyncReport, took: Duration) -> String {
     if report.read_kernel {
         s.push_str(", after reading the kernel's tries");
     }
-    if report.flows_blocked > 0 {
+    if report.generation > 0 {
         s.push_str(&format!(
-            "; {} established flow(s) with no registered endpoint left now blocked",
-            report.flows_blocked
+            "; allowlist generation {}: live flows re-check their endpoints on their next packet",
+            report.generation
         ));
     }
     s

@@ -23,6 +23,8 @@ pub struct Tuple {
     pub sport: u16,
     pub dport: u16,
     pub ip_proto: u8,
+    /// Outermost VLAN id (0 untagged): flows in different VLANs are different flows.
+    pub vlan: u16,
 }
 
 impl Tuple {
@@ -35,7 +37,9 @@ impl Tuple {
     }
 
     /// The kernel's flow-map key for this packet: the lower (address, port) endpoint first,
-    /// so both directions share one entry (as `flow_key` in the XDP program).
+    /// so both directions share one entry (as `flow_key` in the XDP program), with protocol
+    /// 0; the kernel keeps one entry per VPN protocol under the same endpoints (see
+    /// `replay::kernel::flow_entry`).
     pub fn flow_key(&self) -> FlowKey {
         let src_first = (self.src, self.sport) <= (self.dst, self.dport);
         let (a, ap, b, bp) = if src_first {
@@ -50,7 +54,10 @@ impl Tuple {
             hi_port: bp.to_be_bytes(),
             ip_proto: self.ip_proto,
             family: self.family,
-            _pad: [0; 2],
+            protocol: 0,
+            class: 0,
+            vlan: self.vlan.to_be_bytes(),
+            _pad2: [0; 2],
         }
     }
 }
@@ -69,9 +76,13 @@ fn ip(family: u8, a: &[u8; 16]) -> IpAddr {
 pub fn tuple(frame: &[u8]) -> Option<Tuple> {
     let mut ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     let mut l3 = ETH_HLEN;
-    for _ in 0..MAX_VLAN_TAGS {
+    let mut vlan = 0;
+    for i in 0..MAX_VLAN_TAGS {
         if ethertype != 0x8100 && ethertype != 0x88a8 {
             break;
+        }
+        if i == 0 {
+            vlan = u16::from_be_bytes([*frame.get(l3)?, *frame.get(l3 + 1)?]) & 0x0fff;
         }
         ethertype = u16::from_be_bytes([*frame.get(l3 + 2)?, *frame.get(l3 + 3)?]);
         l3 += 4;
@@ -83,6 +94,7 @@ pub fn tuple(frame: &[u8]) -> Option<Tuple> {
         sport: 0,
         dport: 0,
         ip_proto: 0,
+        vlan,
     };
     let (l4, first_fragment) = match ethertype {
         0x0800 => {
