@@ -29,11 +29,20 @@ pub mod maps {
     pub const FAST_V4_LONG: &str = "FAST_V4_LONG";
     pub const FAST_V6: &str = "FAST_V6";
     pub const FAST_LENGTHS: &str = "FAST_LENGTHS";
+    /// Known VPN endpoints (provider server lists), see [`super::EndpointValue`].
+    pub const VPN_ENDPOINTS_V4: &str = "VPN_ENDPOINTS_V4";
+    pub const VPN_ENDPOINTS_V6: &str = "VPN_ENDPOINTS_V6";
+    /// Filter in front of the endpoint tries (see [`super::ENDPOINT_BITMAP_WORDS`]).
+    pub const ENDPOINT_BITMAP: &str = "ENDPOINT_BITMAP";
+    /// Per-provider verdict counters (see [`super::endpoint_counter_index`]).
+    pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
 }
 
 /// Version of the pinned map layout (`<bpffs>/vpn-filter/v<N>/maps`). Bump it whenever a map's
 /// key, value or type changes, so a new build never reuses maps of a different shape.
-pub const PIN_LAYOUT_VERSION: u32 = 1;
+/// 2: the endpoint maps, the `endpoints` protocol slot (POLICY, FLOW_GATE, STATS) and
+/// [`Event::provider`].
+pub const PIN_LAYOUT_VERSION: u32 = 2;
 
 /// Compile-time map sizes. The allowlist tries are resized at load time from configuration
 /// (`EbpfLoader::set_max_entries`); these are the defaults.
@@ -107,6 +116,9 @@ wire_enum! {
         OpenConnectDtls = 9 => "openconnect_dtls",
         /// SoftEther VPN's UDP acceleration packets.
         SoftEther = 10 => "softether",
+        /// Not a signature: a flow from an unregistered client to a listed VPN endpoint (a
+        /// provider's published server, a Tor relay). The policy slot `endpoints`.
+        Endpoints = 11 => "endpoints",
     }
 }
 
@@ -137,6 +149,8 @@ wire_enum! {
         DtlsClientHello = 21 => "dtls_client_hello",
         DtlsRecord = 22 => "dtls_record",
         SoftEtherUdp = 23 => "softether_udp",
+        /// A TCP/UDP packet to an address in the endpoint lists ([`Protocol::Endpoints`]).
+        ListedEndpoint = 24 => "listed_endpoint",
     }
 }
 
@@ -179,6 +193,8 @@ wire_enum! {
         Confirmed = 2 => "confirmed",
         /// The flow was already judged; this is a later packet of it.
         FlowFollowUp = 3 => "flow_follow_up",
+        /// The destination is in the endpoint lists ([`Protocol::Endpoints`]).
+        ListedEndpoint = 4 => "listed_endpoint",
     }
 }
 
@@ -214,6 +230,8 @@ wire_enum! {
         /// First fragments too small to hold the L4 header and the start of the payload
         /// (RFC 1858 tiny-fragment evasion): dropped. No real stack sends them.
         TinyFragment = 17 => "tiny_fragment",
+        /// Endpoint trie lookups (packets whose destination passed the endpoint bitmap).
+        EndpointLookups = 18 => "endpoint_lookups",
     }
 }
 
@@ -251,6 +269,58 @@ pub const fn entry_tag(id: &[u8]) -> u64 {
         i += 1;
     }
     hash
+}
+
+/// Most providers the endpoint lists can name (ids `1..MAX_PROVIDERS`; 0 is "none").
+pub const MAX_PROVIDERS: u32 = 1024;
+pub const DEFAULT_ENDPOINT_V4_ENTRIES: u32 = 262_144;
+pub const DEFAULT_ENDPOINT_V6_ENTRIES: u32 = 65_536;
+
+/// Value of an endpoint (LPM trie) entry: whose server the prefix is, and which traffic to it
+/// is judged.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EndpointValue {
+    /// Provider id (`1..MAX_PROVIDERS`), mapped to a name by the controller.
+    pub provider: u16,
+    /// Destination port the listing is limited to, big-endian; zero: any port.
+    pub port: [u8; 2],
+    /// IP protocol the listing is limited to (6 TCP, 17 UDP); zero: both.
+    pub ip_proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl EndpointValue {
+    /// The value packed into the u64 "tag" the controller's set diff works on.
+    pub const fn tag(&self) -> u64 {
+        (self.provider as u64)
+            | ((u16::from_be_bytes(self.port) as u64) << 16)
+            | ((self.ip_proto as u64) << 32)
+    }
+
+    pub const fn from_tag(tag: u64) -> EndpointValue {
+        EndpointValue {
+            provider: tag as u16,
+            port: ((tag >> 16) as u16).to_be_bytes(),
+            ip_proto: (tag >> 32) as u8,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Words of `ENDPOINT_BITMAP`: two regions of 2^24 bits. From word 0: bit `n` set when an
+/// IPv4 endpoint prefix overlaps the /24 number `n`. From [`ENDPOINT_BITMAP_V6`]: bit `n` set
+/// when an IPv6 endpoint prefix overlaps the addresses whose top 24 bits are `n`. A filter:
+/// only a set bit leads to a trie lookup (which may still miss for longer prefixes).
+pub const ENDPOINT_BITMAP_WORDS: u32 = 2 << 18;
+/// First word of the IPv6 region of `ENDPOINT_BITMAP`.
+pub const ENDPOINT_BITMAP_V6: u32 = 1 << 18;
+
+/// Slot of `ENDPOINT_STATS` (a per-CPU array of `MAX_PROVIDERS * 2` counters) counting
+/// packets of `provider` dropped (`monitored` false) or monitored.
+#[inline(always)]
+pub const fn endpoint_counter_index(provider: u16, monitored: bool) -> u32 {
+    (provider as u32 % MAX_PROVIDERS) * 2 + monitored as u32
 }
 
 /// Runtime configuration, in the single slot of the `CONFIG` array map. A zero field means
@@ -452,6 +522,9 @@ pub struct Event {
     pub reason: u8,
     /// Outermost VLAN id (0 when untagged), big-endian.
     pub vlan: [u8; 2],
+    /// Provider id of the listed endpoint ([`Protocol::Endpoints`] events; 0 otherwise).
+    pub provider: u16,
+    pub _pad: [u8; 6],
 }
 
 /// Per-source event rate-limit state (value of `EVENT_LIMIT`, keyed by the 16-byte source).
@@ -481,6 +554,7 @@ mod user {
     unsafe impl aya::Pod for FastKeyV4 {}
     unsafe impl aya::Pod for FastKeyV6 {}
     unsafe impl aya::Pod for FastLengths {}
+    unsafe impl aya::Pod for EndpointValue {}
 }
 
 #[cfg(test)]
@@ -493,7 +567,8 @@ mod tests {
     fn records_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowState>(), 24);
-        assert_eq!(size_of::<Event>(), 64);
+        assert_eq!(size_of::<Event>(), 72);
+        assert_eq!(size_of::<EndpointValue>(), 8);
         assert_eq!(size_of::<Config>(), 40);
         assert_eq!(size_of::<FastKeyV4>(), 8);
         assert_eq!(size_of::<FastKeyV6>(), 20);
@@ -515,9 +590,20 @@ mod tests {
 
     #[test]
     fn counter_indices_do_not_overlap() {
-        let last_verdict = verdict_counter_index(Protocol::SoftEther, Verdict::Ignored);
+        let last_verdict = verdict_counter_index(Protocol::Endpoints, Verdict::Ignored);
         assert!(last_verdict < counter_index(Counter::Packets));
-        assert_eq!(counter_index(Counter::TinyFragment) + 1, STATS_LEN);
+        assert_eq!(counter_index(Counter::EndpointLookups) + 1, STATS_LEN);
+    }
+
+    #[test]
+    fn endpoint_value_round_trips_through_its_tag() {
+        let v = EndpointValue {
+            provider: 1023,
+            port: 443u16.to_be_bytes(),
+            ip_proto: 17,
+            _pad: [0; 3],
+        };
+        assert_eq!(EndpointValue::from_tag(v.tag()), v);
     }
 
     #[test]

@@ -21,6 +21,8 @@ use vpn_filter_common::{
     FAST_BITMAP_V4_LONG, FAST_BITMAP_V6, FAST_BITMAP_WORDS, FAST_V6_MAX_LENGTHS, FAST_V6_USE_TRIE,
     STATS_LEN,
 };
+mod endpoints;
+
 use vpn_filter_ebpf::classify::{
     classify_gre, classify_ip_proto, classify_tcp, classify_udp, confirms, tcp_prefilter,
     udp_prefilter, Confirmation, Detection, Prefilter, Strength, WINDOW,
@@ -178,7 +180,8 @@ fn try_vpn_filter(ctx: &XdpContext) -> Result<u32, Counter> {
     let pkt = parse(ctx)?;
     let det = match detect(ctx, &pkt)? {
         Some(d) => d,
-        None => return Ok(XDP_PASS),
+        // No signature: judged only if it goes to a listed VPN endpoint (endpoints.rs).
+        None => return Ok(endpoints::judge(ctx, &pkt)),
     };
     Ok(decide(ctx, &pkt, &det))
 }
@@ -804,14 +807,35 @@ fn unregistered(
     clippy::too_many_arguments,
     reason = "inlined; a struct would only add copies on the BPF stack"
 )]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "passing map keys by value copies them onto the 512-byte BPF stack"
-)]
 fn emit(
     ctx: &XdpContext,
     pkt: &Packet,
     det: &Detection,
+    protocol: Protocol,
+    verdict: Verdict,
+    reason: Reason,
+    now: u64,
+    cfg: &Config,
+) {
+    let message = det.message as u8;
+    emit_event(ctx, pkt, message, 0, protocol, verdict, reason, now, cfg);
+}
+
+/// [`emit`] for any message, with the endpoint provider id (0 for signatures).
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined; a struct would only add copies on the BPF stack"
+)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "passing map keys by value copies them onto the 512-byte BPF stack"
+)]
+fn emit_event(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    message: u8,
+    provider: u16,
     protocol: Protocol,
     verdict: Verdict,
     reason: Reason,
@@ -879,10 +903,12 @@ fn emit(
                 family: pkt.family,
                 ip_proto: pkt.ip_proto,
                 protocol: protocol as u8,
-                message: det.message as u8,
+                message,
                 verdict: verdict as u8,
                 reason: reason as u8,
                 vlan: pkt.vlan.to_be_bytes(),
+                provider,
+                _pad: [0; 6],
             });
             entry.submit(0);
             count(counter_index(Counter::EventsEmitted));

@@ -60,6 +60,9 @@ pub struct EventRecord {
     pub vlan: u16,
     /// Events from this source suppressed by the kernel's rate limit since its previous event.
     pub suppressed_before: u32,
+    /// For `endpoints` events: the provider whose listed server `dst` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 /// The borrowed form the pump serialises: same fields, same order, no owned strings.
@@ -81,6 +84,9 @@ struct EventJson<'a> {
     pkt_len: u32,
     vlan: u16,
     suppressed_before: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Allocated only for endpoint events.
+    provider: Option<String>,
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
@@ -217,6 +223,13 @@ fn event_json<'a>(ev: &Event, time: &'a str, iface: &'a str) -> EventJson<'a> {
         pkt_len: ev.pkt_len,
         vlan: u16::from_be_bytes(ev.vlan),
         suppressed_before: ev.suppressed,
+        provider: match ev.provider {
+            0 => None,
+            id => Some(
+                crate::endpoints::provider_name(id)
+                    .map_or_else(|| format!("#{id}"), |p| p.to_string()),
+            ),
+        },
     }
 }
 
@@ -243,6 +256,7 @@ impl EventRecord {
             pkt_len: j.pkt_len,
             vlan: j.vlan,
             suppressed_before: j.suppressed_before,
+            provider: j.provider,
         }
     }
 }

@@ -340,6 +340,28 @@ impl Collector for ReportCollector {
             }
         }
 
+        // Known endpoints: per provider of the feed in force.
+        if let Some(ep) = &r.endpoints {
+            gauge(
+                e,
+                "vpn_filter_endpoint_prefixes",
+                "Prefixes of the endpoint feed in force.",
+                (ep.feed.v4_prefixes + ep.feed.v6_prefixes) as i64,
+            )?;
+            let mut m = e.encode_descriptor(
+                "vpn_filter_endpoint_packets",
+                "Packets from unregistered clients to a provider's listed endpoints, by provider and verdict (dropped, monitored).",
+                None,
+                MetricType::Counter,
+            )?;
+            for p in &ep.providers {
+                for (verdict, n) in [("dropped", p.dropped), ("monitored", p.monitored)] {
+                    let labels = [("provider", p.name.as_str()), ("verdict", verdict)];
+                    ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+
         // Verdicts per protocol.
         {
             let mut m = e.encode_descriptor(
@@ -379,6 +401,7 @@ impl Collector for ReportCollector {
                 Counter::EventsLost => counter(e, "vpn_filter_events_lost", "Events lost because the ring buffer was full.", *n)?,
                 Counter::InternalError => counter(e, "vpn_filter_internal_errors", "Map updates in the XDP program that should not fail but did.", *n)?,
                 Counter::TinyFragment => counter(e, "vpn_filter_tiny_fragments_dropped", "First fragments too small to carry the L4 header and payload start (RFC 1858 evasion): dropped.", *n)?,
+                Counter::EndpointLookups => counter(e, "vpn_filter_endpoint_lookups", "Endpoint trie lookups (packets whose destination passed the endpoint bitmap).", *n)?,
             }
         }
         counters_by(
@@ -523,6 +546,7 @@ mod tests {
             }],
             policy: BTreeMap::new(),
             registry,
+            endpoints: None,
             counters: KernelCounters::from_stats(&stats),
             events: EventsStatus {
                 suppressed: 5,
