@@ -17,10 +17,11 @@ use serde_json::Value;
 use vpn_filter::{
     endpoints::{
         import::{import, ImportFormat, Imported},
-        EndpointFeed, EndpointFormatChoice, EndpointSet, ParseOptions,
+        EndpointArgs, EndpointFeed, EndpointFormatChoice, EndpointSet, EndpointSync, ParseOptions,
     },
     filter::{Filter, LoadOptions, Policy},
     registry::{AllowedBy, Allowlist, Prefix},
+    sync::{Outcome, RegistryArgs},
 };
 use vpn_filter_common::{Config, EndpointValue, PolicyMode, Protocol, Verdict};
 use vpn_filter_tests::{
@@ -437,6 +438,131 @@ fn the_default_policy_for_endpoints_is_monitor() {
     assert_eq!(
         Policy::default().mode(Protocol::WireGuard),
         PolicyMode::Enforce
+    );
+}
+
+// ---------------------------------------------------------------- the feed loop
+
+fn host_list(n: usize) -> String {
+    let mut s = String::from("# provider X\n");
+    for i in 0..n {
+        s.push_str(&format!("198.18.{}.{}\n", i / 250, 1 + i % 250));
+    }
+    s
+}
+
+/// Writes `text` to `path` by renaming a complete temporary file over it.
+fn publish(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn registry_args(state: &Path) -> RegistryArgs {
+    RegistryArgs {
+        registry: String::new(),
+        registry_format: Default::default(),
+        registry_pubkey: None,
+        state_dir: state.to_path_buf(),
+        max_feed_bytes: 1 << 20,
+        allow_broad: false,
+        force_shrink: false,
+        max_shrink_percent: 50,
+        allow_serial_reset: false,
+        registry_poll_ms: 50,
+        registry_http_interval: 60,
+        registry_ca: None,
+    }
+}
+
+/// Ticks the loop until it reports an outcome (a new version is read once it holds still for
+/// two polls), for at most 5 s.
+fn next_outcome(
+    rt: &tokio::runtime::Runtime,
+    sync: &mut EndpointSync,
+    filter: &mut Filter,
+) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(o) = rt.block_on(sync.tick(filter)) {
+            return o;
+        }
+        assert!(Instant::now() < deadline, "no outcome within 5 s");
+        std::thread::sleep(sync.poll_interval());
+    }
+}
+
+#[test]
+fn a_bad_or_mass_shrinking_endpoint_feed_never_replaces_the_list_in_force() {
+    let mut filter = load(PolicyMode::Enforce);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = TempDir::new("ep-sync");
+    let list = dir.path().join("x.txt");
+    publish(&list, &host_list(200));
+    let args = EndpointArgs {
+        endpoints: Some(list.to_str().unwrap().into()),
+        endpoints_provider: Some("X".into()),
+        ..Default::default()
+    };
+    let state = dir.path().join("state");
+    let reg = registry_args(&state);
+    let mut sync = EndpointSync::new(&args, &reg)
+        .unwrap()
+        .expect("--endpoints given");
+    match rt.block_on(sync.start(&mut filter)).unwrap() {
+        Outcome::Applied { report, .. } => assert_eq!(report.v4, 200),
+        Outcome::Failed(e) => panic!("the first list is applied: {e}"),
+    }
+    let first: IpAddr = "198.18.0.1".parse().unwrap();
+    let last: IpAddr = "198.18.0.200".parse().unwrap();
+    assert_eq!(
+        filter.lookup_endpoint(first).unwrap().map(|v| v.provider),
+        Some(1)
+    );
+
+    // A bad line: refused, naming it; the list in force stays.
+    publish(&list, &format!("{}198.18.9.0/33\n", host_list(200)));
+    match next_outcome(&rt, &mut sync, &mut filter) {
+        Outcome::Failed(e) => assert!(e.contains("line 202") && e.contains("/33"), "{e}"),
+        o => panic!("a bad list is refused, got {o:?}"),
+    }
+    assert!(filter.lookup_endpoint(last).unwrap().is_some());
+
+    // Losing 190 of 200 prefixes at once: refused as a likely upstream failure.
+    publish(&list, &host_list(10));
+    match next_outcome(&rt, &mut sync, &mut filter) {
+        Outcome::Failed(e) => assert!(e.contains("removes 190 of the 200"), "{e}"),
+        o => panic!("a mass shrink is refused, got {o:?}"),
+    }
+    assert!(filter.lookup_endpoint(last).unwrap().is_some());
+
+    // An ordinary change applies, add before remove.
+    publish(&list, &host_list(190));
+    match next_outcome(&rt, &mut sync, &mut filter) {
+        Outcome::Applied { report, .. } => assert_eq!((report.v4, report.removed), (190, 10)),
+        o => panic!("a good list applies, got {o:?}"),
+    }
+    assert!(filter.lookup_endpoint(last).unwrap().is_none());
+    drop(sync);
+
+    // The source gone at the next start: the persisted last good list is enforced.
+    std::fs::remove_file(&list).unwrap();
+    let mut filter = load(PolicyMode::Enforce);
+    let mut sync = EndpointSync::new(&args, &reg).unwrap().unwrap();
+    match rt.block_on(sync.start(&mut filter)).unwrap() {
+        Outcome::Applied { report, .. } => assert_eq!(report.v4, 190),
+        Outcome::Failed(e) => panic!("the last good list is enforced: {e}"),
+    }
+    assert_eq!(
+        filter.lookup_endpoint(first).unwrap().map(|v| v.provider),
+        Some(1)
+    );
+    assert!(
+        state.join("endpoints").is_dir(),
+        "state kept apart from the registry's"
     );
 }
 
