@@ -33,152 +33,157 @@ use vpn_filter_tests::{
 
 // ------------------------------------------------------------------------ converters
 
-fn fixture(name: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/endpoints")
-        .join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
-}
+/// `vpn-filter endpoints import`: the converters, from the samples in tests/fixtures/endpoints/.
+mod endpoints_import {
+    use super::*;
 
-fn hosts(list: &[&str]) -> BTreeSet<IpAddr> {
-    list.iter().map(|a| a.parse().unwrap()).collect()
-}
-
-/// The converted list, as text, parses as an endpoint feed naming `provider` and lists
-/// exactly the imported hosts.
-fn text_round_trips(imported: &Imported, provider: &str) {
-    let text = imported.to_text(provider);
-    let (feed, warnings) = EndpointFeed::parse(
-        text.as_bytes(),
-        "converted",
-        EndpointFormatChoice::Auto,
-        &ParseOptions {
-            provider: Some(provider.into()),
-            allow_broad: false,
-        },
-    )
-    .unwrap_or_else(|e| panic!("the converted list is a valid feed: {e}\n{text}"));
-    assert!(warnings.is_empty(), "{warnings:?}");
-    assert_eq!(feed.set.len(), imported.hosts().len());
-    for h in imported.hosts() {
-        let (_, v) = feed.set.lookup(h).expect("every host is listed");
-        assert_eq!(feed.set.provider_name(v.provider), Some(provider));
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/endpoints")
+            .join(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
     }
-}
 
-#[test]
-fn tor_onionoo_sample_converts_to_the_or_addresses_of_running_relays() {
-    let got = import(ImportFormat::TorOnionoo, &fixture("onionoo-details.json")).unwrap();
-    assert_eq!((got.servers, got.skipped_inactive), (4, 1));
-    assert_eq!(
-        got.hosts(),
-        hosts(&[
-            "192.0.2.10",
-            "2001:db8:100::10",
-            "198.51.100.20",
-            "203.0.113.30",
-            "2001:db8:200::30"
-        ])
-    );
-    text_round_trips(&got, "tor");
-    // The JSON form keeps the OR ports as TCP scopes.
-    let json = got.to_json("tor", Some(7));
-    let (feed, _) = EndpointFeed::parse(
-        json.as_bytes(),
-        "converted.json",
-        EndpointFormatChoice::Json,
-        &ParseOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(feed.serial, Some(7));
-    let (_, v) = feed.set.lookup("198.51.100.20".parse().unwrap()).unwrap();
-    assert_eq!((u16::from_be_bytes(v.port), v.ip_proto), (443, 6));
-}
+    fn hosts(list: &[&str]) -> BTreeSet<IpAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
 
-#[test]
-fn tor_consensus_sample_converts_to_r_and_a_line_addresses() {
-    let got = import(
-        ImportFormat::TorConsensus,
-        &fixture("consensus-excerpt.txt"),
-    )
-    .unwrap();
-    assert_eq!(got.servers, 3);
-    assert_eq!(
-        got.hosts(),
-        hosts(&[
-            "192.0.2.10",
-            "2001:db8:100::10",
-            "198.51.100.20",
-            "203.0.113.30",
-            "2001:db8:200::30"
-        ])
-    );
-    text_round_trips(&got, "tor");
-}
+    /// The converted list, as text, parses as an endpoint feed naming `provider` and lists
+    /// exactly the imported hosts.
+    fn text_round_trips(imported: &Imported, provider: &str) {
+        let text = imported.to_text(provider);
+        let (feed, warnings) = EndpointFeed::parse(
+            text.as_bytes(),
+            "converted",
+            EndpointFormatChoice::Auto,
+            &ParseOptions {
+                provider: Some(provider.into()),
+                allow_broad: false,
+            },
+        )
+        .unwrap_or_else(|e| panic!("the converted list is a valid feed: {e}\n{text}"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(feed.set.len(), imported.hosts().len());
+        for h in imported.hosts() {
+            let (_, v) = feed.set.lookup(h).expect("every host is listed");
+            assert_eq!(feed.set.provider_name(v.provider), Some(provider));
+        }
+    }
 
-#[test]
-fn mullvad_sample_converts_to_the_entry_addresses_of_active_relays() {
-    let got = import(ImportFormat::Mullvad, &fixture("mullvad-relays.json")).unwrap();
-    assert_eq!((got.servers, got.skipped_inactive), (5, 1));
-    assert_eq!(
-        got.hosts(),
-        hosts(&[
-            "192.0.2.66",
-            "2001:db8:1b20:5::a01f",
-            "192.0.2.68",
-            "2001:db8:1b20:5::a09f",
-            "198.51.100.101",
-            "192.0.2.70"
-        ])
-    );
-    text_round_trips(&got, "mullvad");
-}
+    #[test]
+    fn tor_onionoo_sample_converts_to_the_or_addresses_of_running_relays() {
+        let got = import(ImportFormat::TorOnionoo, &fixture("onionoo-details.json")).unwrap();
+        assert_eq!((got.servers, got.skipped_inactive), (4, 1));
+        assert_eq!(
+            got.hosts(),
+            hosts(&[
+                "192.0.2.10",
+                "2001:db8:100::10",
+                "198.51.100.20",
+                "203.0.113.30",
+                "2001:db8:200::30"
+            ])
+        );
+        text_round_trips(&got, "tor");
+        // The JSON form keeps the OR ports as TCP scopes.
+        let json = got.to_json("tor", Some(7));
+        let (feed, _) = EndpointFeed::parse(
+            json.as_bytes(),
+            "converted.json",
+            EndpointFormatChoice::Json,
+            &ParseOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(feed.serial, Some(7));
+        let (_, v) = feed.set.lookup("198.51.100.20".parse().unwrap()).unwrap();
+        assert_eq!((u16::from_be_bytes(v.port), v.ip_proto), (443, 6));
+    }
 
-#[test]
-fn nordvpn_sample_converts_to_the_stations_of_online_servers() {
-    let got = import(ImportFormat::Nordvpn, &fixture("nordvpn-servers.json")).unwrap();
-    assert_eq!((got.servers, got.skipped_inactive), (3, 1));
-    assert_eq!(
-        got.hosts(),
-        hosts(&[
-            "192.0.2.131",
-            "198.51.100.77",
-            "198.51.100.78",
-            "2001:db8:77::1"
-        ])
-    );
-    text_round_trips(&got, "nordvpn");
-}
+    #[test]
+    fn tor_consensus_sample_converts_to_r_and_a_line_addresses() {
+        let got = import(
+            ImportFormat::TorConsensus,
+            &fixture("consensus-excerpt.txt"),
+        )
+        .unwrap();
+        assert_eq!(got.servers, 3);
+        assert_eq!(
+            got.hosts(),
+            hosts(&[
+                "192.0.2.10",
+                "2001:db8:100::10",
+                "198.51.100.20",
+                "203.0.113.30",
+                "2001:db8:200::30"
+            ])
+        );
+        text_round_trips(&got, "tor");
+    }
 
-#[test]
-fn proton_sample_converts_to_entry_ips_not_exit_ips() {
-    let got = import(ImportFormat::Proton, &fixture("proton-logicals.json")).unwrap();
-    assert_eq!((got.servers, got.skipped_inactive), (3, 1));
-    assert_eq!(got.hosts(), hosts(&["192.0.2.201", "198.51.100.55"]));
-    text_round_trips(&got, "proton");
-}
+    #[test]
+    fn mullvad_sample_converts_to_the_entry_addresses_of_active_relays() {
+        let got = import(ImportFormat::Mullvad, &fixture("mullvad-relays.json")).unwrap();
+        assert_eq!((got.servers, got.skipped_inactive), (5, 1));
+        assert_eq!(
+            got.hosts(),
+            hosts(&[
+                "192.0.2.66",
+                "2001:db8:1b20:5::a01f",
+                "192.0.2.68",
+                "2001:db8:1b20:5::a09f",
+                "198.51.100.101",
+                "192.0.2.70"
+            ])
+        );
+        text_round_trips(&got, "mullvad");
+    }
 
-#[test]
-fn converter_errors_name_the_place_and_the_problem() {
-    let bad =
-        br#"{"relays": [{"or_addresses": ["192.0.2.1:9001"]}, {"or_addresses": ["nonsense"]}]}"#;
-    let e = import(ImportFormat::TorOnionoo, bad).unwrap_err();
-    assert!(
-        e.starts_with("relays[1].or_addresses[0]: \"nonsense\""),
-        "{e}"
-    );
-    let e = import(
-        ImportFormat::Proton,
-        br#"{"LogicalServers": [{"Servers": [{}]}]}"#,
-    )
-    .unwrap_err();
-    assert_eq!(e, "LogicalServers[0].Servers[0]: missing \"EntryIP\"");
-    let e = import(ImportFormat::TorConsensus, b"r short 1 2\n").unwrap_err();
-    assert!(e.starts_with("line 1: an \"r\" line has 8 fields"), "{e}");
-    let e = import(ImportFormat::Mullvad, b"{\"wireguard\": {}}").unwrap_err();
-    assert_eq!(e, "wireguard: missing \"relays\"");
-    let e = import(ImportFormat::Nordvpn, b"[]").unwrap_err();
-    assert!(e.contains("no address found"), "{e}");
+    #[test]
+    fn nordvpn_sample_converts_to_the_stations_of_online_servers() {
+        let got = import(ImportFormat::Nordvpn, &fixture("nordvpn-servers.json")).unwrap();
+        assert_eq!((got.servers, got.skipped_inactive), (3, 1));
+        assert_eq!(
+            got.hosts(),
+            hosts(&[
+                "192.0.2.131",
+                "198.51.100.77",
+                "198.51.100.78",
+                "2001:db8:77::1"
+            ])
+        );
+        text_round_trips(&got, "nordvpn");
+    }
+
+    #[test]
+    fn proton_sample_converts_to_entry_ips_not_exit_ips() {
+        let got = import(ImportFormat::Proton, &fixture("proton-logicals.json")).unwrap();
+        assert_eq!((got.servers, got.skipped_inactive), (3, 1));
+        assert_eq!(got.hosts(), hosts(&["192.0.2.201", "198.51.100.55"]));
+        text_round_trips(&got, "proton");
+    }
+
+    #[test]
+    fn converter_errors_name_the_place_and_the_problem() {
+        let bad =
+            br#"{"relays": [{"or_addresses": ["192.0.2.1:9001"]}, {"or_addresses": ["nonsense"]}]}"#;
+        let e = import(ImportFormat::TorOnionoo, bad).unwrap_err();
+        assert!(
+            e.starts_with("relays[1].or_addresses[0]: \"nonsense\""),
+            "{e}"
+        );
+        let e = import(
+            ImportFormat::Proton,
+            br#"{"LogicalServers": [{"Servers": [{}]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e, "LogicalServers[0].Servers[0]: missing \"EntryIP\"");
+        let e = import(ImportFormat::TorConsensus, b"r short 1 2\n").unwrap_err();
+        assert!(e.starts_with("line 1: an \"r\" line has 8 fields"), "{e}");
+        let e = import(ImportFormat::Mullvad, b"{\"wireguard\": {}}").unwrap_err();
+        assert_eq!(e, "wireguard: missing \"relays\"");
+        let e = import(ImportFormat::Nordvpn, b"[]").unwrap_err();
+        assert!(e.contains("no address found"), "{e}");
+    }
 }
 
 // ------------------------------------------------------------- kernel equivalence
@@ -320,7 +325,7 @@ fn queries(rng: &mut Rng, set: &EndpointSet, random: usize) -> Vec<IpAddr> {
 }
 
 #[test]
-fn endpoint_maps_judge_like_the_controllers_model_across_add_and_remove_syncs() {
+fn kernel_endpoints_maps_judge_like_the_controllers_model_across_add_and_remove_syncs() {
     let mut filter = load(PolicyMode::Enforce);
     let mut rng = Rng(0xe4d0_0017);
     // Each round replaces the previous set on the same maps: removals (and the bitmap
@@ -381,7 +386,7 @@ fn one_listing(prefix: &str) -> EndpointSet {
 }
 
 #[test]
-fn registered_clients_and_registered_servers_are_never_judged_by_endpoint() {
+fn registered_clients_and_registered_servers_are_never_judged_by_endpoints() {
     let mut filter = load(PolicyMode::Enforce);
     filter
         .sync_endpoints(&one_listing("198.18.0.0/24"))
@@ -441,6 +446,68 @@ fn the_default_policy_for_endpoints_is_monitor() {
     );
 }
 
+#[test]
+fn replay_judges_a_capture_against_the_endpoints_lists() {
+    vpn_filter_tests::require_root();
+    let client: IpAddr = "10.9.8.7".parse().unwrap();
+    let listed: IpAddr = "198.18.2.9".parse().unwrap();
+    let unlisted: IpAddr = "198.18.3.9".parse().unwrap();
+    let frames = [
+        Frame::eth()
+            .ip(client, listed)
+            .tcp(40001, 443)
+            .payload(b"")
+            .build(),
+        Frame::eth()
+            .ip(client, unlisted)
+            .tcp(40002, 443)
+            .payload(b"")
+            .build(),
+        Frame::eth()
+            .ip(client, listed)
+            .udp(40003, 8388)
+            .payload(&[7u8; 64])
+            .build(),
+    ];
+    // A little-endian microsecond pcap, Ethernet.
+    let mut pcap = Vec::new();
+    for v in [
+        0xa1b2_c3d4u32.to_le_bytes().to_vec(),
+        vec![2, 0, 4, 0],
+        vec![0; 8],
+    ] {
+        pcap.extend_from_slice(&v);
+    }
+    pcap.extend_from_slice(&262_144u32.to_le_bytes());
+    pcap.extend_from_slice(&1u32.to_le_bytes());
+    for (i, f) in frames.iter().enumerate() {
+        pcap.extend_from_slice(&(1_700_000_000u32 + i as u32).to_le_bytes());
+        pcap.extend_from_slice(&0u32.to_le_bytes());
+        pcap.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        pcap.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        pcap.extend_from_slice(f);
+    }
+    let dir = TempDir::new("ep-replay");
+    let path = dir.path().join("c.pcap");
+    std::fs::write(&path, pcap).unwrap();
+    let mut policy = Policy::default();
+    policy.set(Protocol::Endpoints, PolicyMode::Enforce);
+    let settings = vpn_filter::replay::ReplaySettings {
+        policy,
+        endpoints: one_listing("198.18.2.0/24"),
+        ..Default::default()
+    };
+    let r = vpn_filter::replay::replay(&path, &settings, &mut |_, _| {}).expect("replay");
+    assert_eq!(r.verdict(Protocol::Endpoints, Verdict::Dropped), 2);
+    let to = |dst: IpAddr| r.flows.iter().filter(move |f| f.dst == dst);
+    for f in to(listed) {
+        assert_eq!(f.protocol, Protocol::Endpoints, "{f:?}");
+        assert_eq!(f.verdict, vpn_filter::replay::Outcome::Dropped, "{f:?}");
+        assert_eq!(f.message, Some(vpn_filter_common::Message::ListedEndpoint));
+    }
+    assert!(to(unlisted).all(|f| f.verdict == vpn_filter::replay::Outcome::Unclassified));
+}
+
 // ---------------------------------------------------------------- the feed loop
 
 fn host_list(n: usize) -> String {
@@ -493,7 +560,7 @@ fn next_outcome(
 }
 
 #[test]
-fn a_bad_or_mass_shrinking_endpoint_feed_never_replaces_the_list_in_force() {
+fn a_bad_or_mass_shrinking_endpoints_feed_never_replaces_the_list_in_force() {
     let mut filter = load(PolicyMode::Enforce);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -753,7 +820,7 @@ fn try_client(ns: &NetNs, server: &str, ca: &Path, local_port: u16) -> Reached {
 }
 
 #[test]
-fn unregistered_shadowsocks_and_tls_to_a_listed_server_are_blocked_naming_its_provider() {
+fn unregistered_shadowsocks_and_tls_to_listed_endpoints_are_blocked_naming_the_provider() {
     let lab = GatewayLab::new();
     // The unlisted server address, on the same server namespace.
     lab.server
