@@ -733,6 +733,31 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_events_name_the_provider_and_others_have_no_provider_field() {
+        crate::endpoints::set_provider_names_for_replay(&["mullvad".into(), "X".into()]);
+        let mut ev = event(9, Reason::ListedEndpoint);
+        ev.protocol = Protocol::Endpoints as u8;
+        ev.message = Message::ListedEndpoint as u8;
+        ev.provider = 2;
+        let r = EventRecord::from_event(&ev, &Clock::new());
+        assert_eq!(
+            (r.protocol.as_str(), r.message.as_str(), r.reason.as_str()),
+            ("endpoints", "listed_endpoint", "listed_endpoint")
+        );
+        assert_eq!(r.provider.as_deref(), Some("X"));
+        // An id the feed in force does not know is shown as such, not dropped.
+        ev.provider = 7;
+        let r = EventRecord::from_event(&ev, &Clock::new());
+        assert_eq!(r.provider.as_deref(), Some("#7"));
+        let plain = serde_json::to_value(EventRecord::from_event(
+            &event(9, Reason::Signature),
+            &Clock::new(),
+        ))
+        .unwrap();
+        assert!(plain.get("provider").is_none(), "{plain}");
+    }
+
+    #[test]
     fn follow_up_reason_gives_flow_follow_up() {
         let clock = Clock::new();
         let mut ev = event(1, Reason::FlowFollowUp);

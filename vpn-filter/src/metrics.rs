@@ -568,6 +568,44 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_metrics_name_each_provider_and_are_absent_without_endpoints() {
+        let without = samples(&encode(report(), true).unwrap().0);
+        assert!(!without
+            .keys()
+            .any(|k| k.starts_with("vpn_filter_endpoint_packets")));
+        let mut r = report();
+        let mut feed = RegistryStatus::default();
+        feed.synced(
+            None,
+            &SyncReport {
+                v4: 5,
+                v6: 2,
+                ..Default::default()
+            },
+        );
+        r.endpoints = Some(crate::status::EndpointsReport {
+            feed,
+            providers: vec![crate::status::ProviderCounts {
+                id: 1,
+                name: "X".into(),
+                dropped: 9,
+                monitored: 4,
+            }],
+        });
+        let s = samples(&encode(r, true).unwrap().0);
+        assert_eq!(
+            s["vpn_filter_endpoint_packets_total{provider=\"X\",verdict=\"dropped\"}"],
+            "9"
+        );
+        assert_eq!(
+            s["vpn_filter_endpoint_packets_total{provider=\"X\",verdict=\"monitored\"}"],
+            "4"
+        );
+        assert_eq!(s["vpn_filter_endpoint_prefixes"], "7");
+        assert_eq!(s["vpn_filter_endpoint_lookups_total"], "0");
+    }
+
+    #[test]
     fn openmetrics_output_has_the_documented_series() {
         let (text, ctype) = encode(report(), true).unwrap();
         assert_eq!(ctype, OPENMETRICS_CONTENT_TYPE);
