@@ -35,10 +35,20 @@ pub mod maps {
     pub const FAST_V4_LONG: &str = "FAST_V4_LONG";
     pub const FAST_V6: &str = "FAST_V6";
     pub const FAST_LENGTHS: &str = "FAST_LENGTHS";
+    /// Known VPN endpoints (provider server lists), see [`super::EndpointValue`].
+    pub const VPN_ENDPOINTS_V4: &str = "VPN_ENDPOINTS_V4";
+    pub const VPN_ENDPOINTS_V6: &str = "VPN_ENDPOINTS_V6";
+    /// Filter in front of the endpoint tries (see [`super::ENDPOINT_BITMAP_WORDS`]).
+    pub const ENDPOINT_BITMAP: &str = "ENDPOINT_BITMAP";
+    /// Per-provider verdict counters (see [`super::endpoint_counter_index`]).
+    pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
 }
 
 /// Version of the pinned map layout (`<bpffs>/vpn-filter/v<N>/maps`). Bump it whenever a map's
 /// key, value or type changes, so a new build never reuses maps of a different shape.
+/// 2: the endpoint maps, the `endpoints` protocol slot (POLICY, FLOW_GATE, STATS) and
+/// [`Event::provider`]; the flow key's protocol, class and VLAN, the flow state's tokens and
+/// allowlist generation, ALLOW_GEN and REPEAT_SOURCES.
 pub const PIN_LAYOUT_VERSION: u32 = 2;
 
 /// Compile-time map sizes. The allowlist tries are resized at load time from configuration
@@ -113,6 +123,9 @@ wire_enum! {
         OpenConnectDtls = 9 => "openconnect_dtls",
         /// SoftEther VPN's UDP acceleration packets.
         SoftEther = 10 => "softether",
+        /// Not a signature: a flow from an unregistered client to a listed VPN endpoint (a
+        /// provider's published server, a Tor relay). The policy slot `endpoints`.
+        Endpoints = 11 => "endpoints",
     }
 }
 
@@ -143,6 +156,8 @@ wire_enum! {
         DtlsClientHello = 21 => "dtls_client_hello",
         DtlsRecord = 22 => "dtls_record",
         SoftEtherUdp = 23 => "softether_udp",
+        /// A TCP/UDP packet to an address in the endpoint lists ([`Protocol::Endpoints`]).
+        ListedEndpoint = 24 => "listed_endpoint",
     }
 }
 
@@ -192,6 +207,8 @@ wire_enum! {
         /// A flow allowed because of a registration that has since been removed: from this
         /// packet on it is judged as an unregistered flow of its protocol.
         Revoked = 5 => "revoked",
+        /// The destination is in the endpoint lists ([`Protocol::Endpoints`]).
+        ListedEndpoint = 6 => "listed_endpoint",
     }
 }
 
@@ -233,6 +250,8 @@ wire_enum! {
         /// Events emitted from the reserve for sources seen retrying while the per-CPU budget
         /// was spent (a random-source flood cannot hide a real, retrying client).
         EventsRepeatSource = 19 => "events_repeat_source",
+        /// Endpoint trie lookups (packets whose destination passed the endpoint bitmap).
+        EndpointLookups = 20 => "endpoint_lookups",
     }
 }
 
@@ -270,6 +289,58 @@ pub const fn entry_tag(id: &[u8]) -> u64 {
         i += 1;
     }
     hash
+}
+
+/// Most providers the endpoint lists can name (ids `1..MAX_PROVIDERS`; 0 is "none").
+pub const MAX_PROVIDERS: u32 = 1024;
+pub const DEFAULT_ENDPOINT_V4_ENTRIES: u32 = 262_144;
+pub const DEFAULT_ENDPOINT_V6_ENTRIES: u32 = 65_536;
+
+/// Value of an endpoint (LPM trie) entry: whose server the prefix is, and which traffic to it
+/// is judged.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EndpointValue {
+    /// Provider id (`1..MAX_PROVIDERS`), mapped to a name by the controller.
+    pub provider: u16,
+    /// Destination port the listing is limited to, big-endian; zero: any port.
+    pub port: [u8; 2],
+    /// IP protocol the listing is limited to (6 TCP, 17 UDP); zero: both.
+    pub ip_proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl EndpointValue {
+    /// The value packed into the u64 "tag" the controller's set diff works on.
+    pub const fn tag(&self) -> u64 {
+        (self.provider as u64)
+            | ((u16::from_be_bytes(self.port) as u64) << 16)
+            | ((self.ip_proto as u64) << 32)
+    }
+
+    pub const fn from_tag(tag: u64) -> EndpointValue {
+        EndpointValue {
+            provider: tag as u16,
+            port: ((tag >> 16) as u16).to_be_bytes(),
+            ip_proto: (tag >> 32) as u8,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Words of `ENDPOINT_BITMAP`: two regions of 2^24 bits. From word 0: bit `n` set when an
+/// IPv4 endpoint prefix overlaps the /24 number `n`. From [`ENDPOINT_BITMAP_V6`]: bit `n` set
+/// when an IPv6 endpoint prefix overlaps the addresses whose top 24 bits are `n`. A filter:
+/// only a set bit leads to a trie lookup (which may still miss for longer prefixes).
+pub const ENDPOINT_BITMAP_WORDS: u32 = 2 << 18;
+/// First word of the IPv6 region of `ENDPOINT_BITMAP`.
+pub const ENDPOINT_BITMAP_V6: u32 = 1 << 18;
+
+/// Slot of `ENDPOINT_STATS` (a per-CPU array of `MAX_PROVIDERS * 2` counters) counting
+/// packets of `provider` dropped (`monitored` false) or monitored.
+#[inline(always)]
+pub const fn endpoint_counter_index(provider: u16, monitored: bool) -> u32 {
+    (provider as u32 % MAX_PROVIDERS) * 2 + monitored as u32
 }
 
 /// Runtime configuration, in the single slot of the `CONFIG` array map. A zero field means
@@ -531,6 +602,9 @@ pub struct Event {
     pub reason: u8,
     /// Outermost VLAN id (0 when untagged), big-endian.
     pub vlan: [u8; 2],
+    /// Provider id of the listed endpoint ([`Protocol::Endpoints`] events; 0 otherwise).
+    pub provider: u16,
+    pub _pad: [u8; 6],
 }
 
 /// Per-source event rate-limit state (value of `EVENT_LIMIT`, keyed by the 16-byte source).
@@ -560,6 +634,7 @@ mod user {
     unsafe impl aya::Pod for FastKeyV4 {}
     unsafe impl aya::Pod for FastKeyV6 {}
     unsafe impl aya::Pod for FastLengths {}
+    unsafe impl aya::Pod for EndpointValue {}
 }
 
 #[cfg(test)]
@@ -572,7 +647,8 @@ mod tests {
     fn records_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 44);
         assert_eq!(size_of::<FlowState>(), 48);
-        assert_eq!(size_of::<Event>(), 64);
+        assert_eq!(size_of::<Event>(), 72);
+        assert_eq!(size_of::<EndpointValue>(), 8);
         assert_eq!(size_of::<Config>(), 40);
         assert_eq!(size_of::<FastKeyV4>(), 8);
         assert_eq!(size_of::<FastKeyV6>(), 20);
@@ -594,9 +670,20 @@ mod tests {
 
     #[test]
     fn counter_indices_do_not_overlap() {
-        let last_verdict = verdict_counter_index(Protocol::SoftEther, Verdict::Ignored);
+        let last_verdict = verdict_counter_index(Protocol::Endpoints, Verdict::Ignored);
         assert!(last_verdict < counter_index(Counter::Packets));
-        assert_eq!(counter_index(Counter::EventsRepeatSource) + 1, STATS_LEN);
+        assert_eq!(counter_index(Counter::EndpointLookups) + 1, STATS_LEN);
+    }
+
+    #[test]
+    fn endpoint_value_round_trips_through_its_tag() {
+        let v = EndpointValue {
+            provider: 1023,
+            port: 443u16.to_be_bytes(),
+            ip_proto: 17,
+            _pad: [0; 3],
+        };
+        assert_eq!(EndpointValue::from_tag(v.tag()), v);
     }
 
     #[test]

@@ -22,6 +22,8 @@ use vpn_filter_common::{
     FLOW_CLASS_DATA, REPEAT_REPORT_WINDOWS, REPEAT_RESERVE_PER_SEC, REPEAT_SLOTS, REPEAT_WINDOW_NS,
     STATS_LEN,
 };
+mod endpoints;
+
 use vpn_filter_ebpf::classify::{
     advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp, tcp_prefilter,
     udp_prefilter, Confirmation, Detection, Prefilter, Strength, WINDOW,
@@ -89,6 +91,14 @@ static REPEAT_SOURCES: Array<u32> = Array::with_max_entries(REPEAT_SLOTS, 0);
 /// [`try_vpn_filter`]).
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<Candidate> = PerCpuArray::with_max_entries(1, 0);
+
+/// `try_vpn_filter`'s answer for "no signature, but the destination may be a listed endpoint":
+/// the packet is in the scratch slot (not an XDP action).
+const JUDGE_ENDPOINT: u32 = u32::MAX;
+
+/// Per-CPU buffer for the payload window a candidate is classified from.
+#[map(name = "PAYLOAD_WINDOW")]
+static PAYLOAD_WINDOW: PerCpuArray<[u8; WINDOW]> = PerCpuArray::with_max_entries(1, 0);
 
 /// A classified packet on its way to [`decide`].
 #[derive(Clone, Copy)]
@@ -158,6 +168,12 @@ struct Packet {
 pub fn vpn_filter(ctx: XdpContext) -> u32 {
     count(counter_index(Counter::Packets));
     match try_vpn_filter(&ctx) {
+        // Judged here, not inside the classifier's frame: the two stack frames never stack up
+        // (512 bytes for a call chain).
+        Ok(JUDGE_ENDPOINT) => match SCRATCH.get(0) {
+            Some(c) => endpoints::judge(&ctx, &c.pkt),
+            None => XDP_PASS,
+        },
         Ok(action) => action,
         Err(Counter::TinyFragment) => {
             count(counter_index(Counter::TinyFragment));
@@ -204,7 +220,17 @@ fn try_vpn_filter(ctx: &XdpContext) -> Result<u32, Counter> {
     let pkt = parse(ctx)?;
     let det = match detect(ctx, &pkt)? {
         Some(d) => d,
-        None => return Ok(XDP_PASS),
+        // No signature: judged only if it goes to a listed VPN endpoint (endpoints.rs), by
+        // the caller, from the scratch slot.
+        None => {
+            if !endpoints::candidate(&pkt) {
+                return Ok(XDP_PASS);
+            }
+            let slot = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
+            // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+            unsafe { (*slot).pkt = pkt };
+            return Ok(JUDGE_ENDPOINT);
+        }
     };
     // Every parse and classification path ends here with its own constants (family, offsets,
     // protocol, message, strength). Judged from those registers, `decide` would be verified
@@ -222,7 +248,7 @@ fn try_vpn_filter(ctx: &XdpContext) -> Result<u32, Counter> {
     let slot = unsafe { ptr::read_volatile(&slot) };
     // SAFETY: as above.
     let c = unsafe { &*slot };
-    Ok(decide(ctx, &c.pkt, &c.det))
+    Ok(decide(ctx, c))
 }
 
 #[inline(always)]
@@ -453,7 +479,14 @@ fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>, Counter> 
         }
         Prefilter::Inspect => {
             count(counter_index(Counter::Candidates));
-            let mut w = [0u8; WINDOW];
+            // The window lives in a per-CPU map slot, not on the BPF stack (512 bytes for a
+            // whole call chain).
+            let w = match PAYLOAD_WINDOW.get_ptr_mut(0) {
+                // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+                Some(p) => unsafe { &mut *p },
+                None => return Err(Counter::InternalError),
+            };
+            *w = [0u8; WINDOW];
             // A first fragment may hold fewer bytes than the datagram: the rest stays zero.
             let n = if pkt.captured < WINDOW {
                 pkt.captured
@@ -476,9 +509,9 @@ fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>, Counter> 
                 return Err(Counter::Truncated);
             }
             Ok(if pkt.ip_proto == IPPROTO_UDP {
-                classify_udp(pkt.sport, pkt.dport, len, &w)
+                classify_udp(pkt.sport, pkt.dport, len, w)
             } else {
-                classify_tcp(len, &w)
+                classify_tcp(len, w)
             })
         }
     }
@@ -756,12 +789,15 @@ enum Judged {
     Fresh,
 }
 
+/// Judges a candidate.
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "passing map keys by value copies them onto the 512-byte BPF stack"
 )]
-fn decide(ctx: &XdpContext, pkt: &Packet, det: &Detection) -> u32 {
+fn decide(ctx: &XdpContext, c: &Candidate) -> u32 {
+    let pkt = &c.pkt;
+    let det = &c.det;
     let protocol = det.protocol;
     let mode = policy(protocol);
     if mode == PolicyMode::Off as u8 {
@@ -998,6 +1034,27 @@ fn emit(
     now: u64,
     cfg: &Config,
 ) {
+    let message = det.message as u8;
+    emit_event(ctx, pkt, message, 0, protocol, verdict, reason, now, cfg);
+}
+
+/// [`emit`] for any message, with the endpoint provider id (0 for signatures).
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined; a struct would only add copies on the BPF stack"
+)]
+fn emit_event(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    message: u8,
+    provider: u16,
+    protocol: Protocol,
+    verdict: Verdict,
+    reason: Reason,
+    now: u64,
+    cfg: &Config,
+) {
     // The CPU's budget first (only looked at here; spent below, once the per-source limit
     // lets the event through, so one noisy source cannot spend everyone's budget).
     let budget = match EVENT_BUDGET.get_ptr_mut(0) {
@@ -1027,7 +1084,9 @@ fn emit(
         budget.emitted += 1;
         suppressed
     };
-    submit(ctx, pkt, det, protocol, verdict, reason, now, suppressed);
+    submit(
+        ctx, pkt, message, provider, protocol, verdict, reason, now, suppressed,
+    );
 }
 
 /// The per-source limit: `None` when `src` has used its events this second (counted as
@@ -1079,7 +1138,8 @@ fn per_source(src: &[u8; 16], now: u64, cfg: &Config) -> Option<u32> {
 fn submit(
     ctx: &XdpContext,
     pkt: &Packet,
-    det: &Detection,
+    message: u8,
+    provider: u16,
     protocol: Protocol,
     verdict: Verdict,
     reason: Reason,
@@ -1100,10 +1160,12 @@ fn submit(
                 family: pkt.family,
                 ip_proto: pkt.ip_proto,
                 protocol: protocol as u8,
-                message: det.message as u8,
+                message,
                 verdict: verdict as u8,
                 reason: reason as u8,
                 vlan: pkt.vlan.to_be_bytes(),
+                provider,
+                _pad: [0; 6],
             });
             entry.submit(0);
             count(counter_index(Counter::EventsEmitted));

@@ -60,6 +60,9 @@ pub struct EventRecord {
     pub vlan: u16,
     /// Events from this source suppressed by the kernel's rate limit since its previous event.
     pub suppressed_before: u32,
+    /// For `endpoints` events: the provider whose listed server `dst` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 /// The borrowed form the pump serialises: same fields, same order, no owned strings.
@@ -81,6 +84,9 @@ struct EventJson<'a> {
     pkt_len: u32,
     vlan: u16,
     suppressed_before: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Allocated only for endpoint events.
+    provider: Option<String>,
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
@@ -220,6 +226,13 @@ fn event_json<'a>(ev: &Event, time: &'a str, iface: &'a str) -> EventJson<'a> {
         pkt_len: ev.pkt_len,
         vlan: u16::from_be_bytes(ev.vlan),
         suppressed_before: ev.suppressed,
+        provider: match ev.provider {
+            0 => None,
+            id => Some(
+                crate::endpoints::provider_name(id)
+                    .map_or_else(|| format!("#{id}"), |p| p.to_string()),
+            ),
+        },
     }
 }
 
@@ -246,6 +259,7 @@ impl EventRecord {
             pkt_len: j.pkt_len,
             vlan: j.vlan,
             suppressed_before: j.suppressed_before,
+            provider: j.provider,
         }
     }
 }
@@ -719,6 +733,31 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(PipelineCounters::get(&counters.written), 1);
+    }
+
+    #[test]
+    fn endpoint_events_name_the_provider_and_others_have_no_provider_field() {
+        crate::endpoints::set_provider_names_for_replay(&["mullvad".into(), "X".into()]);
+        let mut ev = event(9, Reason::ListedEndpoint);
+        ev.protocol = Protocol::Endpoints as u8;
+        ev.message = Message::ListedEndpoint as u8;
+        ev.provider = 2;
+        let r = EventRecord::from_event(&ev, &Clock::new());
+        assert_eq!(
+            (r.protocol.as_str(), r.message.as_str(), r.reason.as_str()),
+            ("endpoints", "listed_endpoint", "listed_endpoint")
+        );
+        assert_eq!(r.provider.as_deref(), Some("X"));
+        // An id the feed in force does not know is shown as such, not dropped.
+        ev.provider = 7;
+        let r = EventRecord::from_event(&ev, &Clock::new());
+        assert_eq!(r.provider.as_deref(), Some("#7"));
+        let plain = serde_json::to_value(EventRecord::from_event(
+            &event(9, Reason::Signature),
+            &Clock::new(),
+        ))
+        .unwrap();
+        assert!(plain.get("provider").is_none(), "{plain}");
     }
 
     #[test]

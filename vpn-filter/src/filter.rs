@@ -1,5 +1,7 @@
 //! Loading the XDP object, attaching it, and the controller's view of its maps.
 
+pub mod endpoints;
+
 use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -93,6 +95,9 @@ impl Default for Policy {
     fn default() -> Self {
         let mut modes = [PolicyMode::Enforce; Protocol::COUNT];
         modes[Protocol::None as usize] = PolicyMode::Off;
+        // Endpoint lists hold shared addresses (CDN fronts, hosting ranges, relays that also
+        // serve other things): observe first, enforce once the reports are understood.
+        modes[Protocol::Endpoints as usize] = PolicyMode::Monitor;
         Policy(modes)
     }
 }
@@ -235,6 +240,8 @@ pub struct Filter {
     applied: Option<Applied>,
     /// What the fast-path maps hold, as last written by this controller (`None`: read them).
     fast: Option<crate::fastpath::FastState>,
+    /// What the endpoint maps hold, as last written by this controller (`None`: read them).
+    endpoints: Option<endpoints::EndpointsApplied>,
 }
 
 /// One interface the program is attached to.
@@ -339,6 +346,7 @@ impl Filter {
             // Maps created by this load are empty; pinned ones may hold a predecessor's.
             fast: pins_none.then(crate::fastpath::FastState::empty),
             applied: None,
+            endpoints: pins_none.then(endpoints::EndpointsApplied::empty),
         };
         filter.set_policy(policy)?;
         filter.set_config(config)?;

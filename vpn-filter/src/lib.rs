@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod control;
+pub mod endpoints;
 pub mod events;
 pub mod fastpath;
 pub mod filter;

@@ -26,6 +26,9 @@ enum Command {
     /// Registry feed tools.
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// Known VPN endpoint lists: validate a feed, convert a provider's server list.
+    #[command(subcommand)]
+    Endpoints(EndpointsCommand),
     /// Is ADDRESS allowed, and by which registry entry: in the running filter (its pinned
     /// allowlist and last applied feed) and in a given feed. Exit 0: allowed everywhere
     /// consulted; 1: not allowed somewhere; 2: error.
@@ -82,6 +85,16 @@ enum RegistryCommand {
     Validate(vpn_filter::registry_cli::ValidateArgs),
 }
 
+#[derive(Debug, Subcommand)]
+enum EndpointsCommand {
+    /// Check an endpoint feed (plain-text CIDR list or JSON); prints every problem with its
+    /// line or entry and field, exits 1 if any.
+    Validate(vpn_filter::endpoints::cli::ValidateArgs),
+    /// Convert a provider's published server list (Tor Onionoo or consensus, Mullvad, NordVPN,
+    /// Proton) to an endpoint list on stdout.
+    Import(vpn_filter::endpoints::cli::ImportArgs),
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
@@ -132,6 +145,12 @@ fn main() -> ExitCode {
         Command::Top(args) => vpn_filter::top::run(args),
         Command::Registry(RegistryCommand::Validate(args)) => {
             vpn_filter::registry_cli::validate(args)
+        }
+        Command::Endpoints(EndpointsCommand::Validate(args)) => {
+            vpn_filter::endpoints::cli::validate(args)
+        }
+        Command::Endpoints(EndpointsCommand::Import(args)) => {
+            vpn_filter::endpoints::cli::import_cmd(args)
         }
         Command::Check(args) => return vpn_filter::registry_cli::check(args),
     };

@@ -340,6 +340,28 @@ impl Collector for ReportCollector {
             }
         }
 
+        // Known endpoints: per provider of the feed in force.
+        if let Some(ep) = &r.endpoints {
+            gauge(
+                e,
+                "vpn_filter_endpoint_prefixes",
+                "Prefixes of the endpoint feed in force.",
+                (ep.feed.v4_prefixes + ep.feed.v6_prefixes) as i64,
+            )?;
+            let mut m = e.encode_descriptor(
+                "vpn_filter_endpoint_packets",
+                "Packets from unregistered clients to a provider's listed endpoints, by provider and verdict (dropped, monitored).",
+                None,
+                MetricType::Counter,
+            )?;
+            for p in &ep.providers {
+                for (verdict, n) in [("dropped", p.dropped), ("monitored", p.monitored)] {
+                    let labels = [("provider", p.name.as_str()), ("verdict", verdict)];
+                    ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+
         // Verdicts per protocol.
         {
             let mut m = e.encode_descriptor(
@@ -381,6 +403,7 @@ impl Collector for ReportCollector {
                 Counter::TinyFragment => counter(e, "vpn_filter_tiny_fragments_dropped", "First fragments too small to carry the L4 header and payload start (RFC 1858 evasion): dropped.", *n)?,
                 Counter::FlowRejudged => counter(e, "vpn_filter_flows_rejudged", "Flow entries whose endpoints were looked up again because the allowlist changed since their verdict.", *n)?,
                 Counter::EventsRepeatSource => counter(e, "vpn_filter_events_repeat_source", "Events emitted from the reserve for sources seen retrying while the per-CPU event budget was spent.", *n)?,
+                Counter::EndpointLookups => counter(e, "vpn_filter_endpoint_lookups", "Endpoint trie lookups (packets whose destination passed the endpoint bitmap).", *n)?,
             }
         }
         counters_by(
@@ -525,6 +548,7 @@ mod tests {
             }],
             policy: BTreeMap::new(),
             registry,
+            endpoints: None,
             counters: KernelCounters::from_stats(&stats),
             events: EventsStatus {
                 suppressed: 5,
@@ -543,6 +567,44 @@ mod tests {
                 (k.to_string(), v.to_string())
             })
             .collect()
+    }
+
+    #[test]
+    fn endpoint_metrics_name_each_provider_and_are_absent_without_endpoints() {
+        let without = samples(&encode(report(), true).unwrap().0);
+        assert!(!without
+            .keys()
+            .any(|k| k.starts_with("vpn_filter_endpoint_packets")));
+        let mut r = report();
+        let mut feed = RegistryStatus::default();
+        feed.synced(
+            None,
+            &SyncReport {
+                v4: 5,
+                v6: 2,
+                ..Default::default()
+            },
+        );
+        r.endpoints = Some(crate::status::EndpointsReport {
+            feed,
+            providers: vec![crate::status::ProviderCounts {
+                id: 1,
+                name: "X".into(),
+                dropped: 9,
+                monitored: 4,
+            }],
+        });
+        let s = samples(&encode(r, true).unwrap().0);
+        assert_eq!(
+            s["vpn_filter_endpoint_packets_total{provider=\"X\",verdict=\"dropped\"}"],
+            "9"
+        );
+        assert_eq!(
+            s["vpn_filter_endpoint_packets_total{provider=\"X\",verdict=\"monitored\"}"],
+            "4"
+        );
+        assert_eq!(s["vpn_filter_endpoint_prefixes"], "7");
+        assert_eq!(s["vpn_filter_endpoint_lookups_total"], "0");
     }
 
     #[test]

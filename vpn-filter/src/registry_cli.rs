@@ -169,6 +169,10 @@ pub struct CheckArgs {
     /// answer for the kernel.
     #[arg(long, default_value = DEFAULT_PIN_ROOT, value_name = "DIR")]
     pub bpffs_dir: PathBuf,
+    /// Also say whether ADDRESS is a listed VPN endpoint in this endpoint feed (the running
+    /// filter's endpoint lists are always consulted when pinned).
+    #[command(flatten)]
+    pub endpoints: crate::endpoints::EndpointArgs,
 }
 
 /// One view's answer.
@@ -196,6 +200,25 @@ pub fn check(args: CheckArgs) -> ExitCode {
                 );
                 for l in &a.lines {
                     println!("    {l}");
+                }
+            }
+            match crate::endpoints::cli::check_lines(
+                &args.endpoints,
+                &args.state_dir,
+                &PinDir::new(&args.bpffs_dir),
+                args.address,
+            ) {
+                Ok(views) => {
+                    for (view, lines) in views {
+                        println!("  {view}:");
+                        for l in lines {
+                            println!("    {l}");
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: endpoint lists: {e:#}");
+                    return ExitCode::from(2);
                 }
             }
             if answers.iter().all(|a| a.allowed != Some(false)) {
@@ -295,7 +318,7 @@ fn check_inner(args: &CheckArgs) -> Result<Vec<Answer>> {
             answers.push(a);
         }
         (None, None) => {
-            if answers.is_empty() {
+            if answers.is_empty() && args.endpoints.endpoints.is_none() {
                 bail!(
                     "nothing to check against: no --registry given, no state in {} and no pinned maps in {} (is the controller running with these directories?)",
                     args.state_dir.display(),

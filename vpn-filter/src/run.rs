@@ -7,6 +7,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use vpn_filter_common::{Config, Counter, Protocol, Verdict};
 
 use crate::{
+    endpoints::{EndpointArgs, EndpointSync},
     filter::{AttachMode, Attached, Filter, LoadOptions, Policy},
     lifecycle::{LifecycleArgs, Reloader},
     observe::{self, ObserveArgs},
@@ -33,12 +34,16 @@ pub struct RunArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub registry: Box<RegistryArgs>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub endpoints: EndpointArgs,
     /// XDP attach mode: auto tries native and falls back to generic with a warning.
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: AttachMode,
     /// Per-protocol policy override, PROTOCOL=enforce|monitor|off (repeatable; PROTOCOL may
     /// be `all`). Protocols: wireguard, openvpn, ike, esp, ah, l2tp, pptp, tailscale_disco,
-    /// openconnect_dtls, softether. Default: enforce for all.
+    /// openconnect_dtls, softether, endpoints (flows to listed VPN servers, --endpoints).
+    /// Default: enforce for all, except endpoints=monitor.
     #[arg(long = "policy", value_name = "PROTOCOL=MODE")]
     pub policy: Vec<String>,
     /// Print per-protocol counters to stderr every SECS seconds (0: never).
@@ -101,6 +106,18 @@ fn record_registry(status: &SharedStatus, outcome: &Outcome) {
     }
 }
 
+/// Records an endpoint-list step in the daemon status.
+fn record_endpoints(status: &SharedStatus, outcome: &Outcome) {
+    let mut s = status::lock(status);
+    let Some(e) = s.endpoints.as_mut() else {
+        return;
+    };
+    match outcome {
+        Outcome::Applied { serial, report, .. } => e.synced(*serial, report),
+        Outcome::Failed(err) => e.failed(err),
+    }
+}
+
 /// What `run` needs to re-read `--config` on SIGHUP: the command line as given.
 pub struct Reload {
     pub reloader: Reloader,
@@ -121,7 +138,15 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
         None => None,
     };
     let mut registry = RegistrySync::new(&args.registry)?;
-    let status = DaemonStatus::new(&policy, registry.source()).shared();
+    let mut endpoint_sync = EndpointSync::new(&args.endpoints, &args.registry)?;
+    let mut daemon_status = DaemonStatus::new(&policy, registry.source());
+    if let Some(e) = &endpoint_sync {
+        daemon_status.endpoints = Some(crate::status::RegistryStatus {
+            source: e.source(),
+            ..Default::default()
+        });
+    }
+    let status = daemon_status.shared();
     // Events file, control socket and metrics port first: a conflict stops the start before
     // anything is loaded or attached.
     let endpoints = observe::Bound::bind(&args.observe).await?;
@@ -147,6 +172,24 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
     // or an upgrade never judges a packet with a stale or empty allowlist.
     let outcome = registry.start(&mut filter).await?;
     record_registry(&status, &outcome);
+    match &mut endpoint_sync {
+        Some(e) => {
+            let outcome = e.start(&mut filter).await?;
+            record_endpoints(&status, &outcome);
+        }
+        // Pinned maps may hold a previous configuration's endpoint list.
+        None => {
+            let r = filter
+                .sync_endpoints(&crate::endpoints::EndpointSet::default())
+                .context("clearing the endpoint lists (no --endpoints)")?;
+            if r.removed > 0 {
+                log::info!(
+                    "no --endpoints: removed {} listed endpoint prefixes left in the pinned maps",
+                    r.removed
+                );
+            }
+        }
+    }
     let ring = filter.take_events()?;
     for iface in &args.ifaces {
         let how = match filter.attach(iface, args.xdp_mode)? {
@@ -210,6 +253,11 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
             _ = poll.tick() => {
                 if let Some(outcome) = registry.tick(&mut filter).await {
                     record_registry(&status, &outcome);
+                }
+                if let Some(e) = &mut endpoint_sync {
+                    if let Some(outcome) = e.tick(&mut filter).await {
+                        record_endpoints(&status, &outcome);
+                    }
                 }
             }
             _ = reattach.tick() => {
@@ -282,6 +330,9 @@ fn apply_reload(filter: &mut Filter, old: &RunArgs, new: RunArgs) -> Result<RunA
     if json(&new.registry) != json(&old.registry) {
         waiting.push("registry settings");
     }
+    if json(&new.endpoints) != json(&old.endpoints) {
+        waiting.push("endpoint settings");
+    }
     if json(&new.observe) != json(&old.observe) {
         waiting.push("observability settings");
     }
@@ -302,6 +353,7 @@ fn apply_reload(filter: &mut Filter, old: &RunArgs, new: RunArgs) -> Result<RunA
         allow_v6_entries: old.allow_v6_entries,
         flow_entries: old.flow_entries,
         registry: old.registry.clone(),
+        endpoints: old.endpoints.clone(),
         observe: old.observe.clone(),
         lifecycle: old.lifecycle.clone(),
         xdp_mode: old.xdp_mode,

@@ -35,6 +35,8 @@ pub struct DaemonStatus {
     pub interfaces: Vec<InterfaceStatus>,
     pub policy: BTreeMap<String, String>,
     pub registry: RegistryStatus,
+    /// The endpoint feed (`None` without `--endpoints`).
+    pub endpoints: Option<RegistryStatus>,
     /// Where events are written (`stdout` or the file path).
     pub events_output: String,
 }
@@ -53,6 +55,7 @@ impl DaemonStatus {
                 source: registry_source.into(),
                 ..Default::default()
             },
+            endpoints: None,
             events_output: "stdout".into(),
         }
     }
@@ -131,6 +134,7 @@ impl RegistryStatus {
 /// from any task while the daemon loop owns the [`Filter`].
 pub struct StatsReader {
     map: PerCpuArray<MapData, u64>,
+    endpoints: PerCpuArray<MapData, u64>,
 }
 
 impl std::fmt::Debug for StatsReader {
@@ -141,13 +145,37 @@ impl std::fmt::Debug for StatsReader {
 
 impl StatsReader {
     pub fn new(filter: &Filter) -> Result<Self> {
-        let data = match filter.map(maps::STATS)? {
-            Map::PerCpuArray(data) => data,
-            _ => return Err(anyhow!("map {} is not a per-CPU array", maps::STATS)),
+        let open = |name: &str| -> Result<PerCpuArray<MapData, u64>> {
+            let data = match filter.map(name)? {
+                Map::PerCpuArray(data) => data,
+                _ => return Err(anyhow!("map {name} is not a per-CPU array")),
+            };
+            let fd = std::os::fd::AsFd::as_fd(data.fd()).try_clone_to_owned()?;
+            Ok(PerCpuArray::try_from(Map::PerCpuArray(MapData::from_fd(
+                fd,
+            )?))?)
         };
-        let fd = std::os::fd::AsFd::as_fd(data.fd()).try_clone_to_owned()?;
-        let map = PerCpuArray::try_from(Map::PerCpuArray(MapData::from_fd(fd)?))?;
-        Ok(StatsReader { map })
+        Ok(StatsReader {
+            map: open(maps::STATS)?,
+            endpoints: open(maps::ENDPOINT_STATS)?,
+        })
+    }
+
+    /// Per provider of the endpoint feed in force: packets dropped and monitored.
+    pub fn read_providers(&self) -> Result<Vec<ProviderCounts>> {
+        let names = crate::endpoints::providers_in_force();
+        let counts = crate::filter::endpoints::read_endpoint_stats(&self.endpoints, names.len())?;
+        Ok(names
+            .iter()
+            .zip(counts)
+            .enumerate()
+            .map(|(i, (name, (dropped, monitored)))| ProviderCounts {
+                id: (i + 1) as u16,
+                name: name.to_string(),
+                dropped,
+                monitored,
+            })
+            .collect())
     }
 
     /// Counters summed over CPUs.
@@ -181,6 +209,13 @@ impl Sources {
             interfaces: status.interfaces,
             policy: status.policy,
             registry: status.registry,
+            endpoints: match status.endpoints {
+                Some(feed) => Some(EndpointsReport {
+                    feed,
+                    providers: self.stats.read_providers()?,
+                }),
+                None => None,
+            },
             counters: KernelCounters::from_stats(&stats),
             events: EventsStatus {
                 output: status.events_output,
@@ -212,8 +247,29 @@ pub struct StatusReport {
     /// Protocol name to `enforce`, `monitor` or `off`.
     pub policy: BTreeMap<String, String>,
     pub registry: RegistryStatus,
+    /// The endpoint feed and per-provider verdicts; absent without `--endpoints`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<EndpointsReport>,
     pub counters: KernelCounters,
     pub events: EventsStatus,
+}
+
+/// The endpoint feed in force (same fields as the registry's) and what each provider's
+/// listing caught.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointsReport {
+    #[serde(flatten)]
+    pub feed: RegistryStatus,
+    pub providers: Vec<ProviderCounts>,
+}
+
+/// Packets to one provider's listed endpoints from unregistered clients.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderCounts {
+    pub id: u16,
+    pub name: String,
+    pub dropped: u64,
+    pub monitored: u64,
 }
 
 /// The kernel's counters, summed over CPUs, by their stable names.
@@ -350,6 +406,30 @@ pub fn render_text(r: &StatusReport) -> String {
     if let Some(e) = &reg.last_error {
         let _ = writeln!(o, "  last error ({}): {e}", time_text(reg.last_error_at));
     }
+    if let Some(ep) = &r.endpoints {
+        let f = &ep.feed;
+        let _ = writeln!(
+            o,
+            "endpoints: {}: serial {}, {} IPv4 + {} IPv6 prefixes of {} provider(s); last sync {} ({})",
+            f.source,
+            f.serial.map_or("none".into(), |s| s.to_string()),
+            f.v4_prefixes,
+            f.v6_prefixes,
+            ep.providers.len(),
+            time_text(f.last_sync),
+            f.last_outcome.as_deref().unwrap_or("none yet"),
+        );
+        if let Some(e) = &f.last_error {
+            let _ = writeln!(o, "  last error ({}): {e}", time_text(f.last_error_at));
+        }
+        for p in &ep.providers {
+            let _ = writeln!(
+                o,
+                "  provider {}: {} dropped, {} monitored",
+                p.name, p.dropped, p.monitored
+            );
+        }
+    }
     let modes: Vec<String> = r.policy.iter().map(|(p, m)| format!("{p}={m}")).collect();
     let _ = writeln!(o, "policy: {}", modes.join(" "));
     let c = &r.counters;
@@ -450,6 +530,7 @@ mod tests {
             }],
             policy: [("wireguard".to_string(), "enforce".to_string())].into(),
             registry,
+            endpoints: None,
             counters: KernelCounters::from_stats(&stats),
             events: EventsStatus {
                 output: "stdout".into(),

@@ -1,5 +1,7 @@
-//! The controller's registry loop: fetch the feed, check it, apply it to the kernel, persist
-//! it, and re-apply at approval and expiry instants.
+//! The controller's feed loop: fetch a feed, check it, apply it to the kernel, persist it, and
+//! re-apply at approval and expiry instants. One loop serves both feeds, through [`FeedKind`]:
+//! the registry (the allowlist, [`Registry`]) and the known VPN endpoints
+//! (`crate::endpoints::Endpoints`).
 //!
 //! Every new feed goes through the same steps, and the first that fails refuses it with the
 //! allowlist in force left exactly as it was:
@@ -27,14 +29,128 @@ use tokio::task::JoinHandle;
 use crate::{
     filter::{Filter, SyncReport},
     registry::{
-        guard::{self, Baseline, GuardOptions, DEFAULT_MAX_FEED_BYTES, DEFAULT_MAX_SHRINK_PERCENT},
+        guard::{
+            self, Baseline, GuardOptions, Refusal, DEFAULT_MAX_FEED_BYTES,
+            DEFAULT_MAX_SHRINK_PERCENT,
+        },
         rfc3339,
         signature::PublicKey,
         state::{sha256_hex, Persisted, StateDir, StateLock, StateMeta, DEFAULT_STATE_DIR},
-        Allowlist, Feed, FeedFormat, FormatChoice, ValidateOptions,
+        Allowlist, Feed, FeedError, FeedFormat, FormatChoice, ValidateOptions, Warnings,
     },
     source::{Fetched, FileSource, HttpPoll, HttpSource, SourceSpec},
 };
+
+/// What one kind of feed brings to the loop: parsing, the set it puts in the kernel, the
+/// guard's comparison and the kernel write. The loop does the rest (sources, signature, size
+/// limit, refusal reporting, rollback, persistence, fallback to the last good feed).
+pub trait FeedKind {
+    /// A parsed, validated feed.
+    type Feed;
+    /// What the kernel holds for a feed at an instant.
+    type Set;
+    /// Lower-case name in messages ("registry").
+    const WHAT: &'static str;
+    /// Upper-case name for the loudest messages ("REGISTRY").
+    const WHAT_LOUD: &'static str;
+    /// The kernel side's name in messages ("allowlist").
+    const SET_NAME: &'static str;
+
+    /// Parses and validates a feed. `persisted_format` is the format recorded with a
+    /// persisted feed (`None` for a fresh fetch).
+    fn parse(
+        &self,
+        bytes: &[u8],
+        origin: &str,
+        persisted_format: Option<&str>,
+    ) -> Result<(Self::Feed, Warnings), FeedError>;
+    /// One line for logs (serial, ...).
+    fn describe(feed: &Self::Feed) -> String;
+    fn serial(feed: &Self::Feed) -> Option<u64>;
+    /// Format name, persisted with the feed.
+    fn format_name(feed: &Self::Feed) -> &'static str;
+    /// The set in force at `now`.
+    fn set(feed: &Self::Feed, now: OffsetDateTime) -> Self::Set;
+    /// The next instant after `now` at which the set changes without a new feed.
+    fn next_change_after(feed: &Self::Feed, now: OffsetDateTime) -> Option<OffsetDateTime>;
+    /// The guard: checks `new` against the feed in force (see [`guard`]).
+    fn check_transition(
+        last: Option<(&Self::Feed, &Self::Set)>,
+        new: &Self::Feed,
+        new_set: &Self::Set,
+        opts: &GuardOptions,
+    ) -> Result<Vec<String>, Refusal>;
+    /// Writes the set to the kernel (add before remove).
+    fn apply(filter: &mut Filter, set: &Self::Set) -> Result<SyncReport>;
+}
+
+/// The registry feed: the allowlist.
+pub struct Registry {
+    format: FormatChoice,
+    validate: ValidateOptions,
+}
+
+impl FeedKind for Registry {
+    type Feed = Feed;
+    type Set = Allowlist;
+    const WHAT: &'static str = "registry";
+    const WHAT_LOUD: &'static str = "REGISTRY";
+    const SET_NAME: &'static str = "allowlist";
+
+    fn parse(
+        &self,
+        bytes: &[u8],
+        origin: &str,
+        persisted_format: Option<&str>,
+    ) -> Result<(Feed, Warnings), FeedError> {
+        let format = match persisted_format {
+            None => self.format,
+            Some(name) => match FeedFormat::from_name(name) {
+                Some(FeedFormat::Json) => FormatChoice::Json,
+                Some(FeedFormat::Csv) => FormatChoice::Csv,
+                None => FormatChoice::Auto,
+            },
+        };
+        Feed::parse(bytes, origin, format, self.validate)
+    }
+
+    fn describe(feed: &Feed) -> String {
+        feed.describe()
+    }
+
+    fn serial(feed: &Feed) -> Option<u64> {
+        feed.serial
+    }
+
+    fn format_name(feed: &Feed) -> &'static str {
+        feed.format.name()
+    }
+
+    fn set(feed: &Feed, now: OffsetDateTime) -> Allowlist {
+        feed.allowlist(now)
+    }
+
+    fn next_change_after(feed: &Feed, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        feed.next_change_after(now)
+    }
+
+    fn check_transition(
+        last: Option<(&Feed, &Allowlist)>,
+        new: &Feed,
+        new_set: &Allowlist,
+        opts: &GuardOptions,
+    ) -> Result<Vec<String>, Refusal> {
+        let baseline = last.map(|(f, a)| Baseline {
+            serial: f.serial,
+            allowlist: a,
+        });
+        guard::check_transition(baseline, new, new_set, opts)
+    }
+
+    fn apply(filter: &mut Filter, set: &Allowlist) -> Result<SyncReport> {
+        filter.sync_allowlist(set)
+    }
+}
 
 /// The registry options of `vpn-filter run`. Serialisable with the flag names as keys, for a
 /// configuration file.
@@ -119,8 +235,8 @@ pub enum Outcome {
 }
 
 /// The feed in force (or, at startup before anything is applied, the persisted one).
-struct Current {
-    feed: Feed,
+struct Current<F> {
+    feed: F,
     bytes_sha256: String,
     origin: String,
     etag: Option<String>,
@@ -138,17 +254,16 @@ enum Source {
     },
 }
 
-/// The registry side of the controller.
-pub struct RegistrySync {
+/// One feed's side of the controller.
+pub struct FeedSync<K: FeedKind> {
+    kind: K,
     spec: SourceSpec,
     source: Source,
-    format: FormatChoice,
-    validate: ValidateOptions,
     guard: GuardOptions,
     key: Option<PublicKey>,
     state: StateDir,
     _lock: StateLock,
-    current: Option<Current>,
+    current: Option<Current<K::Feed>>,
     /// Whether `current` is what the kernel holds.
     applied: bool,
     next_change: Option<OffsetDateTime>,
@@ -162,15 +277,58 @@ fn now_utc() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
-impl RegistrySync {
+/// The registry side of the controller.
+pub type RegistrySync = FeedSync<Registry>;
+
+impl FeedSync<Registry> {
     /// Parses the options, reads the key, and takes the state directory's lock.
     pub fn new(args: &RegistryArgs) -> Result<RegistrySync> {
-        let spec = SourceSpec::parse(&args.registry)?;
-        let key = match &args.registry_pubkey {
+        let kind = Registry {
+            format: args.registry_format,
+            validate: args.validate_options(),
+        };
+        FeedSync::with_kind(
+            kind,
+            &SourceOptions {
+                source: &args.registry,
+                pubkey: args.registry_pubkey.as_deref(),
+                state_dir: args.state_dir.clone(),
+                state_flag: "--state-dir",
+                max_feed_bytes: args.max_feed_bytes,
+                guard: args.guard_options(),
+                poll_ms: args.registry_poll_ms,
+                http_interval: args.registry_http_interval,
+                ca: args.registry_ca.as_deref(),
+            },
+        )
+    }
+}
+
+/// Where a feed comes from and how it is guarded (the kind-independent options).
+pub struct SourceOptions<'a> {
+    /// File path or URL.
+    pub source: &'a str,
+    pub pubkey: Option<&'a std::path::Path>,
+    pub state_dir: PathBuf,
+    /// The option naming the state directory, for messages.
+    pub state_flag: &'a str,
+    pub max_feed_bytes: u64,
+    pub guard: GuardOptions,
+    pub poll_ms: u64,
+    pub http_interval: u64,
+    pub ca: Option<&'a std::path::Path>,
+}
+
+impl<K: FeedKind> FeedSync<K> {
+    /// Parses the options, reads the key, and takes the state directory's lock.
+    pub fn with_kind(kind: K, opts: &SourceOptions<'_>) -> Result<FeedSync<K>> {
+        let spec = SourceSpec::parse(opts.source)?;
+        let key = match opts.pubkey {
             Some(p) => {
                 let k = PublicKey::from_file(p)?;
                 log::info!(
-                    "registry feeds must be signed by the Ed25519 key {} ({})",
+                    "{} feeds must be signed by the Ed25519 key {} ({})",
+                    K::WHAT,
                     k.fingerprint(),
                     p.display()
                 );
@@ -178,43 +336,38 @@ impl RegistrySync {
             }
             None => None,
         };
-        let state = StateDir::new(&args.state_dir);
+        let state = StateDir::new(&opts.state_dir);
         let lock = state.lock().with_context(|| {
             format!(
-                "cannot use the state directory {} (--state-dir)",
-                args.state_dir.display()
+                "cannot use the state directory {} ({})",
+                opts.state_dir.display(),
+                opts.state_flag
             )
         })?;
         let with_sig = key.is_some();
         let source = match &spec {
             SourceSpec::File(p) => {
-                Source::File(FileSource::new(p.clone(), with_sig, args.max_feed_bytes))
+                Source::File(FileSource::new(p.clone(), with_sig, opts.max_feed_bytes))
             }
             SourceSpec::Url(u) => Source::Http {
-                src: HttpSource::new(
-                    u.clone(),
-                    with_sig,
-                    args.max_feed_bytes,
-                    args.registry_ca.as_deref(),
-                )?,
-                interval: Duration::from_secs(args.registry_http_interval.max(1)),
+                src: HttpSource::new(u.clone(), with_sig, opts.max_feed_bytes, opts.ca)?,
+                interval: Duration::from_secs(opts.http_interval.max(1)),
                 next_due: Instant::now(),
                 in_flight: None,
             },
         };
-        Ok(RegistrySync {
+        Ok(FeedSync {
+            kind,
             spec,
             source,
-            format: args.registry_format,
-            validate: args.validate_options(),
-            guard: args.guard_options(),
+            guard: opts.guard,
             key,
             state,
             _lock: lock,
             current: None,
             applied: false,
             next_change: None,
-            poll_interval: Duration::from_millis(args.registry_poll_ms.max(50)),
+            poll_interval: Duration::from_millis(opts.poll_ms.max(50)),
             last_refused: None,
         })
     }
@@ -225,7 +378,7 @@ impl RegistrySync {
     }
 
     /// The feed in force.
-    pub fn feed(&self) -> Option<&Feed> {
+    pub fn feed(&self) -> Option<&K::Feed> {
         self.current
             .as_ref()
             .filter(|_| self.applied)
@@ -282,15 +435,16 @@ impl RegistrySync {
         };
         let Some(cur) = &self.current else {
             bail!(
-                "no usable registry feed: {error}; and no last good feed persisted in {} to fall back on",
+                "no usable {} feed: {error}; and no last good feed persisted in {} to fall back on",
+                K::WHAT,
                 self.state.path().display()
             );
         };
-        log::error!("REGISTRY SOURCE UNUSABLE AT STARTUP: {error}");
+        log::error!("{} SOURCE UNUSABLE AT STARTUP: {error}", K::WHAT_LOUD);
         log::error!(
             "ENFORCING THE LAST GOOD FEED persisted in {}: {} from {}, applied {}, sha256 {}",
             self.state.path().display(),
-            cur.feed.describe(),
+            K::describe(&cur.feed),
             cur.origin,
             cur.applied_at.as_deref().unwrap_or("?"),
             cur.bytes_sha256
@@ -358,7 +512,10 @@ impl RegistrySync {
                     Ok(o) => o,
                     Err(e) => {
                         let msg = format!("{e:#}");
-                        log::error!("re-applying the registry at an approval or expiry instant failed: {msg}");
+                        log::error!(
+                            "re-applying the {} at an approval or expiry instant failed: {msg}",
+                            K::WHAT
+                        );
                         Outcome::Failed(msg)
                     }
                 },
@@ -369,11 +526,16 @@ impl RegistrySync {
 
     fn refusal_line(&self, error: &str) -> String {
         let in_force = match self.current.as_ref().filter(|_| self.applied) {
-            Some(c) => format!("the allowlist in force ({}) stays", c.feed.describe()),
+            Some(c) => format!(
+                "the {} in force ({}) stays",
+                K::SET_NAME,
+                K::describe(&c.feed)
+            ),
             None => "nothing is in force yet".to_string(),
         };
         format!(
-            "registry from {} refused; {in_force}: {error}",
+            "{} from {} refused; {in_force}: {error}",
+            K::WHAT,
             self.spec.describe()
         )
     }
@@ -402,7 +564,9 @@ impl RegistrySync {
             Err((msg, digest)) => {
                 if digest.is_some() && digest == self.last_refused {
                     log::warn!(
-                        "registry from {origin} still refused (same content as before); the allowlist in force stays"
+                        "{} from {origin} still refused (same content as before); the {} in force stays",
+                        K::WHAT,
+                        K::SET_NAME
                     );
                 } else {
                     log::error!("{}", self.refusal_line(&msg));
@@ -413,10 +577,10 @@ impl RegistrySync {
         };
         let checked = checked_start.elapsed();
         let start = Instant::now();
-        let report = match filter.sync_allowlist(&allow) {
+        let report = match K::apply(filter, &allow) {
             Ok(r) => r,
             Err(e) => {
-                let msg = format!("{} not applied: {e:#}", feed.describe());
+                let msg = format!("{} not applied: {e:#}", K::describe(&feed));
                 log::error!("{}", self.refusal_line(&msg));
                 self.rollback(filter, now);
                 return Err(msg);
@@ -424,8 +588,9 @@ impl RegistrySync {
         };
         let took = start.elapsed();
         log::info!(
-            "registry {} applied from {origin}: {} (checks {:.1} ms)",
-            feed.describe(),
+            "{} {} applied from {origin}: {} (checks {:.1} ms)",
+            K::WHAT,
+            K::describe(&feed),
             report_line(&report, took),
             checked.as_secs_f64() * 1e3
         );
@@ -443,12 +608,12 @@ impl RegistrySync {
             applied_at: Some(rfc3339(now_utc())),
         };
         self.persist(&mut current, &fetched.bytes, &report);
-        self.next_change = current.feed.next_change_after(now);
+        self.next_change = K::next_change_after(&current.feed, now);
         self.current = Some(current);
         self.applied = true;
         self.last_refused = None;
         Ok(Some(Outcome::Applied {
-            serial: self.current.as_ref().and_then(|c| c.feed.serial),
+            serial: self.current.as_ref().and_then(|c| K::serial(&c.feed)),
             report,
             took,
         }))
@@ -465,7 +630,7 @@ impl RegistrySync {
         fetched: &Fetched,
         origin: &str,
         now: OffsetDateTime,
-    ) -> Result<Option<(Feed, String, Allowlist)>, (String, Option<String>)> {
+    ) -> Result<Option<(K::Feed, String, K::Set)>, (String, Option<String>)> {
         guard::check_size(fetched.bytes.len() as u64, &self.guard)
             .map_err(|e| (e.to_string(), None))?;
         let digest = sha256_hex(&fetched.bytes);
@@ -494,21 +659,20 @@ impl RegistrySync {
         {
             return Ok(None);
         }
-        let (feed, warnings) = Feed::parse(&fetched.bytes, origin, self.format, self.validate)
+        let (feed, warnings) = self
+            .kind
+            .parse(&fetched.bytes, origin, None)
             .map_err(|e| fail(e.to_string()))?;
         log_warnings(origin, &warnings);
-        let new_allow = feed.allowlist(now);
-        let last_allow = self.current.as_ref().map(|c| c.feed.allowlist(now));
+        let new_allow = K::set(&feed, now);
+        let last_allow = self.current.as_ref().map(|c| K::set(&c.feed, now));
         let baseline = self
             .current
             .as_ref()
             .zip(last_allow.as_ref())
-            .map(|(c, a)| Baseline {
-                serial: c.feed.serial,
-                allowlist: a,
-            });
-        let warnings = guard::check_transition(baseline, &feed, &new_allow, &self.guard)
-            .map_err(|e| fail(format!("{}: {e}", feed.describe())))?;
+            .map(|(c, a)| (&c.feed, a));
+        let warnings = K::check_transition(baseline, &feed, &new_allow, &self.guard)
+            .map_err(|e| fail(format!("{}: {e}", K::describe(&feed))))?;
         log_warnings(origin, &warnings);
         Ok(Some((feed, digest, new_allow)))
     }
@@ -518,16 +682,17 @@ impl RegistrySync {
         let Some(cur) = self.current.as_ref().filter(|_| self.applied) else {
             return;
         };
-        match filter.sync_allowlist(&cur.feed.allowlist(now)) {
+        match K::apply(filter, &K::set(&cur.feed, now)) {
             Ok(r) => log::warn!(
                 "rolled back to {}: {} added, {} removed",
-                cur.feed.describe(),
+                K::describe(&cur.feed),
                 r.added,
                 r.removed
             ),
             Err(e) => log::error!(
-                "ROLLING BACK to {} FAILED: {e:#}; the kernel allowlist may hold a mix of both feeds (no prefix of the feed in force was removed)",
-                cur.feed.describe()
+                "ROLLING BACK to {} FAILED: {e:#}; the kernel {} may hold a mix of both feeds (no prefix of the feed in force was removed)",
+                K::describe(&cur.feed),
+                K::SET_NAME
             ),
         }
     }
@@ -535,33 +700,33 @@ impl RegistrySync {
     /// Applies the current feed as it stands at this instant (startup, expiry, approval).
     fn apply_current(&mut self, filter: &mut Filter, why: &str) -> Result<Outcome> {
         let Some(cur) = &self.current else {
-            bail!("no registry feed to apply");
+            bail!("no {} feed to apply", K::WHAT);
         };
         let now = now_utc();
         let start = Instant::now();
-        let report = filter
-            .sync_allowlist(&cur.feed.allowlist(now))
-            .with_context(|| format!("applying registry {}", cur.feed.describe()))?;
+        let report = K::apply(filter, &K::set(&cur.feed, now))
+            .with_context(|| format!("applying {} {}", K::WHAT, K::describe(&cur.feed)))?;
         let took = start.elapsed();
         log::info!(
-            "registry {} applied ({why}) from {}: {}",
-            cur.feed.describe(),
+            "{} {} applied ({why}) from {}: {}",
+            K::WHAT,
+            K::describe(&cur.feed),
             cur.origin,
             report_line(&report, took)
         );
         self.applied = true;
-        self.next_change = cur.feed.next_change_after(now);
+        self.next_change = K::next_change_after(&cur.feed, now);
         if let Some(t) = self.next_change {
             log::debug!("next approval or expiry at {}", rfc3339(t));
         }
         Ok(Outcome::Applied {
-            serial: cur.feed.serial,
+            serial: K::serial(&cur.feed),
             report,
             took,
         })
     }
 
-    fn load_persisted(&self) -> Option<Current> {
+    fn load_persisted(&self) -> Option<Current<K::Feed>> {
         let dir = self.state.path().display();
         let p: Persisted = match self.state.load() {
             Ok(Some(p)) => p,
@@ -585,16 +750,11 @@ impl RegistrySync {
                 return None;
             }
         }
-        let format = match FeedFormat::from_name(&p.meta.format) {
-            Some(FeedFormat::Json) => FormatChoice::Json,
-            Some(FeedFormat::Csv) => FormatChoice::Csv,
-            None => FormatChoice::Auto,
-        };
-        match Feed::parse(&p.bytes, &name, format, self.validate) {
+        match self.kind.parse(&p.bytes, &name, Some(&p.meta.format)) {
             Ok((feed, _)) => {
                 log::info!(
                     "last good feed: {} from {}, applied {}",
-                    feed.describe(),
+                    K::describe(&feed),
                     p.meta.source,
                     p.meta.applied_at
                 );
@@ -614,12 +774,12 @@ impl RegistrySync {
         }
     }
 
-    fn persist(&self, cur: &mut Current, bytes: &[u8], report: &SyncReport) {
+    fn persist(&self, cur: &mut Current<K::Feed>, bytes: &[u8], report: &SyncReport) {
         let meta = StateMeta {
             version: 0,
             source: cur.origin.clone(),
-            format: cur.feed.format.name().to_string(),
-            serial: cur.feed.serial,
+            format: K::format_name(&cur.feed).to_string(),
+            serial: K::serial(&cur.feed),
             sha256: cur.bytes_sha256.clone(),
             feed_file: String::new(),
             signature: cur.signature.clone(),
@@ -630,7 +790,7 @@ impl RegistrySync {
         match self.state.save(meta, bytes) {
             Ok(_) => log::debug!(
                 "persisted {} in {}",
-                cur.feed.describe(),
+                K::describe(&cur.feed),
                 self.state.path().display()
             ),
             Err(e) => log::error!(

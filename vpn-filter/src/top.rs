@@ -174,8 +174,13 @@ impl Model {
         });
         s.hits.push_back((t, packets));
         s.in_window += packets;
-        if !s.protocols.contains(&ev.protocol) {
-            s.protocols.insert(ev.protocol.clone());
+        // Endpoint events name the provider: `endpoints:mullvad`.
+        let what = match &ev.provider {
+            Some(p) => format!("{}:{p}", ev.protocol),
+            None => ev.protocol.clone(),
+        };
+        if !s.protocols.contains(&what) {
+            s.protocols.insert(what);
         }
         if t >= s.last_seen {
             s.last_seen = t;
@@ -618,6 +623,7 @@ mod tests {
             pkt_len: 190,
             vlan: 0,
             suppressed_before: suppressed,
+            provider: None,
         }
     }
 
@@ -639,6 +645,7 @@ mod tests {
             }],
             policy: Default::default(),
             registry: RegistryStatus::default(),
+            endpoints: None,
             counters: KernelCounters::from_stats(&stats),
             events: EventsStatus::default(),
         }

@@ -266,7 +266,8 @@ fn bootstrap() -> Result<PathBuf> {
 const TEST_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "procps", "util-linux"];
 
 /// What the end-to-end suite (tests/tests/e2e_vpn.rs) adds: real VPN servers and clients, and
-/// the ordinary-traffic tools (curl, dig, dnsmasq, iperf3, openssl).
+/// the ordinary-traffic tools (curl, dig, dnsmasq, iperf3, openssl); and Shadowsocks
+/// (tests/tests/endpoints.rs: a VPN without a wire signature, blocked by its endpoint).
 const E2E_PACKAGES: &[&str] = &[
     "openssl",
     "openvpn",
@@ -285,6 +286,7 @@ const E2E_PACKAGES: &[&str] = &[
     "bind9-dnsutils",
     "dnsmasq-base",
     "iperf3",
+    "shadowsocks-libev",
 ];
 
 /// While alive, a `/usr/sbin/policy-rc.d` that forbids package scripts to start services, so

@@ -12,7 +12,9 @@
 //! The comparison is with the allowlist in force at the same instant, so entries that expired
 //! on their own do not count as removed by the new feed.
 
-use super::{Allowlist, Feed};
+use std::collections::BTreeMap;
+
+use super::{Allowlist, Feed, Prefix};
 
 /// Default `--max-feed-bytes`: 256 MiB, room for a JSON feed of a million single-prefix
 /// entries (about 220 bytes each).
@@ -87,11 +89,28 @@ pub fn check_transition(
     new_allow: &Allowlist,
     opts: &GuardOptions,
 ) -> Result<Vec<String>, Refusal> {
+    check_sets(
+        last.map(|l| (l.serial, &l.allowlist.prefixes)),
+        new.serial,
+        &new_allow.prefixes,
+        opts,
+    )
+}
+
+/// The guard for any feed that puts a set of prefixes in the kernel (the allowlist, the
+/// endpoint lists): `last` is the serial and set in force, `new_serial` and `new` the
+/// candidate's. Returns warnings when it may be applied.
+pub fn check_sets<V, W>(
+    last: Option<(Option<u64>, &BTreeMap<Prefix, V>)>,
+    new_serial: Option<u64>,
+    new: &BTreeMap<Prefix, W>,
+    opts: &GuardOptions,
+) -> Result<Vec<String>, Refusal> {
     let mut warnings = Vec::new();
-    let Some(last) = last else {
+    let Some((last_serial, last_set)) = last else {
         return Ok(warnings);
     };
-    match (last.serial, new.serial) {
+    match (last_serial, new_serial) {
         (Some(l), Some(n)) if n < l => {
             if opts.allow_serial_reset {
                 warnings.push(format!(
@@ -109,12 +128,12 @@ pub fn check_transition(
         )),
         _ => {}
     }
-    let last_count = last.allowlist.len();
+    let last_count = last_set.len();
     if last_count == 0 {
         return Ok(warnings);
     }
-    let removed = removed_count(last.allowlist, new_allow);
-    let shrink = if new_allow.is_empty() {
+    let removed = removed_keys(last_set, new);
+    let shrink = if new.is_empty() {
         Some(Refusal::Emptied { last: last_count })
     } else {
         let percent = removed * 100 / last_count;
@@ -139,10 +158,15 @@ pub fn check_transition(
 
 /// How many prefixes of `last` are not in `new`.
 pub fn removed_count(last: &Allowlist, new: &Allowlist) -> usize {
+    removed_keys(&last.prefixes, &new.prefixes)
+}
+
+/// How many keys of `last` are not in `new`.
+pub fn removed_keys<V, W>(last: &BTreeMap<Prefix, V>, new: &BTreeMap<Prefix, W>) -> usize {
     // Both maps iterate in key order: one merge pass, no lookups.
     let mut removed = 0;
-    let mut new_keys = new.prefixes.keys().peekable();
-    for k in last.prefixes.keys() {
+    let mut new_keys = new.keys().peekable();
+    for k in last.keys() {
         while new_keys.next_if(|n| *n < k).is_some() {}
         if new_keys.next_if(|n| *n == k).is_none() {
             removed += 1;

@@ -37,8 +37,10 @@ pub struct ReplayArgs {
     /// nothing is registered.
     #[arg(long, value_name = "FEED")]
     pub registry: Option<PathBuf>,
+    #[command(flatten)]
+    pub endpoints: crate::endpoints::EndpointArgs,
     /// Per-protocol policy override, PROTOCOL=enforce|monitor|off (repeatable; PROTOCOL may
-    /// be `all`), as for `run`. Default: enforce for all.
+    /// be `all`), as for `run`. Default: enforce for all, except endpoints=monitor.
     #[arg(long = "policy", value_name = "PROTOCOL=MODE")]
     pub policy: Vec<String>,
     /// Accept registry prefixes broader than /8 (IPv4) or /16 (IPv6).
@@ -126,7 +128,22 @@ fn run_one(settings: &ReplaySettings, args: &ReplayArgs) -> Result<super::Replay
 /// Runs `vpn-filter replay`.
 pub fn main(args: ReplayArgs) -> Result<()> {
     let base = policy(Policy::default(), &args.policy)?;
-    let (allowlist, registry_text) = registry(args.registry.as_ref(), args.allow_broad)?;
+    let (allowlist, mut registry_text) = registry(args.registry.as_ref(), args.allow_broad)?;
+    let endpoints = match args.endpoints.load_file()? {
+        Some((feed, warnings)) => {
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            registry_text.push_str(&format!(
+                "; endpoints {} ({})",
+                args.endpoints.endpoints.as_deref().unwrap_or("?"),
+                feed.describe()
+            ));
+            crate::endpoints::set_provider_names_for_replay(&feed.set.providers);
+            feed.set
+        }
+        None => Default::default(),
+    };
     let timeouts = Timeouts {
         blocked_ns: args.blocked_flow_timeout.saturating_mul(1_000_000_000),
         ..Timeouts::default()
@@ -134,6 +151,7 @@ pub fn main(args: ReplayArgs) -> Result<()> {
     let settings = ReplaySettings {
         policy: base,
         allowlist,
+        endpoints,
         flow_entries: args.flow_entries,
         timeouts,
         keep_dropped: args.show_dropped,

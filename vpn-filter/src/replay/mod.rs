@@ -95,6 +95,8 @@ pub struct ReplaySettings {
     pub policy: Policy,
     /// The registered prefixes (empty: nothing is registered).
     pub allowlist: Allowlist,
+    /// The known VPN endpoints (empty: none listed).
+    pub endpoints: crate::endpoints::EndpointSet,
     /// Capacity of the flow-state LRU map (as `run --flow-entries`).
     pub flow_entries: u32,
     pub timeouts: Timeouts,
@@ -107,6 +109,7 @@ impl Default for ReplaySettings {
         ReplaySettings {
             policy: Policy::default(),
             allowlist: Allowlist::default(),
+            endpoints: Default::default(),
             flow_entries: DEFAULT_FLOW_ENTRIES,
             timeouts: Timeouts::default(),
             keep_dropped: false,
@@ -675,6 +678,9 @@ fn load(settings: &ReplaySettings) -> anyhow::Result<Filter> {
     filter
         .sync_allowlist(&settings.allowlist)
         .context("loading the registry into the allowlist")?;
+    filter
+        .sync_endpoints(&settings.endpoints)
+        .context("loading the endpoint lists")?;
     Ok(filter)
 }
 
