@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod observe;
 pub mod pin;
 pub mod privs;
+pub mod publish;
 pub mod registry;
 pub mod registry_cli;
 pub mod replay;

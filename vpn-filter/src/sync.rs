@@ -29,7 +29,7 @@ use crate::{
     registry::{
         guard::{self, Baseline, GuardOptions, DEFAULT_MAX_FEED_BYTES, DEFAULT_MAX_SHRINK_PERCENT},
         rfc3339,
-        signature::PublicKey,
+        signature::Keyring,
         state::{sha256_hex, Persisted, StateDir, StateLock, StateMeta, DEFAULT_STATE_DIR},
         Allowlist, Feed, FeedFormat, FormatChoice, ValidateOptions,
     },
@@ -56,9 +56,11 @@ pub struct RegistryArgs {
     pub registry_format: FormatChoice,
     /// Pinned Ed25519 public key (PEM, or raw 32 bytes in base64/hex). With it, feeds must
     /// come with a valid detached signature (FEED.sig beside a file, URL.sig for a URL);
-    /// unsigned or badly signed feeds are refused.
+    /// unsigned or badly signed feeds are refused. Give it twice during a key rollover: a
+    /// feed signed by either key is accepted. In the config file: a string or a list.
     #[arg(long, value_name = "FILE")]
-    pub registry_pubkey: Option<PathBuf>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub registry_pubkey: Vec<PathBuf>,
     /// Directory holding the last good feed (enforced at startup when the source is
     /// unreachable or bad). One controller per directory.
     #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
@@ -88,6 +90,20 @@ pub struct RegistryArgs {
     /// Extra CA certificates (PEM) trusted for an https registry URL, besides the system's.
     #[arg(long, value_name = "FILE")]
     pub registry_ca: Option<PathBuf>,
+}
+
+/// A config-file value given as one string or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged, expecting = "a file path or a list of file paths")]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match serde::Deserialize::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl RegistryArgs {
@@ -145,7 +161,7 @@ pub struct RegistrySync {
     format: FormatChoice,
     validate: ValidateOptions,
     guard: GuardOptions,
-    key: Option<PublicKey>,
+    keys: Keyring,
     state: StateDir,
     _lock: StateLock,
     current: Option<Current>,
@@ -166,18 +182,14 @@ impl RegistrySync {
     /// Parses the options, reads the key, and takes the state directory's lock.
     pub fn new(args: &RegistryArgs) -> Result<RegistrySync> {
         let spec = SourceSpec::parse(&args.registry)?;
-        let key = match &args.registry_pubkey {
-            Some(p) => {
-                let k = PublicKey::from_file(p)?;
-                log::info!(
-                    "registry feeds must be signed by the Ed25519 key {} ({})",
-                    k.fingerprint(),
-                    p.display()
-                );
-                Some(k)
-            }
-            None => None,
-        };
+        let keys = Keyring::from_files(&args.registry_pubkey)?;
+        for (k, p) in keys.keys().iter().zip(&args.registry_pubkey) {
+            log::info!(
+                "registry feeds signed by the Ed25519 key {} ({}) are accepted",
+                k.fingerprint(),
+                p.display()
+            );
+        }
         let state = StateDir::new(&args.state_dir);
         let lock = state.lock().with_context(|| {
             format!(
@@ -185,7 +197,7 @@ impl RegistrySync {
                 args.state_dir.display()
             )
         })?;
-        let with_sig = key.is_some();
+        let with_sig = !keys.is_empty();
         let source = match &spec {
             SourceSpec::File(p) => {
                 Source::File(FileSource::new(p.clone(), with_sig, args.max_feed_bytes))
@@ -208,7 +220,7 @@ impl RegistrySync {
             format: args.registry_format,
             validate: args.validate_options(),
             guard: args.guard_options(),
-            key,
+            keys,
             state,
             _lock: lock,
             current: None,
@@ -432,7 +444,7 @@ impl RegistrySync {
         let signature = fetched
             .signature
             .as_deref()
-            .filter(|_| self.key.is_some())
+            .filter(|_| !self.keys.is_empty())
             .map(|s| String::from_utf8_lossy(s).trim().to_string());
         let mut current = Current {
             feed,
@@ -479,13 +491,18 @@ impl RegistrySync {
                 .unwrap_or_default()
         );
         let fail = |msg: String| (msg, Some(refusal_key.clone()));
-        if let Some(key) = &self.key {
-            key.verify(
-                &fetched.bytes,
-                fetched.signature.as_deref(),
-                &fetched.signature_at,
-            )
-            .map_err(|e| fail(e.to_string()))?;
+        if !self.keys.is_empty() {
+            let by = self
+                .keys
+                .verify(
+                    &fetched.bytes,
+                    fetched.signature.as_deref(),
+                    &fetched.signature_at,
+                )
+                .map_err(|e| fail(e.to_string()))?;
+            if self.keys.keys().len() > 1 {
+                log::info!("{origin}: signed by the key {}", by.fingerprint());
+            }
         }
         if self
             .current
@@ -575,8 +592,8 @@ impl RegistrySync {
             }
         };
         let name = format!("the persisted feed in {dir} (from {})", p.meta.source);
-        if let Some(key) = &self.key {
-            if let Err(e) = key.verify(
+        if !self.keys.is_empty() {
+            if let Err(e) = self.keys.verify(
                 &p.bytes,
                 p.meta.signature.as_deref().map(str::as_bytes),
                 &format!("{dir}/registry-state.json"),
@@ -672,6 +689,73 @@ fn log_warnings(origin: &str, warnings: &[String]) {
         log::warn!(
             "{origin}: ... and {} more warning(s) (`vpn-filter registry validate` lists them all)",
             warnings.len() - 20
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+
+    use crate::{config::merge_str, run::RunArgs};
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn run_args(argv: &[&str], toml: &str) -> anyhow::Result<RunArgs> {
+        let matches = Cli::command().try_get_matches_from(argv).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap().run;
+        merge_str(&cli, &matches, toml, "test.toml")
+    }
+
+    #[test]
+    fn registry_pubkey_is_repeatable_on_the_command_line_and_a_string_or_list_in_the_config() {
+        let a = run_args(
+            &[
+                "x",
+                "--iface",
+                "eth0",
+                "--registry",
+                "f.json",
+                "--registry-pubkey",
+                "a.pub",
+                "--registry-pubkey",
+                "b.pub",
+            ],
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            a.registry.registry_pubkey,
+            ["a.pub", "b.pub"].map(std::path::PathBuf::from)
+        );
+        let one = run_args(
+            &["x", "--config", "c.toml"],
+            "registry-pubkey = \"a.pub\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            one.registry.registry_pubkey,
+            ["a.pub"].map(std::path::PathBuf::from)
+        );
+        let two = run_args(
+            &["x", "--config", "c.toml"],
+            "registry-pubkey = [\"a.pub\", \"b.pub\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            two.registry.registry_pubkey,
+            ["a.pub", "b.pub"].map(std::path::PathBuf::from)
+        );
+        let err = run_args(&["x", "--config", "c.toml"], "registry-pubkey = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key `registry-pubkey`") && err.contains("a file path or a list"),
+            "{err}"
         );
     }
 }
