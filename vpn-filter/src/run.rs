@@ -94,9 +94,17 @@ impl RunArgs {
 fn record_registry(status: &SharedStatus, outcome: &Outcome) {
     match outcome {
         // A CSV export has no serial: recorded as 0.
-        Outcome::Applied { serial, report, .. } => status::lock(status)
-            .registry
-            .synced(serial.unwrap_or(0), report),
+        Outcome::Applied {
+            serial,
+            generated_at,
+            report,
+            ..
+        } => {
+            let mut s = status::lock(status);
+            s.registry.synced(serial.unwrap_or(0), report);
+            s.registry.feed_generated_at = *generated_at;
+        }
+        Outcome::Unchanged => status::lock(status).registry.confirmed(),
         Outcome::Failed(e) => status::lock(status).registry.failed(e),
     }
 }

@@ -128,9 +128,13 @@ impl RegistryArgs {
 pub enum Outcome {
     Applied {
         serial: Option<u64>,
+        /// The feed's `generated_at`.
+        generated_at: Option<OffsetDateTime>,
         report: SyncReport,
         took: Duration,
     },
+    /// The source answered with the feed in force (`304 Not Modified`, or the same bytes).
+    Unchanged,
     Failed(String),
 }
 
@@ -327,7 +331,7 @@ impl RegistrySync {
                     match handle.await {
                         Ok(Ok(HttpPoll::NotModified)) => {
                             log::debug!("{}: not modified", src.url());
-                            None
+                            return Some(Outcome::Unchanged);
                         }
                         Ok(Ok(HttpPoll::New(f))) => Some(Ok(f)),
                         Ok(Err(e)) => Some(Err(e)),
@@ -354,7 +358,7 @@ impl RegistrySync {
         match fetched {
             Some(Ok(f)) => match self.accept(filter, f, now) {
                 Ok(Some(outcome)) => return Some(outcome),
-                Ok(None) => {}
+                Ok(None) => return Some(Outcome::Unchanged),
                 Err(e) => return Some(Outcome::Failed(e)),
             },
             Some(Err(e)) => {
@@ -461,6 +465,7 @@ impl RegistrySync {
         self.last_refused = None;
         Ok(Some(Outcome::Applied {
             serial: self.current.as_ref().and_then(|c| c.feed.serial),
+            generated_at: self.current.as_ref().and_then(|c| c.feed.generated_at),
             report,
             took,
         }))
@@ -573,6 +578,7 @@ impl RegistrySync {
         }
         Ok(Outcome::Applied {
             serial: cur.feed.serial,
+            generated_at: cur.feed.generated_at,
             report,
             took,
         })
