@@ -11,6 +11,7 @@ use crate::{
     lifecycle::{LifecycleArgs, Reloader},
     observe::{self, ObserveArgs},
     pin::ControllerLock,
+    registry::signature::Keyring,
     status::{self, DaemonStatus, SharedStatus},
     sync::{Outcome, RegistryArgs, RegistrySync},
 };
@@ -202,7 +203,7 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
             _ = sigterm.recv() => { log::info!("SIGTERM: exiting"); break; }
             _ = sighup.recv() => {
                 if let Some(r) = &reload {
-                    match r.reloader.load(&r.cli).and_then(|new| apply_reload(&mut filter, &args, new)) {
+                    match r.reloader.load(&r.cli).and_then(|new| apply_reload(&mut filter, &mut registry, &args, new)) {
                         Ok(new) => args = new,
                         Err(e) => log::error!("configuration not reloaded, the running one stays in force: {e:#}"),
                     }
@@ -270,11 +271,24 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
 /// Applies a re-read configuration: policy and kernel settings at once; anything that needs
 /// a new program or new maps is reported as waiting for a restart. Returns the settings now
 /// in force.
-fn apply_reload(filter: &mut Filter, old: &RunArgs, new: RunArgs) -> Result<RunArgs> {
+fn apply_reload(
+    filter: &mut Filter,
+    registry: &mut RegistrySync,
+    old: &RunArgs,
+    new: RunArgs,
+) -> Result<RunArgs> {
     let policy = new.policy()?;
     if new.ifaces.is_empty() {
         bail!("no interface in the new configuration");
     }
+    // The pinned keys change at once (a key rollover across a fleet is a config push and a
+    // SIGHUP), as long as signatures stay required: turning the check on or off changes what
+    // the source fetches and waits for a restart. Keys are read before anything applies, so
+    // an unreadable key refuses the whole reload.
+    let (old_keys, new_keys) = (&old.registry.registry_pubkey, &new.registry.registry_pubkey);
+    let keys = (new_keys != old_keys && !old_keys.is_empty() && !new_keys.is_empty())
+        .then(|| Keyring::from_files(new_keys))
+        .transpose()?;
     filter.set_policy(&policy)?;
     filter.set_config(&new.kernel_config())?;
     let mut waiting = Vec::new();
@@ -287,7 +301,12 @@ fn apply_reload(filter: &mut Filter, old: &RunArgs, new: RunArgs) -> Result<RunA
         waiting.push("map sizes");
     }
     let json = |v: &dyn erased::Ser| v.json();
-    if json(&new.registry) != json(&old.registry) {
+    let mut in_force = old.registry.clone();
+    if let Some(keys) = keys {
+        registry.set_keys(keys, new_keys);
+        in_force.registry_pubkey = new_keys.clone();
+    }
+    if json(&new.registry) != json(&in_force) {
         waiting.push("registry settings");
     }
     if json(&new.observe) != json(&old.observe) {
@@ -309,7 +328,7 @@ fn apply_reload(filter: &mut Filter, old: &RunArgs, new: RunArgs) -> Result<RunA
         allow_v4_entries: old.allow_v4_entries,
         allow_v6_entries: old.allow_v6_entries,
         flow_entries: old.flow_entries,
-        registry: old.registry.clone(),
+        registry: in_force,
         observe: old.observe.clone(),
         lifecycle: old.lifecycle.clone(),
         xdp_mode: old.xdp_mode,

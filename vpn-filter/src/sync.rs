@@ -187,13 +187,7 @@ impl RegistrySync {
     pub fn new(args: &RegistryArgs) -> Result<RegistrySync> {
         let spec = SourceSpec::parse(&args.registry)?;
         let keys = Keyring::from_files(&args.registry_pubkey)?;
-        for (k, p) in keys.keys().iter().zip(&args.registry_pubkey) {
-            log::info!(
-                "registry feeds signed by the Ed25519 key {} ({}) are accepted",
-                k.fingerprint(),
-                p.display()
-            );
-        }
+        log_keys(&keys, &args.registry_pubkey);
         let state = StateDir::new(&args.state_dir);
         let lock = state.lock().with_context(|| {
             format!(
@@ -233,6 +227,14 @@ impl RegistrySync {
             poll_interval: Duration::from_millis(args.registry_poll_ms.max(50)),
             last_refused: None,
         })
+    }
+
+    /// Replaces the pinned keys (SIGHUP with a new `registry-pubkey` list).
+    pub fn set_keys(&mut self, keys: Keyring, paths: &[PathBuf]) {
+        log_keys(&keys, paths);
+        self.keys = keys;
+        // A feed refused under the old keys is judged afresh.
+        self.last_refused = None;
     }
 
     /// How often [`RegistrySync::tick`] should run.
@@ -660,6 +662,16 @@ impl RegistrySync {
                 "could not persist the applied feed as the last good one ({e}); a restart without the source would enforce an older feed"
             ),
         }
+    }
+}
+
+fn log_keys(keys: &Keyring, paths: &[PathBuf]) {
+    for (k, p) in keys.keys().iter().zip(paths) {
+        log::info!(
+            "registry feeds signed by the Ed25519 key {} ({}) are accepted",
+            k.fingerprint(),
+            p.display()
+        );
     }
 }
 
