@@ -81,7 +81,8 @@ pub struct RegistryArgs {
     /// Accept a feed whose serial is lower than the one in force (a registry reset).
     #[arg(long)]
     pub allow_serial_reset: bool,
-    /// How often the registry file is checked for changes, in milliseconds.
+    /// How often the registry file is checked for changes, in milliseconds (files only; a
+    /// URL is fetched every --registry-http-interval).
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub registry_poll_ms: u64,
     /// How often a registry URL is polled, in seconds.
@@ -122,6 +123,9 @@ impl RegistryArgs {
         }
     }
 }
+
+/// How often the loop looks whether an HTTP fetch is due or has finished (no I/O).
+const HTTP_TICK: Duration = Duration::from_millis(100);
 
 /// What a step of the loop did, for status reporting.
 #[derive(Clone, Debug)]
@@ -212,6 +216,12 @@ impl RegistrySync {
                 in_flight: None,
             },
         };
+        let poll_interval = match spec {
+            SourceSpec::File(_) => Duration::from_millis(args.registry_poll_ms.max(50)),
+            // For a URL a tick only looks at the clock and at the background fetch, so it runs
+            // often: a fetched feed is applied at once, not a file-poll interval later.
+            SourceSpec::Url(_) => HTTP_TICK,
+        };
         Ok(RegistrySync {
             spec,
             source,
@@ -224,7 +234,7 @@ impl RegistrySync {
             current: None,
             applied: false,
             next_change: None,
-            poll_interval: Duration::from_millis(args.registry_poll_ms.max(50)),
+            poll_interval,
             last_refused: None,
         })
     }
