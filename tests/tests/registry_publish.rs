@@ -319,3 +319,38 @@ fn publish_refuses_an_output_directory_it_did_not_make() {
         "{err}"
     );
 }
+
+#[test]
+fn a_second_publisher_on_the_same_directory_is_refused() {
+    let d = setup("lock");
+    published(&d, &csv(&[("REG-1", "10.1.0.0/24", "approved")]));
+    let lock = d.join("out/.publish.lock");
+    let mut holder = Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    // Held once a non-blocking attempt fails.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Command::new("flock")
+        .arg("-n")
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .expect("flock -n")
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flock never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = publish(&d, &csv(&[("REG-2", "10.2.0.0/24", "approved")]), &[]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another `registry publish`"), "{err}");
+    assert_eq!(feed_serial(&d.join("out/current/feed.json")), 1);
+}

@@ -159,6 +159,39 @@ pub struct PublishArgs {
     pub dry_run: bool,
 }
 
+/// One publisher at a time per output directory (`OUT/.publish.lock`, flock'ed): two would
+/// pick the same serial.
+fn lock_out(out: &Path) -> Result<File> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let path = out.join(".publish.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            bail!(
+                "another `registry publish` is writing to {} (it holds {})",
+                out.display(),
+                path.display()
+            );
+        }
+        return Err(anyhow!("locking {}: {err}", path.display()));
+    }
+    Ok(file)
+}
+
 /// The release directories under `releases` by serial.
 fn releases(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
@@ -225,6 +258,11 @@ pub fn publish(args: PublishArgs) -> Result<()> {
     // above the newest).
     let current = args.out.join("current");
     let releases_dir = args.out.join("releases");
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(lock_out(&args.out)?)
+    };
     match std::fs::symlink_metadata(&current) {
         Ok(m) if !m.file_type().is_symlink() => bail!(
             "{} exists and is not a symlink: this directory was not made by `registry publish` (choose an empty or new --out)",
