@@ -16,7 +16,8 @@
 //! deadline; a publication must reach every gateway within one poll interval plus a margin.
 //! The test prints the feed server's requests and bytes per poll round and the convergence
 //! times (`[fleet] ...` on stderr). `FLEET_GATEWAYS` and `FLEET_ENTRIES` (registry entries
-//! besides the probe's, default 200) scale it up for BENCHMARKS.md.
+//! besides the probe's, default 200) scale it up for BENCHMARKS.md, with `FLEET_CONTROLLER`
+//! naming the release binary.
 
 use std::{
     collections::BTreeMap,
@@ -72,8 +73,12 @@ fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// The controller: target/debug/vpn-filter, or `FLEET_CONTROLLER` (the release build, for
+/// the full-size run: a debug build parses large feeds slowly).
 fn controller() -> PathBuf {
-    let bin = bin_dir().join("vpn-filter");
+    let bin = std::env::var_os("FLEET_CONTROLLER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin_dir().join("vpn-filter"));
     assert!(
         bin.exists(),
         "{} is missing: build it first with `cargo build -p vpn-filter`",
