@@ -354,3 +354,39 @@ fn a_second_publisher_on_the_same_directory_is_refused() {
     assert!(err.contains("another `registry publish`"), "{err}");
     assert_eq!(feed_serial(&d.join("out/current/feed.json")), 1);
 }
+
+#[test]
+fn the_published_files_are_world_readable_for_the_web_server_whatever_the_umask() {
+    use std::os::unix::process::CommandExt as _;
+    let d = setup("umask");
+    std::fs::write(
+        d.join("input.csv"),
+        csv(&[("REG-1", "10.1.0.0/24", "approved")]),
+    )
+    .unwrap();
+    let mut cmd = Command::new(controller());
+    cmd.args(["registry", "publish"])
+        .arg(d.join("input.csv"))
+        .arg("--out")
+        .arg(d.join("out"))
+        .arg("--key")
+        .arg(d.join("signing.pem"));
+    // SAFETY: umask(2) only, in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("publish");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &str| std::fs::metadata(d.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("out/releases"), 0o755);
+    assert_eq!(mode("out/releases/1"), 0o755);
+    assert_eq!(mode("out/releases/1/feed.json"), 0o644);
+    assert_eq!(mode("out/releases/1/feed.json.sig"), 0o644);
+}

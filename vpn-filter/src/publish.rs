@@ -25,7 +25,7 @@
 use std::{
     fs::File,
     io::Write as _,
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -216,9 +216,20 @@ fn fsync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("fsync {}", dir.display()))
 }
 
+/// Published files and directories are world-readable whatever the umask: a web server
+/// running as its own user serves them.
+const PUBLIC_FILE: u32 = 0o644;
+const PUBLIC_DIR: u32 = 0o755;
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
+
 fn write_file(path: &Path, bytes: &[u8], mtime: SystemTime) -> Result<()> {
     let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     f.write_all(bytes)
+        .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(PUBLIC_FILE)))
         .and_then(|()| f.set_modified(mtime))
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", path.display()))
@@ -360,6 +371,7 @@ pub fn publish(args: PublishArgs) -> Result<()> {
     // The release directory, complete before it is named.
     std::fs::create_dir_all(&releases_dir)
         .with_context(|| format!("creating {}", releases_dir.display()))?;
+    set_mode(&releases_dir, PUBLIC_DIR)?;
     let mtime = released
         .iter()
         .filter_map(|(_, dir)| std::fs::metadata(dir.join(&args.name)).ok())
@@ -370,6 +382,7 @@ pub fn publish(args: PublishArgs) -> Result<()> {
     let staging = releases_dir.join(format!(".{serial}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    set_mode(&staging, PUBLIC_DIR)?;
     let sig_name = format!("{}.sig", args.name);
     write_file(&staging.join(&args.name), &feed_bytes, mtime)?;
     write_file(&staging.join(&sig_name), signature.as_bytes(), mtime)?;
