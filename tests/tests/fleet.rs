@@ -495,7 +495,8 @@ impl Fleet {
             .collect()
     }
 
-    /// Waits for every gateway to apply `serial`; prints and returns the convergence times.
+    /// Waits for every gateway to apply `serial` (its log line, then its status: the line is
+    /// logged just before the status is updated); prints and returns the convergence times.
     fn converge(&self, serial: u64, published_at: Instant, what: &str) -> Vec<Duration> {
         let needle = format!("registry serial {serial} applied from");
         let times = wait_all(
@@ -503,7 +504,7 @@ impl Fleet {
             &format!("{what}: serial {serial} applied"),
             published_at,
             Duration::from_secs(INTERVAL) + self.margin,
-            |g| g.count(&needle) > 0,
+            |g| g.count(&needle) > 0 && g.status()["registry"]["serial"].as_u64() == Some(serial),
         );
         assert!(
             self.serials().iter().all(|s| *s == Some(serial)),
