@@ -522,7 +522,19 @@ impl Fleet {
 
     /// Waits for every gateway to refuse a publication (a log line with `needle`), then
     /// checks it still enforces `serial`.
-    fn refused(&self, needle: &str, serial: u64, published_at: Instant, what: &str) {
+    /// Waits for every gateway to refuse a publication (a log line with `needle`), checks it
+    /// still enforces `serial`, and that the refused feed was downloaded once per gateway
+    /// since `since_unix` (before the switch): the polls after a refusal are answered `304`
+    /// until the version changes.
+    fn refused(
+        &self,
+        server: &FeedServer,
+        needle: &str,
+        serial: u64,
+        published_at: Instant,
+        since_unix: f64,
+        what: &str,
+    ) {
         let before: Vec<usize> = self.gws.iter().map(|g| g.count(needle)).collect();
         let gws = &self.gws;
         let times = wait_all(
@@ -540,10 +552,42 @@ impl Fleet {
             "{what}: every gateway must keep serial {serial}: {:?}",
             self.serials()
         );
+        // One more poll each after the refusal: a 304, the refused feed not downloaded again.
+        let refused_at = unix_now();
+        wait_all(
+            &self.gws,
+            &format!("{what}: a poll after the refusal"),
+            Instant::now(),
+            Duration::from_secs(INTERVAL) + self.margin,
+            |g| {
+                server.requests().iter().any(|r| {
+                    r.addr == g.addr && r.at > refused_at && r.method == "GET" && r.status == 304
+                })
+            },
+        );
+        let reqs = server.requests();
+        for (i, g) in self.gws.iter().enumerate() {
+            let bodies = reqs
+                .iter()
+                .filter(|r| {
+                    r.addr == g.addr
+                        && r.at >= since_unix
+                        && r.uri == "/feed.json"
+                        && r.method == "GET"
+                        && r.status == 200
+                })
+                .count();
+            assert_eq!(
+                bodies, 1,
+                "{what}: gateway {i} downloads the refused feed once, then polls with its ETag"
+            );
+        }
+        let after: Vec<&Request> = reqs.iter().filter(|r| r.at > refused_at).collect();
         eprintln!(
-            "[fleet] {what}: refused by all {} gateways in {:.2} s; serial {serial} stays",
+            "[fleet] {what}: refused by all {} gateways in {:.2} s; serial {serial} stays; polls while it stays served: {}",
             self.gws.len(),
-            max(&times).as_secs_f64()
+            max(&times).as_secs_f64(),
+            tally(&after)
         );
     }
 }
@@ -697,25 +741,31 @@ fn fleet_of_gateways_converges_on_each_publication_refuses_bad_ones_and_rolls_ke
     fleet.probe(false, "serial 2 (probe revoked)");
 
     // A bad signature: serial 3 signed by key C, which no gateway trusts.
+    let since = unix_now();
     fleet.publish(&export(entries, "approved", ""), "c.pem");
     let published = Instant::now();
     fleet.refused(
+        &server,
         "BAD SIGNATURE",
         2,
         published,
+        since,
         "a feed signed by an unknown key",
     );
     fleet.probe(false, "after the badly signed feed");
 
     // A serial going backwards: `current` pointed back at release 1 (a restored backup).
+    let since = unix_now();
     let link = fleet.out().join("current.tmp");
     std::os::unix::fs::symlink("releases/1", &link).expect("symlink");
     std::fs::rename(&link, fleet.out().join("current")).expect("switch back");
     let published = Instant::now();
     fleet.refused(
+        &server,
         "serial 1 is older than serial 2",
         2,
         published,
+        since,
         "an older serial",
     );
     fleet.probe(false, "after the older serial");
@@ -795,12 +845,15 @@ fn fleet_of_gateways_converges_on_each_publication_refuses_bad_ones_and_rolls_ke
         );
     }
     // After the rotation, a feed signed by the retired key A is refused.
+    let since = unix_now();
     fleet.publish(&export(entries, "approved", ""), "a.pem");
     let published = Instant::now();
     fleet.refused(
+        &server,
         "BAD SIGNATURE",
         6,
         published,
+        since,
         "a feed signed by the retired key A",
     );
 

@@ -286,27 +286,62 @@ impl HttpSource {
     /// [`PAIR_ATTEMPTS`] times; the last pair is then judged as it is). Without an ETag
     /// there is nothing to ask and the pair is taken as read.
     pub async fn fetch(&self, etag: Option<&str>) -> Result<HttpPoll> {
+        match self.fetch_feed(etag).await? {
+            None => Ok(HttpPoll::NotModified),
+            Some(feed) => self.with_signature_of(feed).await,
+        }
+    }
+
+    /// A poll while the version the server serves was refused: `If-None-Match` carries the
+    /// refused version's ETag, so while it stays the answer is a `304` without a body
+    /// instead of the whole feed again. With a key, the signature is fetched too (it is
+    /// small), since a signature published after its feed is the usual way out. `None`: the
+    /// refused feed and signature are still what the server serves.
+    pub async fn fetch_after_refusal(
+        &self,
+        refused_etag: &str,
+        refused_signature: Option<&[u8]>,
+    ) -> Result<Option<HttpPoll>> {
+        match self.fetch_feed(Some(refused_etag)).await? {
+            Some(feed) => self.with_signature_of(feed).await.map(Some),
+            None if !self.with_signature => Ok(None),
+            None => {
+                if self.fetch_signature().await?.as_deref() == refused_signature {
+                    Ok(None)
+                } else {
+                    self.fetch(None).await.map(Some)
+                }
+            }
+        }
+    }
+
+    /// The detached signature (`None`: the server has none, 404).
+    async fn fetch_signature(&self) -> Result<Option<Vec<u8>>> {
+        let sig_url = signature_url(&self.url);
+        let resp = self
+            .client
+            .get(sig_url.clone())
+            .send()
+            .await
+            .map_err(|e| anyhow!("GET {sig_url}: {}", error_chain(&e)))?;
+        match resp.status() {
+            s if s.is_success() => Ok(Some(
+                read_body(resp, MAX_SIGNATURE_BYTES as u64, &sig_url).await?,
+            )),
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            s => bail!("GET {sig_url}: HTTP {s}"),
+        }
+    }
+
+    /// A fetched feed completed with its signature, the pair checked as [`HttpSource::fetch`]
+    /// describes.
+    async fn with_signature_of(&self, first: (Vec<u8>, Option<String>)) -> Result<HttpPoll> {
+        let mut feed = first;
         let mut attempt = 1;
         loop {
-            let (bytes, new_etag) = match self.fetch_feed(etag).await? {
-                None => return Ok(HttpPoll::NotModified),
-                Some(x) => x,
-            };
-            let sig_url = signature_url(&self.url);
+            let (bytes, new_etag) = feed;
             let signature = if self.with_signature {
-                let resp = self
-                    .client
-                    .get(sig_url.clone())
-                    .send()
-                    .await
-                    .map_err(|e| anyhow!("GET {sig_url}: {}", error_chain(&e)))?;
-                match resp.status() {
-                    s if s.is_success() => {
-                        Some(read_body(resp, MAX_SIGNATURE_BYTES as u64, &sig_url).await?)
-                    }
-                    reqwest::StatusCode::NOT_FOUND => None,
-                    s => bail!("GET {sig_url}: HTTP {s}"),
-                }
+                self.fetch_signature().await?
             } else {
                 None
             };
@@ -317,13 +352,19 @@ impl HttpSource {
                         self.url
                     );
                     attempt += 1;
+                    feed = self.fetch_feed(None).await?.ok_or_else(|| {
+                        anyhow!(
+                            "GET {}: 304 Not Modified to a request without ETag",
+                            self.url
+                        )
+                    })?;
                     continue;
                 }
             }
             return Ok(HttpPoll::New(Fetched {
                 bytes,
                 signature,
-                signature_at: sig_url.to_string(),
+                signature_at: signature_url(&self.url).to_string(),
                 etag: new_etag,
             }));
         }

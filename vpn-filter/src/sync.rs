@@ -158,8 +158,20 @@ enum Source {
         src: HttpSource,
         interval: Duration,
         next_due: Instant,
-        in_flight: Option<JoinHandle<Result<HttpPoll>>>,
+        /// `Ok(None)`: the refused version is still served (see [`RefusedHttp`]).
+        in_flight: Option<JoinHandle<Result<Option<HttpPoll>>>>,
     },
+}
+
+/// The version an HTTP source served that was refused (by a check, not by a failed kernel
+/// write): the next polls send its ETag, so while it stays served they cost a `304` (and the
+/// small signature) instead of the whole feed.
+#[derive(Clone)]
+struct RefusedHttp {
+    etag: String,
+    signature: Option<Vec<u8>>,
+    /// Why it was refused, reported again at each poll that finds it still served.
+    message: String,
 }
 
 /// The registry side of the controller.
@@ -180,6 +192,7 @@ pub struct RegistrySync {
     /// Digest of the last refused feed and signature, so a URL serving them again is not
     /// reported at length every poll.
     last_refused: Option<String>,
+    refused_http: Option<RefusedHttp>,
 }
 
 fn now_utc() -> OffsetDateTime {
@@ -236,6 +249,7 @@ impl RegistrySync {
             next_change: None,
             poll_interval,
             last_refused: None,
+            refused_http: None,
         })
     }
 
@@ -245,6 +259,7 @@ impl RegistrySync {
         self.keys = keys;
         // A feed refused under the old keys is judged afresh.
         self.last_refused = None;
+        self.refused_http = None;
     }
 
     /// How often [`RegistrySync::tick`] should run.
@@ -341,11 +356,22 @@ impl RegistrySync {
                 if in_flight.as_ref().is_some_and(|h| h.is_finished()) {
                     let handle = in_flight.take().expect("checked");
                     match handle.await {
-                        Ok(Ok(HttpPoll::NotModified)) => {
+                        Ok(Ok(Some(HttpPoll::NotModified))) => {
                             log::debug!("{}: not modified", src.url());
                             return Some(Outcome::Unchanged);
                         }
-                        Ok(Ok(HttpPoll::New(f))) => Some(Ok(f)),
+                        Ok(Ok(None)) => {
+                            log::warn!(
+                                "registry from {} still refused (not modified since); the allowlist in force stays",
+                                src.url()
+                            );
+                            let why = self
+                                .refused_http
+                                .as_ref()
+                                .map_or_else(String::new, |r| r.message.clone());
+                            return Some(Outcome::Failed(why));
+                        }
+                        Ok(Ok(Some(HttpPoll::New(f)))) => Some(Ok(f)),
                         Ok(Err(e)) => Some(Err(e)),
                         Err(e) => Some(Err(anyhow::anyhow!("the fetch task failed: {e}"))),
                     }
@@ -359,9 +385,16 @@ impl RegistrySync {
                             .as_ref()
                             .filter(|c| c.origin == origin)
                             .and_then(|c| c.etag.clone());
-                        *in_flight = Some(tokio::spawn(
-                            async move { src.fetch(etag.as_deref()).await },
-                        ));
+                        let refused = self.refused_http.clone();
+                        *in_flight = Some(tokio::spawn(async move {
+                            match refused {
+                                Some(r) => {
+                                    src.fetch_after_refusal(&r.etag, r.signature.as_deref())
+                                        .await
+                                }
+                                None => src.fetch(etag.as_deref()).await.map(Some),
+                            }
+                        }));
                     }
                     None
                 }
@@ -420,6 +453,7 @@ impl RegistrySync {
         let (feed, digest, allow) = match result {
             Ok(Some(x)) => x,
             Ok(None) => {
+                self.refused_http = None;
                 if let Some(c) = &mut self.current {
                     if fetched.etag.is_some() {
                         c.etag = fetched.etag;
@@ -428,6 +462,11 @@ impl RegistrySync {
                 return Ok(None);
             }
             Err((msg, digest)) => {
+                self.refused_http = fetched.etag.clone().map(|etag| RefusedHttp {
+                    etag,
+                    signature: fetched.signature.clone(),
+                    message: msg.clone(),
+                });
                 if digest.is_some() && digest == self.last_refused {
                     log::warn!(
                         "registry from {origin} still refused (same content as before); the allowlist in force stays"
@@ -475,6 +514,7 @@ impl RegistrySync {
         self.current = Some(current);
         self.applied = true;
         self.last_refused = None;
+        self.refused_http = None;
         Ok(Some(Outcome::Applied {
             serial: self.current.as_ref().and_then(|c| c.feed.serial),
             generated_at: self.current.as_ref().and_then(|c| c.feed.generated_at),
