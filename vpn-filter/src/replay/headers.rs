@@ -186,7 +186,9 @@ mod tests {
         let mut tagged = plain[..12].to_vec();
         tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
         tagged.extend_from_slice(&plain[12..]);
-        assert_eq!(tuple(&tagged), tuple(&plain));
+        let t = tuple(&tagged).expect("a tuple");
+        assert_eq!(t.vlan, 7, "the VLAN id is part of the flow");
+        assert_eq!(Some(Tuple { vlan: 0, ..t }), tuple(&plain));
     }
 
     #[test]
