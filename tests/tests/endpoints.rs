@@ -529,7 +529,7 @@ fn registry_args(state: &Path) -> RegistryArgs {
     RegistryArgs {
         registry: String::new(),
         registry_format: Default::default(),
-        registry_pubkey: None,
+        registry_pubkey: Vec::new(),
         state_dir: state.to_path_buf(),
         max_feed_bytes: 1 << 20,
         allow_broad: false,
@@ -551,8 +551,10 @@ fn next_outcome(
 ) -> Outcome {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        if let Some(o) = rt.block_on(sync.tick(filter)) {
-            return o;
+        match rt.block_on(sync.tick(filter)) {
+            // The source answered with the list in force: not the step waited for.
+            Some(Outcome::Unchanged) | None => {}
+            Some(o) => return o,
         }
         assert!(Instant::now() < deadline, "no outcome within 5 s");
         std::thread::sleep(sync.poll_interval());
@@ -581,7 +583,7 @@ fn a_bad_or_mass_shrinking_endpoints_feed_never_replaces_the_list_in_force() {
         .expect("--endpoints given");
     match rt.block_on(sync.start(&mut filter)).unwrap() {
         Outcome::Applied { report, .. } => assert_eq!(report.v4, 200),
-        Outcome::Failed(e) => panic!("the first list is applied: {e}"),
+        o => panic!("the first list is applied: {o:?}"),
     }
     let first: IpAddr = "198.18.0.1".parse().unwrap();
     let last: IpAddr = "198.18.0.200".parse().unwrap();
@@ -621,7 +623,7 @@ fn a_bad_or_mass_shrinking_endpoints_feed_never_replaces_the_list_in_force() {
     let mut sync = EndpointSync::new(&args, &reg).unwrap().unwrap();
     match rt.block_on(sync.start(&mut filter)).unwrap() {
         Outcome::Applied { report, .. } => assert_eq!(report.v4, 190),
-        Outcome::Failed(e) => panic!("the last good list is enforced: {e}"),
+        o => panic!("the last good list is enforced: {o:?}"),
     }
     assert_eq!(
         filter.lookup_endpoint(first).unwrap().map(|v| v.provider),

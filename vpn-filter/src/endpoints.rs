@@ -739,7 +739,7 @@ impl FeedSync<Endpoints> {
             kind,
             &SourceOptions {
                 source,
-                pubkey: args.endpoints_pubkey.as_deref(),
+                pubkeys: args.endpoints_pubkey.as_slice(),
                 state_dir: registry.state_dir.join("endpoints"),
                 state_flag: "--state-dir, its endpoints/ subdirectory",
                 max_feed_bytes: registry.max_feed_bytes,

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod observe;
 pub mod pin;
 pub mod privs;
+pub mod publish;
 pub mod registry;
 pub mod registry_cli;
 pub mod replay;

@@ -83,6 +83,14 @@ enum RegistryCommand {
     /// Check a feed file (JSON or CSV); prints every problem with its entry id and field (or
     /// line and column), exits 1 if any.
     Validate(vpn_filter::registry_cli::ValidateArgs),
+    /// Write a new Ed25519 key pair for signing feeds: the private key (PEM PKCS#8, mode
+    /// 0600) and the public key (PEM, the format `run --registry-pubkey` reads).
+    Keygen(vpn_filter::publish::KeygenArgs),
+    /// Publish the registry (a CSV export or a JSON feed) for gateways to poll: writes the
+    /// canonical feed with a raised serial and generated_at, and its signature, into a new
+    /// release directory of OUT, then switches OUT/current to it atomically. Refuses input
+    /// that `registry validate` refuses; prints the entries added, removed and changed.
+    Publish(vpn_filter::publish::PublishArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +160,8 @@ fn main() -> ExitCode {
         Command::Endpoints(EndpointsCommand::Import(args)) => {
             vpn_filter::endpoints::cli::import_cmd(args)
         }
+        Command::Registry(RegistryCommand::Keygen(args)) => vpn_filter::publish::keygen(args),
+        Command::Registry(RegistryCommand::Publish(args)) => vpn_filter::publish::publish(args),
         Command::Check(args) => return vpn_filter::registry_cli::check(args),
     };
     match result {

@@ -494,6 +494,18 @@ impl Collector for ReportCollector {
         )?;
         gauge(
             e,
+            "vpn_filter_registry_last_check_timestamp_seconds",
+            "Unix time the registry source last answered with the feed in force (304) or a new feed that was applied (0: never).",
+            unix_seconds(reg.last_check),
+        )?;
+        gauge(
+            e,
+            "vpn_filter_registry_feed_generated_timestamp_seconds",
+            "generated_at of the registry feed in force, as Unix time (0: none, or a feed without it).",
+            unix_seconds(reg.feed_generated_at),
+        )?;
+        gauge(
+            e,
             "vpn_filter_registry_last_sync_success",
             "1 if the last registry sync attempt succeeded, 0 if it failed or none was made.",
             i64::from(reg.last_outcome.as_deref() == Some("ok")),
@@ -535,6 +547,9 @@ mod tests {
                 ..Default::default()
             },
         );
+        registry.failed(&"GET http://registry/feed.json: connection refused");
+        registry.confirmed();
+        registry.feed_generated_at = Some(time::macros::datetime!(2026-12-05 10:00 UTC));
         StatusReport {
             version: "0.1.0".into(),
             pid: 1,
@@ -628,8 +643,21 @@ mod tests {
         );
         assert_eq!(s["vpn_filter_registry_serial"], "42");
         assert_eq!(s["vpn_filter_allowlist_prefixes{family=\"ipv4\"}"], "3");
+        // A 304 after a failed poll: the source is back and this gateway is current.
         assert_eq!(s["vpn_filter_registry_last_sync_success"], "1");
         assert_eq!(s["vpn_filter_registry_syncs_total{outcome=\"ok\"}"], "1");
+        assert_eq!(s["vpn_filter_registry_syncs_total{outcome=\"error\"}"], "1");
+        assert_eq!(
+            s["vpn_filter_registry_feed_generated_timestamp_seconds"],
+            "1796464800.0"
+        );
+        let checked: f64 = s["vpn_filter_registry_last_check_timestamp_seconds"]
+            .parse()
+            .unwrap();
+        let success: f64 = s["vpn_filter_registry_last_success_timestamp_seconds"]
+            .parse()
+            .unwrap();
+        assert!(checked >= success && success > 0.0, "{checked} {success}");
         assert_eq!(s["vpn_filter_events_output_failed_total"], "1");
         assert_eq!(
             s["vpn_filter_interface_attached{iface=\"eth0\",mode=\"native\"}"],

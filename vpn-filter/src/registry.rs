@@ -9,8 +9,10 @@
 //! allowlist.
 //!
 //! Submodules: [`guard`] (checks of a new feed against the one in force: serial, shrink,
-//! size), [`signature`] (ed25519 over the feed bytes), [`state`] (the last good feed on disk).
+//! size), [`signature`] (ed25519 over the feed bytes), [`state`] (the last good feed on disk),
+//! [`canonical`] (the feed `registry publish` writes, and the diff between two feeds).
 
+pub mod canonical;
 mod csv_feed;
 pub mod guard;
 mod json_feed;

@@ -13,7 +13,7 @@ use crate::{
         canonical_ip,
         guard::{self, Baseline, GuardOptions, DEFAULT_MAX_FEED_BYTES, DEFAULT_MAX_SHRINK_PERCENT},
         rfc3339,
-        signature::PublicKey,
+        signature::Keyring,
         state::{StateDir, DEFAULT_STATE_DIR},
         Entry, Feed, FeedFormat, FormatChoice, Prefix, Status, ValidateOptions,
     },
@@ -30,9 +30,10 @@ pub struct ValidateArgs {
     /// Accept prefixes broader than /8 (IPv4) or /16 (IPv6).
     #[arg(long)]
     pub allow_broad: bool,
-    /// Also check the detached signature FILE.sig against this Ed25519 public key.
+    /// Also check the detached signature FILE.sig against this Ed25519 public key (repeat:
+    /// valid under any of them, as a controller given several keys accepts it).
     #[arg(long, value_name = "KEYFILE")]
-    pub registry_pubkey: Option<PathBuf>,
+    pub registry_pubkey: Vec<PathBuf>,
     /// Refuse feeds larger than this many bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_FEED_BYTES, value_name = "BYTES")]
     pub max_feed_bytes: u64,
@@ -56,14 +57,14 @@ pub fn validate(args: ValidateArgs) -> Result<()> {
     let name = args.file.display().to_string();
     let mut source = FileSource::new(
         args.file.clone(),
-        args.registry_pubkey.is_some(),
+        !args.registry_pubkey.is_empty(),
         args.max_feed_bytes,
     );
     let fetched = source.read_now()?;
     let mut signed = String::new();
-    if let Some(key_path) = &args.registry_pubkey {
-        let key = PublicKey::from_file(key_path)?;
-        key.verify(
+    if !args.registry_pubkey.is_empty() {
+        let keys = Keyring::from_files(&args.registry_pubkey)?;
+        let key = keys.verify(
             &fetched.bytes,
             fetched.signature.as_deref(),
             &signature_path(&args.file).display().to_string(),

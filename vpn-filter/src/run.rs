@@ -12,6 +12,7 @@ use crate::{
     lifecycle::{LifecycleArgs, Reloader},
     observe::{self, ObserveArgs},
     pin::ControllerLock,
+    registry::signature::Keyring,
     status::{self, DaemonStatus, SharedStatus},
     sync::{Outcome, RegistryArgs, RegistrySync},
 };
@@ -99,9 +100,17 @@ impl RunArgs {
 fn record_registry(status: &SharedStatus, outcome: &Outcome) {
     match outcome {
         // A CSV export has no serial: recorded as 0.
-        Outcome::Applied { serial, report, .. } => status::lock(status)
-            .registry
-            .synced(serial.unwrap_or(0), report),
+        Outcome::Applied {
+            serial,
+            generated_at,
+            report,
+            ..
+        } => {
+            let mut s = status::lock(status);
+            s.registry.synced(serial.unwrap_or(0), report);
+            s.registry.feed_generated_at = *generated_at;
+        }
+        Outcome::Unchanged => status::lock(status).registry.confirmed(),
         Outcome::Failed(e) => status::lock(status).registry.failed(e),
     }
 }
@@ -114,6 +123,7 @@ fn record_endpoints(status: &SharedStatus, outcome: &Outcome) {
     };
     match outcome {
         Outcome::Applied { serial, report, .. } => e.synced(*serial, report),
+        Outcome::Unchanged => e.confirmed(),
         Outcome::Failed(err) => e.failed(err),
     }
 }
@@ -237,7 +247,7 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
             _ = sigterm.recv() => { log::info!("SIGTERM: exiting"); break; }
             _ = sighup.recv() => {
                 if let Some(r) = &reload {
-                    match r.reloader.load(&r.cli).and_then(|new| apply_reload(&mut filter, &args, new)) {
+                    match r.reloader.load(&r.cli).and_then(|new| apply_reload(&mut filter, &mut registry, &args, new)) {
                         Ok(new) => args = new,
                         Err(e) => log::error!("configuration not reloaded, the running one stays in force: {e:#}"),
                     }
@@ -310,11 +320,24 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
 /// Applies a re-read configuration: policy and kernel settings at once; anything that needs
 /// a new program or new maps is reported as waiting for a restart. Returns the settings now
 /// in force.
-fn apply_reload(filter: &mut Filter, old: &RunArgs, new: RunArgs) -> Result<RunArgs> {
+fn apply_reload(
+    filter: &mut Filter,
+    registry: &mut RegistrySync,
+    old: &RunArgs,
+    new: RunArgs,
+) -> Result<RunArgs> {
     let policy = new.policy()?;
     if new.ifaces.is_empty() {
         bail!("no interface in the new configuration");
     }
+    // The pinned keys change at once (a key rollover across a fleet is a config push and a
+    // SIGHUP), as long as signatures stay required: turning the check on or off changes what
+    // the source fetches and waits for a restart. Keys are read before anything applies, so
+    // an unreadable key refuses the whole reload.
+    let (old_keys, new_keys) = (&old.registry.registry_pubkey, &new.registry.registry_pubkey);
+    let keys = (new_keys != old_keys && !old_keys.is_empty() && !new_keys.is_empty())
+        .then(|| Keyring::from_files(new_keys))
+        .transpose()?;
     filter.set_policy(&policy)?;
     filter.set_config(&new.kernel_config())?;
     let mut waiting = Vec::new();
@@ -327,7 +350,12 @@ fn apply_reload(filter: &mut Filter, old: &RunArgs, new: RunArgs) -> Result<RunA
         waiting.push("map sizes");
     }
     let json = |v: &dyn erased::Ser| v.json();
-    if json(&new.registry) != json(&old.registry) {
+    let mut in_force = old.registry.clone();
+    if let Some(keys) = keys {
+        registry.set_keys(keys, new_keys);
+        in_force.registry_pubkey = new_keys.clone();
+    }
+    if json(&new.registry) != json(&in_force) {
         waiting.push("registry settings");
     }
     if json(&new.endpoints) != json(&old.endpoints) {
@@ -352,7 +380,7 @@ fn apply_reload(filter: &mut Filter, old: &RunArgs, new: RunArgs) -> Result<RunA
         allow_v4_entries: old.allow_v4_entries,
         allow_v6_entries: old.allow_v6_entries,
         flow_entries: old.flow_entries,
-        registry: old.registry.clone(),
+        registry: in_force,
         endpoints: old.endpoints.clone(),
         observe: old.observe.clone(),
         lifecycle: old.lifecycle.clone(),

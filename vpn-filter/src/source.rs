@@ -275,8 +275,103 @@ impl HttpSource {
         &self.url
     }
 
-    /// One poll: `GET` with `If-None-Match: etag` when given.
+    /// One poll: `GET` with `If-None-Match: etag` when given; with a pinned key, then the
+    /// signature.
+    ///
+    /// The feed and its signature are two requests, and a publication may land between them
+    /// (`registry publish` switches both files at once, but not between a client's two
+    /// requests). So after the signature, a `HEAD` with `If-None-Match` carrying the feed's
+    /// new ETag asks whether the feed is still the one read: `304` proves the pair belongs
+    /// together; anything else means a new publication, and both are fetched again (at most
+    /// [`PAIR_ATTEMPTS`] times; the last pair is then judged as it is). Without an ETag
+    /// there is nothing to ask and the pair is taken as read.
     pub async fn fetch(&self, etag: Option<&str>) -> Result<HttpPoll> {
+        match self.fetch_feed(etag).await? {
+            None => Ok(HttpPoll::NotModified),
+            Some(feed) => self.with_signature_of(feed).await,
+        }
+    }
+
+    /// A poll while the version the server serves was refused: `If-None-Match` carries the
+    /// refused version's ETag, so while it stays the answer is a `304` without a body
+    /// instead of the whole feed again. With a key, the signature is fetched too (it is
+    /// small), since a signature published after its feed is the usual way out. `None`: the
+    /// refused feed and signature are still what the server serves.
+    pub async fn fetch_after_refusal(
+        &self,
+        refused_etag: &str,
+        refused_signature: Option<&[u8]>,
+    ) -> Result<Option<HttpPoll>> {
+        match self.fetch_feed(Some(refused_etag)).await? {
+            Some(feed) => self.with_signature_of(feed).await.map(Some),
+            None if !self.with_signature => Ok(None),
+            None => {
+                if self.fetch_signature().await?.as_deref() == refused_signature {
+                    Ok(None)
+                } else {
+                    self.fetch(None).await.map(Some)
+                }
+            }
+        }
+    }
+
+    /// The detached signature (`None`: the server has none, 404).
+    async fn fetch_signature(&self) -> Result<Option<Vec<u8>>> {
+        let sig_url = signature_url(&self.url);
+        let resp = self
+            .client
+            .get(sig_url.clone())
+            .send()
+            .await
+            .map_err(|e| anyhow!("GET {sig_url}: {}", error_chain(&e)))?;
+        match resp.status() {
+            s if s.is_success() => Ok(Some(
+                read_body(resp, MAX_SIGNATURE_BYTES as u64, &sig_url).await?,
+            )),
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            s => bail!("GET {sig_url}: HTTP {s}"),
+        }
+    }
+
+    /// A fetched feed completed with its signature, the pair checked as [`HttpSource::fetch`]
+    /// describes.
+    async fn with_signature_of(&self, first: (Vec<u8>, Option<String>)) -> Result<HttpPoll> {
+        let mut feed = first;
+        let mut attempt = 1;
+        loop {
+            let (bytes, new_etag) = feed;
+            let signature = if self.with_signature {
+                self.fetch_signature().await?
+            } else {
+                None
+            };
+            if let (true, Some(tag)) = (self.with_signature, new_etag.as_deref()) {
+                if attempt < PAIR_ATTEMPTS && !self.still(tag).await? {
+                    log::info!(
+                        "{}: a new version was published while its signature was fetched; fetching both again",
+                        self.url
+                    );
+                    attempt += 1;
+                    feed = self.fetch_feed(None).await?.ok_or_else(|| {
+                        anyhow!(
+                            "GET {}: 304 Not Modified to a request without ETag",
+                            self.url
+                        )
+                    })?;
+                    continue;
+                }
+            }
+            return Ok(HttpPoll::New(Fetched {
+                bytes,
+                signature,
+                signature_at: signature_url(&self.url).to_string(),
+                etag: new_etag,
+            }));
+        }
+    }
+
+    /// `GET` of the feed: `None` for `304 Not Modified`, else the body and its ETag.
+    async fn fetch_feed(&self, etag: Option<&str>) -> Result<Option<(Vec<u8>, Option<String>)>> {
         let mut req = self.client.get(self.url.clone());
         if let Some(tag) = etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, tag);
@@ -287,7 +382,7 @@ impl HttpSource {
             .map_err(|e| anyhow!("GET {}: {}", self.url, error_chain(&e)))?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_MODIFIED {
-            return Ok(HttpPoll::NotModified);
+            return Ok(None);
         }
         if !status.is_success() {
             bail!("GET {}: HTTP {status}", self.url);
@@ -298,32 +393,25 @@ impl HttpSource {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let bytes = read_body(resp, self.max_bytes, &self.url).await?;
-        let sig_url = signature_url(&self.url);
-        let signature = if self.with_signature {
-            let resp = self
-                .client
-                .get(sig_url.clone())
-                .send()
-                .await
-                .map_err(|e| anyhow!("GET {sig_url}: {}", error_chain(&e)))?;
-            match resp.status() {
-                s if s.is_success() => {
-                    Some(read_body(resp, MAX_SIGNATURE_BYTES as u64, &sig_url).await?)
-                }
-                reqwest::StatusCode::NOT_FOUND => None,
-                s => bail!("GET {sig_url}: HTTP {s}"),
-            }
-        } else {
-            None
-        };
-        Ok(HttpPoll::New(Fetched {
-            bytes,
-            signature,
-            signature_at: sig_url.to_string(),
-            etag: new_etag,
-        }))
+        Ok(Some((bytes, new_etag)))
+    }
+
+    /// Is the feed still the version with ETag `tag`? (`HEAD` with `If-None-Match`.)
+    async fn still(&self, tag: &str) -> Result<bool> {
+        let resp = self
+            .client
+            .head(self.url.clone())
+            .header(reqwest::header::IF_NONE_MATCH, tag)
+            .send()
+            .await
+            .map_err(|e| anyhow!("HEAD {}: {}", self.url, error_chain(&e)))?;
+        Ok(resp.status() == reqwest::StatusCode::NOT_MODIFIED)
     }
 }
+
+/// How many times a feed and its signature are fetched when publications keep landing
+/// between the two requests.
+pub const PAIR_ATTEMPTS: u32 = 3;
 
 async fn read_body(mut resp: reqwest::Response, max: u64, url: &reqwest::Url) -> Result<Vec<u8>> {
     if let Some(len) = resp.content_length() {

@@ -104,6 +104,13 @@ pub struct RegistryStatus {
     pub last_success: Option<OffsetDateTime>,
     pub syncs_ok: u64,
     pub syncs_failed: u64,
+    /// Time the source last answered with the feed in force (`304 Not Modified`, the same
+    /// bytes) or with a new feed that was applied: how current this gateway's view is.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_check: Option<OffsetDateTime>,
+    /// `generated_at` of the feed in force (`null` for a feed without one).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub feed_generated_at: Option<OffsetDateTime>,
 }
 
 impl RegistryStatus {
@@ -116,7 +123,16 @@ impl RegistryStatus {
         self.last_sync = Some(now);
         self.last_success = Some(now);
         self.last_outcome = Some("ok".into());
+        self.last_check = Some(now);
         self.syncs_ok += 1;
+    }
+
+    /// Records a poll whose answer was the feed in force (`304`, or the same bytes): the
+    /// source is reachable and this gateway is current.
+    pub fn confirmed(&mut self) {
+        let now = OffsetDateTime::now_utc();
+        self.last_check = Some(now);
+        self.last_outcome = Some("ok".into());
     }
 
     /// Records a refused feed or a failed sync (the previous allowlist stays in force).

@@ -34,7 +34,7 @@ use crate::{
             DEFAULT_MAX_SHRINK_PERCENT,
         },
         rfc3339,
-        signature::PublicKey,
+        signature::Keyring,
         state::{sha256_hex, Persisted, StateDir, StateLock, StateMeta, DEFAULT_STATE_DIR},
         Allowlist, Feed, FeedError, FeedFormat, FormatChoice, ValidateOptions, Warnings,
     },
@@ -67,6 +67,10 @@ pub trait FeedKind {
     /// One line for logs (serial, ...).
     fn describe(feed: &Self::Feed) -> String;
     fn serial(feed: &Self::Feed) -> Option<u64>;
+    /// The feed's `generated_at`, when its format has one.
+    fn generated_at(_feed: &Self::Feed) -> Option<OffsetDateTime> {
+        None
+    }
     /// Format name, persisted with the feed.
     fn format_name(feed: &Self::Feed) -> &'static str;
     /// The set in force at `now`.
@@ -116,6 +120,10 @@ impl FeedKind for Registry {
 
     fn describe(feed: &Feed) -> String {
         feed.describe()
+    }
+
+    fn generated_at(feed: &Feed) -> Option<OffsetDateTime> {
+        feed.generated_at
     }
 
     fn serial(feed: &Feed) -> Option<u64> {
@@ -172,9 +180,11 @@ pub struct RegistryArgs {
     pub registry_format: FormatChoice,
     /// Pinned Ed25519 public key (PEM, or raw 32 bytes in base64/hex). With it, feeds must
     /// come with a valid detached signature (FEED.sig beside a file, URL.sig for a URL);
-    /// unsigned or badly signed feeds are refused.
+    /// unsigned or badly signed feeds are refused. Give it twice during a key rollover: a
+    /// feed signed by either key is accepted. In the config file: a string or a list.
     #[arg(long, value_name = "FILE")]
-    pub registry_pubkey: Option<PathBuf>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub registry_pubkey: Vec<PathBuf>,
     /// Directory holding the last good feed (enforced at startup when the source is
     /// unreachable or bad). One controller per directory.
     #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
@@ -195,7 +205,8 @@ pub struct RegistryArgs {
     /// Accept a feed whose serial is lower than the one in force (a registry reset).
     #[arg(long)]
     pub allow_serial_reset: bool,
-    /// How often the registry file is checked for changes, in milliseconds.
+    /// How often the registry file is checked for changes, in milliseconds (files only; a
+    /// URL is fetched every --registry-http-interval).
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub registry_poll_ms: u64,
     /// How often a registry URL is polled, in seconds.
@@ -204,6 +215,20 @@ pub struct RegistryArgs {
     /// Extra CA certificates (PEM) trusted for an https registry URL, besides the system's.
     #[arg(long, value_name = "FILE")]
     pub registry_ca: Option<PathBuf>,
+}
+
+/// A config-file value given as one string or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged, expecting = "a file path or a list of file paths")]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match serde::Deserialize::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl RegistryArgs {
@@ -223,14 +248,21 @@ impl RegistryArgs {
     }
 }
 
+/// How often the loop looks whether an HTTP fetch is due or has finished (no I/O).
+const HTTP_TICK: Duration = Duration::from_millis(100);
+
 /// What a step of the loop did, for status reporting.
 #[derive(Clone, Debug)]
 pub enum Outcome {
     Applied {
         serial: Option<u64>,
+        /// The feed's `generated_at`.
+        generated_at: Option<OffsetDateTime>,
         report: SyncReport,
         took: Duration,
     },
+    /// The source answered with the feed in force (`304 Not Modified`, or the same bytes).
+    Unchanged,
     Failed(String),
 }
 
@@ -250,8 +282,20 @@ enum Source {
         src: HttpSource,
         interval: Duration,
         next_due: Instant,
-        in_flight: Option<JoinHandle<Result<HttpPoll>>>,
+        /// `Ok(None)`: the refused version is still served (see [`RefusedHttp`]).
+        in_flight: Option<JoinHandle<Result<Option<HttpPoll>>>>,
     },
+}
+
+/// The version an HTTP source served that was refused (by a check, not by a failed kernel
+/// write): the next polls send its ETag, so while it stays served they cost a `304` (and the
+/// small signature) instead of the whole feed.
+#[derive(Clone)]
+struct RefusedHttp {
+    etag: String,
+    signature: Option<Vec<u8>>,
+    /// Why it was refused, reported again at each poll that finds it still served.
+    message: String,
 }
 
 /// One feed's side of the controller.
@@ -260,7 +304,7 @@ pub struct FeedSync<K: FeedKind> {
     spec: SourceSpec,
     source: Source,
     guard: GuardOptions,
-    key: Option<PublicKey>,
+    keys: Keyring,
     state: StateDir,
     _lock: StateLock,
     current: Option<Current<K::Feed>>,
@@ -271,6 +315,7 @@ pub struct FeedSync<K: FeedKind> {
     /// Digest of the last refused feed and signature, so a URL serving them again is not
     /// reported at length every poll.
     last_refused: Option<String>,
+    refused_http: Option<RefusedHttp>,
 }
 
 fn now_utc() -> OffsetDateTime {
@@ -291,7 +336,7 @@ impl FeedSync<Registry> {
             kind,
             &SourceOptions {
                 source: &args.registry,
-                pubkey: args.registry_pubkey.as_deref(),
+                pubkeys: &args.registry_pubkey,
                 state_dir: args.state_dir.clone(),
                 state_flag: "--state-dir",
                 max_feed_bytes: args.max_feed_bytes,
@@ -308,7 +353,8 @@ impl FeedSync<Registry> {
 pub struct SourceOptions<'a> {
     /// File path or URL.
     pub source: &'a str,
-    pub pubkey: Option<&'a std::path::Path>,
+    /// Accepted signing keys (none: feeds are not signed).
+    pub pubkeys: &'a [PathBuf],
     pub state_dir: PathBuf,
     /// The option naming the state directory, for messages.
     pub state_flag: &'a str,
@@ -323,19 +369,14 @@ impl<K: FeedKind> FeedSync<K> {
     /// Parses the options, reads the key, and takes the state directory's lock.
     pub fn with_kind(kind: K, opts: &SourceOptions<'_>) -> Result<FeedSync<K>> {
         let spec = SourceSpec::parse(opts.source)?;
-        let key = match opts.pubkey {
-            Some(p) => {
-                let k = PublicKey::from_file(p)?;
-                log::info!(
-                    "{} feeds must be signed by the Ed25519 key {} ({})",
-                    K::WHAT,
-                    k.fingerprint(),
-                    p.display()
-                );
-                Some(k)
-            }
-            None => None,
+        let poll_interval = match spec {
+            SourceSpec::File(_) => Duration::from_millis(opts.poll_ms.max(50)),
+            // For a URL a tick only looks at the clock and at the background fetch, so it runs
+            // often: a fetched feed is applied at once, not a file-poll interval later.
+            SourceSpec::Url(_) => HTTP_TICK,
         };
+        let keys = Keyring::from_files(opts.pubkeys)?;
+        log_keys(K::WHAT, &keys, opts.pubkeys);
         let state = StateDir::new(&opts.state_dir);
         let lock = state.lock().with_context(|| {
             format!(
@@ -344,7 +385,7 @@ impl<K: FeedKind> FeedSync<K> {
                 opts.state_flag
             )
         })?;
-        let with_sig = key.is_some();
+        let with_sig = !keys.is_empty();
         let source = match &spec {
             SourceSpec::File(p) => {
                 Source::File(FileSource::new(p.clone(), with_sig, opts.max_feed_bytes))
@@ -361,15 +402,25 @@ impl<K: FeedKind> FeedSync<K> {
             spec,
             source,
             guard: opts.guard,
-            key,
+            keys,
             state,
             _lock: lock,
             current: None,
             applied: false,
             next_change: None,
-            poll_interval: Duration::from_millis(opts.poll_ms.max(50)),
+            poll_interval,
             last_refused: None,
+            refused_http: None,
         })
+    }
+
+    /// Replaces the pinned keys (SIGHUP with a new `registry-pubkey` list).
+    pub fn set_keys(&mut self, keys: Keyring, paths: &[PathBuf]) {
+        log_keys(K::WHAT, &keys, paths);
+        self.keys = keys;
+        // A feed refused under the old keys is judged afresh.
+        self.last_refused = None;
+        self.refused_http = None;
     }
 
     /// How often [`RegistrySync::tick`] should run.
@@ -467,11 +518,22 @@ impl<K: FeedKind> FeedSync<K> {
                 if in_flight.as_ref().is_some_and(|h| h.is_finished()) {
                     let handle = in_flight.take().expect("checked");
                     match handle.await {
-                        Ok(Ok(HttpPoll::NotModified)) => {
+                        Ok(Ok(Some(HttpPoll::NotModified))) => {
                             log::debug!("{}: not modified", src.url());
-                            None
+                            return Some(Outcome::Unchanged);
                         }
-                        Ok(Ok(HttpPoll::New(f))) => Some(Ok(f)),
+                        Ok(Ok(None)) => {
+                            log::warn!(
+                                "registry from {} still refused (not modified since); the allowlist in force stays",
+                                src.url()
+                            );
+                            let why = self
+                                .refused_http
+                                .as_ref()
+                                .map_or_else(String::new, |r| r.message.clone());
+                            return Some(Outcome::Failed(why));
+                        }
+                        Ok(Ok(Some(HttpPoll::New(f)))) => Some(Ok(f)),
                         Ok(Err(e)) => Some(Err(e)),
                         Err(e) => Some(Err(anyhow::anyhow!("the fetch task failed: {e}"))),
                     }
@@ -485,9 +547,16 @@ impl<K: FeedKind> FeedSync<K> {
                             .as_ref()
                             .filter(|c| c.origin == origin)
                             .and_then(|c| c.etag.clone());
-                        *in_flight = Some(tokio::spawn(
-                            async move { src.fetch(etag.as_deref()).await },
-                        ));
+                        let refused = self.refused_http.clone();
+                        *in_flight = Some(tokio::spawn(async move {
+                            match refused {
+                                Some(r) => {
+                                    src.fetch_after_refusal(&r.etag, r.signature.as_deref())
+                                        .await
+                                }
+                                None => src.fetch(etag.as_deref()).await.map(Some),
+                            }
+                        }));
                     }
                     None
                 }
@@ -496,7 +565,7 @@ impl<K: FeedKind> FeedSync<K> {
         match fetched {
             Some(Ok(f)) => match self.accept(filter, f, now) {
                 Ok(Some(outcome)) => return Some(outcome),
-                Ok(None) => {}
+                Ok(None) => return Some(Outcome::Unchanged),
                 Err(e) => return Some(Outcome::Failed(e)),
             },
             Some(Err(e)) => {
@@ -554,6 +623,7 @@ impl<K: FeedKind> FeedSync<K> {
         let (feed, digest, allow) = match result {
             Ok(Some(x)) => x,
             Ok(None) => {
+                self.refused_http = None;
                 if let Some(c) = &mut self.current {
                     if fetched.etag.is_some() {
                         c.etag = fetched.etag;
@@ -562,6 +632,11 @@ impl<K: FeedKind> FeedSync<K> {
                 return Ok(None);
             }
             Err((msg, digest)) => {
+                self.refused_http = fetched.etag.clone().map(|etag| RefusedHttp {
+                    etag,
+                    signature: fetched.signature.clone(),
+                    message: msg.clone(),
+                });
                 if digest.is_some() && digest == self.last_refused {
                     log::warn!(
                         "{} from {origin} still refused (same content as before); the {} in force stays",
@@ -597,7 +672,7 @@ impl<K: FeedKind> FeedSync<K> {
         let signature = fetched
             .signature
             .as_deref()
-            .filter(|_| self.key.is_some())
+            .filter(|_| !self.keys.is_empty())
             .map(|s| String::from_utf8_lossy(s).trim().to_string());
         let mut current = Current {
             feed,
@@ -612,8 +687,10 @@ impl<K: FeedKind> FeedSync<K> {
         self.current = Some(current);
         self.applied = true;
         self.last_refused = None;
+        self.refused_http = None;
         Ok(Some(Outcome::Applied {
             serial: self.current.as_ref().and_then(|c| K::serial(&c.feed)),
+            generated_at: self.current.as_ref().and_then(|c| K::generated_at(&c.feed)),
             report,
             took,
         }))
@@ -644,13 +721,18 @@ impl<K: FeedKind> FeedSync<K> {
                 .unwrap_or_default()
         );
         let fail = |msg: String| (msg, Some(refusal_key.clone()));
-        if let Some(key) = &self.key {
-            key.verify(
-                &fetched.bytes,
-                fetched.signature.as_deref(),
-                &fetched.signature_at,
-            )
-            .map_err(|e| fail(e.to_string()))?;
+        if !self.keys.is_empty() {
+            let by = self
+                .keys
+                .verify(
+                    &fetched.bytes,
+                    fetched.signature.as_deref(),
+                    &fetched.signature_at,
+                )
+                .map_err(|e| fail(e.to_string()))?;
+            if self.keys.keys().len() > 1 {
+                log::info!("{origin}: signed by the key {}", by.fingerprint());
+            }
         }
         if self
             .current
@@ -721,6 +803,7 @@ impl<K: FeedKind> FeedSync<K> {
         }
         Ok(Outcome::Applied {
             serial: K::serial(&cur.feed),
+            generated_at: K::generated_at(&cur.feed),
             report,
             took,
         })
@@ -740,8 +823,8 @@ impl<K: FeedKind> FeedSync<K> {
             }
         };
         let name = format!("the persisted feed in {dir} (from {})", p.meta.source);
-        if let Some(key) = &self.key {
-            if let Err(e) = key.verify(
+        if !self.keys.is_empty() {
+            if let Err(e) = self.keys.verify(
                 &p.bytes,
                 p.meta.signature.as_deref().map(str::as_bytes),
                 &format!("{dir}/registry-state.json"),
@@ -800,6 +883,16 @@ impl<K: FeedKind> FeedSync<K> {
     }
 }
 
+fn log_keys(what: &str, keys: &Keyring, paths: &[PathBuf]) {
+    for (k, p) in keys.keys().iter().zip(paths) {
+        log::info!(
+            "{what} feeds signed by the Ed25519 key {} ({}) are accepted",
+            k.fingerprint(),
+            p.display()
+        );
+    }
+}
+
 /// `N IPv4 + M IPv6 prefixes (a added, c changed, r removed) in T ms`.
 pub fn report_line(report: &SyncReport, took: Duration) -> String {
     let mut s = format!(
@@ -832,6 +925,73 @@ fn log_warnings(origin: &str, warnings: &[String]) {
         log::warn!(
             "{origin}: ... and {} more warning(s) (`vpn-filter registry validate` lists them all)",
             warnings.len() - 20
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+
+    use crate::{config::merge_str, run::RunArgs};
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn run_args(argv: &[&str], toml: &str) -> anyhow::Result<RunArgs> {
+        let matches = Cli::command().try_get_matches_from(argv).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap().run;
+        merge_str(&cli, &matches, toml, "test.toml")
+    }
+
+    #[test]
+    fn registry_pubkey_is_repeatable_on_the_command_line_and_a_string_or_list_in_the_config() {
+        let a = run_args(
+            &[
+                "x",
+                "--iface",
+                "eth0",
+                "--registry",
+                "f.json",
+                "--registry-pubkey",
+                "a.pub",
+                "--registry-pubkey",
+                "b.pub",
+            ],
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            a.registry.registry_pubkey,
+            ["a.pub", "b.pub"].map(std::path::PathBuf::from)
+        );
+        let one = run_args(
+            &["x", "--config", "c.toml"],
+            "registry-pubkey = \"a.pub\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            one.registry.registry_pubkey,
+            ["a.pub"].map(std::path::PathBuf::from)
+        );
+        let two = run_args(
+            &["x", "--config", "c.toml"],
+            "registry-pubkey = [\"a.pub\", \"b.pub\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            two.registry.registry_pubkey,
+            ["a.pub", "b.pub"].map(std::path::PathBuf::from)
+        );
+        let err = run_args(&["x", "--config", "c.toml"], "registry-pubkey = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key `registry-pubkey`") && err.contains("a file path or a list"),
+            "{err}"
         );
     }
 }

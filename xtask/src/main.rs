@@ -265,6 +265,12 @@ fn bootstrap() -> Result<PathBuf> {
 /// ping, sysctl, mount).
 const TEST_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "procps", "util-linux"];
 
+/// What the fleet test (tests/tests/fleet.rs) and the packaging checks
+/// (tests/tests/packaging.rs) add: nginx serves the published feed to the fleet (started by
+/// the test with its own config, never as a service), and promtool (in Debian's prometheus)
+/// checks the scrape config and alert rules in packaging/prometheus/.
+const FLEET_PACKAGES: &[&str] = &["nginx", "prometheus"];
+
 /// What the end-to-end suite (tests/tests/e2e_vpn.rs) adds: real VPN servers and clients, and
 /// the ordinary-traffic tools (curl, dig, dnsmasq, iperf3, openssl); and Shadowsocks
 /// (tests/tests/endpoints.rs: a VPN without a wire signature, blocked by its endpoint).
@@ -405,6 +411,7 @@ fn test(extra: &[OsString]) -> Result<()> {
     require_root("cargo xtask test")?;
     ensure_packages(TEST_PACKAGES)?;
     ensure_packages(E2E_PACKAGES)?;
+    ensure_packages(FLEET_PACKAGES)?;
     // Formatting: the unstable rustfmt options (import grouping) need nightly rustfmt.
     sh(cargo_nightly().args(["fmt", "--all", "--check"]))?;
     // Clippy on the userspace crates and the host build of the eBPF crate...

@@ -8,6 +8,12 @@
 //!
 //! Verification is strict (RFC 8032 with the checks of `verify_strict`: no small-order keys,
 //! no malleable signatures).
+//!
+//! Several keys may be pinned at once ([`Keyring`]): during a key rollover a gateway accepts
+//! a feed signed by either the outgoing or the incoming key. The signing side
+//! ([`SecretKey`], used by `vpn-filter registry keygen` and `publish`) writes the same formats
+//! OpenSSL does: the private key as a PEM `PRIVATE KEY` (PKCS#8), the public key as a PEM
+//! `PUBLIC KEY`, the signature in base64.
 
 use std::path::Path;
 
@@ -18,6 +24,13 @@ use ed25519_dalek::{Signature, VerifyingKey};
 /// 1.3.101.112 }, BIT STRING (0 unused bits) } followed by the 32 key bytes.
 const SPKI_ED25519_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// DER prefix of an Ed25519 PKCS#8 v1 private key (RFC 8410 section 7, as `openssl genpkey
+/// -algorithm ed25519` writes it): SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 },
+/// OCTET STRING { OCTET STRING (32 bytes) } } followed by the 32 seed bytes.
+const PKCS8_ED25519_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
 /// Standard base64, with or without padding.
@@ -42,6 +55,10 @@ pub enum SignatureError {
     BadEncoding { at: String, why: String },
     #[error("BAD SIGNATURE: the signature at {at} does not match the feed bytes under the pinned key {key} (feed tampered with, truncated, or signed with another key)")]
     Mismatch { at: String, key: String },
+    #[error("cannot read the private key {path}: {err}")]
+    ReadSecret { path: String, err: std::io::Error },
+    #[error("the private key {path} is not an Ed25519 private key: {why} (expected a PEM PRIVATE KEY as written by `vpn-filter registry keygen` or `openssl genpkey -algorithm ed25519`)")]
+    BadSecret { path: String, why: String },
 }
 
 /// The pinned key.
@@ -110,6 +127,14 @@ impl PublicKey {
         base64::engine::general_purpose::STANDARD.encode(self.key.as_bytes())
     }
 
+    /// The key as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as `openssl pkey -pubout`
+    /// writes it; [`PublicKey::parse`] reads it back.
+    pub fn to_pem(&self) -> String {
+        let mut der = SPKI_ED25519_PREFIX.to_vec();
+        der.extend_from_slice(self.key.as_bytes());
+        pem("PUBLIC KEY", &der)
+    }
+
     /// Checks `signature` (the signature file's content; `None` when there is none) over
     /// `feed`. `at` names where the signature came from.
     pub fn verify(
@@ -146,6 +171,172 @@ impl PublicKey {
                 key: self.fingerprint(),
             })
     }
+}
+
+/// Several pinned keys: a feed is accepted when any of them verifies its signature (two keys
+/// during a rollover, the outgoing and the incoming one).
+#[derive(Clone, Debug, Default)]
+pub struct Keyring {
+    keys: Vec<PublicKey>,
+}
+
+impl Keyring {
+    /// Reads every key file; the first unreadable one is the error.
+    pub fn from_files(paths: &[impl AsRef<Path>]) -> Result<Keyring, SignatureError> {
+        let keys = paths
+            .iter()
+            .map(|p| PublicKey::from_file(p.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Keyring { keys })
+    }
+
+    pub fn from_keys(keys: Vec<PublicKey>) -> Keyring {
+        Keyring { keys }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
+    /// The keys' fingerprints, for messages: `A` or `A or B`.
+    pub fn fingerprints(&self) -> String {
+        self.keys
+            .iter()
+            .map(PublicKey::fingerprint)
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
+
+    /// Checks `signature` over `feed` under each key in turn; returns the key that verified.
+    /// A missing or unreadable signature is reported as such; a signature no key verifies is
+    /// a [`SignatureError::Mismatch`] naming every key tried.
+    pub fn verify(
+        &self,
+        feed: &[u8],
+        signature: Option<&[u8]>,
+        at: &str,
+    ) -> Result<&PublicKey, SignatureError> {
+        let mut last = SignatureError::Missing { at: at.to_string() };
+        for key in &self.keys {
+            match key.verify(feed, signature, at) {
+                Ok(()) => return Ok(key),
+                Err(SignatureError::Mismatch { .. }) => {
+                    last = SignatureError::Mismatch {
+                        at: at.to_string(),
+                        key: self.fingerprints(),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// An Ed25519 signing key (the registry operator's side).
+pub struct SecretKey {
+    key: ed25519_dalek::SigningKey,
+}
+
+impl SecretKey {
+    /// A new key from the operating system's random source.
+    pub fn generate() -> Result<SecretKey, String> {
+        let mut seed = [0u8; 32];
+        getrandom::getrandom(&mut seed)
+            .map_err(|e| format!("the operating system's random source failed: {e}"))?;
+        Ok(SecretKey::from_seed(&seed))
+    }
+
+    pub fn from_seed(seed: &[u8; 32]) -> SecretKey {
+        SecretKey {
+            key: ed25519_dalek::SigningKey::from_bytes(seed),
+        }
+    }
+
+    /// Reads a PEM `PRIVATE KEY` (PKCS#8) file.
+    pub fn from_file(path: &Path) -> Result<SecretKey, SignatureError> {
+        let text = std::fs::read_to_string(path).map_err(|err| SignatureError::ReadSecret {
+            path: path.display().to_string(),
+            err,
+        })?;
+        SecretKey::parse(&text).map_err(|why| SignatureError::BadSecret {
+            path: path.display().to_string(),
+            why,
+        })
+    }
+
+    /// Parses a PEM `PRIVATE KEY` (PKCS#8 v1, Ed25519).
+    pub fn parse(text: &str) -> Result<SecretKey, String> {
+        let der = pem_body(text.trim(), "PRIVATE KEY")?;
+        match der.strip_prefix(&PKCS8_ED25519_PREFIX[..]) {
+            Some(seed) if seed.len() == 32 => {
+                Ok(SecretKey::from_seed(seed.try_into().expect("length checked")))
+            }
+            _ => Err(format!(
+                "{} bytes of DER that are not an Ed25519 PKCS#8 key (algorithm OID 1.3.101.112 expected)",
+                der.len()
+            )),
+        }
+    }
+
+    /// The key as a PEM `PRIVATE KEY` (PKCS#8), as `openssl genpkey -algorithm ed25519`
+    /// writes it.
+    pub fn to_pem(&self) -> String {
+        let mut der = PKCS8_ED25519_PREFIX.to_vec();
+        der.extend_from_slice(self.key.as_bytes());
+        pem("PRIVATE KEY", &der)
+    }
+
+    pub fn public(&self) -> PublicKey {
+        PublicKey {
+            key: self.key.verifying_key(),
+        }
+    }
+
+    /// The detached signature over `bytes`, in the signature file's format: base64 and a
+    /// newline.
+    pub fn sign_base64(&self, bytes: &[u8]) -> String {
+        use ed25519_dalek::Signer as _;
+        let sig = self.key.sign(bytes);
+        let mut s = base64::engine::general_purpose::STANDARD.encode(sig.to_bytes());
+        s.push('\n');
+        s
+    }
+}
+
+/// A PEM block with 64-column base64 lines.
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// The DER inside a PEM block labelled `label`.
+fn pem_body(text: &str, label: &str) -> Result<Vec<u8>, String> {
+    let begin = format!("-----BEGIN {label}-----");
+    if !text.starts_with(&begin) {
+        return Err(format!(
+            "the first line is \"{}\", not \"{begin}\"",
+            text.lines().next().unwrap_or_default()
+        ));
+    }
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|e| format!("PEM body is not base64: {e}"))
 }
 
 /// Decodes hex (an even number of hex digits) or standard base64 (padding optional).
@@ -249,6 +440,57 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_generated_key_s_pem_files_read_back_and_its_signatures_verify() {
+        let secret = SecretKey::generate().unwrap();
+        let again = SecretKey::parse(&secret.to_pem()).unwrap();
+        let public = PublicKey::parse(&again.public().to_pem()).unwrap();
+        assert_eq!(public.fingerprint(), secret.public().fingerprint());
+        let sig = secret.sign_base64(b"feed");
+        public.verify(b"feed", Some(sig.as_bytes()), "s").unwrap();
+        assert_ne!(
+            SecretKey::generate().unwrap().public().fingerprint(),
+            public.fingerprint(),
+            "two generated keys differ"
+        );
+    }
+
+    #[test]
+    fn a_private_key_that_is_not_an_ed25519_pkcs8_pem_is_refused_saying_why() {
+        let err = SecretKey::parse("hello").err().unwrap();
+        assert!(err.contains("not \"-----BEGIN PRIVATE KEY-----\""), "{err}");
+        // A public key where the private one belongs.
+        let err = SecretKey::parse(&public().to_pem()).err().unwrap();
+        assert!(err.contains("BEGIN PUBLIC KEY"), "{err}");
+        let pem = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let err = SecretKey::parse(pem).err().unwrap();
+        assert!(err.contains("not an Ed25519 PKCS#8 key"), "{err}");
+    }
+
+    #[test]
+    fn a_keyring_accepts_a_feed_signed_by_any_of_its_keys_and_names_all_when_none_matches() {
+        let a = SecretKey::from_seed(&[1u8; 32]);
+        let b = SecretKey::from_seed(&[2u8; 32]);
+        let c = SecretKey::from_seed(&[3u8; 32]);
+        let ring = Keyring::from_keys(vec![a.public(), b.public()]);
+        for (signer, name) in [(&a, "A"), (&b, "B")] {
+            let sig = signer.sign_base64(b"feed");
+            let by = ring.verify(b"feed", Some(sig.as_bytes()), "s").unwrap();
+            assert_eq!(by.fingerprint(), signer.public().fingerprint(), "{name}");
+        }
+        let err = ring
+            .verify(b"feed", Some(c.sign_base64(b"feed").as_bytes()), "s")
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("BAD SIGNATURE"), "{msg}");
+        assert!(
+            msg.contains(&a.public().fingerprint()) && msg.contains(&b.public().fingerprint()),
+            "{msg}"
+        );
+        let err = ring.verify(b"feed", None, "s").unwrap_err();
+        assert!(matches!(err, SignatureError::Missing { .. }), "{err}");
     }
 
     #[test]
