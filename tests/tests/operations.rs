@@ -249,6 +249,26 @@ fn a_restarted_controller_swaps_its_program_into_the_same_link() {
 }
 
 #[test]
+fn a_sigterm_during_start_up_stops_the_controller_cleanly() {
+    // Sent as soon as the registry is applied, before any interface is attached: the
+    // signal handlers must already be in place (the default action would kill the process).
+    let lab = FilterLab::new();
+    let dirs = Dirs::new();
+    let mut cmd = lab.filter.command_keep_mounts(controller_path());
+    cmd.args(["run", "--iface", &lab.filter_if, "--registry"])
+        .arg(dirs.registry());
+    cmd.args(dirs.args());
+    let p = Process::spawn(cmd);
+    p.wait_stderr("registry serial 1 applied", Duration::from_secs(20));
+    let status = p.terminate(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "a SIGTERM during start-up must end in a clean exit: {status:?}; stderr:\n{}",
+        p.stderr_lines().join("\n")
+    );
+}
+
+#[test]
 fn a_second_controller_refuses_with_a_clear_message() {
     let lab = FilterLab::new();
     let dirs = Dirs::new();

@@ -142,6 +142,12 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
         bail!("no registry: give --registry or `registry` in the config file");
     }
     let policy = args.policy()?;
+    // Signal handlers before anything is loaded or attached: a SIGTERM or SIGINT during
+    // start-up waits for the loop below (a clean stop) instead of killing the process with the
+    // default action halfway through.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     // One controller per pin tree: a second one would fight over links and maps.
     let _lock = match args.lifecycle.pins() {
         Some(_) => Some(ControllerLock::acquire(&args.lifecycle.lock_path())?),
@@ -228,9 +234,6 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
         drop_privileges(&args)?;
     }
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let mut poll = tokio::time::interval(registry.poll_interval());
     let stats_every = Duration::from_secs(args.stats_interval.max(1));
     let mut stats_tick = tokio::time::interval(stats_every);
