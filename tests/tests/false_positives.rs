@@ -1505,8 +1505,4 @@ fn random_and_mutated_frames_are_dropped_only_when_they_are_vpn_candidates() {
         strong_drops > 10_000 && flow_drops > 1_000,
         "the generators reach both kinds of drop"
     );
-    assert!(
-        elapsed.as_secs() < 60,
-        "keep this test under a minute: {elapsed:?}"
-    );
 }

@@ -658,12 +658,6 @@ impl Filter {
         Ok(next)
     }
 
-    /// The allowlist generation the kernel holds.
-    pub fn generation(&self) -> Result<u64> {
-        let map: Array<&MapData, u64> = Array::try_from(self.map(maps::ALLOW_GEN)?)?;
-        map.get(&0, 0).context("reading ALLOW_GEN")
-    }
-
     fn write_v4(
         &mut self,
         f: impl FnOnce(&mut LpmTrie<&mut MapData, [u8; 4], AllowValue>) -> Result<()>,
