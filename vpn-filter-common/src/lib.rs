@@ -226,7 +226,8 @@ wire_enum! {
         Truncated = 5 => "truncated",
         /// Header fields that contradict each other (bad IHL, lying lengths): passed.
         Malformed = 6 => "malformed",
-        /// IPv6 extension header chain longer than the parser follows: passed.
+        /// IPv6 extension header chains longer than the parser follows (Linux's own limits):
+        /// judged by [`Config::ext_header_overflow`], dropped by default.
         ExtHeaderLimit = 7 => "ext_header_limit",
         /// Packets whose header checks made them VPN candidates (payload inspected).
         Candidates = 8 => "candidates",
@@ -241,8 +242,9 @@ wire_enum! {
         EventsLost = 15 => "events_lost",
         /// Internal errors (a map update that should not fail did).
         InternalError = 16 => "internal_error",
-        /// First fragments too small to hold the L4 header and the start of the payload
-        /// (RFC 1858 tiny-fragment evasion): dropped. No real stack sends them.
+        /// TCP/UDP first fragments too small to hold the L4 header and the bytes the rules
+        /// read ([`MIN_FIRST_FRAGMENT_PAYLOAD`], RFC 1858 tiny-fragment evasion): dropped. No
+        /// real stack sends them.
         TinyFragment = 17 => "tiny_fragment",
         /// Flow entries whose verdict predates the current allowlist generation and whose
         /// endpoints were looked up again (one per flow per allowlist change).
@@ -252,6 +254,15 @@ wire_enum! {
         EventsRepeatSource = 19 => "events_repeat_source",
         /// Endpoint trie lookups (packets whose destination passed the endpoint bitmap).
         EndpointLookups = 20 => "endpoint_lookups",
+        /// Non-first fragments of a datagram whose first fragment was dropped: they cannot be
+        /// reassembled by the receiver, and pass (counted here as well as in `fragment`).
+        FragmentOfDropped = 21 => "fragment_of_dropped",
+        /// Packets judged inside an encapsulation (PPPoE, MPLS, IP-in-IP, GRE, VXLAN,
+        /// Geneve); see [`Event::encap`].
+        Encapsulated = 22 => "encapsulated",
+        /// TCP segments whose payload was held in a per-flow stream buffer because the first
+        /// bytes of a candidate stream arrived split over segments.
+        TcpStreamBuffered = 23 => "tcp_stream_buffered",
     }
 }
 
@@ -363,9 +374,53 @@ pub struct Config {
     /// How the datapath answers "is this address registered?" ([`AllowlistLookup`]; 0 means
     /// [`DEFAULT_ALLOWLIST_LOOKUP`]).
     pub allowlist_lookup: u32,
+    /// What to do with an IPv6 packet whose extension header chain is longer than the parser
+    /// follows ([`ExtHeaderOverflow`]; 0 means drop).
+    pub ext_header_overflow: u8,
     /// Reserved, zero.
-    pub _reserved: u32,
+    pub _reserved: [u8; 3],
 }
+
+wire_enum! {
+    /// [`Config::ext_header_overflow`]: the policy for IPv6 extension header chains longer
+    /// than Linux itself accepts on a forwarding path.
+    pub enum ExtHeaderOverflow {
+        /// Drop (the default): the chain could hide a VPN packet, and no real stack sends it.
+        Drop = 0 => "drop",
+        /// Pass without inspection (counted as `ext_header_limit`).
+        Pass = 1 => "pass",
+    }
+}
+
+/// Bits of [`Event::encap`]: the encapsulations a packet was found inside (outer ones first
+/// in [`ENCAP_NAMES`]).
+pub const ENCAP_PPPOE: u8 = 1 << 0;
+pub const ENCAP_MPLS: u8 = 1 << 1;
+/// IPv4/IPv6 in IPv4/IPv6 (IP protocols 4 and 41).
+pub const ENCAP_IP_IN_IP: u8 = 1 << 2;
+/// GRE version 0 carrying IPv4, IPv6 or Ethernet.
+pub const ENCAP_GRE: u8 = 1 << 3;
+/// VXLAN (UDP 4789).
+pub const ENCAP_VXLAN: u8 = 1 << 4;
+/// Geneve (UDP 6081).
+pub const ENCAP_GENEVE: u8 = 1 << 5;
+/// More than one VLAN tag (QinQ, 802.1ad, 0x9100).
+pub const ENCAP_VLAN_STACK: u8 = 1 << 6;
+/// Names of the [`Event::encap`] bits, by bit position.
+pub const ENCAP_NAMES: [&str; 7] = [
+    "pppoe",
+    "mpls",
+    "ip_in_ip",
+    "gre",
+    "vxlan",
+    "geneve",
+    "vlan_stack",
+];
+
+/// TCP/UDP first fragments with fewer L4 payload bytes than this are tiny fragments
+/// ([`Counter::TinyFragment`]). Real stacks fragment at the path MTU (at least 576 bytes for
+/// IPv4, 1280 for IPv6), so their first fragments are far larger.
+pub const MIN_FIRST_FRAGMENT_PAYLOAD: u32 = 64;
 
 pub const DEFAULT_BLOCKED_FLOW_TIMEOUT_NS: u64 = 120_000_000_000;
 pub const DEFAULT_ALLOWED_FLOW_TIMEOUT_NS: u64 = 30_000_000_000;
@@ -604,7 +659,9 @@ pub struct Event {
     pub vlan: [u8; 2],
     /// Provider id of the listed endpoint ([`Protocol::Endpoints`] events; 0 otherwise).
     pub provider: u16,
-    pub _pad: [u8; 6],
+    /// Encapsulations the packet was found inside ([`ENCAP_PPPOE`]... bits; 0 for none).
+    pub encap: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Per-source event rate-limit state (value of `EVENT_LIMIT`, keyed by the 16-byte source).
@@ -672,7 +729,7 @@ mod tests {
     fn counter_indices_do_not_overlap() {
         let last_verdict = verdict_counter_index(Protocol::Endpoints, Verdict::Ignored);
         assert!(last_verdict < counter_index(Counter::Packets));
-        assert_eq!(counter_index(Counter::EndpointLookups) + 1, STATS_LEN);
+        assert_eq!(counter_index(Counter::TcpStreamBuffered) + 1, STATS_LEN);
     }
 
     #[test]

@@ -1165,7 +1165,8 @@ fn submit(
                 reason: reason as u8,
                 vlan: pkt.vlan.to_be_bytes(),
                 provider,
-                _pad: [0; 6],
+                encap: 0,
+                _pad: [0; 5],
             });
             entry.submit(0);
             count(counter_index(Counter::EventsEmitted));

@@ -63,6 +63,10 @@ pub struct EventRecord {
     /// For `endpoints` events: the provider whose listed server `dst` is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// Encapsulations the packet was found inside, outermost first (`pppoe`, `mpls`,
+    /// `ip_in_ip`, `gre`, `vxlan`, `geneve`, `vlan_stack`); absent for none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encap: Vec<String>,
 }
 
 /// The borrowed form the pump serialises: same fields, same order, no owned strings.
@@ -87,6 +91,8 @@ struct EventJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     /// Allocated only for endpoint events.
     provider: Option<String>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    encap: &'static [&'static str],
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
@@ -233,7 +239,29 @@ fn event_json<'a>(ev: &Event, time: &'a str, iface: &'a str) -> EventJson<'a> {
                     .map_or_else(|| format!("#{id}"), |p| p.to_string()),
             ),
         },
+        encap: encap_names(ev.encap),
     }
+}
+
+/// The names of the [`Event::encap`] bits set, outermost first, without allocating per
+/// event: a table of all 256 combinations is built once.
+fn encap_names(bits: u8) -> &'static [&'static str] {
+    use std::sync::OnceLock;
+    static TABLE: OnceLock<Vec<&'static [&'static str]>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..=u8::MAX)
+            .map(|b| {
+                let names: Vec<&'static str> = vpn_filter_common::ENCAP_NAMES
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| b & (1 << i) != 0)
+                    .map(|(_, n)| *n)
+                    .collect();
+                &*Vec::leak(names)
+            })
+            .collect()
+    });
+    table[bits as usize]
 }
 
 impl EventRecord {
@@ -260,6 +288,7 @@ impl EventRecord {
             vlan: j.vlan,
             suppressed_before: j.suppressed_before,
             provider: j.provider,
+            encap: j.encap.iter().map(|s| s.to_string()).collect(),
         }
     }
 }

@@ -151,6 +151,19 @@ pub struct LoadOptions {
     pub allow_v4_entries: u32,
     pub allow_v6_entries: u32,
     pub flow_entries: u32,
+    /// Where the frames given to [`Filter::run_frame`] start. Attaching picks the program
+    /// variant from each device's type regardless.
+    pub frame_start: FrameStart,
+}
+
+/// Where a device's XDP frames start: Ethernet-like devices (ethernet, veth, bond, vlan...)
+/// at L2, `tun`, `wireguard`, `ppp`, `gre`, `ipip` and other ARPHRD_NONE/PPP/tunnel devices
+/// at the IP header. Each has its own program variant (`vpn_filter`, `vpn_filter_ip`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FrameStart {
+    #[default]
+    Ethernet,
+    Ip,
 }
 
 impl Default for LoadOptions {
@@ -159,6 +172,7 @@ impl Default for LoadOptions {
             allow_v4_entries: DEFAULT_ALLOW_V4_ENTRIES,
             allow_v6_entries: DEFAULT_ALLOW_V6_ENTRIES,
             flow_entries: DEFAULT_FLOW_ENTRIES,
+            frame_start: FrameStart::Ethernet,
         }
     }
 }

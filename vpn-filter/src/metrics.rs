@@ -388,7 +388,7 @@ impl Collector for ReportCollector {
             match kc {
                 Counter::Packets => counter(e, "vpn_filter_packets", "Packets the XDP program saw.", *n)?,
                 Counter::NonIp | Counter::Ipv4 | Counter::Ipv6 => by_family.push((kc.name(), *n)),
-                Counter::Fragment | Counter::Truncated | Counter::Malformed | Counter::ExtHeaderLimit => {
+                Counter::Fragment | Counter::Truncated | Counter::Malformed => {
                     passed.push((kc.name(), *n))
                 }
                 Counter::Candidates => counter(e, "vpn_filter_candidates", "Packets whose headers made them VPN candidates (payload inspected).", *n)?,
@@ -404,6 +404,10 @@ impl Collector for ReportCollector {
                 Counter::FlowRejudged => counter(e, "vpn_filter_flows_rejudged", "Flow entries whose endpoints were looked up again because the allowlist changed since their verdict.", *n)?,
                 Counter::EventsRepeatSource => counter(e, "vpn_filter_events_repeat_source", "Events emitted from the reserve for sources seen retrying while the per-CPU event budget was spent.", *n)?,
                 Counter::EndpointLookups => counter(e, "vpn_filter_endpoint_lookups", "Endpoint trie lookups (packets whose destination passed the endpoint bitmap).", *n)?,
+                Counter::ExtHeaderLimit => counter(e, "vpn_filter_ext_header_overflow", "IPv6 packets whose extension header chain is longer than the parser follows; dropped unless --ext-header-overflow pass.", *n)?,
+                Counter::FragmentOfDropped => counter(e, "vpn_filter_fragments_of_dropped", "Non-first fragments of a datagram whose first fragment was dropped (passed; they cannot be reassembled).", *n)?,
+                Counter::Encapsulated => counter(e, "vpn_filter_encapsulated", "Packets judged inside an encapsulation (PPPoE, MPLS, IP-in-IP, GRE, VXLAN, Geneve).", *n)?,
+                Counter::TcpStreamBuffered => counter(e, "vpn_filter_tcp_stream_buffered", "TCP segments held in a per-flow stream buffer because a candidate stream's first bytes arrived split.", *n)?,
             }
         }
         counters_by(

@@ -69,12 +69,37 @@ pub struct RunArgs {
     /// them: bounds the event rate under a flood from random sources.
     #[arg(long, default_value_t = vpn_filter_common::DEFAULT_EVENTS_PER_CPU_PER_SEC)]
     pub events_per_cpu: u32,
+    /// IPv6 packets whose extension header chain is longer than Linux itself accepts on a
+    /// forwarding path: `drop` (default; such a chain could hide a VPN, and no real stack
+    /// sends one) or `pass` uninspected. Counted as `ext_header_limit` either way.
+    #[arg(long, value_enum, default_value = "drop")]
+    #[serde(default)]
+    pub ext_header_overflow: ExtHeaderOverflowArg,
     #[command(flatten)]
     #[serde(flatten)]
     pub observe: ObserveArgs,
     #[command(flatten)]
     #[serde(flatten)]
     pub lifecycle: LifecycleArgs,
+}
+
+/// `--ext-header-overflow` ([`vpn_filter_common::ExtHeaderOverflow`]).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExtHeaderOverflowArg {
+    #[default]
+    Drop,
+    Pass,
 }
 
 impl RunArgs {
@@ -91,6 +116,10 @@ impl RunArgs {
             blocked_flow_timeout_ns: self.blocked_flow_timeout.saturating_mul(1_000_000_000),
             events_per_source_per_sec: self.events_per_source,
             events_per_cpu_per_sec: self.events_per_cpu,
+            ext_header_overflow: match self.ext_header_overflow {
+                ExtHeaderOverflowArg::Drop => vpn_filter_common::ExtHeaderOverflow::Drop,
+                ExtHeaderOverflowArg::Pass => vpn_filter_common::ExtHeaderOverflow::Pass,
+            } as u8,
             ..Default::default()
         }
     }
@@ -171,6 +200,7 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
         allow_v4_entries: args.allow_v4_entries,
         allow_v6_entries: args.allow_v6_entries,
         flow_entries: args.flow_entries,
+        ..LoadOptions::default()
     };
     let mut filter = match args.lifecycle.pins() {
         Some(pins) => {

@@ -624,6 +624,7 @@ mod tests {
             vlan: 0,
             suppressed_before: suppressed,
             provider: None,
+            encap: Vec::new(),
         }
     }
 

@@ -664,6 +664,7 @@ fn load(settings: &ReplaySettings) -> anyhow::Result<Filter> {
         allow_v4_entries: DEFAULT_ALLOW_V4_ENTRIES.max(settings.allowlist.v4_count() as u32),
         allow_v6_entries: DEFAULT_ALLOW_V6_ENTRIES.max(settings.allowlist.v6_count() as u32),
         flow_entries: settings.flow_entries,
+        ..LoadOptions::default()
     };
     let config = Config {
         blocked_flow_timeout_ns: KERNEL_TIMEOUT_NS,
