@@ -19,9 +19,11 @@ use vpn_filter::{
         import::{import, ImportFormat, Imported},
         EndpointArgs, EndpointFeed, EndpointFormatChoice, EndpointSet, EndpointSync, ParseOptions,
     },
-    filter::{Filter, LoadOptions, Policy},
-    registry::{AllowedBy, Allowlist, Prefix},
-    sync::{Outcome, RegistryArgs},
+    kernel::{Filter, LoadOptions, Policy},
+    registry::{
+        sync::{Outcome, RegistryArgs},
+        AllowedBy, Allowlist, Prefix,
+    },
 };
 use vpn_filter_common::{Config, EndpointValue, PolicyMode, Protocol, Verdict};
 use vpn_filter_tests::{

@@ -19,7 +19,7 @@ use std::{
     time::Instant,
 };
 
-use vpn_filter::filter::{Filter, LoadOptions, Policy};
+use vpn_filter::kernel::{Filter, LoadOptions, Policy};
 use vpn_filter_common::{Config, Counter, FlowState, FlowStatus};
 use vpn_filter_ebpf::classify::{
     advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp, tcp_prefilter,

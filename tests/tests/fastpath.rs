@@ -1,4 +1,4 @@
-//! The allowlist fast path (vpn-filter/src/fastpath.rs) against the LPM tries, in the kernel
+//! The allowlist fast path (vpn-filter/src/kernel/fastpath.rs) against the LPM tries, in the kernel
 //! through BPF_PROG_TEST_RUN: a WireGuard initiation is dropped iff neither endpoint is
 //! registered, so the action is the program's answer to "is this address registered?".
 //!
@@ -17,7 +17,7 @@ use std::{
 };
 
 use vpn_filter::{
-    filter::{Filter, LoadOptions, Policy},
+    kernel::{Filter, LoadOptions, Policy},
     registry::{AllowedBy, Allowlist, Prefix},
 };
 use vpn_filter_common::{AllowlistLookup, Config};

@@ -222,15 +222,17 @@ fn a_restarted_controller_swaps_its_program_into_the_same_link() {
     let lab = FilterLab::new();
     let dirs = Dirs::new();
     let first = start(&lab, &dirs, &[]);
-    let link_before =
-        vpn_filter::pin::pinned_link_state(&dirs.pin_root().join("links").join(&lab.filter_if))
-            .unwrap();
+    let link_before = vpn_filter::kernel::pin::pinned_link_state(
+        &dirs.pin_root().join("links").join(&lab.filter_if),
+    )
+    .unwrap();
     first.terminate(Duration::from_secs(5)).expect("exit");
     let traffic = Traffic::start(&lab);
     let second = start(&lab, &dirs, &[]);
-    let link_after =
-        vpn_filter::pin::pinned_link_state(&dirs.pin_root().join("links").join(&lab.filter_if))
-            .unwrap();
+    let link_after = vpn_filter::kernel::pin::pinned_link_state(
+        &dirs.pin_root().join("links").join(&lab.filter_if),
+    )
+    .unwrap();
     let ((reg_sent, _), (reg_got, unreg_got)) = traffic.finish();
     assert_eq!(
         link_after.link_id, link_before.link_id,
@@ -295,9 +297,10 @@ fn detach_removes_links_pins_and_programs() {
     let lab = FilterLab::new();
     let dirs = Dirs::new();
     let ctl = start(&lab, &dirs, &[]);
-    let link =
-        vpn_filter::pin::pinned_link_state(&dirs.pin_root().join("links").join(&lab.filter_if))
-            .unwrap();
+    let link = vpn_filter::kernel::pin::pinned_link_state(
+        &dirs.pin_root().join("links").join(&lab.filter_if),
+    )
+    .unwrap();
     ctl.terminate(Duration::from_secs(5)).expect("exit");
     assert!(
         lab.xdp_mode_shown().starts_with("xdp"),

@@ -12,9 +12,11 @@ use std::{
 };
 
 use vpn_filter::{
-    events::{Clock, EventRecord},
-    filter::{Stats, SyncReport},
-    status::{EventsStatus, InterfaceStatus, KernelCounters, RegistryStatus, StatusReport},
+    daemon::{
+        observe::events::{Clock, EventRecord},
+        status::{EventsStatus, InterfaceStatus, KernelCounters, RegistryStatus, StatusReport},
+    },
+    kernel::{Stats, SyncReport},
 };
 
 fn packaging() -> PathBuf {
@@ -78,7 +80,7 @@ fn exported_sample_names() -> BTreeSet<String> {
         counters: KernelCounters::from_stats(&Stats::default()),
         events: EventsStatus::default(),
     };
-    let (text, _) = vpn_filter::metrics::encode(report, false).expect("encode");
+    let (text, _) = vpn_filter::daemon::observe::metrics::encode(report, false).expect("encode");
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {

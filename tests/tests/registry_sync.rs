@@ -19,7 +19,7 @@ use std::{
 
 use time::OffsetDateTime;
 use vpn_filter::{
-    filter::{Applied, Filter, LoadOptions, Policy},
+    kernel::{Applied, Filter, LoadOptions, Policy},
     registry::{AllowedBy, Allowlist, Prefix},
 };
 use vpn_filter_common::{entry_tag, Config};

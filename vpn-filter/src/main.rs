@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use vpn_filter::{
+use vpn_filter::daemon::{
     lifecycle::Reloader,
     run::{run, Reload, RunArgs},
 };
@@ -22,7 +22,7 @@ enum Command {
     Run(RunArgs),
     /// Run the real program over a pcap/pcapng capture, offline (loaded, never attached),
     /// and report per-protocol, per-verdict and per-flow results.
-    Replay(vpn_filter::replay::cli::ReplayArgs),
+    Replay(vpn_filter::cli::replay::ReplayArgs),
     /// Registry feed tools.
     #[command(subcommand)]
     Registry(RegistryCommand),
@@ -32,13 +32,13 @@ enum Command {
     /// Is ADDRESS allowed, and by which registry entry: in the running filter (its pinned
     /// allowlist and last applied feed) and in a given feed. Exit 0: allowed everywhere
     /// consulted; 1: not allowed somewhere; 2: error.
-    Check(vpn_filter::registry_cli::CheckArgs),
+    Check(vpn_filter::cli::registry::CheckArgs),
     /// Summary of the running filter: interfaces, program, registry, counters since start.
-    Status(vpn_filter::control::cli::StatusArgs),
+    Status(vpn_filter::daemon::observe::control::cli::StatusArgs),
     /// Print the running filter's recent drop events; with --follow, stream new ones.
-    Events(vpn_filter::control::cli::EventsArgs),
+    Events(vpn_filter::daemon::observe::control::cli::EventsArgs),
     /// Live view of drop rates per protocol and the top blocked sources (q to quit).
-    Top(vpn_filter::top::TopArgs),
+    Top(vpn_filter::cli::top::TopArgs),
     /// Remove the filter: detach from an interface, or (without --iface) from every interface
     /// and delete all its pins. Refused while a controller runs (stop it first).
     Detach(DetachArgs),
@@ -50,7 +50,7 @@ struct DetachArgs {
     #[arg(long)]
     iface: Option<String>,
     /// bpffs directory the controller pinned into.
-    #[arg(long, default_value = vpn_filter::pin::DEFAULT_PIN_ROOT, value_name = "DIR")]
+    #[arg(long, default_value = vpn_filter::kernel::pin::DEFAULT_PIN_ROOT, value_name = "DIR")]
     bpffs_dir: std::path::PathBuf,
     /// Lock file of the controller (default: derived from --bpffs-dir, as `run` does).
     #[arg(long, value_name = "PATH")]
@@ -58,11 +58,11 @@ struct DetachArgs {
 }
 
 fn detach(args: DetachArgs) -> anyhow::Result<()> {
-    let pins = vpn_filter::pin::PinDir::new(&args.bpffs_dir);
+    let pins = vpn_filter::kernel::pin::PinDir::new(&args.bpffs_dir);
     let lock = args
         .lock_file
-        .unwrap_or_else(|| vpn_filter::pin::default_lock_path(&args.bpffs_dir));
-    let report = vpn_filter::pin::detach(&pins, args.iface.as_deref(), &lock)?;
+        .unwrap_or_else(|| vpn_filter::kernel::pin::default_lock_path(&args.bpffs_dir));
+    let report = vpn_filter::kernel::pin::detach(&pins, args.iface.as_deref(), &lock)?;
     if report.links.is_empty() {
         println!(
             "no vpn-filter link was pinned under {}",
@@ -82,25 +82,25 @@ fn detach(args: DetachArgs) -> anyhow::Result<()> {
 enum RegistryCommand {
     /// Check a feed file (JSON or CSV); prints every problem with its entry id and field (or
     /// line and column), exits 1 if any.
-    Validate(vpn_filter::registry_cli::ValidateArgs),
+    Validate(vpn_filter::cli::registry::ValidateArgs),
     /// Write a new Ed25519 key pair for signing feeds: the private key (PEM PKCS#8, mode
     /// 0600) and the public key (PEM, the format `run --registry-pubkey` reads).
-    Keygen(vpn_filter::publish::KeygenArgs),
+    Keygen(vpn_filter::registry::publish::KeygenArgs),
     /// Publish the registry (a CSV export or a JSON feed) for gateways to poll: writes the
     /// canonical feed with a raised serial and generated_at, and its signature, into a new
     /// release directory of OUT, then switches OUT/current to it atomically. Refuses input
     /// that `registry validate` refuses; prints the entries added, removed and changed.
-    Publish(vpn_filter::publish::PublishArgs),
+    Publish(vpn_filter::registry::publish::PublishArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum EndpointsCommand {
     /// Check an endpoint feed (plain-text CIDR list or JSON); prints every problem with its
     /// line or entry and field, exits 1 if any.
-    Validate(vpn_filter::endpoints::cli::ValidateArgs),
+    Validate(vpn_filter::cli::endpoints::ValidateArgs),
     /// Convert a provider's published server list (Tor Onionoo or consensus, Mullvad, NordVPN,
     /// Proton) to an endpoint list on stdout.
-    Import(vpn_filter::endpoints::cli::ImportArgs),
+    Import(vpn_filter::cli::endpoints::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -147,22 +147,26 @@ fn main() -> ExitCode {
             })
         }
         Command::Detach(args) => detach(args),
-        Command::Replay(args) => vpn_filter::replay::cli::main(args),
-        Command::Status(args) => vpn_filter::control::cli::status(args),
-        Command::Events(args) => vpn_filter::control::cli::events(args),
-        Command::Top(args) => vpn_filter::top::run(args),
+        Command::Replay(args) => vpn_filter::cli::replay::main(args),
+        Command::Status(args) => vpn_filter::daemon::observe::control::cli::status(args),
+        Command::Events(args) => vpn_filter::daemon::observe::control::cli::events(args),
+        Command::Top(args) => vpn_filter::cli::top::run(args),
         Command::Registry(RegistryCommand::Validate(args)) => {
-            vpn_filter::registry_cli::validate(args)
+            vpn_filter::cli::registry::validate(args)
         }
         Command::Endpoints(EndpointsCommand::Validate(args)) => {
-            vpn_filter::endpoints::cli::validate(args)
+            vpn_filter::cli::endpoints::validate(args)
         }
         Command::Endpoints(EndpointsCommand::Import(args)) => {
-            vpn_filter::endpoints::cli::import_cmd(args)
+            vpn_filter::cli::endpoints::import_cmd(args)
         }
-        Command::Registry(RegistryCommand::Keygen(args)) => vpn_filter::publish::keygen(args),
-        Command::Registry(RegistryCommand::Publish(args)) => vpn_filter::publish::publish(args),
-        Command::Check(args) => return vpn_filter::registry_cli::check(args),
+        Command::Registry(RegistryCommand::Keygen(args)) => {
+            vpn_filter::registry::publish::keygen(args)
+        }
+        Command::Registry(RegistryCommand::Publish(args)) => {
+            vpn_filter::registry::publish::publish(args)
+        }
+        Command::Check(args) => return vpn_filter::cli::registry::check(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,7 +17,7 @@ use aya::{
     programs::{ProgramFd, TestRun as _, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
-use vpn_filter::filter::{Filter, LoadOptions, Policy, BENCH_OBJECT};
+use vpn_filter::kernel::{Filter, LoadOptions, Policy, BENCH_OBJECT};
 use vpn_filter_common::{Config, Counter, PolicyMode, Protocol};
 use vpn_filter_tests::packet::{
     dns_query, fill_pseudo_random, ikev2_sa_init, l2tp_sccrq, openvpn_client_reset, pptp_sccrq,

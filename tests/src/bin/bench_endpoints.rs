@@ -35,7 +35,7 @@ use aya::{
 use clap::Parser;
 use vpn_filter::{
     endpoints::{EndpointFeed, EndpointFormatChoice, EndpointSet, ParseOptions},
-    filter::{Filter, LoadOptions, Policy, BENCH_OBJECT},
+    kernel::{Filter, LoadOptions, Policy, BENCH_OBJECT},
     registry::Prefix,
 };
 use vpn_filter_common::{Config, EndpointValue, PolicyMode, Protocol};
@@ -125,7 +125,7 @@ fn sync_section(a: &Args, out: &mut String) -> Result<()> {
     for (p, v) in extra.prefixes.into_iter().take(drop.len()) {
         changed.prefixes.insert(p, v);
     }
-    let mut rows: Vec<(String, Vec<f64>, vpn_filter::filter::SyncReport)> = Vec::new();
+    let mut rows: Vec<(String, Vec<f64>, vpn_filter::kernel::SyncReport)> = Vec::new();
     let mut full = Vec::new();
     let mut change = Vec::new();
     let mut same = Vec::new();

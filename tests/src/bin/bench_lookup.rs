@@ -21,7 +21,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{programs::Xdp, EbpfLoader};
 use clap::Parser;
 use vpn_filter::{
-    filter::{Filter, LoadOptions, Policy, BENCH_OBJECT},
+    kernel::{Filter, LoadOptions, Policy, BENCH_OBJECT},
     registry::{AllowedBy, Allowlist, Prefix},
 };
 use vpn_filter_common::{AllowlistLookup, Config};

@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use vpn_filter_common::{maps, FlowKey, FlowState, Protocol, FLOW_CLASS_DATA, STATS_LEN};
 
-use crate::filter::Filter;
+use crate::kernel::Filter;
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 

@@ -16,7 +16,6 @@
 //! packet is still the program's.
 
 pub mod capture;
-pub mod cli;
 pub mod headers;
 mod kernel;
 pub mod report;
@@ -40,8 +39,8 @@ use vpn_filter_common::{
 pub use self::capture::{CaptureError, Format};
 use self::{capture::CaptureReader, headers::Tuple, kernel::StatsReader};
 use crate::{
-    events::decode,
-    filter::{Filter, LoadOptions, Policy},
+    daemon::observe::events::decode,
+    kernel::{Filter, LoadOptions, Policy},
     registry::Allowlist,
 };
 

@@ -5,14 +5,14 @@ use std::{io::IsTerminal as _, path::PathBuf};
 use anyhow::{Context as _, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::{
-    replay,
-    report::{self, Context as ReportContext, DiffSide},
-    ReplayError, ReplaySettings, Timeouts,
-};
 use crate::{
-    filter::Policy,
+    kernel::Policy,
     registry::{Allowlist, Feed, ValidateOptions},
+    replay::{
+        replay,
+        report::{self, Context as ReportContext, DiffSide},
+        ReplayError, ReplaySettings, Timeouts,
+    },
 };
 
 /// Captures at least this large get a progress bar (when stderr is a terminal).
@@ -117,7 +117,10 @@ fn progress_bar(len: u64) -> ProgressBar {
     bar
 }
 
-fn run_one(settings: &ReplaySettings, args: &ReplayArgs) -> Result<super::Replay, ReplayError> {
+fn run_one(
+    settings: &ReplaySettings,
+    args: &ReplayArgs,
+) -> Result<crate::replay::Replay, ReplayError> {
     let len = std::fs::metadata(&args.pcap).map(|m| m.len()).unwrap_or(0);
     let bar = progress_bar(len);
     let result = replay(&args.pcap, settings, &mut |pos, _| bar.set_position(pos));
@@ -178,7 +181,7 @@ pub fn main(args: ReplayArgs) -> Result<()> {
 
     let mut ctx = ReportContext {
         registry: registry_text,
-        policy: super::describe_policy(&base),
+        policy: crate::replay::describe_policy(&base),
         show_dropped: args.show_dropped,
         error: None,
     };
@@ -196,7 +199,7 @@ pub fn main(args: ReplayArgs) -> Result<()> {
     let other = match &second {
         Some((s, text)) => {
             let r = run_one(s, &args).context("the second replay (--diff)")?;
-            Some((r, text.clone(), super::describe_policy(&s.policy)))
+            Some((r, text.clone(), crate::replay::describe_policy(&s.policy)))
         }
         None => None,
     };
@@ -212,7 +215,7 @@ fn print(
     out: &mut impl std::io::Write,
     format: OutputFormat,
     ctx: &ReportContext,
-    replay: &super::Replay,
+    replay: &crate::replay::Replay,
     diff: Option<&DiffSide<'_>>,
 ) -> Result<()> {
     let written = match format {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::ArgMatches;
 
-use crate::pin::{default_lock_path, PinDir, DEFAULT_PIN_ROOT};
+use crate::kernel::pin::{default_lock_path, PinDir, DEFAULT_PIN_ROOT};
 
 #[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -63,7 +63,7 @@ pub struct Reloader {
 impl Reloader {
     /// The settings from the command line and the config file as they are now.
     pub fn load<T: serde::Serialize + serde::de::DeserializeOwned>(&self, cli: &T) -> Result<T> {
-        crate::config::merge(cli, &self.matches, &self.path)
+        crate::daemon::config::merge(cli, &self.matches, &self.path)
             .with_context(|| format!("config {}", self.path.display()))
     }
 }

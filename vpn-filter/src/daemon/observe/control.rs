@@ -15,7 +15,7 @@
 //! ```
 //!
 //! Errors are `{"ok":false,"error":"..."}`. `events` without `follow` sends the backlog and
-//! closes. A follower has its own bounded queue ([`crate::events::EventHub`]); the daemon never
+//! closes. A follower has its own bounded queue ([`crate::daemon::observe::events::EventHub`]); the daemon never
 //! waits for it.
 
 use std::{
@@ -35,8 +35,8 @@ use tokio::{
     sync::{broadcast::error::RecvError, Semaphore},
 };
 
-use crate::{
-    events::{EventHub, PipelineCounters},
+use crate::daemon::{
+    observe::events::{EventHub, PipelineCounters},
     status::{Sources, StatusReport},
 };
 
@@ -738,7 +738,7 @@ pub mod cli {
     use anyhow::Result;
 
     use super::{request_status, stream_events, StreamLine, DEFAULT_EVENTS_BACKLOG};
-    use crate::status::render_text;
+    use crate::daemon::status::render_text;
 
     #[derive(Debug, Clone, clap::Args)]
     pub struct StatusArgs {

@@ -30,7 +30,7 @@ use vpn_filter_common::{
 };
 
 use crate::{
-    filter::{
+    kernel::{
         diff::{self, Op},
         Applied, Filter,
     },

@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
 use crate::{
-    filter::{Filter, SyncReport},
+    kernel::{Filter, SyncReport},
     registry::{
         guard::{
             self, Baseline, GuardOptions, Refusal, DEFAULT_MAX_FEED_BYTES,
@@ -35,10 +35,10 @@ use crate::{
         },
         rfc3339,
         signature::Keyring,
+        source::{Fetched, FileSource, HttpPoll, HttpSource, SourceSpec},
         state::{sha256_hex, Persisted, StateDir, StateLock, StateMeta, DEFAULT_STATE_DIR},
         Allowlist, Feed, FeedError, FeedFormat, FormatChoice, ValidateOptions, Warnings,
     },
-    source::{Fetched, FileSource, HttpPoll, HttpSource, SourceSpec},
 };
 
 /// What one kind of feed brings to the loop: parsing, the set it puts in the kernel, the
@@ -933,7 +933,7 @@ fn log_warnings(origin: &str, warnings: &[String]) {
 mod tests {
     use clap::{CommandFactory as _, FromArgMatches as _};
 
-    use crate::{config::merge_str, run::RunArgs};
+    use crate::daemon::{config::merge_str, run::RunArgs};
 
     #[derive(Debug, clap::Parser)]
     struct Cli {

@@ -10,13 +10,12 @@
 //!
 //! Parsing is strict and locates every problem (line, or entry index and field); a feed with
 //! any error is refused whole. Feeds come through the same loop as the registry
-//! ([`crate::sync::FeedSync`]): file or HTTP(S) with ETag, optional signature, size limit,
+//! ([`crate::registry::sync::FeedSync`]): file or HTTP(S) with ETag, optional signature, size limit,
 //! broad prefixes refused, large shrink refused, last good feed persisted.
 //!
 //! Submodules: [`import`] (converters from the providers' own formats), [`cli`] (the
 //! `endpoints` subcommands).
 
-pub mod cli;
 pub mod import;
 
 use std::{
@@ -33,9 +32,14 @@ use time::OffsetDateTime;
 use vpn_filter_common::{EndpointValue, MAX_PROVIDERS};
 
 use crate::{
-    filter::{Filter, SyncReport},
-    registry::{canonical_ip, guard, guard::GuardOptions, strip_bom, FeedError, Prefix, Warnings},
-    sync::{FeedKind, FeedSync, RegistryArgs, SourceOptions},
+    kernel::{Filter, SyncReport},
+    registry::{
+        canonical_ip, guard,
+        guard::GuardOptions,
+        strip_bom,
+        sync::{FeedKind, FeedSync, RegistryArgs, SourceOptions},
+        FeedError, Prefix, Warnings,
+    },
 };
 
 /// Shortest IPv4 endpoint prefix accepted without `--endpoints-allow-broad`: a listed prefix

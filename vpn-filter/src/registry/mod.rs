@@ -16,8 +16,11 @@ pub mod canonical;
 mod csv_feed;
 pub mod guard;
 mod json_feed;
+pub mod publish;
 pub mod signature;
+pub mod source;
 pub mod state;
+pub mod sync;
 
 use std::{
     collections::{BTreeMap, HashSet},

@@ -28,7 +28,7 @@ use tokio::{
 };
 use vpn_filter_common::{Counter, Protocol, Verdict};
 
-use crate::status::{Sources, StatusReport};
+use crate::daemon::status::{Sources, StatusReport};
 
 /// The port used when `--metrics` names none.
 pub const DEFAULT_PORT: u16 = 9469;
@@ -527,8 +527,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        filter::{Stats, SyncReport},
-        status::{EventsStatus, InterfaceStatus, KernelCounters, RegistryStatus},
+        daemon::status::{EventsStatus, InterfaceStatus, KernelCounters, RegistryStatus},
+        kernel::{Stats, SyncReport},
     };
 
     fn report() -> StatusReport {
@@ -600,9 +600,9 @@ mod tests {
                 ..Default::default()
             },
         );
-        r.endpoints = Some(crate::status::EndpointsReport {
+        r.endpoints = Some(crate::daemon::status::EndpointsReport {
             feed,
-            providers: vec![crate::status::ProviderCounts {
+            providers: vec![crate::daemon::status::ProviderCounts {
                 id: 1,
                 name: "X".into(),
                 dropped: 9,

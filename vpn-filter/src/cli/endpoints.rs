@@ -6,14 +6,19 @@ use anyhow::{bail, Context as _, Result};
 use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
 use vpn_filter_common::{maps, EndpointValue};
 
-use super::{
-    import::{import, ImportFormat},
-    EndpointArgs, EndpointFeed, EndpointFormatChoice, EndpointSet, ParseOptions, Scope,
-};
 use crate::{
-    pin::PinDir,
-    registry::{canonical_ip, signature::PublicKey, state::StateDir, Prefix},
-    source::{signature_path, FileSource},
+    endpoints::{
+        import::{import, ImportFormat},
+        EndpointArgs, EndpointFeed, EndpointFormatChoice, EndpointSet, ParseOptions, Scope,
+    },
+    kernel::pin::PinDir,
+    registry::{
+        canonical_ip,
+        signature::PublicKey,
+        source::{signature_path, FileSource},
+        state::StateDir,
+        Prefix,
+    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -103,7 +108,7 @@ pub fn import_cmd(args: ImportArgs) -> Result<()> {
     let imported =
         import(args.format, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let provider = args.provider.as_deref().unwrap_or(what);
-    if let Err(e) = super::check_provider(provider) {
+    if let Err(e) = crate::endpoints::check_provider(provider) {
         bail!("--provider: {e}");
     }
     let out = if args.json {

@@ -3,6 +3,10 @@
 //! anything, [`Bound::start`] once the program is attached, and keeps the returned
 //! [`Observability`] alive until exit.
 
+pub mod control;
+pub mod events;
+pub mod metrics;
+
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
@@ -10,12 +14,13 @@ use aya::maps::{MapData, RingBuf};
 use tokio::task::JoinHandle;
 use vpn_filter_common::Counter;
 
+use self::{
+    control::{ControlServer, SocketGuard},
+    events::{EventHub, Output, OutputTarget, PipelineCounters, Pump},
+};
 use crate::{
-    control::{self, ControlServer, SocketGuard},
-    events::{self, EventHub, Output, OutputTarget, PipelineCounters, Pump},
-    filter::Filter,
-    metrics,
-    status::{self, InterfaceStatus, SharedStatus, Sources, StatsReader},
+    daemon::status::{self, InterfaceStatus, SharedStatus, Sources, StatsReader},
+    kernel::Filter,
 };
 
 /// Command-line options of `vpn-filter run` for events, metrics and the control socket.

@@ -31,7 +31,7 @@ use vpn_filter_common::{
     STATS_LEN,
 };
 
-use crate::filter::LoadOptions;
+use crate::kernel::LoadOptions;
 
 /// Default bpffs directory.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/vpn-filter";

@@ -1,6 +1,8 @@
 //! Loading the XDP object, attaching it, and the controller's view of its maps.
 
 pub mod endpoints;
+pub mod fastpath;
+pub mod pin;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -24,7 +26,7 @@ use vpn_filter_common::{
 };
 
 use crate::{
-    pin::PinDir,
+    kernel::pin::PinDir,
     registry::{canonical_ip, Allowlist, Prefix},
 };
 
@@ -239,7 +241,7 @@ pub struct Filter {
     /// controller left in pinned maps).
     applied: Option<Applied>,
     /// What the fast-path maps hold, as last written by this controller (`None`: read them).
-    fast: Option<crate::fastpath::FastState>,
+    fast: Option<crate::kernel::fastpath::FastState>,
     /// What the endpoint maps hold, as last written by this controller (`None`: read them).
     endpoints: Option<endpoints::EndpointsApplied>,
 }
@@ -322,7 +324,7 @@ impl Filter {
             .map_max_entries(maps::FAST_V6, options.allow_v6_entries)
             .map_max_entries(maps::FLOWS, options.flow_entries);
         if let Some(pins) = &pins {
-            for shape in crate::pin::expected_maps(&options) {
+            for shape in crate::kernel::pin::expected_maps(&options) {
                 loader.map_pin_path(shape.name, pins.map_path(shape.name));
             }
         }
@@ -344,7 +346,7 @@ impl Filter {
             links: Vec::new(),
             pins,
             // Maps created by this load are empty; pinned ones may hold a predecessor's.
-            fast: pins_none.then(crate::fastpath::FastState::empty),
+            fast: pins_none.then(crate::kernel::fastpath::FastState::empty),
             applied: None,
             endpoints: pins_none.then(endpoints::EndpointsApplied::empty),
         };
@@ -397,7 +399,7 @@ impl Filter {
         let ifindex = if_index(iface)?;
         if let Some(pin_path) = self.pins.as_ref().map(|p| p.link_path(iface)) {
             if pin_path.exists() {
-                match crate::pin::pinned_link_state(&pin_path) {
+                match crate::kernel::pin::pinned_link_state(&pin_path) {
                     Ok(state) if state.ifindex == ifindex => {
                         let fd_link: FdLink = PinnedLink::from_pin(&pin_path)
                             .with_context(|| format!("opening pinned link {}", pin_path.display()))?
@@ -487,7 +489,7 @@ impl Filter {
         for (iface, ifindex, pinned) in ifaces {
             let now = if_index(&iface).ok();
             let link_ok = match (&self.pins, pinned) {
-                (Some(p), true) => crate::pin::pinned_link_state(&p.link_path(&iface))
+                (Some(p), true) => crate::kernel::pin::pinned_link_state(&p.link_path(&iface))
                     .map(|s| s.ifindex != 0 && Some(s.ifindex) == now)
                     .unwrap_or(false),
                 _ => Some(ifindex) == now,
@@ -599,10 +601,10 @@ impl Filter {
         };
         let fast_have = match self.fast.take() {
             Some(f) => f,
-            None => crate::fastpath::FastState::read(self)?,
+            None => crate::kernel::fastpath::FastState::read(self)?,
         };
-        let fast_want = crate::fastpath::FastState::from_applied(&want);
-        let fast_plan = crate::fastpath::Plan::new(&fast_have, &fast_want, cap_v4, cap_v6);
+        let fast_want = crate::kernel::fastpath::FastState::from_applied(&want);
+        let fast_plan = crate::kernel::fastpath::Plan::new(&fast_have, &fast_want, cap_v4, cap_v6);
         drop(fast_have);
         let plan_v4 = diff::plan(&have.v4, &want.v4);
         let plan_v6 = diff::plan(&have.v6, &want.v6);

@@ -20,8 +20,8 @@ use time::OffsetDateTime;
 use vpn_filter_common::{maps, Counter, Protocol, Verdict};
 
 use crate::{
-    events::{EventHub, PipelineCounters},
-    filter::{Filter, Policy, Stats, SyncReport},
+    daemon::observe::events::{EventHub, PipelineCounters},
+    kernel::{Filter, Policy, Stats, SyncReport},
 };
 
 /// Shared, updated by the daemon loop, read by the control socket and the metrics endpoint.
@@ -180,7 +180,7 @@ impl StatsReader {
     /// Per provider of the endpoint feed in force: packets dropped and monitored.
     pub fn read_providers(&self) -> Result<Vec<ProviderCounts>> {
         let names = crate::endpoints::providers_in_force();
-        let counts = crate::filter::endpoints::read_endpoint_stats(&self.endpoints, names.len())?;
+        let counts = crate::kernel::endpoints::read_endpoint_stats(&self.endpoints, names.len())?;
         Ok(names
             .iter()
             .zip(counts)

@@ -8,16 +8,16 @@ use time::OffsetDateTime;
 use vpn_filter_common::{maps, AllowValue};
 
 use crate::{
-    pin::{PinDir, DEFAULT_PIN_ROOT},
+    kernel::pin::{PinDir, DEFAULT_PIN_ROOT},
     registry::{
         canonical_ip,
         guard::{self, Baseline, GuardOptions, DEFAULT_MAX_FEED_BYTES, DEFAULT_MAX_SHRINK_PERCENT},
         rfc3339,
         signature::Keyring,
+        source::{signature_path, FileSource, HttpPoll, HttpSource, SourceSpec},
         state::{StateDir, DEFAULT_STATE_DIR},
         Entry, Feed, FeedFormat, FormatChoice, Prefix, Status, ValidateOptions,
     },
-    source::{signature_path, FileSource, HttpPoll, HttpSource, SourceSpec},
 };
 
 #[derive(Debug, clap::Args)]
@@ -203,7 +203,7 @@ pub fn check(args: CheckArgs) -> ExitCode {
                     println!("    {l}");
                 }
             }
-            match crate::endpoints::cli::check_lines(
+            match crate::cli::endpoints::check_lines(
                 &args.endpoints,
                 &args.state_dir,
                 &PinDir::new(&args.bpffs_dir),

@@ -7,14 +7,17 @@ use tokio::signal::unix::{signal, SignalKind};
 use vpn_filter_common::{Config, Counter, Protocol, Verdict};
 
 use crate::{
+    daemon::{
+        lifecycle::{LifecycleArgs, Reloader},
+        observe::{self, ObserveArgs},
+        status::{self, DaemonStatus, SharedStatus},
+    },
     endpoints::{EndpointArgs, EndpointSync},
-    filter::{AttachMode, Attached, Filter, LoadOptions, Policy},
-    lifecycle::{LifecycleArgs, Reloader},
-    observe::{self, ObserveArgs},
-    pin::ControllerLock,
-    registry::signature::Keyring,
-    status::{self, DaemonStatus, SharedStatus},
-    sync::{Outcome, RegistryArgs, RegistrySync},
+    kernel::{pin::ControllerLock, AttachMode, Attached, Filter, LoadOptions, Policy},
+    registry::{
+        signature::Keyring,
+        sync::{Outcome, RegistryArgs, RegistrySync},
+    },
 };
 
 #[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
@@ -157,7 +160,7 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
     let mut endpoint_sync = EndpointSync::new(&args.endpoints, &args.registry)?;
     let mut daemon_status = DaemonStatus::new(&policy, registry.source());
     if let Some(e) = &endpoint_sync {
-        daemon_status.endpoints = Some(crate::status::RegistryStatus {
+        daemon_status.endpoints = Some(crate::daemon::status::RegistryStatus {
             source: e.source(),
             ..Default::default()
         });
@@ -410,7 +413,7 @@ mod erased {
 fn drop_privileges(args: &RunArgs) -> Result<()> {
     let user = match &args.lifecycle.run_as {
         Some(name) => {
-            let (uid, gid) = crate::privs::lookup_user(name)?;
+            let (uid, gid) = crate::daemon::privs::lookup_user(name)?;
             let mut dirs = vec![
                 args.lifecycle.bpffs_dir.clone(),
                 args.registry.state_dir.clone(),
@@ -422,13 +425,13 @@ fn drop_privileges(args: &RunArgs) -> Result<()> {
                 dirs.push(f.clone());
             }
             for d in dirs {
-                crate::privs::chown_tree(&d, uid, gid)?;
+                crate::daemon::privs::chown_tree(&d, uid, gid)?;
             }
             Some((uid, gid))
         }
         None => None,
     };
-    crate::privs::drop_privileges(user)?;
+    crate::daemon::privs::drop_privileges(user)?;
     log::info!(
         "privileges dropped: {}keeping only CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON",
         args.lifecycle
@@ -441,7 +444,7 @@ fn drop_privileges(args: &RunArgs) -> Result<()> {
 }
 
 /// One line of counters: packets, then dropped/allowed/monitored per protocol that has any.
-pub fn stats_line(stats: &crate::filter::Stats) -> String {
+pub fn stats_line(stats: &crate::kernel::Stats) -> String {
     let mut line = format!(
         "counters: packets={} candidates={} events={} suppressed={} lost={}",
         stats.counter(Counter::Packets),
@@ -484,7 +487,7 @@ mod tests {
             .try_get_matches_from(["x", "--config", path])
             .unwrap();
         let w = Wrapper::from_arg_matches(&m).unwrap();
-        let merged = crate::config::merge(&w.run, &m, std::path::Path::new(path)).unwrap();
+        let merged = crate::daemon::config::merge(&w.run, &m, std::path::Path::new(path)).unwrap();
         assert_eq!(merged.ifaces, ["eth0", "eth1"]);
         assert_eq!(merged.registry.registry, "/etc/vpn-filter/registry.json");
         let policy = merged.policy().unwrap();

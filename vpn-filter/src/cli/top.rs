@@ -29,9 +29,11 @@ use ratatui::{
 use time::OffsetDateTime;
 use vpn_filter_common::{Protocol, Verdict};
 
-use crate::{
-    control::{self, StatusClient, StreamLine},
-    events::EventRecord,
+use crate::daemon::{
+    observe::{
+        control::{self, StatusClient, StreamLine},
+        events::EventRecord,
+    },
     status::{KernelCounters, StatusReport},
 };
 
@@ -284,7 +286,7 @@ pub fn render(frame: &mut Frame, model: &Model, now: OffsetDateTime) {
                     "  pid {}  program {}  up {}  on {}",
                     s.pid,
                     s.program_id.map_or("?".into(), |i| i.to_string()),
-                    crate::status::duration_text(s.uptime_secs),
+                    crate::daemon::status::duration_text(s.uptime_secs),
                     ifaces.join(", ")
                 )),
             ]));
@@ -599,8 +601,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        filter::Stats,
-        status::{EventsStatus, InterfaceStatus, RegistryStatus},
+        daemon::status::{EventsStatus, InterfaceStatus, RegistryStatus},
+        kernel::Stats,
     };
 
     fn event(src: &str, t: OffsetDateTime, suppressed: u32) -> EventRecord {
