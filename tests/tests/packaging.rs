@@ -16,7 +16,8 @@ use vpn_filter::{
         observe::events::{Clock, EventRecord},
         status::{EventsStatus, InterfaceStatus, KernelCounters, RegistryStatus, StatusReport},
     },
-    kernel::{Stats, SyncReport},
+    kernel::Stats,
+    registry::sync::SyncReport,
 };
 
 fn packaging() -> PathBuf {

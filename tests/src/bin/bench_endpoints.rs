@@ -125,7 +125,7 @@ fn sync_section(a: &Args, out: &mut String) -> Result<()> {
     for (p, v) in extra.prefixes.into_iter().take(drop.len()) {
         changed.prefixes.insert(p, v);
     }
-    let mut rows: Vec<(String, Vec<f64>, vpn_filter::kernel::SyncReport)> = Vec::new();
+    let mut rows: Vec<(String, Vec<f64>, vpn_filter::registry::sync::SyncReport)> = Vec::new();
     let mut full = Vec::new();
     let mut change = Vec::new();
     let mut same = Vec::new();

@@ -500,4 +500,58 @@ mod tests {
             vpn_filter_common::PolicyMode::Enforce
         );
     }
+
+    fn run_args(argv: &[&str], toml: &str) -> anyhow::Result<RunArgs> {
+        let matches = Wrapper::command().try_get_matches_from(argv).unwrap();
+        let cli = Wrapper::from_arg_matches(&matches).unwrap().run;
+        crate::daemon::config::merge_str(&cli, &matches, toml, "test.toml")
+    }
+
+    #[test]
+    fn registry_pubkey_is_repeatable_on_the_command_line_and_a_string_or_list_in_the_config() {
+        let a = run_args(
+            &[
+                "x",
+                "--iface",
+                "eth0",
+                "--registry",
+                "f.json",
+                "--registry-pubkey",
+                "a.pub",
+                "--registry-pubkey",
+                "b.pub",
+            ],
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            a.registry.registry_pubkey,
+            ["a.pub", "b.pub"].map(std::path::PathBuf::from)
+        );
+        let one = run_args(
+            &["x", "--config", "c.toml"],
+            "registry-pubkey = \"a.pub\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            one.registry.registry_pubkey,
+            ["a.pub"].map(std::path::PathBuf::from)
+        );
+        let two = run_args(
+            &["x", "--config", "c.toml"],
+            "registry-pubkey = [\"a.pub\", \"b.pub\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            two.registry.registry_pubkey,
+            ["a.pub", "b.pub"].map(std::path::PathBuf::from)
+        );
+        let err = run_args(&["x", "--config", "c.toml"], "registry-pubkey = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key `registry-pubkey`") && err.contains("a file path or a list"),
+            "{err}"
+        );
+    }
 }

@@ -21,7 +21,8 @@ use vpn_filter_common::{maps, Counter, Protocol, Verdict};
 
 use crate::{
     daemon::observe::events::{EventHub, PipelineCounters},
-    kernel::{Filter, Policy, Stats, SyncReport},
+    kernel::{Filter, Policy, Stats},
+    registry::sync::SyncReport,
 };
 
 /// Shared, updated by the daemon loop, read by the control socket and the metrics endpoint.

@@ -31,15 +31,12 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use vpn_filter_common::{EndpointValue, MAX_PROVIDERS};
 
-use crate::{
-    kernel::{Filter, SyncReport},
-    registry::{
-        canonical_ip, guard,
-        guard::GuardOptions,
-        strip_bom,
-        sync::{FeedKind, FeedSync, RegistryArgs, SourceOptions},
-        FeedError, Prefix, Warnings,
-    },
+use crate::registry::{
+    canonical_ip, guard,
+    guard::GuardOptions,
+    strip_bom,
+    sync::{FeedKind, FeedSync, RegistryArgs, SourceOptions},
+    FeedError, Prefix, Warnings,
 };
 
 /// Shortest IPv4 endpoint prefix accepted without `--endpoints-allow-broad`: a listed prefix
@@ -598,7 +595,7 @@ pub fn set_provider_names_for_replay(names: &[Arc<str>]) {
     set_provider_names(names)
 }
 
-fn set_provider_names(names: &[Arc<str>]) {
+pub(crate) fn set_provider_names(names: &[Arc<str>]) {
     *PROVIDER_NAMES.write().unwrap_or_else(|e| e.into_inner()) = names.to_vec();
 }
 
@@ -712,12 +709,6 @@ impl FeedKind for Endpoints {
             &new_set.prefixes,
             opts,
         )
-    }
-
-    fn apply(filter: &mut Filter, set: &EndpointSet) -> Result<SyncReport> {
-        let report = filter.sync_endpoints(set)?;
-        set_provider_names(&set.providers);
-        Ok(report)
     }
 }
 

@@ -12,8 +12,14 @@ use vpn_filter_common::{
     DEFAULT_ENDPOINT_V6_ENTRIES, ENDPOINT_BITMAP_V6, ENDPOINT_BITMAP_WORDS,
 };
 
-use super::{diff, Filter, SyncReport};
-use crate::{endpoints::EndpointSet, registry::Prefix};
+use super::{diff, Filter};
+use crate::{
+    endpoints::EndpointSet,
+    registry::{
+        sync::{Apply, SyncReport},
+        Prefix,
+    },
+};
 
 /// What the endpoint maps hold, as last written by this controller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -268,6 +274,14 @@ pub fn read_endpoint_stats<T: std::borrow::Borrow<MapData>>(
             ))
         })
         .collect()
+}
+
+impl Apply<EndpointSet> for Filter {
+    fn apply(&mut self, set: &EndpointSet) -> Result<SyncReport> {
+        let report = self.sync_endpoints(set)?;
+        crate::endpoints::set_provider_names(&set.providers);
+        Ok(report)
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,11 @@ use vpn_filter_common::{
 
 use crate::{
     kernel::pin::PinDir,
-    registry::{canonical_ip, Allowlist, Prefix},
+    registry::{
+        canonical_ip,
+        sync::{Apply, SyncReport},
+        Allowlist, Prefix,
+    },
 };
 
 /// Index of a network interface in this process's network namespace.
@@ -175,25 +179,6 @@ pub enum AttachMode {
     Auto,
     Native,
     Generic,
-}
-
-/// Result of one allowlist sync.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SyncReport {
-    pub added: usize,
-    pub changed: usize,
-    pub removed: usize,
-    pub v4: usize,
-    pub v6: usize,
-    /// Removals written before the additions because the trie could not hold both (see
-    /// [`diff::schedule`]).
-    pub removed_first: usize,
-    /// Whether the tries were read from the kernel first (first sync, adopted pinned maps, or
-    /// after a failed sync).
-    pub read_kernel: bool,
-    /// The allowlist generation raised after the writes (0 when nothing changed): live flows
-    /// re-check their endpoints against the new allowlist (see [`Filter::sync_allowlist`]).
-    pub generation: u64,
 }
 
 /// The allowlist as written to the kernel, per family, sorted by prefix.
@@ -811,6 +796,12 @@ where
 /// A prefix as the key of its family's trie.
 trait TrieKey<K: aya::Pod> {
     fn trie_key(&self) -> Key<K>;
+}
+
+impl Apply<Allowlist> for Filter {
+    fn apply(&mut self, set: &Allowlist) -> Result<SyncReport> {
+        self.sync_allowlist(set)
+    }
 }
 
 impl TrieKey<[u8; 4]> for Prefix {

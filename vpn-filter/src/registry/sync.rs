@@ -10,7 +10,7 @@
 //! 2. signature, when a key is pinned (`--registry-pubkey`);
 //! 3. parse and validate (JSON or CSV), every problem located;
 //! 4. the guard against the feed in force: serial going backwards, emptying or mass shrink;
-//! 5. capacity, then the add-before-remove sync ([`Filter::sync_allowlist`]); a write that
+//! 5. capacity, then the add-before-remove sync (`kernel::Filter::sync_allowlist`, through [`Apply`]); a write that
 //!    fails midway is rolled back to the feed in force;
 //! 6. the feed is persisted in the state directory as the last good one.
 //!
@@ -26,20 +26,42 @@ use anyhow::{bail, Context as _, Result};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
-use crate::{
-    kernel::{Filter, SyncReport},
-    registry::{
-        guard::{
-            self, Baseline, GuardOptions, Refusal, DEFAULT_MAX_FEED_BYTES,
-            DEFAULT_MAX_SHRINK_PERCENT,
-        },
-        rfc3339,
-        signature::Keyring,
-        source::{Fetched, FileSource, HttpPoll, HttpSource, SourceSpec},
-        state::{sha256_hex, Persisted, StateDir, StateLock, StateMeta, DEFAULT_STATE_DIR},
-        Allowlist, Feed, FeedError, FeedFormat, FormatChoice, ValidateOptions, Warnings,
+use crate::registry::{
+    guard::{
+        self, Baseline, GuardOptions, Refusal, DEFAULT_MAX_FEED_BYTES, DEFAULT_MAX_SHRINK_PERCENT,
     },
+    rfc3339,
+    signature::Keyring,
+    source::{Fetched, FileSource, HttpPoll, HttpSource, SourceSpec},
+    state::{sha256_hex, Persisted, StateDir, StateLock, StateMeta, DEFAULT_STATE_DIR},
+    Allowlist, Feed, FeedError, FeedFormat, FormatChoice, ValidateOptions, Warnings,
 };
+
+/// Result of one allowlist sync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub v4: usize,
+    pub v6: usize,
+    /// Removals written before the additions because the trie could not hold both (see
+    /// `kernel::diff::schedule`).
+    pub removed_first: usize,
+    /// Whether the tries were read from the kernel first (first sync, adopted pinned maps, or
+    /// after a failed sync).
+    pub read_kernel: bool,
+    /// The allowlist generation raised after the writes (0 when nothing changed): live flows
+    /// re-check their endpoints against the new allowlist (see `kernel::Filter::sync_allowlist`).
+    pub generation: u64,
+}
+
+/// Where a feed's set goes: the kernel's tries. `kernel::Filter` implements it for the
+/// allowlist and for the endpoint lists; the loop stays free of BPF.
+pub trait Apply<S> {
+    /// Writes `set` (add before remove).
+    fn apply(&mut self, set: &S) -> Result<SyncReport>;
+}
 
 /// What one kind of feed brings to the loop: parsing, the set it puts in the kernel, the
 /// guard's comparison and the kernel write. The loop does the rest (sources, signature, size
@@ -84,8 +106,6 @@ pub trait FeedKind {
         new_set: &Self::Set,
         opts: &GuardOptions,
     ) -> Result<Vec<String>, Refusal>;
-    /// Writes the set to the kernel (add before remove).
-    fn apply(filter: &mut Filter, set: &Self::Set) -> Result<SyncReport>;
 }
 
 /// The registry feed: the allowlist.
@@ -153,10 +173,6 @@ impl FeedKind for Registry {
             allowlist: a,
         });
         guard::check_transition(baseline, new, new_set, opts)
-    }
-
-    fn apply(filter: &mut Filter, set: &Allowlist) -> Result<SyncReport> {
-        filter.sync_allowlist(set)
     }
 }
 
@@ -443,7 +459,7 @@ impl<K: FeedKind> FeedSync<K> {
 
     /// First load: the source's feed, or else the persisted last good one. Fails only when
     /// neither can be enforced.
-    pub async fn start(&mut self, filter: &mut Filter) -> Result<Outcome> {
+    pub async fn start(&mut self, filter: &mut impl Apply<K::Set>) -> Result<Outcome> {
         self.current = self.load_persisted();
         self.applied = false;
         let origin = self.spec.describe();
@@ -505,7 +521,7 @@ impl<K: FeedKind> FeedSync<K> {
 
     /// One step of the loop: picks up a new feed version, or re-applies at an approval or
     /// expiry instant. `None` when there was nothing to do.
-    pub async fn tick(&mut self, filter: &mut Filter) -> Option<Outcome> {
+    pub async fn tick(&mut self, filter: &mut impl Apply<K::Set>) -> Option<Outcome> {
         let now = now_utc();
         let fetched: Option<Result<Fetched>> = match &mut self.source {
             Source::File(f) => f.poll(),
@@ -613,13 +629,16 @@ impl<K: FeedKind> FeedSync<K> {
     /// `Err`: refused (already logged), with the allowlist in force unchanged.
     fn accept(
         &mut self,
-        filter: &mut Filter,
+        filter: &mut impl Apply<K::Set>,
         fetched: Fetched,
         now: OffsetDateTime,
     ) -> Result<Option<Outcome>, String> {
         let origin = self.spec.describe();
         let checked_start = Instant::now();
-        let result = self.check(&fetched, &origin, now);
+        // The set in force at `now`, computed once: the guard's baseline and, if the write
+        // fails, what is put back.
+        let last_set = self.current.as_ref().map(|c| K::set(&c.feed, now));
+        let result = self.check(&fetched, &origin, now, last_set.as_ref());
         let (feed, digest, allow) = match result {
             Ok(Some(x)) => x,
             Ok(None) => {
@@ -652,12 +671,12 @@ impl<K: FeedKind> FeedSync<K> {
         };
         let checked = checked_start.elapsed();
         let start = Instant::now();
-        let report = match K::apply(filter, &allow) {
+        let report = match filter.apply(&allow) {
             Ok(r) => r,
             Err(e) => {
                 let msg = format!("{} not applied: {e:#}", K::describe(&feed));
                 log::error!("{}", self.refusal_line(&msg));
-                self.rollback(filter, now);
+                self.rollback(filter, last_set.as_ref());
                 return Err(msg);
             }
         };
@@ -707,6 +726,7 @@ impl<K: FeedKind> FeedSync<K> {
         fetched: &Fetched,
         origin: &str,
         now: OffsetDateTime,
+        last_set: Option<&K::Set>,
     ) -> Result<Option<(K::Feed, String, K::Set)>, (String, Option<String>)> {
         guard::check_size(fetched.bytes.len() as u64, &self.guard)
             .map_err(|e| (e.to_string(), None))?;
@@ -747,11 +767,10 @@ impl<K: FeedKind> FeedSync<K> {
             .map_err(|e| fail(e.to_string()))?;
         log_warnings(origin, &warnings);
         let new_allow = K::set(&feed, now);
-        let last_allow = self.current.as_ref().map(|c| K::set(&c.feed, now));
         let baseline = self
             .current
             .as_ref()
-            .zip(last_allow.as_ref())
+            .zip(last_set)
             .map(|(c, a)| (&c.feed, a));
         let warnings = K::check_transition(baseline, &feed, &new_allow, &self.guard)
             .map_err(|e| fail(format!("{}: {e}", K::describe(&feed))))?;
@@ -759,12 +778,13 @@ impl<K: FeedKind> FeedSync<K> {
         Ok(Some((feed, digest, new_allow)))
     }
 
-    /// After a failed write: put the feed in force back exactly.
-    fn rollback(&mut self, filter: &mut Filter, now: OffsetDateTime) {
-        let Some(cur) = self.current.as_ref().filter(|_| self.applied) else {
+    /// After a failed write: put the feed in force back exactly (`set`: its set at the
+    /// instant of the write).
+    fn rollback(&mut self, filter: &mut impl Apply<K::Set>, set: Option<&K::Set>) {
+        let (Some(cur), Some(set)) = (self.current.as_ref().filter(|_| self.applied), set) else {
             return;
         };
-        match K::apply(filter, &K::set(&cur.feed, now)) {
+        match filter.apply(set) {
             Ok(r) => log::warn!(
                 "rolled back to {}: {} added, {} removed",
                 K::describe(&cur.feed),
@@ -780,13 +800,14 @@ impl<K: FeedKind> FeedSync<K> {
     }
 
     /// Applies the current feed as it stands at this instant (startup, expiry, approval).
-    fn apply_current(&mut self, filter: &mut Filter, why: &str) -> Result<Outcome> {
+    fn apply_current(&mut self, filter: &mut impl Apply<K::Set>, why: &str) -> Result<Outcome> {
         let Some(cur) = &self.current else {
             bail!("no {} feed to apply", K::WHAT);
         };
         let now = now_utc();
         let start = Instant::now();
-        let report = K::apply(filter, &K::set(&cur.feed, now))
+        let report = filter
+            .apply(&K::set(&cur.feed, now))
             .with_context(|| format!("applying {} {}", K::WHAT, K::describe(&cur.feed)))?;
         let took = start.elapsed();
         log::info!(
@@ -925,73 +946,6 @@ fn log_warnings(origin: &str, warnings: &[String]) {
         log::warn!(
             "{origin}: ... and {} more warning(s) (`vpn-filter registry validate` lists them all)",
             warnings.len() - 20
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::{CommandFactory as _, FromArgMatches as _};
-
-    use crate::daemon::{config::merge_str, run::RunArgs};
-
-    #[derive(Debug, clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        run: RunArgs,
-    }
-
-    fn run_args(argv: &[&str], toml: &str) -> anyhow::Result<RunArgs> {
-        let matches = Cli::command().try_get_matches_from(argv).unwrap();
-        let cli = Cli::from_arg_matches(&matches).unwrap().run;
-        merge_str(&cli, &matches, toml, "test.toml")
-    }
-
-    #[test]
-    fn registry_pubkey_is_repeatable_on_the_command_line_and_a_string_or_list_in_the_config() {
-        let a = run_args(
-            &[
-                "x",
-                "--iface",
-                "eth0",
-                "--registry",
-                "f.json",
-                "--registry-pubkey",
-                "a.pub",
-                "--registry-pubkey",
-                "b.pub",
-            ],
-            "",
-        )
-        .unwrap();
-        assert_eq!(
-            a.registry.registry_pubkey,
-            ["a.pub", "b.pub"].map(std::path::PathBuf::from)
-        );
-        let one = run_args(
-            &["x", "--config", "c.toml"],
-            "registry-pubkey = \"a.pub\"\n",
-        )
-        .unwrap();
-        assert_eq!(
-            one.registry.registry_pubkey,
-            ["a.pub"].map(std::path::PathBuf::from)
-        );
-        let two = run_args(
-            &["x", "--config", "c.toml"],
-            "registry-pubkey = [\"a.pub\", \"b.pub\"]\n",
-        )
-        .unwrap();
-        assert_eq!(
-            two.registry.registry_pubkey,
-            ["a.pub", "b.pub"].map(std::path::PathBuf::from)
-        );
-        let err = run_args(&["x", "--config", "c.toml"], "registry-pubkey = 3\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("key `registry-pubkey`") && err.contains("a file path or a list"),
-            "{err}"
         );
     }
 }

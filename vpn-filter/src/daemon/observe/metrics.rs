@@ -528,7 +528,8 @@ mod tests {
     use super::*;
     use crate::{
         daemon::status::{EventsStatus, InterfaceStatus, KernelCounters, RegistryStatus},
-        kernel::{Stats, SyncReport},
+        kernel::Stats,
+        registry::sync::SyncReport,
     };
 
     fn report() -> StatusReport {
