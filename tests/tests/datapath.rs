@@ -8,7 +8,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use vpn_filter::{
-    daemon::observe::events::{decode, Clock, EventRecord},
+    client::event::{decode, Clock, EventRecord},
     kernel::{AttachMode, Filter, LoadOptions, Policy},
     registry::Feed,
 };

@@ -12,8 +12,8 @@ use std::{
 };
 
 use vpn_filter::{
-    daemon::{
-        observe::events::{Clock, EventRecord},
+    client::{
+        event::{Clock, EventRecord},
         status::{EventsStatus, InterfaceStatus, KernelCounters, RegistryStatus, StatusReport},
     },
     kernel::Stats,

@@ -3,6 +3,7 @@
 //! tests drive it directly.
 
 pub mod cli;
+pub mod client;
 pub mod daemon;
 pub mod endpoints;
 pub mod kernel;

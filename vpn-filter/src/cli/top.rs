@@ -29,12 +29,11 @@ use ratatui::{
 use time::OffsetDateTime;
 use vpn_filter_common::{Protocol, Verdict};
 
-use crate::daemon::{
-    observe::{
-        control::{self, StatusClient, StreamLine},
-        events::EventRecord,
-    },
+use crate::client::{
+    self as control,
+    event::EventRecord,
     status::{KernelCounters, StatusReport},
+    StatusClient, StreamLine,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -286,7 +285,7 @@ pub fn render(frame: &mut Frame, model: &Model, now: OffsetDateTime) {
                     "  pid {}  program {}  up {}  on {}",
                     s.pid,
                     s.program_id.map_or("?".into(), |i| i.to_string()),
-                    crate::daemon::status::duration_text(s.uptime_secs),
+                    crate::cli::status::duration_text(s.uptime_secs),
                     ifaces.join(", ")
                 )),
             ]));
@@ -601,7 +600,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        daemon::status::{EventsStatus, InterfaceStatus, RegistryStatus},
+        client::status::{EventsStatus, InterfaceStatus, RegistryStatus},
         kernel::Stats,
     };
 

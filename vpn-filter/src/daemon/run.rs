@@ -160,7 +160,7 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
     let mut endpoint_sync = EndpointSync::new(&args.endpoints, &args.registry)?;
     let mut daemon_status = DaemonStatus::new(&policy, registry.source());
     if let Some(e) = &endpoint_sync {
-        daemon_status.endpoints = Some(crate::daemon::status::RegistryStatus {
+        daemon_status.endpoints = Some(crate::client::status::RegistryStatus {
             source: e.source(),
             ..Default::default()
         });

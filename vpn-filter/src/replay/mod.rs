@@ -39,7 +39,7 @@ use vpn_filter_common::{
 pub use self::capture::{CaptureError, Format};
 use self::{capture::CaptureReader, headers::Tuple, kernel::StatsReader};
 use crate::{
-    daemon::observe::events::decode,
+    client::event::decode,
     kernel::{Filter, LoadOptions, Policy},
     registry::Allowlist,
 };

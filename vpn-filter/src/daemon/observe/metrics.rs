@@ -28,7 +28,7 @@ use tokio::{
 };
 use vpn_filter_common::{Counter, Protocol, Verdict};
 
-use crate::daemon::status::{Sources, StatusReport};
+use crate::{client::status::StatusReport, daemon::status::Sources};
 
 /// The port used when `--metrics` names none.
 pub const DEFAULT_PORT: u16 = 9469;
@@ -527,7 +527,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        daemon::status::{EventsStatus, InterfaceStatus, KernelCounters, RegistryStatus},
+        client::status::{EventsStatus, InterfaceStatus, KernelCounters, RegistryStatus},
         kernel::Stats,
         registry::sync::SyncReport,
     };
@@ -601,9 +601,9 @@ mod tests {
                 ..Default::default()
             },
         );
-        r.endpoints = Some(crate::daemon::status::EndpointsReport {
+        r.endpoints = Some(crate::client::status::EndpointsReport {
             feed,
-            providers: vec![crate::daemon::status::ProviderCounts {
+            providers: vec![crate::client::status::ProviderCounts {
                 id: 1,
                 name: "X".into(),
                 dropped: 9,

@@ -19,7 +19,8 @@ use self::{
     events::{EventHub, Output, OutputTarget, PipelineCounters, Pump},
 };
 use crate::{
-    daemon::status::{self, InterfaceStatus, SharedStatus, Sources, StatsReader},
+    client::status::InterfaceStatus,
+    daemon::status::{self, SharedStatus, Sources, StatsReader},
     kernel::Filter,
 };
 
@@ -183,7 +184,7 @@ impl ObserveArgs {
     pub fn control_socket_path(&self) -> PathBuf {
         self.control_socket
             .clone()
-            .unwrap_or_else(|| PathBuf::from(control::DEFAULT_SOCKET))
+            .unwrap_or_else(|| PathBuf::from(crate::client::DEFAULT_SOCKET))
     }
 }
 
@@ -193,7 +194,7 @@ impl ObserveArgs {
 fn bind_control(explicit: Option<&PathBuf>) -> Result<Option<ControlServer>> {
     match explicit {
         Some(p) => Ok(Some(ControlServer::bind(p)?)),
-        None => match ControlServer::bind(std::path::Path::new(control::DEFAULT_SOCKET)) {
+        None => match ControlServer::bind(std::path::Path::new(crate::client::DEFAULT_SOCKET)) {
             Ok(s) => Ok(Some(s)),
             Err(e) => {
                 log::warn!(
