@@ -3,7 +3,6 @@
 use std::{net::IpAddr, path::PathBuf};
 
 use anyhow::{bail, Context as _, Result};
-use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
 use vpn_filter_common::{maps, EndpointValue};
 
 use crate::{
@@ -222,32 +221,5 @@ fn listing_line(set: &EndpointSet, found: Option<(Prefix, EndpointValue)>) -> St
 
 /// `Ok(None)`: no pinned endpoint maps; `Ok(Some(value))`: the kernel's answer.
 fn kernel_lookup(pins: &PinDir, ip: IpAddr) -> Result<Option<Option<EndpointValue>>> {
-    let name = match ip {
-        IpAddr::V4(_) => maps::VPN_ENDPOINTS_V4,
-        IpAddr::V6(_) => maps::VPN_ENDPOINTS_V6,
-    };
-    let path = pins.map_path(name);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening the pinned map {} (are you root?)", path.display()))?;
-    let map = Map::LpmTrie(data);
-    let r = match ip {
-        IpAddr::V4(a) => {
-            let t: LpmTrie<_, [u8; 4], EndpointValue> = LpmTrie::try_from(&map)?;
-            t.get(&Key::new(32, a.octets()), 0)
-        }
-        IpAddr::V6(a) => {
-            let t: LpmTrie<_, [u8; 16], EndpointValue> = LpmTrie::try_from(&map)?;
-            t.get(&Key::new(128, a.octets()), 0)
-        }
-    };
-    match r {
-        Ok(v) => Ok(Some(Some(v))),
-        Err(aya::maps::MapError::KeyNotFound) => Ok(Some(None)),
-        Err(e) => {
-            Err(anyhow::Error::new(e).context(format!("looking up {ip} in {}", path.display())))
-        }
-    }
+    pins.lookup(maps::VPN_ENDPOINTS_V4, maps::VPN_ENDPOINTS_V6, ip)
 }

@@ -2,8 +2,7 @@
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
-use anyhow::{anyhow, bail, Context as _, Result};
-use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
+use anyhow::{anyhow, bail, Result};
 use time::OffsetDateTime;
 use vpn_filter_common::{maps, AllowValue};
 
@@ -367,32 +366,9 @@ fn fetch_feed(src: &str, format: FormatChoice, opts: ValidateOptions) -> Result<
 /// `Ok(None)`: no pinned maps (the kernel cannot be asked); `Ok(Some(tag))`: the kernel's
 /// answer.
 fn kernel_lookup(pins: &PinDir, ip: IpAddr) -> Result<Option<Option<u64>>> {
-    let (name, key_v4, key_v6) = match ip {
-        IpAddr::V4(a) => (maps::ALLOW_V4, Some(a.octets()), None),
-        IpAddr::V6(a) => (maps::ALLOW_V6, None, Some(a.octets())),
-    };
-    let path = pins.map_path(name);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening the pinned map {} (are you root?)", path.display()))?;
-    let map = Map::LpmTrie(data);
-    let r = if let Some(k) = key_v4 {
-        let t: LpmTrie<_, [u8; 4], AllowValue> = LpmTrie::try_from(&map)?;
-        t.get(&Key::new(32, k), 0)
-    } else {
-        let k = key_v6.expect("one of the two");
-        let t: LpmTrie<_, [u8; 16], AllowValue> = LpmTrie::try_from(&map)?;
-        t.get(&Key::new(128, k), 0)
-    };
-    match r {
-        Ok(v) => Ok(Some(Some(v.entry_tag))),
-        Err(aya::maps::MapError::KeyNotFound) => Ok(Some(None)),
-        Err(e) => {
-            Err(anyhow::Error::new(e).context(format!("looking up {ip} in {}", path.display())))
-        }
-    }
+    Ok(pins
+        .lookup::<AllowValue>(maps::ALLOW_V4, maps::ALLOW_V6, ip)?
+        .map(|v| v.map(|v| v.entry_tag)))
 }
 
 fn feed_answer(view: String, feed: &Feed, ip: IpAddr, now: OffsetDateTime) -> Answer {

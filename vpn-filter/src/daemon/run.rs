@@ -13,7 +13,7 @@ use crate::{
         status::{self, DaemonStatus, SharedStatus},
     },
     endpoints::{EndpointArgs, EndpointSync},
-    kernel::{pin::ControllerLock, AttachMode, Attached, Filter, LoadOptions, Policy},
+    kernel::{pin::ControllerLock, AttachMode, Filter, LoadOptions, Policy},
     registry::{
         signature::Keyring,
         sync::{Outcome, RegistryArgs, RegistrySync},
@@ -209,13 +209,9 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
             }
         }
     }
-    let ring = filter.take_events()?;
+    let ring = filter.take_event_ring()?;
     for iface in &args.ifaces {
-        let how = match filter.attach(iface, args.xdp_mode)? {
-            Attached::New(aya::programs::XdpMode::Driver) => "native mode",
-            Attached::New(_) => "generic mode",
-            Attached::Replaced => "replaced the program on its pinned link, atomically",
-        };
+        let how = filter.attach(iface, args.xdp_mode)?.describe();
         log::info!(
             "attached to {iface} ({how}), program id {}",
             filter.program_id().map_or("?".into(), |i| i.to_string())

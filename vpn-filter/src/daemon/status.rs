@@ -12,10 +12,9 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use anyhow::{anyhow, Result};
-use aya::maps::{Map, MapData, PerCpuArray};
+use anyhow::Result;
 use time::OffsetDateTime;
-use vpn_filter_common::{maps, Counter, Protocol, Verdict};
+use vpn_filter_common::{Counter, Protocol, Verdict};
 
 use crate::{
     client::status::{
@@ -23,7 +22,7 @@ use crate::{
         RegistryStatus, StatusReport,
     },
     daemon::observe::events::{EventHub, PipelineCounters},
-    kernel::{Filter, Policy, Stats},
+    kernel::{Policy, Stats, StatsReader},
 };
 
 /// Shared, updated by the daemon loop, read by the control socket and the metrics endpoint.
@@ -73,41 +72,20 @@ pub fn lock(status: &SharedStatus) -> MutexGuard<'_, DaemonStatus> {
     status.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// An independent handle on the kernel's `STATS` map (its own fd), so counters can be read
-/// from any task while the daemon loop owns the [`Filter`].
-pub struct StatsReader {
-    map: PerCpuArray<MapData, u64>,
-    endpoints: PerCpuArray<MapData, u64>,
+/// Everything a status report is made from.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    pub status: SharedStatus,
+    pub stats: Arc<StatsReader>,
+    pub pipeline: Arc<PipelineCounters>,
+    pub hub: EventHub,
 }
 
-impl std::fmt::Debug for StatsReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StatsReader").finish_non_exhaustive()
-    }
-}
-
-impl StatsReader {
-    pub fn new(filter: &Filter) -> Result<Self> {
-        let open = |name: &str| -> Result<PerCpuArray<MapData, u64>> {
-            let data = match filter.map(name)? {
-                Map::PerCpuArray(data) => data,
-                _ => return Err(anyhow!("map {name} is not a per-CPU array")),
-            };
-            let fd = std::os::fd::AsFd::as_fd(data.fd()).try_clone_to_owned()?;
-            Ok(PerCpuArray::try_from(Map::PerCpuArray(MapData::from_fd(
-                fd,
-            )?))?)
-        };
-        Ok(StatsReader {
-            map: open(maps::STATS)?,
-            endpoints: open(maps::ENDPOINT_STATS)?,
-        })
-    }
-
+impl Sources {
     /// Per provider of the endpoint feed in force: packets dropped and monitored.
-    pub fn read_providers(&self) -> Result<Vec<ProviderCounts>> {
+    fn providers(&self) -> Result<Vec<ProviderCounts>> {
         let names = crate::endpoints::providers_in_force();
-        let counts = crate::kernel::endpoints::read_endpoint_stats(&self.endpoints, names.len())?;
+        let counts = self.stats.read_providers(names.len())?;
         Ok(names
             .iter()
             .zip(counts)
@@ -121,22 +99,6 @@ impl StatsReader {
             .collect())
     }
 
-    /// Counters summed over CPUs.
-    pub fn read(&self) -> Result<Stats> {
-        Stats::read(&self.map)
-    }
-}
-
-/// Everything a status report is made from.
-#[derive(Clone, Debug)]
-pub struct Sources {
-    pub status: SharedStatus,
-    pub stats: Arc<StatsReader>,
-    pub pipeline: Arc<PipelineCounters>,
-    pub hub: EventHub,
-}
-
-impl Sources {
     pub fn report(&self) -> Result<StatusReport> {
         let stats = self.stats.read()?;
         let status = lock(&self.status).clone();
@@ -155,7 +117,7 @@ impl Sources {
             endpoints: match status.endpoints {
                 Some(feed) => Some(EndpointsReport {
                     feed,
-                    providers: self.stats.read_providers()?,
+                    providers: self.providers()?,
                 }),
                 None => None,
             },

@@ -1,16 +1,19 @@
 //! Loading the XDP object, attaching it, and the controller's view of its maps.
 
 pub mod endpoints;
+pub mod events;
 pub mod fastpath;
+pub mod flows;
 pub mod pin;
+pub mod stats;
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::net::IpAddr;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, MapData, PerCpuArray, RingBuf,
+        Array, MapData, RingBuf,
     },
     programs::{
         links::{FdLink, PinnedLink},
@@ -20,11 +23,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use vpn_filter_common::{
-    counter_index, maps, verdict_counter_index, AllowValue, Config, Counter, PolicyMode, Protocol,
-    Verdict, DEFAULT_ALLOW_V4_ENTRIES, DEFAULT_ALLOW_V6_ENTRIES, DEFAULT_FLOW_ENTRIES,
-    PROGRAM_NAME,
+    maps, AllowValue, Config, PolicyMode, Protocol, DEFAULT_ALLOW_V4_ENTRIES,
+    DEFAULT_ALLOW_V6_ENTRIES, DEFAULT_FLOW_ENTRIES, PROGRAM_NAME,
 };
 
+pub use self::stats::{Stats, StatsReader};
 use crate::{
     kernel::pin::PinDir,
     registry::{
@@ -253,6 +256,31 @@ pub enum Attached {
     /// The pinned link left by a previous controller now runs this program (BPF_LINK_UPDATE:
     /// atomic, no moment without a filter).
     Replaced,
+}
+
+impl Attachment {
+    /// `native`, `generic`, `offload`, `default`, or `pinned` (a link taken over from a
+    /// previous controller, in whatever mode it was created).
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            Some(XdpMode::Driver) => "native",
+            Some(XdpMode::Skb) => "generic",
+            Some(XdpMode::Hardware) => "offload",
+            Some(XdpMode::Default) => "default",
+            None => "pinned",
+        }
+    }
+}
+
+impl Attached {
+    /// For the log line of an attach.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Attached::New(XdpMode::Driver) => "native mode",
+            Attached::New(_) => "generic mode",
+            Attached::Replaced => "replaced the program on its pinned link, atomically",
+        }
+    }
 }
 
 /// Keeps the verifier's verdict readable: its last lines say why.
@@ -702,8 +730,7 @@ impl Filter {
 
     /// Counters summed over CPUs.
     pub fn stats(&self) -> Result<Stats> {
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(maps::STATS)?)?;
-        Stats::read(&map)
+        StatsReader::new(self)?.read()
     }
 
     /// Takes the ring buffer of events (once).
@@ -713,6 +740,11 @@ impl Filter {
             .take_map(maps::EVENTS)
             .ok_or_else(|| anyhow!("EVENTS map already taken"))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Takes the ring buffer of events (once), wrapped for the daemon and replay.
+    pub fn take_event_ring(&mut self) -> Result<events::EventRing> {
+        Ok(events::EventRing::new(self.take_events()?))
     }
 
     pub fn map(&self, name: &str) -> Result<&aya::maps::Map> {
@@ -813,66 +845,5 @@ impl TrieKey<[u8; 4]> for Prefix {
 impl TrieKey<[u8; 16]> for Prefix {
     fn trie_key(&self) -> Key<[u8; 16]> {
         v6_key(self)
-    }
-}
-
-/// Counters read from the kernel.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Non-zero protocol x verdict counts.
-    pub verdicts: BTreeMap<(Protocol, Verdict), u64>,
-    pub counters: BTreeMap<Counter, u64>,
-}
-
-impl Stats {
-    /// Reads the `STATS` per-CPU array, summing each counter over CPUs.
-    pub fn read<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<Stats> {
-        let sum = |i: u32| -> Result<u64> { Ok(map.get(&i, 0)?.iter().sum()) };
-        let mut stats = Stats::default();
-        for p in Protocol::ALL {
-            for v in Verdict::ALL {
-                let n = sum(verdict_counter_index(*p, *v))?;
-                if n > 0 {
-                    stats.verdicts.insert((*p, *v), n);
-                }
-            }
-        }
-        for c in Counter::ALL {
-            stats.counters.insert(*c, sum(counter_index(*c))?);
-        }
-        Ok(stats)
-    }
-
-    pub fn verdict(&self, p: Protocol, v: Verdict) -> u64 {
-        self.verdicts.get(&(p, v)).copied().unwrap_or(0)
-    }
-
-    pub fn counter(&self, c: Counter) -> u64 {
-        self.counters.get(&c).copied().unwrap_or(0)
-    }
-
-    /// Total drops over all protocols.
-    pub fn dropped(&self) -> u64 {
-        self.verdicts
-            .iter()
-            .filter(|((_, v), _)| *v == Verdict::Dropped)
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut protocols = serde_json::Map::new();
-        for ((p, v), n) in &self.verdicts {
-            let e = protocols
-                .entry(p.name())
-                .or_insert_with(|| serde_json::Value::Object(Default::default()));
-            e[v.name()] = (*n).into();
-        }
-        let counters: serde_json::Map<_, _> = self
-            .counters
-            .iter()
-            .map(|(c, n)| (c.name().to_string(), (*n).into()))
-            .collect();
-        serde_json::json!({ "protocols": protocols, "counters": counters })
     }
 }

@@ -20,12 +20,13 @@
 use std::{
     fs::{File, OpenOptions},
     io::{Read as _, Seek as _, Write as _},
+    net::IpAddr,
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use aya::maps::{MapInfo, MapType};
+use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData, MapError, MapInfo, MapType};
 use vpn_filter_common::{
     maps, AllowValue, Config, FlowKey, FlowState, Protocol, RateState, PIN_LAYOUT_VERSION,
     STATS_LEN,
@@ -338,6 +339,42 @@ impl PinDir {
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+impl PinDir {
+    /// Longest-prefix match of `ip` in a pinned trie pair (`v4` or `v6`, by family), for the
+    /// CLI's questions to a running filter. `Ok(None)`: that trie is not pinned;
+    /// `Ok(Some(None))`: pinned, no prefix covers `ip`.
+    pub fn lookup<V: aya::Pod>(&self, v4: &str, v6: &str, ip: IpAddr) -> Result<Option<Option<V>>> {
+        let path = self.map_path(match ip {
+            IpAddr::V4(_) => v4,
+            IpAddr::V6(_) => v6,
+        });
+        if !path.exists() {
+            return Ok(None);
+        }
+        let data = MapData::from_pin(&path).with_context(|| {
+            format!("opening the pinned map {} (are you root?)", path.display())
+        })?;
+        let map = Map::LpmTrie(data);
+        let r = match ip {
+            IpAddr::V4(a) => {
+                let t: LpmTrie<_, [u8; 4], V> = LpmTrie::try_from(&map)?;
+                t.get(&Key::new(32, a.octets()), 0)
+            }
+            IpAddr::V6(a) => {
+                let t: LpmTrie<_, [u8; 16], V> = LpmTrie::try_from(&map)?;
+                t.get(&Key::new(128, a.octets()), 0)
+            }
+        };
+        match r {
+            Ok(v) => Ok(Some(Some(v))),
+            Err(MapError::KeyNotFound) => Ok(Some(None)),
+            Err(e) => {
+                Err(anyhow::Error::new(e).context(format!("looking up {ip} in {}", path.display())))
+            }
+        }
+    }
+}
 
 /// Fails unless `path` (or its nearest existing ancestor) is on a bpffs. If `/sys/fs/bpf` is
 /// not mounted at all (common inside `ip netns exec`, which remounts /sys), mounts it: pins

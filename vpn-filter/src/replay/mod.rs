@@ -17,7 +17,6 @@
 
 pub mod capture;
 pub mod headers;
-mod kernel;
 pub mod report;
 
 use std::{
@@ -28,7 +27,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
 use vpn_filter_common::{
     verdict_counter_index, Config, Counter, FlowKey, FlowState, FlowStatus, Message, PolicyMode,
     Protocol, Reason, Verdict, DEFAULT_ALLOWED_FLOW_TIMEOUT_NS, DEFAULT_ALLOW_V4_ENTRIES,
@@ -37,10 +35,10 @@ use vpn_filter_common::{
 };
 
 pub use self::capture::{CaptureError, Format};
-use self::{capture::CaptureReader, headers::Tuple, kernel::StatsReader};
+use self::{capture::CaptureReader, headers::Tuple};
 use crate::{
     client::event::decode,
-    kernel::{Filter, LoadOptions, Policy},
+    kernel::{events::EventRing, flows, Filter, LoadOptions, Policy, StatsReader},
     registry::Allowlist,
 };
 
@@ -410,8 +408,8 @@ pub fn replay(
 ) -> Result<Replay, ReplayError> {
     let mut reader = CaptureReader::open(path).map_err(ReplayError::Open)?;
     let mut filter = load(settings)?;
-    let mut ring = filter.take_events()?;
-    let mut stats = StatsReader::new(&filter)?;
+    let mut ring = filter.take_event_ring()?;
+    let stats = StatsReader::new(&filter)?;
     let signals_first = vpn_filter_common::counter_index(SIGNALS_FIRST);
     let any_off = Protocol::ALL[1..]
         .iter()
@@ -420,8 +418,8 @@ pub fn replay(
     let skip = if any_off { 0 } else { 1 };
     let mut signals = [[0u64; SIGNALS]; 2];
     let mut verdicts = [vec![0u64; VERDICT_SLOTS], vec![0u64; VERDICT_SLOTS]];
-    stats.read(signals_first + skip as u32, &mut signals[0][skip..])?;
-    stats.read(0, &mut verdicts[0])?;
+    stats.read_range(signals_first + skip as u32, &mut signals[0][skip..])?;
+    stats.read_range(0, &mut verdicts[0])?;
 
     let mut out = Replay::new(&reader);
     let mut flows: Vec<FlowAcc> = Vec::new();
@@ -466,7 +464,7 @@ pub fn replay(
         if let Some(i) = flow {
             let f = &mut flows[i];
             if f.kernel.is_some_and(|k| info.ts_ns >= k.capture_expiry_ns) {
-                kernel::remove_flow(&mut filter, &f.result.key)?;
+                flows::remove_flow(&mut filter, &f.result.key)?;
                 f.kernel = None;
             }
         }
@@ -474,7 +472,7 @@ pub fn replay(
         let action = filter
             .run_frame(&frame)
             .with_context(|| format!("running packet {} through the program", info.number))?;
-        stats.read(signals_first + skip as u32, &mut signals[1][skip..])?;
+        stats.read_range(signals_first + skip as u32, &mut signals[1][skip..])?;
         let moved = |c: Counter| signals[0][signal(c)] != signals[1][signal(c)];
         let flow_work = moved(Counter::FlowHit)
             || moved(Counter::FlowInsert)
@@ -486,7 +484,7 @@ pub fn replay(
         let mut judged = None;
         if flow_work {
             if let Some(i) = flow {
-                entry = kernel::flow_entry(&filter, &flows[i].result.key)?;
+                entry = flows::flow_entry(&filter, &flows[i].result.key)?;
                 judged = infer(flows[i].kernel, entry, action);
             }
             if let Some((p, v)) = judged {
@@ -494,7 +492,7 @@ pub fn replay(
             }
         }
         if judged.is_none() && (flow_work || may_ignore) {
-            stats.read(0, &mut verdicts[1])?;
+            stats.read_range(0, &mut verdicts[1])?;
             judged = self::judged(&verdicts[0], &verdicts[1]);
             verdicts.swap(0, 1);
         }
@@ -576,7 +574,7 @@ pub fn replay(
     progress(reader.position(), file_len);
     out.linktypes = reader.linktypes().to_vec();
     let mut all = vec![0u64; STATS_LEN as usize];
-    stats.read(0, &mut all)?;
+    stats.read_range(0, &mut all)?;
     for c in Counter::ALL {
         let n = all[vpn_filter_common::counter_index(*c) as usize];
         if n > 0 {
@@ -620,7 +618,7 @@ pub fn replay(
 /// to the packet's flow and drop record. An event that does not match the next awaited
 /// packet's addresses (events lost) is matched against the following ones.
 fn pair_events(
-    ring: &mut RingBuf<MapData>,
+    ring: &mut EventRing,
     awaited: &mut Vec<AwaitedEvent>,
     flows: &mut [FlowAcc],
     out: &mut Replay,

@@ -23,16 +23,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf};
 use bytes::{BufMut as _, Bytes, BytesMut};
 use tokio::{
-    io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
     sync::broadcast,
 };
 use vpn_filter_common::Event;
 
-use crate::client::event::{decode, event_json, iface_name, Clock};
+use crate::{
+    client::event::{decode, event_json, iface_name, Clock},
+    kernel::events::EventRing,
+};
 
 /// Interface names by index, looked up again after a while (interfaces can be renamed).
 #[derive(Debug, Default)]
@@ -401,27 +402,20 @@ impl Pump {
 
 /// Drains the ring buffer into `pump` until the task is cancelled. Waits on the ring
 /// buffer's epoll readiness; never busy-polls. Reopens the output on SIGHUP.
-pub async fn pump(ring: RingBuf<MapData>, mut pump: Pump) -> Result<()> {
+pub async fn pump(ring: EventRing, mut pump: Pump) -> Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the RingBuf
-    // (owned by the AsyncFd from here on) is dropped.
-    let mut fd = unsafe { AsyncFd::register(ring) }
-        .context("registering the event ring buffer with tokio")?;
+    let mut ring = ring.into_async()?;
     loop {
         tokio::select! {
-            guard = fd.readable_mut() => {
-                let mut guard = guard?;
-                let ring = guard.get_inner_mut();
+            drained = ring.drain(|record| {
                 let now = Instant::now();
-                while let Some(item) = ring.next() {
-                    pump.push(&item, now);
-                    drop(item);
-                    if pump.batch_full() {
-                        pump.flush(now);
-                    }
+                pump.push(record, now);
+                if pump.batch_full() {
+                    pump.flush(now);
                 }
-                pump.flush(now);
-                guard.clear_ready();
+            }) => {
+                drained?;
+                pump.flush(Instant::now());
             }
             _ = hup.recv() => pump.reopen(),
         }

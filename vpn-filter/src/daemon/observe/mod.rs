@@ -10,7 +10,6 @@ pub mod metrics;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf};
 use tokio::task::JoinHandle;
 use vpn_filter_common::Counter;
 
@@ -20,8 +19,8 @@ use self::{
 };
 use crate::{
     client::status::InterfaceStatus,
-    daemon::status::{self, SharedStatus, Sources, StatsReader},
-    kernel::Filter,
+    daemon::status::{self, SharedStatus, Sources},
+    kernel::{events::EventRing, Filter, StatsReader},
 };
 
 /// Command-line options of `vpn-filter run` for events, metrics and the control socket.
@@ -74,14 +73,7 @@ pub fn record_attachments(status: &SharedStatus, filter: &Filter) {
         .map(|a| InterfaceStatus {
             name: a.iface.clone(),
             ifindex: a.ifindex,
-            mode: match a.mode {
-                Some(aya::programs::XdpMode::Driver) => "native",
-                Some(aya::programs::XdpMode::Skb) => "generic",
-                Some(aya::programs::XdpMode::Hardware) => "offload",
-                Some(aya::programs::XdpMode::Default) => "default",
-                None => "pinned",
-            }
-            .to_string(),
+            mode: a.mode_name().to_string(),
         })
         .collect();
 }
@@ -173,7 +165,7 @@ impl Bound {
 
 impl Observability {
     /// Starts reading the ring buffer (once); the task ends only on an error.
-    pub fn spawn_events(&mut self, ring: RingBuf<MapData>) -> JoinHandle<Result<()>> {
+    pub fn spawn_events(&mut self, ring: EventRing) -> JoinHandle<Result<()>> {
         let pump = self.pump.take().expect("spawn_events is called once");
         tokio::spawn(events::pump(ring, pump))
     }
