@@ -22,20 +22,22 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, MapData, MapError};
+use aya::{
+    maps::{Array, HashMap, MapData, MapError},
+    Ebpf,
+};
 use vpn_filter_common::{
     fast_v6_filter_bit, maps, FastKeyV4, FastKeyV6, FastLengths, FAST_BITMAP_V4_LONG,
     FAST_BITMAP_V6, FAST_BITMAP_WORDS, FAST_V6_FILTER_MIN_LEN, FAST_V6_MAX_LENGTHS,
     FAST_V6_USE_TRIE,
 };
 
-use crate::{
-    kernel::{
-        diff::{self, Op},
-        Applied, Filter,
-    },
-    registry::Prefix,
+use super::{
+    allowlist::Applied,
+    diff::{self, Op},
+    map_shapes::{map, map_mut},
 };
+use crate::registry::Prefix;
 
 /// Value stored in the fast hashes (presence is what counts).
 const PRESENT: u8 = 1;
@@ -121,8 +123,8 @@ impl FastState {
     }
 
     /// What the kernel's fast maps hold (262,144 array reads plus the hashes' keys).
-    pub fn read(filter: &Filter) -> Result<FastState> {
-        let bitmap: Array<&MapData, u64> = Array::try_from(filter.map(maps::FAST_BITMAPS)?)?;
+    pub fn read(ebpf: &Ebpf) -> Result<FastState> {
+        let bitmap: Array<&MapData, u64> = Array::try_from(map(ebpf, maps::FAST_BITMAPS)?)?;
         let mut words = Vec::with_capacity(FAST_BITMAP_WORDS as usize);
         for i in 0..FAST_BITMAP_WORDS {
             words.push(
@@ -132,13 +134,13 @@ impl FastState {
             );
         }
         let v4: HashMap<&MapData, FastKeyV4, u8> =
-            HashMap::try_from(filter.map(maps::FAST_V4_LONG)?)?;
+            HashMap::try_from(map(ebpf, maps::FAST_V4_LONG)?)?;
         let mut v4_long = v4
             .keys()
             .map(|k| k.map(|k| (k, 0)))
             .collect::<Result<Vec<_>, MapError>>()
             .context("reading the IPv4 fast-path hash")?;
-        let v6m: HashMap<&MapData, FastKeyV6, u8> = HashMap::try_from(filter.map(maps::FAST_V6)?)?;
+        let v6m: HashMap<&MapData, FastKeyV6, u8> = HashMap::try_from(map(ebpf, maps::FAST_V6)?)?;
         let mut v6 = v6m
             .keys()
             .map(|k| k.map(|k| (k, 0)))
@@ -149,7 +151,7 @@ impl FastState {
         v6.sort_unstable();
         v6.dedup();
         let lengths: Array<&MapData, FastLengths> =
-            Array::try_from(filter.map(maps::FAST_LENGTHS)?)?;
+            Array::try_from(map(ebpf, maps::FAST_LENGTHS)?)?;
         let lengths = lengths
             .get(&0, 0)
             .context("reading the fast-path lengths")?;
@@ -262,13 +264,13 @@ impl Plan {
 
     /// Lengths first, then the union of old and new bitmap words, then the hash additions
     /// (after the few removals a full map needs to make room).
-    pub fn grow(&self, filter: &mut Filter) -> Result<()> {
+    pub fn grow(&self, ebpf: &mut Ebpf) -> Result<()> {
         if self.grown != self.have_lengths {
-            write_lengths(filter, &self.grown)?;
+            write_lengths(ebpf, &self.grown)?;
         }
         {
             let mut bitmap: Array<&mut MapData, u64> =
-                Array::try_from(filter.map_mut(maps::FAST_BITMAPS)?)?;
+                Array::try_from(map_mut(ebpf, maps::FAST_BITMAPS)?)?;
             for (i, union, _) in &self.words {
                 bitmap
                     .set(*i, union, 0)
@@ -279,27 +281,27 @@ impl Plan {
             .iter()
             .map(|k| Op::Remove(*k))
             .chain(self.v4.upserts.iter().map(|(k, t)| Op::Upsert(*k, *t)));
-        apply(filter, maps::FAST_V4_LONG, v4_ops)?;
+        apply(ebpf, maps::FAST_V4_LONG, v4_ops)?;
         let v6_ops = self.v6.removals[..self.v6_early]
             .iter()
             .map(|k| Op::Remove(*k))
             .chain(self.v6.upserts.iter().map(|(k, t)| Op::Upsert(*k, *t)));
-        apply(filter, maps::FAST_V6, v6_ops)
+        apply(ebpf, maps::FAST_V6, v6_ops)
     }
 
     /// Hash removals, then the new bitmap words, then the new lengths.
-    pub fn shrink(&self, filter: &mut Filter) -> Result<()> {
+    pub fn shrink(&self, ebpf: &mut Ebpf) -> Result<()> {
         let v4_ops = self.v4.removals[self.v4_early..]
             .iter()
             .map(|k| Op::Remove(*k));
-        apply(filter, maps::FAST_V4_LONG, v4_ops)?;
+        apply(ebpf, maps::FAST_V4_LONG, v4_ops)?;
         let v6_ops = self.v6.removals[self.v6_early..]
             .iter()
             .map(|k| Op::Remove(*k));
-        apply(filter, maps::FAST_V6, v6_ops)?;
+        apply(ebpf, maps::FAST_V6, v6_ops)?;
         {
             let mut bitmap: Array<&mut MapData, u64> =
-                Array::try_from(filter.map_mut(maps::FAST_BITMAPS)?)?;
+                Array::try_from(map_mut(ebpf, maps::FAST_BITMAPS)?)?;
             for (i, union, new) in &self.words {
                 if union != new {
                     bitmap.set(*i, new, 0).with_context(|| {
@@ -309,25 +311,25 @@ impl Plan {
             }
         }
         if self.want_lengths != self.grown {
-            write_lengths(filter, &self.want_lengths)?;
+            write_lengths(ebpf, &self.want_lengths)?;
         }
         Ok(())
     }
 }
 
-fn write_lengths(filter: &mut Filter, lengths: &FastLengths) -> Result<()> {
+fn write_lengths(ebpf: &mut Ebpf, lengths: &FastLengths) -> Result<()> {
     let mut map: Array<&mut MapData, FastLengths> =
-        Array::try_from(filter.map_mut(maps::FAST_LENGTHS)?)?;
+        Array::try_from(map_mut(ebpf, maps::FAST_LENGTHS)?)?;
     map.set(0, lengths, 0)
         .context("writing the fast-path prefix lengths")
 }
 
 fn apply<K: aya::Pod + std::fmt::Debug>(
-    filter: &mut Filter,
+    ebpf: &mut Ebpf,
     name: &str,
     ops: impl Iterator<Item = Op<K>>,
 ) -> Result<()> {
-    let mut map: HashMap<&mut MapData, K, u8> = HashMap::try_from(filter.map_mut(name)?)?;
+    let mut map: HashMap<&mut MapData, K, u8> = HashMap::try_from(map_mut(ebpf, name)?)?;
     for op in ops {
         match op {
             Op::Upsert(k, _) => map

@@ -1,9 +1,11 @@
 //! Loading the XDP object, attaching it, and the controller's view of its maps.
 
+mod allowlist;
 pub mod endpoints;
 pub mod events;
 pub mod fastpath;
 pub mod flows;
+mod map_shapes;
 pub mod pin;
 pub mod stats;
 
@@ -27,7 +29,11 @@ use vpn_filter_common::{
     DEFAULT_ALLOW_V6_ENTRIES, DEFAULT_FLOW_ENTRIES, PROGRAM_NAME,
 };
 
-pub use self::stats::{Stats, StatsReader};
+pub use self::{
+    allowlist::Applied,
+    map_shapes::{expected_maps, LoadOptions, MapShape},
+    stats::{Stats, StatsReader},
+};
 use crate::{
     kernel::pin::PinDir,
     registry::{
@@ -154,24 +160,6 @@ impl Policy {
     }
 }
 
-/// Map sizes and runtime settings fixed at load time.
-#[derive(Clone, Copy, Debug)]
-pub struct LoadOptions {
-    pub allow_v4_entries: u32,
-    pub allow_v6_entries: u32,
-    pub flow_entries: u32,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            allow_v4_entries: DEFAULT_ALLOW_V4_ENTRIES,
-            allow_v6_entries: DEFAULT_ALLOW_V6_ENTRIES,
-            flow_entries: DEFAULT_FLOW_ENTRIES,
-        }
-    }
-}
-
 /// How to attach: `Auto` tries native (driver) mode and falls back to generic (skb) mode with
 /// a warning; the others insist.
 #[derive(
@@ -182,39 +170,6 @@ pub enum AttachMode {
     Auto,
     Native,
     Generic,
-}
-
-/// The allowlist as written to the kernel, per family, sorted by prefix.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Applied {
-    pub v4: Vec<(Prefix, u64)>,
-    pub v6: Vec<(Prefix, u64)>,
-}
-
-impl Applied {
-    /// The allowlist's prefixes and tags split by family (already sorted: IPv4 sorts first).
-    pub fn from_allowlist(want: &Allowlist) -> Applied {
-        let v4_len = want.v4_count();
-        let mut out = Applied {
-            v4: Vec::with_capacity(v4_len),
-            v6: Vec::with_capacity(want.len() - v4_len),
-        };
-        for (p, by) in &want.prefixes {
-            match p {
-                Prefix::V4 { .. } => out.v4.push((*p, by.tag)),
-                Prefix::V6 { .. } => out.v6.push((*p, by.tag)),
-            }
-        }
-        out
-    }
-
-    pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.v4.is_empty() && self.v6.is_empty()
-    }
 }
 
 /// The loaded program and its maps.
@@ -229,7 +184,7 @@ pub struct Filter {
     /// controller left in pinned maps).
     applied: Option<Applied>,
     /// What the fast-path maps hold, as last written by this controller (`None`: read them).
-    fast: Option<crate::kernel::fastpath::FastState>,
+    fast: Option<fastpath::FastState>,
     /// What the endpoint maps hold, as last written by this controller (`None`: read them).
     endpoints: Option<endpoints::EndpointsApplied>,
 }
@@ -337,7 +292,7 @@ impl Filter {
             .map_max_entries(maps::FAST_V6, options.allow_v6_entries)
             .map_max_entries(maps::FLOWS, options.flow_entries);
         if let Some(pins) = &pins {
-            for shape in crate::kernel::pin::expected_maps(&options) {
+            for shape in expected_maps(&options) {
                 loader.map_pin_path(shape.name, pins.map_path(shape.name));
             }
         }
@@ -359,7 +314,7 @@ impl Filter {
             links: Vec::new(),
             pins,
             // Maps created by this load are empty; pinned ones may hold a predecessor's.
-            fast: pins_none.then(crate::kernel::fastpath::FastState::empty),
+            fast: pins_none.then(fastpath::FastState::empty),
             applied: None,
             endpoints: pins_none.then(endpoints::EndpointsApplied::empty),
         };
@@ -412,7 +367,7 @@ impl Filter {
         let ifindex = if_index(iface)?;
         if let Some(pin_path) = self.pins.as_ref().map(|p| p.link_path(iface)) {
             if pin_path.exists() {
-                match crate::kernel::pin::pinned_link_state(&pin_path) {
+                match pin::pinned_link_state(&pin_path) {
                     Ok(state) if state.ifindex == ifindex => {
                         let fd_link: FdLink = PinnedLink::from_pin(&pin_path)
                             .with_context(|| format!("opening pinned link {}", pin_path.display()))?
@@ -502,7 +457,7 @@ impl Filter {
         for (iface, ifindex, pinned) in ifaces {
             let now = if_index(&iface).ok();
             let link_ok = match (&self.pins, pinned) {
-                (Some(p), true) => crate::kernel::pin::pinned_link_state(&p.link_path(&iface))
+                (Some(p), true) => pin::pinned_link_state(&p.link_path(&iface))
                     .map(|s| s.ifindex != 0 && Some(s.ifindex) == now)
                     .unwrap_or(false),
                 _ => Some(ifindex) == now,
@@ -614,10 +569,10 @@ impl Filter {
         };
         let fast_have = match self.fast.take() {
             Some(f) => f,
-            None => crate::kernel::fastpath::FastState::read(self)?,
+            None => fastpath::FastState::read(&self.ebpf)?,
         };
-        let fast_want = crate::kernel::fastpath::FastState::from_applied(&want);
-        let fast_plan = crate::kernel::fastpath::Plan::new(&fast_have, &fast_want, cap_v4, cap_v6);
+        let fast_want = fastpath::FastState::from_applied(&want);
+        let fast_plan = fastpath::Plan::new(&fast_have, &fast_want, cap_v4, cap_v6);
         drop(fast_have);
         let plan_v4 = diff::plan(&have.v4, &want.v4);
         let plan_v6 = diff::plan(&have.v6, &want.v6);
@@ -645,10 +600,10 @@ impl Filter {
             self.write_v6(|t| remove_all(t, first_v6))?;
             self.write_v4(|t| upsert_all(t, &plan_v4.upserts))?;
             self.write_v6(|t| upsert_all(t, &plan_v6.upserts))?;
-            fast_plan.grow(self)?;
+            fast_plan.grow(&mut self.ebpf)?;
             self.write_v4(|t| remove_all(t, rest_v4))?;
             self.write_v6(|t| remove_all(t, rest_v6))?;
-            fast_plan.shrink(self)?;
+            fast_plan.shrink(&mut self.ebpf)?;
             Ok(())
         })();
         match result {
@@ -748,15 +703,11 @@ impl Filter {
     }
 
     pub fn map(&self, name: &str) -> Result<&aya::maps::Map> {
-        self.ebpf
-            .map(name)
-            .ok_or_else(|| anyhow!("map {name} missing from the object"))
+        map_shapes::map(&self.ebpf, name)
     }
 
     pub fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
-        self.ebpf
-            .map_mut(name)
-            .ok_or_else(|| anyhow!("map {name} missing from the object"))
+        map_shapes::map_mut(&mut self.ebpf, name)
     }
 }
 
