@@ -487,3 +487,44 @@ fn the_controller_keeps_only_cap_bpf_net_admin_and_perfmon() {
         "now registered"
     );
 }
+
+#[test]
+fn detaching_the_last_interface_removes_the_pins() {
+    let lab = FilterLab::new();
+    let dirs = Dirs::new();
+    let ctl = start(&lab, &dirs, &[]);
+    ctl.terminate(Duration::from_secs(5)).expect("exit");
+    assert!(dirs.pin_root().exists(), "the pins outlive the controller");
+
+    let out = std::process::Command::new(controller_path())
+        .args(["detach", "--iface", &lab.filter_if, "--bpffs-dir"])
+        .arg(dirs.pin_root())
+        .arg("--lock-file")
+        .arg(dirs.lock())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lab.xdp_mode_shown(), "", "no XDP program on the interface");
+    let left: Vec<String> = walk(&dirs.pin_root());
+    assert!(
+        !dirs.pin_root().exists(),
+        "no pins left under {} after detaching its last interface: {left:?}",
+        dirs.pin_root().display()
+    );
+}
+
+/// Every path under `dir` (empty if it does not exist).
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.map_while(Result::ok) {
+            out.push(e.path().display().to_string());
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}

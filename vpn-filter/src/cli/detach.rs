@@ -2,7 +2,8 @@
 
 #[derive(Debug, clap::Args)]
 pub struct DetachArgs {
-    /// Only this interface (its link); the maps stay for the other interfaces.
+    /// Only this interface (its link); the maps stay while another interface is attached
+    /// (detaching the last one removes them too).
     #[arg(long)]
     pub iface: Option<String>,
     /// bpffs directory the controller pinned into.

@@ -48,8 +48,9 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Live view of drop rates per protocol and the top blocked sources (q to quit).
     Top(top::TopArgs),
-    /// Remove the filter: detach from an interface, or (without --iface) from every interface
-    /// and delete all its pins. Refused while a controller runs (stop it first).
+    /// Remove the filter: detach from an interface, or (without --iface) from every interface;
+    /// with the last interface, all its pins go too. Refused while a controller runs (stop it
+    /// first).
     Detach(detach::DetachArgs),
 }
 

@@ -451,9 +451,9 @@ pub struct DetachReport {
     pub maps_removed: bool,
 }
 
-/// Removes the filter from `iface` (or from every interface, plus all map pins and the pin
-/// directory, when `iface` is `None`). Refuses while a controller holds the lock: it would
-/// re-attach.
+/// Removes the filter from `iface`, or from every interface when `iface` is `None`; once no
+/// link is left, also every map pin and the pin directory. Refuses while a controller holds
+/// the lock: it would re-attach.
 pub fn detach(pins: &PinDir, iface: Option<&str>, lock_path: &Path) -> Result<DetachReport> {
     let _lock = ControllerLock::acquire(lock_path).context(
         "stop the running controller first (systemctl stop vpn-filter), or let it detach with --detach-on-exit",
@@ -482,7 +482,9 @@ pub fn detach(pins: &PinDir, iface: Option<&str>, lock_path: &Path) -> Result<De
         );
         report.links.push(i);
     }
-    if iface.is_none() {
+    // Without links nothing runs the program: the maps go too, whether the last link went
+    // by name or with all the others.
+    if iface.is_none() || pins.pinned_links()?.is_empty() {
         pins.remove_maps()?;
         report.maps_removed = true;
         pins.remove_if_empty()?;
