@@ -148,7 +148,7 @@ fn start_with(
         .args(extra)
         .env("RUST_LOG", "info");
     let p = Process::spawn(cmd);
-    p.wait_stderr(&format!("attached to {}", lab.filter_if), STARTUP);
+    p.wait_ready(STARTUP);
     p
 }
 

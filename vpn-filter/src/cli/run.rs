@@ -1,5 +1,4 @@
-//! `vpn-filter run`: the settings from the command line and `--config`, then the daemon on a
-//! tokio runtime.
+//! `vpn-filter run`: the settings from the command line and `--config`, then the daemon.
 
 use clap::ArgMatches;
 
@@ -33,12 +32,5 @@ pub fn run(args: RunArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         }
         None => Ok((args, None)),
     };
-    settings.and_then(|(args, reload)| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(run_daemon(args, reload)))
-    })
+    settings.and_then(|(args, reload)| run_daemon(args, reload))
 }

@@ -8,7 +8,9 @@
 //! | `CAP_PERFMON` | reading per-CPU maps and link/program info on kernels that gate them on it |
 //!
 //! Everything else (CAP_SYS_ADMIN, CAP_DAC_OVERRIDE, CAP_SETUID, ...) is dropped from the
-//! effective, permitted, inheritable and bounding sets. With `--run-as USER` the process also
+//! effective, permitted, inheritable and bounding sets, while the main thread is the only one:
+//! capability sets are per thread, and the runtime's threads are started afterwards so they
+//! inherit the reduced ones. With `--run-as USER` the process also
 //! leaves uid 0 (the three capabilities are kept across the switch); the pin directory, the
 //! state directory and the control socket directory are handed to that user first so the
 //! controller can still write there.
@@ -52,7 +54,19 @@ pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
 }
 
 /// Drops to [`KEPT`], switching to `user` (uid, gid) first if given.
+///
+/// Capabilities belong to a thread, not to the process: this must run while the calling
+/// thread is the only one, so that every thread started later inherits the reduced sets. It
+/// refuses otherwise.
 pub fn drop_privileges(user: Option<(u32, u32)>) -> Result<()> {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .context("listing this process's threads")?
+        .count();
+    if threads != 1 {
+        bail!(
+            "dropping capabilities with {threads} threads running would leave the others privileged"
+        );
+    }
     let keep: CapsHashSet = KEPT.iter().copied().collect();
     if let Some((uid, gid)) = user {
         // Keep the permitted set across setuid, then restore the effective set.

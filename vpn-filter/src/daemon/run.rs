@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use vpn_filter_common::{Config, Counter, Protocol, Verdict};
 
 use crate::{
@@ -13,7 +13,7 @@ use crate::{
         status::{self, DaemonStatus, SharedStatus},
     },
     endpoints::{EndpointArgs, EndpointSync},
-    kernel::{pin::ControllerLock, AttachMode, Filter, LoadOptions, Policy},
+    kernel::{events::EventRing, pin::ControllerLock, AttachMode, Filter, LoadOptions, Policy},
     registry::{
         signature::Keyring,
         sync::{Outcome, RegistryArgs, RegistrySync},
@@ -137,7 +137,64 @@ pub struct Reload {
     pub cli: RunArgs,
 }
 
-pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
+/// The log line that says the controller is up: attached, enforcing, privileges dropped,
+/// control socket and metrics serving. Tests and operators wait for it; systemd is told the
+/// same with `READY=1`.
+pub const READY: &str = "ready: enforcing on";
+
+/// Everything start-up hands to the serving phase.
+struct Started {
+    args: RunArgs,
+    filter: Filter,
+    registry: RegistrySync,
+    endpoint_sync: Option<EndpointSync>,
+    status: SharedStatus,
+    bound: observe::Bound,
+    ring: EventRing,
+    signals: Signals,
+    _lock: Option<ControllerLock>,
+}
+
+/// SIGINT, SIGTERM and SIGHUP, installed before anything is loaded or attached.
+struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+/// Runs the controller until SIGINT or SIGTERM.
+///
+/// Start-up is privileged work (loading, pinning, attaching, binding) and runs on the main
+/// thread alone, the async parts on a current-thread runtime. When it is done, that runtime
+/// and its blocking threads are gone; the main thread drops its capabilities (capabilities
+/// are per thread), and only then is the multi-threaded runtime built, whose threads inherit
+/// the reduced set: no thread that parses HTTP, control-socket or metrics requests ever holds
+/// more than CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON.
+pub fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
+    let startup = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the start-up runtime")?;
+    let mut started = startup.block_on(start(args))?;
+    drop(startup);
+    if !started.args.lifecycle.keep_privileges {
+        drop_privileges(&started.args)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    // Connections the start-up runtime opened died with it.
+    started.registry.reset_connections()?;
+    if let Some(e) = &mut started.endpoint_sync {
+        e.reset_connections()?;
+    }
+    runtime.block_on(serve(started, reload))
+}
+
+/// Start-up: everything that needs privileges, up to attaching to every interface.
+async fn start(args: RunArgs) -> Result<Started> {
     if args.ifaces.is_empty() {
         bail!("no interface to attach to: give --iface or `interfaces` in the config file");
     }
@@ -146,13 +203,15 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
     }
     let policy = args.policy()?;
     // Signal handlers before anything is loaded or attached: a SIGTERM or SIGINT during
-    // start-up waits for the loop below (a clean stop) instead of killing the process with the
-    // default action halfway through.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+    // start-up waits for the loop in `serve` (a clean stop) instead of killing the process with
+    // the default action halfway through.
+    let signals = Signals {
+        int: signal(SignalKind::interrupt())?,
+        term: signal(SignalKind::terminate())?,
+        hup: signal(SignalKind::hangup())?,
+    };
     // One controller per pin tree: a second one would fight over links and maps.
-    let _lock = match args.lifecycle.pins() {
+    let lock = match args.lifecycle.pins() {
         Some(_) => Some(ControllerLock::acquire(&args.lifecycle.lock_path())?),
         None => None,
     };
@@ -168,25 +227,9 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
     let status = daemon_status.shared();
     // Events file, control socket and metrics port first: a conflict stops the start before
     // anything is loaded or attached.
-    let endpoints = observe::Bound::bind(&args.observe).await?;
+    let bound = observe::Bound::bind(&args.observe)?;
 
-    let options = LoadOptions {
-        allow_v4_entries: args.allow_v4_entries,
-        allow_v6_entries: args.allow_v6_entries,
-        flow_entries: args.flow_entries,
-    };
-    let mut filter = match args.lifecycle.pins() {
-        Some(pins) => {
-            let root = pins.root().display().to_string();
-            let (filter, reused) =
-                Filter::load_pinned(options, &policy, &args.kernel_config(), pins)?;
-            if reused > 0 {
-                log::info!("adopted {reused} pinned maps under {root}: allowlist, flows and counters carry over");
-            }
-            filter
-        }
-        None => Filter::load(options, &policy, &args.kernel_config())?,
-    };
+    let mut filter = load(&args, &policy)?;
     // The allowlist is brought up to date before any link runs this program, so a restart
     // or an upgrade never judges a packet with a stale or empty allowlist.
     let outcome = registry.start(&mut filter).await?;
@@ -210,6 +253,45 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
         }
     }
     let ring = filter.take_event_ring()?;
+    attach(&args, &mut filter)?;
+    observe::record_attachments(&status, &filter);
+    Ok(Started {
+        args,
+        filter,
+        registry,
+        endpoint_sync,
+        status,
+        bound,
+        ring,
+        signals,
+        _lock: lock,
+    })
+}
+
+/// Loads the program: against the pinned maps (adopting them) unless `--no-pin`.
+fn load(args: &RunArgs, policy: &Policy) -> Result<Filter> {
+    let options = LoadOptions {
+        allow_v4_entries: args.allow_v4_entries,
+        allow_v6_entries: args.allow_v6_entries,
+        flow_entries: args.flow_entries,
+    };
+    Ok(match args.lifecycle.pins() {
+        Some(pins) => {
+            let root = pins.root().display().to_string();
+            let (filter, reused) =
+                Filter::load_pinned(options, policy, &args.kernel_config(), pins)?;
+            if reused > 0 {
+                log::info!("adopted {reused} pinned maps under {root}: allowlist, flows and counters carry over");
+            }
+            filter
+        }
+        None => Filter::load(options, policy, &args.kernel_config())?,
+    })
+}
+
+/// Attaches to every `--iface`; then the maps of an older pin layout, which no link runs any
+/// more, are removed.
+fn attach(args: &RunArgs, filter: &mut Filter) -> Result<()> {
     for iface in &args.ifaces {
         let how = filter.attach(iface, args.xdp_mode)?.describe();
         log::info!(
@@ -218,20 +300,31 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
         );
     }
     if let Some(pins) = filter.pins() {
-        // Links of an older layout now run this program; that layout's maps can go.
         for dir in pins.other_versions()? {
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
             log::info!("removed maps of another pin layout: {}", dir.display());
         }
     }
+    Ok(())
+}
 
-    observe::record_attachments(&status, &filter);
-    let mut observability = endpoints.start(&filter, status.clone())?;
-    let events_task = observability.spawn_events(ring);
-
-    if !args.lifecycle.keep_privileges {
-        drop_privileges(&args)?;
-    }
+/// The serving phase, on the multi-threaded runtime: observability, then the loop until
+/// SIGINT or SIGTERM, then the exit.
+async fn serve(started: Started, reload: Option<Reload>) -> Result<()> {
+    let Started {
+        mut args,
+        mut filter,
+        mut registry,
+        mut endpoint_sync,
+        status,
+        bound,
+        ring,
+        mut signals,
+        _lock,
+    } = started;
+    let mut observability = bound.start(&filter, status.clone())?;
+    let mut events_task = observability.spawn_events(ring);
+    announce_ready(&args, &filter);
 
     let mut poll = tokio::time::interval(registry.poll_interval());
     let stats_every = Duration::from_secs(args.stats_interval.max(1));
@@ -240,14 +333,12 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
         args.lifecycle.reattach_interval_ms.max(100),
     ));
     let mut missing_logged: Vec<String> = Vec::new();
-    let mut events_task = events_task;
-    let mut args = args;
 
     loop {
         tokio::select! {
-            _ = sigint.recv() => { log::info!("SIGINT: exiting"); break; }
-            _ = sigterm.recv() => { log::info!("SIGTERM: exiting"); break; }
-            _ = sighup.recv() => {
+            _ = signals.int.recv() => { log::info!("SIGINT: exiting"); break; }
+            _ = signals.term.recv() => { log::info!("SIGTERM: exiting"); break; }
+            _ = signals.hup.recv() => {
                 if let Some(r) = &reload {
                     match r.reloader.load(&r.cli).and_then(|new| apply_reload(&mut filter, &mut registry, &args, new)) {
                         Ok(new) => args = new,
@@ -302,7 +393,26 @@ pub async fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     events_task.abort();
     drop(observability);
+    exit(&args, filter)
+}
+
+/// The `ready` line, and `READY=1` to systemd when it started us (`Type=notify`).
+fn announce_ready(args: &RunArgs, filter: &Filter) {
+    log::info!(
+        "{READY} {} (program id {})",
+        args.ifaces.join(", "),
+        filter.program_id().map_or("?".into(), |i| i.to_string())
+    );
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        log::warn!("telling systemd we are ready: {e}");
+    }
+}
+
+/// On the way out: detach (and remove the pins) when asked to, else leave the filter
+/// enforcing from its pins.
+fn exit(args: &RunArgs, filter: Filter) -> Result<()> {
     if args.lifecycle.detach_on_exit || args.lifecycle.no_pin {
+        let mut filter = filter;
         filter.detach_all().context("detaching on exit")?;
         if let (true, Some(pins)) = (args.lifecycle.detach_on_exit, filter.pins().cloned()) {
             drop(filter);

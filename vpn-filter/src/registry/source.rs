@@ -232,6 +232,20 @@ pub struct HttpSource {
     url: reqwest::Url,
     with_signature: bool,
     max_bytes: u64,
+    /// CA certificates trusted in addition to the system's.
+    extra_roots: Vec<reqwest::Certificate>,
+}
+
+/// The HTTP client: our user agent, timeouts, and the extra CA certificates.
+fn client(extra_roots: &[reqwest::Certificate]) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("vpn-filter/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT);
+    for c in extra_roots {
+        builder = builder.add_root_certificate(c.clone());
+    }
+    builder.build().context("building the HTTP client")
 }
 
 /// Connect timeout; a whole request may take [`REQUEST_TIMEOUT`].
@@ -246,29 +260,31 @@ impl HttpSource {
         max_bytes: u64,
         extra_ca: Option<&Path>,
     ) -> Result<HttpSource> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("vpn-filter/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT);
+        let mut extra_roots = Vec::new();
         if let Some(path) = extra_ca {
             let pem = std::fs::read(path)
                 .with_context(|| format!("reading CA certificates {}", path.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            extra_roots = reqwest::Certificate::from_pem_bundle(&pem)
                 .with_context(|| format!("{}: not a PEM certificate bundle", path.display()))?;
-            if certs.is_empty() {
+            if extra_roots.is_empty() {
                 bail!("{}: no certificate found", path.display());
             }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
         }
-        let client = builder.build().context("building the HTTP client")?;
         Ok(HttpSource {
-            client,
+            client: client(&extra_roots)?,
             url,
             with_signature,
             max_bytes,
+            extra_roots,
         })
+    }
+
+    /// A new client, without the pooled connections of the old one: those belong to the
+    /// tokio runtime they were opened on (the controller's start-up runtime ends before it
+    /// serves).
+    pub fn reset_connections(&mut self) -> Result<()> {
+        self.client = client(&self.extra_roots)?;
+        Ok(())
     }
 
     pub fn url(&self) -> &reqwest::Url {

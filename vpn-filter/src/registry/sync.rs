@@ -452,6 +452,14 @@ impl<K: FeedKind> FeedSync<K> {
             .map(|c| &c.feed)
     }
 
+    /// Drops the HTTP source's pooled connections (see [`HttpSource::reset_connections`]).
+    pub fn reset_connections(&mut self) -> Result<()> {
+        if let Source::Http { src, .. } = &mut self.source {
+            src.reset_connections()?;
+        }
+        Ok(())
+    }
+
     /// The source as given on the command line.
     pub fn source(&self) -> String {
         self.spec.describe()

@@ -50,7 +50,9 @@ fn error_line(msg: impl Into<String>) -> Vec<u8> {
 
 /// The daemon's listening socket; the socket file is removed on drop if it is still ours.
 pub struct ControlServer {
-    listener: UnixListener,
+    /// Bound before the runtime that serves it exists (start-up runs privileged, on one
+    /// thread); made a tokio listener in [`ControlServer::into_parts`].
+    listener: std::os::unix::net::UnixListener,
     guard: SocketGuard,
 }
 
@@ -98,7 +100,7 @@ impl ControlServer {
             std::fs::remove_file(path)
                 .with_context(|| format!("removing the stale socket {}", path.display()))?;
         }
-        let listener = UnixListener::bind(path)
+        let listener = std::os::unix::net::UnixListener::bind(path)
             .with_context(|| format!("binding the control socket {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("chmod 0600 {}", path.display()))?;
@@ -117,8 +119,14 @@ impl ControlServer {
     }
 
     /// Splits into the listener (to [`serve`]) and the guard that removes the socket file.
-    pub fn into_parts(self) -> (UnixListener, SocketGuard) {
-        (self.listener, self.guard)
+    /// Needs the tokio runtime that will serve it.
+    pub fn into_parts(self) -> Result<(UnixListener, SocketGuard)> {
+        self.listener
+            .set_nonblocking(true)
+            .context("making the control socket non-blocking")?;
+        let listener = UnixListener::from_std(self.listener)
+            .context("registering the control socket with tokio")?;
+        Ok((listener, self.guard))
     }
 }
 

@@ -58,16 +58,20 @@ pub fn parse_listen(spec: &str) -> Result<SocketAddr> {
     ))
 }
 
-/// Binds the endpoint (at startup, so a taken port fails the start with a clear error).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+/// Binds the endpoint (at startup, so a taken port fails the start with a clear error). A
+/// std listener: start-up runs before the runtime that serves it exists.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     if !addr.ip().is_loopback() {
         log::warn!(
             "metrics endpoint on {addr} is reachable from other hosts; the counters reveal traffic patterns, restrict access with a firewall"
         );
     }
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening for metrics on {addr}"))
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("listening for metrics on {addr}"))?;
+    listener
+        .set_nonblocking(true)
+        .context("making the metrics socket non-blocking")?;
+    Ok(listener)
 }
 
 /// Serves scrapes until the task is cancelled.

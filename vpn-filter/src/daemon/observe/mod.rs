@@ -84,12 +84,13 @@ pub fn record_attachments(status: &SharedStatus, filter: &Filter) {
 pub struct Bound {
     output: Output,
     control: Option<ControlServer>,
-    metrics: Option<tokio::net::TcpListener>,
+    metrics: Option<std::net::TcpListener>,
     loss_report_interval: u64,
 }
 
 impl Bound {
-    pub async fn bind(args: &ObserveArgs) -> Result<Self> {
+    /// Needs no runtime: start-up binds before the serving runtime exists.
+    pub fn bind(args: &ObserveArgs) -> Result<Self> {
         let target = match &args.events_file {
             Some(p) => OutputTarget::File(p.clone()),
             None => OutputTarget::Stdout,
@@ -97,7 +98,7 @@ impl Bound {
         let output = Output::open(target)?;
         let control = bind_control(args.control_socket.as_ref())?;
         let metrics = match &args.metrics {
-            Some(spec) => Some(metrics::bind(metrics::parse_listen(spec)?).await?),
+            Some(spec) => Some(metrics::bind(metrics::parse_listen(spec)?)?),
             None => None,
         };
         Ok(Bound {
@@ -129,7 +130,7 @@ impl Bound {
                     "control socket {} (vpn-filter status|events|top)",
                     path.display()
                 );
-                let (listener, guard) = server.into_parts();
+                let (listener, guard) = server.into_parts()?;
                 tasks.push(tokio::spawn(control::serve(listener, sources.clone())));
                 (Some(guard), Some(path))
             }
@@ -139,6 +140,8 @@ impl Bound {
         let metrics_addr = match self.metrics {
             Some(listener) => {
                 let addr = listener.local_addr()?;
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .context("registering the metrics socket with tokio")?;
                 log::info!("metrics at http://{addr}/metrics");
                 tasks.push(tokio::spawn(metrics::serve(listener, sources.clone())));
                 Some(addr)
