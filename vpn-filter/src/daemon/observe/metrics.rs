@@ -5,27 +5,33 @@
 //! OpenMetrics text when the scraper asks for it (Prometheus does), as the classic Prometheus
 //! text format (0.0.4) otherwise. Metric names are documented in docs/metrics.md.
 //!
-//! The HTTP side is deliberately tiny: `GET`/`HEAD /metrics`, one request per connection,
-//! bounded request size and time, a bounded number of connections.
+//! The HTTP side is hyper's HTTP/1.1 server, kept small: `GET`/`HEAD /metrics`, one request
+//! per connection, bounded request size and time, a bounded number of connections.
 
 use std::{
+    convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
 
 use anyhow::{anyhow, Context as _, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::TokioIo;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-};
+use tokio::{net::TcpListener, sync::Semaphore};
 use vpn_filter_common::{Counter, Protocol, Verdict};
 
 use crate::{client::status::StatusReport, daemon::status::Sources};
@@ -74,7 +80,8 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-/// Serves scrapes until the task is cancelled.
+/// Serves scrapes until the task is cancelled: HTTP/1.1 by hyper, one request per
+/// connection, at most [`MAX_CONNECTIONS`] at once, each done within [`REQUEST_TIMEOUT`].
 pub async fn serve(listener: TcpListener, sources: Sources) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -92,8 +99,17 @@ pub async fn serve(listener: TcpListener, sources: Sources) {
         };
         let sources = sources.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &sources)).await {
-                Ok(Err(e)) => log::debug!("metrics request from {peer}: {e:#}"),
+            let service = service_fn(move |req| {
+                let sources = sources.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &sources)) }
+            });
+            let conn = http1::Builder::new()
+                .keep_alive(false)
+                .title_case_headers(true)
+                .max_buf_size(MAX_REQUEST)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(REQUEST_TIMEOUT, conn).await {
+                Ok(Err(e)) => log::debug!("metrics request from {peer}: {e}"),
                 Err(_) => log::debug!("metrics request from {peer} timed out"),
                 Ok(Ok(())) => {}
             }
@@ -102,146 +118,70 @@ pub async fn serve(listener: TcpListener, sources: Sources) {
     }
 }
 
-/// What a request asked for.
-#[derive(Debug, PartialEq, Eq)]
-struct Parsed {
-    method: String,
-    path: String,
-    openmetrics: bool,
-}
-
-/// Parses the request head (request line and headers, up to the blank line).
-fn parse_request(head: &str) -> Result<Parsed, (u16, &'static str)> {
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or("");
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err((400, "Bad Request"));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err((505, "HTTP Version Not Supported"));
+/// The answer to one request: `GET` or `HEAD /metrics` (OpenMetrics when the `Accept` header
+/// asks for it), 404 for other paths, 405 for other methods.
+fn respond<B>(req: &Request<B>, sources: &Sources) -> Response<Full<Bytes>> {
+    let with_body = req.method() == Method::GET;
+    if !with_body && req.method() != Method::HEAD {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n", true);
     }
-    let mut openmetrics = false;
-    for h in lines {
-        if let Some((name, value)) = h.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("accept")
-                && value.contains("application/openmetrics-text")
-            {
-                openmetrics = true;
-            }
-        }
-    }
-    let path = target.split('?').next().unwrap_or("").to_string();
-    Ok(Parsed {
-        method: method.to_string(),
-        path,
-        openmetrics,
-    })
-}
-
-async fn answer(mut stream: TcpStream, sources: &Sources) -> Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let head_end = loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_REQUEST {
-            return respond(
-                &mut stream,
-                431,
-                "Request Header Fields Too Large",
-                "text/plain",
-                b"request too large\n",
-                true,
-            )
-            .await;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let req = match parse_request(&head) {
-        Ok(r) => r,
-        Err((code, reason)) => {
-            return respond(
-                &mut stream,
-                code,
-                reason,
-                "text/plain",
-                b"bad request\n",
-                true,
-            )
-            .await
-        }
-    };
-    let with_body = req.method == "GET";
-    if !with_body && req.method != "HEAD" {
-        return respond(
-            &mut stream,
-            405,
-            "Method Not Allowed",
-            "text/plain",
-            b"only GET and HEAD\n",
-            true,
-        )
-        .await;
-    }
-    if req.path != "/metrics" {
-        return respond(
-            &mut stream,
-            404,
-            "Not Found",
-            "text/plain",
-            b"metrics are at /metrics\n",
+    if req.uri().path() != "/metrics" {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "metrics are at /metrics\n",
             with_body,
-        )
-        .await;
+        );
     }
-    let report = match sources.report() {
-        Ok(r) => r,
+    let openmetrics = wants_openmetrics(req.headers());
+    let encoded = sources
+        .report()
+        .and_then(|report| encode(report, openmetrics));
+    match encoded {
+        Ok((body, ctype)) => response(StatusCode::OK, ctype, body, with_body),
         Err(e) => {
             log::warn!("metrics scrape: {e:#}");
             let body = format!("reading the counters failed: {e:#}\n");
-            return respond(
-                &mut stream,
-                500,
-                "Internal Server Error",
+            response(
+                StatusCode::INTERNAL_SERVER_ERROR,
                 "text/plain",
-                body.as_bytes(),
+                body,
                 with_body,
             )
-            .await;
         }
-    };
-    let (body, ctype) = encode(report, req.openmetrics)?;
-    respond(&mut stream, 200, "OK", ctype, body.as_bytes(), with_body).await
+    }
 }
 
-async fn respond(
-    stream: &mut TcpStream,
-    code: u16,
-    reason: &str,
-    ctype: &str,
-    body: &[u8],
+/// Whether an `Accept` header asks for OpenMetrics (Prometheus sends one that does).
+fn wants_openmetrics(headers: &header::HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.contains("application/openmetrics-text"))
+    })
+}
+
+fn plain(status: StatusCode, body: &'static str, with_body: bool) -> Response<Full<Bytes>> {
+    response(status, "text/plain", body.to_string(), with_body)
+}
+
+/// A response with `Content-Type` and the body's length (also for `HEAD`, which sends none).
+fn response(
+    status: StatusCode,
+    ctype: &'static str,
+    body: String,
     with_body: bool,
-) -> Result<()> {
-    let mut out = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if with_body {
-        out.extend_from_slice(body);
-    }
-    stream.write_all(&out).await?;
-    stream.shutdown().await?;
-    Ok(())
+) -> Response<Full<Bytes>> {
+    let len = body.len();
+    let body = if with_body {
+        Bytes::from(body)
+    } else {
+        Bytes::new()
+    };
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    r
 }
 
 /// Encodes a report; returns the text and its content type.
@@ -681,6 +621,25 @@ mod tests {
     }
 
     #[test]
+    fn openmetrics_is_served_when_an_accept_header_asks_for_it() {
+        let request = |accept: &[&str]| {
+            let mut b = Request::builder().uri("/metrics");
+            for a in accept {
+                b = b.header(header::ACCEPT, *a);
+            }
+            b.body(()).unwrap()
+        };
+        let prometheus =
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+        assert!(wants_openmetrics(request(&[prometheus]).headers()));
+        assert!(wants_openmetrics(
+            request(&["text/plain", "application/openmetrics-text"]).headers()
+        ));
+        assert!(!wants_openmetrics(request(&["text/plain"]).headers()));
+        assert!(!wants_openmetrics(request(&[]).headers()));
+    }
+
+    #[test]
     fn listen_addresses_default_to_loopback() {
         assert_eq!(
             parse_listen("9469").unwrap(),
@@ -697,15 +656,5 @@ mod tests {
         assert_eq!(parse_listen("::1").unwrap(), "[::1]:9469".parse().unwrap());
         let e = parse_listen("localhost:x").unwrap_err().to_string();
         assert!(e.contains("expected PORT"), "{e}");
-    }
-
-    #[test]
-    fn request_heads_are_parsed_strictly() {
-        let p = parse_request("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5").unwrap();
-        assert_eq!(p.path, "/metrics");
-        assert!(p.openmetrics);
-        assert!(!parse_request("GET /metrics HTTP/1.0").unwrap().openmetrics);
-        assert_eq!(parse_request("GET /metrics").unwrap_err().0, 400);
-        assert_eq!(parse_request("GET /metrics SPDY/3").unwrap_err().0, 505);
     }
 }
