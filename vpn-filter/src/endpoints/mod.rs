@@ -156,28 +156,10 @@ impl EndpointSet {
 
     /// The most specific listing containing `ip`, as the kernel's LPM lookup finds it.
     pub fn lookup(&self, ip: IpAddr) -> Option<(Prefix, EndpointValue)> {
-        let (bits, max, v4) = match canonical_ip(ip) {
-            IpAddr::V4(a) => (u128::from(u32::from(a)), 32u8, true),
-            IpAddr::V6(a) => (u128::from(a), 128u8, false),
-        };
+        let ip = canonical_ip(ip);
+        let max = if ip.is_ipv4() { 32 } else { 128 };
         (0..=max).rev().find_map(|len| {
-            let key = if v4 {
-                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-                Prefix::V4 {
-                    addr: ((bits as u32) & mask).to_be_bytes(),
-                    len,
-                }
-            } else {
-                let mask = if len == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - len)
-                };
-                Prefix::V6 {
-                    addr: (bits & mask).to_be_bytes(),
-                    len,
-                }
-            };
+            let key = Prefix::of(ip, len);
             self.prefixes.get(&key).map(|v| (key, *v))
         })
     }

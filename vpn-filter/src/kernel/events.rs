@@ -22,7 +22,7 @@ impl EventRing {
     }
 
     /// The next record waiting, if any; never blocks.
-    pub fn next(&mut self) -> Option<impl Deref<Target = [u8]> + '_> {
+    pub fn next_record(&mut self) -> Option<impl Deref<Target = [u8]> + '_> {
         self.ring.next()
     }
 
@@ -53,7 +53,7 @@ impl AsyncEventRing {
     pub async fn drain(&mut self, mut record: impl FnMut(&[u8])) -> io::Result<()> {
         let mut guard = self.fd.readable_mut().await?;
         let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
+        while let Some(item) = ring.next_record() {
             record(&item);
         }
         guard.clear_ready();

@@ -31,6 +31,7 @@ use std::{
     sync::Arc,
 };
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use vpn_filter_common::entry_tag;
@@ -131,20 +132,37 @@ impl Prefix {
 
     /// Does the prefix contain `ip`?
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self, canonical_ip(ip)) {
-            (Prefix::V4 { addr, len }, IpAddr::V4(ip)) => {
-                let mask = if *len == 0 { 0 } else { u32::MAX << (32 - len) };
-                u32::from_be_bytes(*addr) == u32::from(ip) & mask
-            }
-            (Prefix::V6 { addr, len }, IpAddr::V6(ip)) => {
-                let mask = if *len == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - len)
-                };
-                u128::from_be_bytes(*addr) == u128::from(ip) & mask
-            }
-            _ => false,
+        self.net().contains(&canonical_ip(ip))
+    }
+
+    /// The prefix of length `len` (at most the family's width) that contains `ip`.
+    pub fn of(ip: IpAddr, len: u8) -> Prefix {
+        match ip {
+            IpAddr::V4(a) => Prefix::V4 {
+                addr: Ipv4Net::new(a, len)
+                    .expect("an IPv4 prefix length")
+                    .network()
+                    .octets(),
+                len,
+            },
+            IpAddr::V6(a) => Prefix::V6 {
+                addr: Ipv6Net::new(a, len)
+                    .expect("an IPv6 prefix length")
+                    .network()
+                    .octets(),
+                len,
+            },
+        }
+    }
+
+    fn net(&self) -> IpNet {
+        match *self {
+            Prefix::V4 { addr, len } => Ipv4Net::new(addr.into(), len)
+                .expect("an IPv4 prefix length")
+                .into(),
+            Prefix::V6 { addr, len } => Ipv6Net::new(addr.into(), len)
+                .expect("an IPv6 prefix length")
+                .into(),
         }
     }
 }
@@ -196,32 +214,22 @@ impl FromStr for Prefix {
                 n
             }
         };
+        let network = Prefix::of(addr, len);
         let prefix = match addr {
             IpAddr::V4(a) => {
-                let bits = u32::from(a);
-                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-                if bits & !mask != 0 {
+                if network.net().addr() != addr {
                     return Err(format!(
                         "host bits set: {s} (did you mean {}/{len} or {a}/32?)",
-                        Ipv4Addr::from(bits & mask)
+                        network.net().addr()
                     ));
                 }
-                Prefix::V4 {
-                    addr: a.octets(),
-                    len,
-                }
+                network
             }
             IpAddr::V6(a) => {
-                let bits = u128::from(a);
-                let mask = if len == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - len)
-                };
-                if bits & !mask != 0 {
+                if network.net().addr() != addr {
                     return Err(format!(
                         "host bits set: {s} (did you mean {}/{len} or {a}/128?)",
-                        Ipv6Addr::from(bits & mask)
+                        network.net().addr()
                     ));
                 }
                 // ::ffff:a.b.c.d/(96+n) is the IPv4 prefix a.b.c.d/n.
@@ -752,34 +760,11 @@ impl Allowlist {
 
     /// The entry whose prefix matches `ip` most specifically, as the kernel's LPM lookup would.
     pub fn lookup(&self, ip: IpAddr) -> Option<(&Prefix, &AllowedBy)> {
-        match canonical_ip(ip) {
-            IpAddr::V4(a) => {
-                let bits = u32::from(a);
-                (0..=32u8).rev().find_map(|len| {
-                    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-                    let key = Prefix::V4 {
-                        addr: (bits & mask).to_be_bytes(),
-                        len,
-                    };
-                    self.prefixes.get_key_value(&key)
-                })
-            }
-            IpAddr::V6(a) => {
-                let bits = u128::from(a);
-                (0..=128u8).rev().find_map(|len| {
-                    let mask = if len == 0 {
-                        0
-                    } else {
-                        u128::MAX << (128 - len)
-                    };
-                    let key = Prefix::V6 {
-                        addr: (bits & mask).to_be_bytes(),
-                        len,
-                    };
-                    self.prefixes.get_key_value(&key)
-                })
-            }
-        }
+        let ip = canonical_ip(ip);
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        (0..=max)
+            .rev()
+            .find_map(|len| self.prefixes.get_key_value(&Prefix::of(ip, len)))
     }
 }
 

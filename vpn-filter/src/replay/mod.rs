@@ -624,7 +624,7 @@ fn pair_events(
     out: &mut Replay,
 ) {
     let mut next = 0;
-    while let Some(item) = ring.next() {
+    while let Some(item) = ring.next_record() {
         let Some(ev) = decode(&item) else { continue };
         let matches = |a: &AwaitedEvent| {
             a.tuple.is_some_and(|t| {
