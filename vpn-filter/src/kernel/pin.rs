@@ -407,17 +407,21 @@ impl ControllerLock {
             .truncate(false)
             .open(path)
             .with_context(|| format!("opening lock file {}", path.display()))?;
-        // SAFETY: flock on an fd we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            return Err(anyhow!(
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(anyhow!("locking {}: {e}", path.display()))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(anyhow!(
                 "another vpn-filter controller is running (lock {} held{}); only one controller may manage these pins",
                 path.display(),
                 if holder.is_empty() { String::new() } else { format!(" by pid {holder}") }
             ));
+            }
         }
         file.set_len(0)?;
         file.rewind()?;

@@ -171,25 +171,15 @@ fn lock_out(out: &Path) -> Result<File> {
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    let rc = unsafe {
-        libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            libc::LOCK_EX | libc::LOCK_NB,
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            bail!(
-                "another `registry publish` is writing to {} (it holds {})",
-                out.display(),
-                path.display()
-            );
-        }
-        return Err(anyhow!("locking {}: {err}", path.display()));
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another `registry publish` is writing to {} (it holds {})",
+            out.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(err)) => Err(anyhow!("locking {}: {err}", path.display())),
     }
-    Ok(file)
 }
 
 /// The release directories under `releases` by serial.
