@@ -2,7 +2,10 @@
 //! description, Ctrl-C handling and number formatting.
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, LazyLock,
+    },
     time::Duration,
 };
 
@@ -55,19 +58,14 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
+/// Set by SIGINT and SIGTERM (signal-hook).
+static STOP: LazyLock<Arc<AtomicBool>> = LazyLock::new(Default::default);
 
 /// Ctrl-C and SIGTERM set a flag that [`check_stop`] turns into an error, so the run unwinds
 /// and every namespace, attachment and nftables table is removed by its guard.
 pub fn install_stop_handler() {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installing an async-signal-safe handler (an atomic store).
-        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&STOP)).expect("installing a signal handler");
     }
 }
 

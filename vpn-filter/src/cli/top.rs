@@ -12,7 +12,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc,
+        mpsc, Arc, LazyLock,
     },
     time::{Duration, Instant},
 };
@@ -457,11 +457,8 @@ enum Msg {
     Disconnected(String),
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
+/// Set by SIGINT and SIGTERM (signal-hook); the UI loop checks it between frames.
+static STOP: LazyLock<Arc<AtomicBool>> = LazyLock::new(Default::default);
 
 /// Reads the event stream on its own thread, reconnecting when the daemon restarts.
 fn spawn_event_reader(path: PathBuf, tx: mpsc::SyncSender<Msg>) {
@@ -516,16 +513,9 @@ pub fn run(args: TopArgs) -> Result<()> {
     let (tx, rx) = mpsc::sync_channel(65_536);
     spawn_event_reader(args.control_socket.clone(), tx);
 
-    // SAFETY: the handlers only store to an atomic.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_stop_signal as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            on_stop_signal as *const () as libc::sighandler_t,
-        );
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&STOP))
+            .context("installing the SIGINT/SIGTERM handlers")?;
     }
     let mut terminal = ratatui::try_init().context("setting up the terminal")?;
     let result = ui_loop(
