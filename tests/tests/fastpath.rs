@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc,
@@ -314,51 +314,9 @@ fn a_zero_length_prefix_registers_every_address_in_every_mode() {
 /// BPF_PROG_TEST_RUN on a program fd, usable from another thread than the `Filter`'s owner
 /// (the sync holds `&mut Filter`).
 fn test_run(prog: &OwnedFd, frame: &[u8]) -> u32 {
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let mut attr = TestAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat: 1,
-        ..TestAttr::default()
-    };
-    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_PROG_TEST_RUN; `frame` outlives the
-    // call; no output buffers are given.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>(),
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
-    );
-    attr.retval
+    vpn_filter::kernel::test_run::test_run(prog.as_fd(), frame, 1)
+        .expect("BPF_PROG_TEST_RUN")
+        .action
 }
 
 #[test]

@@ -13,7 +13,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
     sync::Arc,
 };
 
@@ -115,48 +115,9 @@ fn allowlist(n: usize, rng: &mut Rng) -> Allowlist {
 
 /// BPF_PROG_TEST_RUN once; returns (action, kernel-measured duration in ns).
 fn test_run(prog: &OwnedFd, frame: &[u8]) -> Result<(u32, u32)> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let mut attr = TestAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat: 1,
-        ..TestAttr::default()
-    };
-    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_PROG_TEST_RUN; `frame` outlives the
-    // call; no output buffers are given.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>(),
-        )
-    };
-    if rc != 0 {
-        bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-    }
-    Ok((attr.retval, attr.duration))
+    let run = vpn_filter::kernel::test_run::test_run(prog.as_fd(), frame, 1)
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok((run.action, run.duration_ns))
 }
 
 #[derive(Clone, Copy, PartialEq)]

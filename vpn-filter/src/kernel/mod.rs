@@ -8,6 +8,7 @@ pub mod flows;
 mod map_shapes;
 pub mod pin;
 pub mod stats;
+pub mod test_run;
 
 use std::net::IpAddr;
 
@@ -347,17 +348,15 @@ impl Filter {
     /// Runs one frame through the loaded program with BPF_PROG_TEST_RUN (no interface
     /// needed); returns the XDP action. Flow state and counters change as they would live.
     pub fn run_frame(&self, frame: &[u8]) -> Result<u32> {
-        use aya::programs::{TestRun as _, TestRunOptions};
         let prog: &Xdp = self
             .ebpf
             .program(PROGRAM_NAME)
             .expect("checked at load")
             .try_into()
             .expect("checked at load");
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
-        Ok(r.return_value)
+        let fd = std::os::fd::AsFd::as_fd(prog.fd()?);
+        let run = test_run::test_run(fd, frame, 1).context("BPF_PROG_TEST_RUN")?;
+        Ok(run.action)
     }
 
     /// Attaches to `iface`. With pins, a link pinned for `iface` by a previous controller is
