@@ -11,22 +11,18 @@ use std::{
 
 use anyhow::{bail, Result};
 
-/// xorshift64*: deterministic, fast, good enough to spread addresses and ports.
+/// Reproducible pseudo-random numbers from a seed (the tests' one generator), to spread
+/// addresses and ports.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(rand_pcg::Pcg64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+        Rng(vpn_filter_tests::rng::seeded(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        vpn_filter_tests::rng::next_u64(&mut self.0)
     }
 
     pub fn next_u32(&mut self) -> u32 {

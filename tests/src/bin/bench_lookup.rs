@@ -40,16 +40,12 @@ struct Args {
     batch: usize,
 }
 
-/// splitmix64.
-struct Rng(u64);
+/// Reproducible pseudo-random numbers from a seed (the tests' one generator).
+struct Rng(rand_pcg::Pcg64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        vpn_filter_tests::rng::next_u64(&mut self.0)
     }
 
     fn pick<T: Copy>(&mut self, weighted: &[(u32, T)]) -> T {
@@ -193,7 +189,7 @@ fn main() -> Result<()> {
         "| prefixes | sources | lookup mode | ns/packet (median) | over pass-through (ns) | lookup (ns over empty allowlist) | lookup vs trie |"
     );
     println!("|---:|---|---|---:|---:|---:|---:|");
-    let mut rng = Rng(0xbe7c_0001);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0xbe7c_0001));
     for &size in &args.sizes {
         let allow = allowlist(size, &mut rng);
         let options = LoadOptions {
@@ -226,7 +222,7 @@ fn main() -> Result<()> {
         let empty_fd = empty.program_mut().fd()?.as_fd().try_clone_to_owned()?;
         for family in [Family::V4, Family::V6] {
             let mut flood = Flood {
-                rng: Rng(rng.next()),
+                rng: Rng(vpn_filter_tests::rng::seeded(rng.next())),
                 allow: &allow,
                 family,
                 n: 0,
