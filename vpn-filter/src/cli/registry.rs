@@ -10,7 +10,7 @@ use crate::{
     kernel::pin::{PinDir, DEFAULT_PIN_ROOT},
     registry::{
         canonical_ip,
-        guard::{self, Baseline, GuardOptions, DEFAULT_MAX_FEED_BYTES, DEFAULT_MAX_SHRINK_PERCENT},
+        guard::{self, Baseline, GuardArgs, DEFAULT_MAX_FEED_BYTES},
         rfc3339,
         signature::Keyring,
         source::{signature_path, FileSource, HttpPoll, HttpSource, SourceSpec},
@@ -33,22 +33,13 @@ pub struct ValidateArgs {
     /// valid under any of them, as a controller given several keys accepts it).
     #[arg(long, value_name = "KEYFILE")]
     pub registry_pubkey: Vec<PathBuf>,
-    /// Refuse feeds larger than this many bytes.
-    #[arg(long, default_value_t = DEFAULT_MAX_FEED_BYTES, value_name = "BYTES")]
-    pub max_feed_bytes: u64,
     /// Also run the controller's checks against the last good feed persisted in DIR (serial
     /// going backwards, emptying or mass shrink): would a running controller apply it?
     #[arg(long, value_name = "DIR")]
     pub against_state: Option<PathBuf>,
-    /// With --against-state: accept a feed that empties or shrinks the allowlist.
-    #[arg(long)]
-    pub force_shrink: bool,
-    /// With --against-state: the largest share of the prefixes in force a feed may remove.
-    #[arg(long, default_value_t = DEFAULT_MAX_SHRINK_PERCENT, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
-    pub max_shrink_percent: u8,
-    /// With --against-state: accept a serial lower than the one in force.
-    #[arg(long)]
-    pub allow_serial_reset: bool,
+    /// The guard's limits: the size limit always, the others with --against-state.
+    #[command(flatten)]
+    pub guard: GuardArgs,
 }
 
 /// Exit 0 when valid (and acceptable against the state), 1 otherwise.
@@ -57,7 +48,7 @@ pub fn validate(args: ValidateArgs) -> Result<()> {
     let mut source = FileSource::new(
         args.file.clone(),
         !args.registry_pubkey.is_empty(),
-        args.max_feed_bytes,
+        args.guard.max_feed_bytes,
     );
     let fetched = source.read_now()?;
     let mut signed = String::new();
@@ -117,12 +108,7 @@ pub fn validate(args: ValidateArgs) -> Result<()> {
             opts,
         )?;
         let last_allow = last.allowlist(now);
-        let guard_opts = GuardOptions {
-            max_feed_bytes: args.max_feed_bytes,
-            max_shrink_percent: args.max_shrink_percent,
-            force_shrink: args.force_shrink,
-            allow_serial_reset: args.allow_serial_reset,
-        };
+        let guard_opts = args.guard.options();
         let baseline = Baseline {
             serial: last.serial,
             allowlist: &last_allow,

@@ -707,7 +707,7 @@ impl FeedSync<Endpoints> {
         };
         let mut guard = registry.guard_options();
         guard.force_shrink = args.endpoints_force_shrink;
-        guard.allow_serial_reset = registry.allow_serial_reset;
+        guard.allow_serial_reset = registry.guard.allow_serial_reset;
         let kind = Endpoints {
             format: args.endpoints_format,
             opts: args.parse_options(),
@@ -719,7 +719,7 @@ impl FeedSync<Endpoints> {
                 pubkeys: args.endpoints_pubkey.as_slice(),
                 state_dir: registry.state_dir.join("endpoints"),
                 state_flag: "--state-dir, its endpoints/ subdirectory",
-                max_feed_bytes: registry.max_feed_bytes,
+                max_feed_bytes: registry.guard.max_feed_bytes,
                 guard,
                 poll_ms: registry.registry_poll_ms,
                 http_interval: registry.registry_http_interval,

@@ -27,9 +27,7 @@ use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
 use crate::registry::{
-    guard::{
-        self, Baseline, GuardOptions, Refusal, DEFAULT_MAX_FEED_BYTES, DEFAULT_MAX_SHRINK_PERCENT,
-    },
+    guard::{self, Baseline, GuardArgs, GuardOptions, Refusal},
     rfc3339,
     signature::Keyring,
     source::{Fetched, FileSource, HttpPoll, HttpSource, SourceSpec},
@@ -205,22 +203,12 @@ pub struct RegistryArgs {
     /// unreachable or bad). One controller per directory.
     #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
     pub state_dir: PathBuf,
-    /// Refuse feeds larger than this many bytes.
-    #[arg(long, default_value_t = DEFAULT_MAX_FEED_BYTES, value_name = "BYTES")]
-    pub max_feed_bytes: u64,
     /// Accept registry prefixes broader than /8 (IPv4) or /16 (IPv6).
     #[arg(long)]
     pub allow_broad: bool,
-    /// Apply feeds that empty the allowlist or remove more than --max-shrink-percent of it
-    /// (refused by default: a likely upstream failure).
-    #[arg(long)]
-    pub force_shrink: bool,
-    /// Largest share of the prefixes in force (when at least 100) a new feed may remove.
-    #[arg(long, default_value_t = DEFAULT_MAX_SHRINK_PERCENT, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
-    pub max_shrink_percent: u8,
-    /// Accept a feed whose serial is lower than the one in force (a registry reset).
-    #[arg(long)]
-    pub allow_serial_reset: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub guard: GuardArgs,
     /// How often the registry file is checked for changes, in milliseconds (files only; a
     /// URL is fetched every --registry-http-interval).
     #[arg(long, default_value_t = 1000, value_name = "MS")]
@@ -255,12 +243,7 @@ impl RegistryArgs {
     }
 
     pub fn guard_options(&self) -> GuardOptions {
-        GuardOptions {
-            max_feed_bytes: self.max_feed_bytes,
-            max_shrink_percent: self.max_shrink_percent,
-            force_shrink: self.force_shrink,
-            allow_serial_reset: self.allow_serial_reset,
-        }
+        self.guard.options()
     }
 }
 
@@ -355,7 +338,7 @@ impl FeedSync<Registry> {
                 pubkeys: &args.registry_pubkey,
                 state_dir: args.state_dir.clone(),
                 state_flag: "--state-dir",
-                max_feed_bytes: args.max_feed_bytes,
+                max_feed_bytes: args.guard.max_feed_bytes,
                 guard: args.guard_options(),
                 poll_ms: args.registry_poll_ms,
                 http_interval: args.registry_http_interval,
