@@ -245,224 +245,267 @@ fn unix_seconds(t: Option<time::OffsetDateTime>) -> f64 {
 impl Collector for ReportCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let r = &self.0;
-        let c = &r.counters;
         let e = &mut enc;
-
-        // Build and process.
-        {
-            let mut m = e.encode_descriptor(
-                "vpn_filter_build_info",
-                "Controller version (always 1).",
-                None,
-                MetricType::Gauge,
-            )?;
-            let labels = [("version", r.version.as_str())];
-            ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
-        }
-        gauge(
-            e,
-            "vpn_filter_start_time_seconds",
-            "Unix time the controller started.",
-            unix_seconds(Some(r.started_at)),
-        )?;
-        gauge(
-            e,
-            "vpn_filter_program_id",
-            "Kernel id of the loaded XDP program (0 if unknown).",
-            r.program_id.unwrap_or(0) as i64,
-        )?;
-        {
-            let mut m = e.encode_descriptor(
-                "vpn_filter_interface_attached",
-                "Interfaces the program is attached to (1 per interface), with the XDP mode.",
-                None,
-                MetricType::Gauge,
-            )?;
-            for i in &r.interfaces {
-                let labels = [("iface", i.name.as_str()), ("mode", i.mode.as_str())];
-                ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
-            }
-        }
-
-        // Known endpoints: per provider of the feed in force.
-        if let Some(ep) = &r.endpoints {
-            gauge(
-                e,
-                "vpn_filter_endpoint_prefixes",
-                "Prefixes of the endpoint feed in force.",
-                (ep.feed.v4_prefixes + ep.feed.v6_prefixes) as i64,
-            )?;
-            let mut m = e.encode_descriptor(
-                "vpn_filter_endpoint_packets",
-                "Packets from unregistered clients to a provider's listed endpoints, by provider and verdict (dropped, monitored).",
-                None,
-                MetricType::Counter,
-            )?;
-            for p in &ep.providers {
-                for (verdict, n) in [("dropped", p.dropped), ("monitored", p.monitored)] {
-                    let labels = [("provider", p.name.as_str()), ("verdict", verdict)];
-                    ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
-                }
-            }
-        }
-
-        // Verdicts per protocol.
-        {
-            let mut m = e.encode_descriptor(
-                "vpn_filter_verdicts",
-                "Classified VPN packets by protocol and verdict (allowed, dropped, monitored, pending, ignored).",
-                None,
-                MetricType::Counter,
-            )?;
-            for p in &Protocol::ALL[1..] {
-                for v in Verdict::ALL {
-                    let labels = [("protocol", p.name()), ("verdict", v.name())];
-                    ConstCounter::new(c.verdict(p.name(), v.name()))
-                        .encode(m.encode_family(&labels)?)?;
-                }
-            }
-        }
-
-        // Parse and infrastructure counters: every Counter has a home here (the match is
-        // exhaustive, so a new counter cannot be forgotten).
-        let mut by_family = Vec::new();
-        let mut passed = Vec::new();
-        for kc in Counter::ALL {
-            let n = &c.counter(kc.name());
-            match kc {
-                Counter::Packets => counter(e, "vpn_filter_packets", "Packets the XDP program saw.", *n)?,
-                Counter::NonIp | Counter::Ipv4 | Counter::Ipv6 => by_family.push((kc.name(), *n)),
-                Counter::Fragment | Counter::Truncated | Counter::Malformed | Counter::ExtHeaderLimit => {
-                    passed.push((kc.name(), *n))
-                }
-                Counter::Candidates => counter(e, "vpn_filter_candidates", "Packets whose headers made them VPN candidates (payload inspected).", *n)?,
-                Counter::FlowHit => counter(e, "vpn_filter_flow_hits", "Packets that found their flow in the flow map.", *n)?,
-                Counter::FlowInsert => counter(e, "vpn_filter_flow_inserts", "Flow map insertions.", *n)?,
-                Counter::FlowInsertFailed => counter(e, "vpn_filter_flow_insert_failures", "Flow map insertions that failed.", *n)?,
-                Counter::AllowlistLookups => counter(e, "vpn_filter_allowlist_lookups", "Allowlist lookups (one per newly judged flow).", *n)?,
-                Counter::EventsEmitted => counter(e, "vpn_filter_events_emitted", "Events the kernel put in the ring buffer.", *n)?,
-                Counter::EventsSuppressed => counter(e, "vpn_filter_events_suppressed", "Events not emitted because their source exceeded its event rate (--events-per-source) or the CPU its event budget (--events-per-cpu).", *n)?,
-                Counter::EventsLost => counter(e, "vpn_filter_events_lost", "Events lost because the ring buffer was full.", *n)?,
-                Counter::InternalError => counter(e, "vpn_filter_internal_errors", "Map updates in the XDP program that should not fail but did.", *n)?,
-                Counter::TinyFragment => counter(e, "vpn_filter_tiny_fragments_dropped", "First fragments too small to carry the L4 header and payload start (RFC 1858 evasion): dropped.", *n)?,
-                Counter::FlowRejudged => counter(e, "vpn_filter_flows_rejudged", "Flow entries whose endpoints were looked up again because the allowlist changed since their verdict.", *n)?,
-                Counter::EventsRepeatSource => counter(e, "vpn_filter_events_repeat_source", "Events emitted from the reserve for sources seen retrying while the per-CPU event budget was spent.", *n)?,
-                Counter::EndpointLookups => counter(e, "vpn_filter_endpoint_lookups", "Endpoint trie lookups (packets whose destination passed the endpoint bitmap).", *n)?,
-            }
-        }
-        counters_by(
-            e,
-            "vpn_filter_packets_by_family",
-            "Packets by network layer: ipv4, ipv6, non_ip.",
-            "family",
-            &by_family,
-        )?;
-        counters_by(
-            e,
-            "vpn_filter_passed_unparsed",
-            "Packets passed without judgement because their headers could not be followed, by reason.",
-            "reason",
-            &passed,
-        )?;
-
-        // The controller's side of the event path.
-        let ev = &r.events;
-        counter(
-            e,
-            "vpn_filter_events_received",
-            "Events the controller read from the ring buffer.",
-            ev.received,
-        )?;
-        counter(
-            e,
-            "vpn_filter_events_written",
-            "Events written to the output (stdout or --events-file).",
-            ev.written,
-        )?;
-        counter(
-            e,
-            "vpn_filter_events_output_failed",
-            "Events whose write to the output failed.",
-            ev.output_failed,
-        )?;
-        counter(
-            e,
-            "vpn_filter_events_undecodable",
-            "Ring-buffer records of an unexpected size, skipped.",
-            ev.undecodable,
-        )?;
-        counter(
-            e,
-            "vpn_filter_events_follower_dropped",
-            "Event lines slow followers (events --follow, top) missed.",
-            ev.follower_dropped,
-        )?;
-        gauge(
-            e,
-            "vpn_filter_event_followers",
-            "Clients streaming events now.",
-            ev.followers as i64,
-        )?;
-
-        // Registry.
-        let reg = &r.registry;
-        gauge(
-            e,
-            "vpn_filter_registry_serial",
-            "Serial of the registry feed in force (-1 before the first good sync).",
-            reg.serial.map_or(-1, |s| s as i64),
-        )?;
-        {
-            let mut m = e.encode_descriptor(
-                "vpn_filter_allowlist_prefixes",
-                "Prefixes in the kernel allowlist, by address family.",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (fam, n) in [("ipv4", reg.v4_prefixes), ("ipv6", reg.v6_prefixes)] {
-                let labels = [("family", fam)];
-                ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        gauge(
-            e,
-            "vpn_filter_registry_last_sync_timestamp_seconds",
-            "Unix time of the last registry sync attempt (0: none yet).",
-            unix_seconds(reg.last_sync),
-        )?;
-        gauge(
-            e,
-            "vpn_filter_registry_last_success_timestamp_seconds",
-            "Unix time of the last successful registry sync (0: none yet).",
-            unix_seconds(reg.last_success),
-        )?;
-        gauge(
-            e,
-            "vpn_filter_registry_last_check_timestamp_seconds",
-            "Unix time the registry source last answered with the feed in force (304) or a new feed that was applied (0: never).",
-            unix_seconds(reg.last_check),
-        )?;
-        gauge(
-            e,
-            "vpn_filter_registry_feed_generated_timestamp_seconds",
-            "generated_at of the registry feed in force, as Unix time (0: none, or a feed without it).",
-            unix_seconds(reg.feed_generated_at),
-        )?;
-        gauge(
-            e,
-            "vpn_filter_registry_last_sync_success",
-            "1 if the last registry sync attempt succeeded, 0 if it failed or none was made.",
-            i64::from(reg.last_outcome.as_deref() == Some("ok")),
-        )?;
-        counters_by(
-            e,
-            "vpn_filter_registry_syncs",
-            "Registry sync attempts by outcome (ok, error).",
-            "outcome",
-            &[("ok", reg.syncs_ok), ("error", reg.syncs_failed)],
-        )?;
+        encode_build_and_process(e, r)?;
+        encode_known_endpoints(e, r)?;
+        encode_verdicts(e, r)?;
+        encode_kernel_counters(e, r)?;
+        encode_event_pipeline(e, r)?;
+        encode_registry(e, r)?;
         Ok(())
     }
+}
+
+/// Build and process.
+fn encode_build_and_process(
+    e: &mut DescriptorEncoder,
+    r: &StatusReport,
+) -> Result<(), std::fmt::Error> {
+    // Build and process.
+    {
+        let mut m = e.encode_descriptor(
+            "vpn_filter_build_info",
+            "Controller version (always 1).",
+            None,
+            MetricType::Gauge,
+        )?;
+        let labels = [("version", r.version.as_str())];
+        ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+    }
+    gauge(
+        e,
+        "vpn_filter_start_time_seconds",
+        "Unix time the controller started.",
+        unix_seconds(Some(r.started_at)),
+    )?;
+    gauge(
+        e,
+        "vpn_filter_program_id",
+        "Kernel id of the loaded XDP program (0 if unknown).",
+        r.program_id.unwrap_or(0) as i64,
+    )?;
+    {
+        let mut m = e.encode_descriptor(
+            "vpn_filter_interface_attached",
+            "Interfaces the program is attached to (1 per interface), with the XDP mode.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for i in &r.interfaces {
+            let labels = [("iface", i.name.as_str()), ("mode", i.mode.as_str())];
+            ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Known endpoints: per provider of the feed in force.
+fn encode_known_endpoints(
+    e: &mut DescriptorEncoder,
+    r: &StatusReport,
+) -> Result<(), std::fmt::Error> {
+    // Known endpoints: per provider of the feed in force.
+    if let Some(ep) = &r.endpoints {
+        gauge(
+            e,
+            "vpn_filter_endpoint_prefixes",
+            "Prefixes of the endpoint feed in force.",
+            (ep.feed.v4_prefixes + ep.feed.v6_prefixes) as i64,
+        )?;
+        let mut m = e.encode_descriptor(
+            "vpn_filter_endpoint_packets",
+            "Packets from unregistered clients to a provider's listed endpoints, by provider and verdict (dropped, monitored).",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &ep.providers {
+            for (verdict, n) in [("dropped", p.dropped), ("monitored", p.monitored)] {
+                let labels = [("provider", p.name.as_str()), ("verdict", verdict)];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Verdicts per protocol.
+fn encode_verdicts(e: &mut DescriptorEncoder, r: &StatusReport) -> Result<(), std::fmt::Error> {
+    let c = &r.counters;
+    // Verdicts per protocol.
+    {
+        let mut m = e.encode_descriptor(
+            "vpn_filter_verdicts",
+            "Classified VPN packets by protocol and verdict (allowed, dropped, monitored, pending, ignored).",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &Protocol::ALL[1..] {
+            for v in Verdict::ALL {
+                let labels = [("protocol", p.name()), ("verdict", v.name())];
+                ConstCounter::new(c.verdict(p.name(), v.name()))
+                    .encode(m.encode_family(&labels)?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The kernel's parse and infrastructure counters.
+fn encode_kernel_counters(
+    e: &mut DescriptorEncoder,
+    r: &StatusReport,
+) -> Result<(), std::fmt::Error> {
+    let c = &r.counters;
+    // Parse and infrastructure counters: every Counter has a home here (the match is
+    // exhaustive, so a new counter cannot be forgotten).
+    let mut by_family = Vec::new();
+    let mut passed = Vec::new();
+    for kc in Counter::ALL {
+        let n = &c.counter(kc.name());
+        match kc {
+            Counter::Packets => counter(e, "vpn_filter_packets", "Packets the XDP program saw.", *n)?,
+            Counter::NonIp | Counter::Ipv4 | Counter::Ipv6 => by_family.push((kc.name(), *n)),
+            Counter::Fragment | Counter::Truncated | Counter::Malformed | Counter::ExtHeaderLimit => {
+                passed.push((kc.name(), *n))
+            }
+            Counter::Candidates => counter(e, "vpn_filter_candidates", "Packets whose headers made them VPN candidates (payload inspected).", *n)?,
+            Counter::FlowHit => counter(e, "vpn_filter_flow_hits", "Packets that found their flow in the flow map.", *n)?,
+            Counter::FlowInsert => counter(e, "vpn_filter_flow_inserts", "Flow map insertions.", *n)?,
+            Counter::FlowInsertFailed => counter(e, "vpn_filter_flow_insert_failures", "Flow map insertions that failed.", *n)?,
+            Counter::AllowlistLookups => counter(e, "vpn_filter_allowlist_lookups", "Allowlist lookups (one per newly judged flow).", *n)?,
+            Counter::EventsEmitted => counter(e, "vpn_filter_events_emitted", "Events the kernel put in the ring buffer.", *n)?,
+            Counter::EventsSuppressed => counter(e, "vpn_filter_events_suppressed", "Events not emitted because their source exceeded its event rate (--events-per-source) or the CPU its event budget (--events-per-cpu).", *n)?,
+            Counter::EventsLost => counter(e, "vpn_filter_events_lost", "Events lost because the ring buffer was full.", *n)?,
+            Counter::InternalError => counter(e, "vpn_filter_internal_errors", "Map updates in the XDP program that should not fail but did.", *n)?,
+            Counter::TinyFragment => counter(e, "vpn_filter_tiny_fragments_dropped", "First fragments too small to carry the L4 header and payload start (RFC 1858 evasion): dropped.", *n)?,
+            Counter::FlowRejudged => counter(e, "vpn_filter_flows_rejudged", "Flow entries whose endpoints were looked up again because the allowlist changed since their verdict.", *n)?,
+            Counter::EventsRepeatSource => counter(e, "vpn_filter_events_repeat_source", "Events emitted from the reserve for sources seen retrying while the per-CPU event budget was spent.", *n)?,
+            Counter::EndpointLookups => counter(e, "vpn_filter_endpoint_lookups", "Endpoint trie lookups (packets whose destination passed the endpoint bitmap).", *n)?,
+        }
+    }
+    counters_by(
+        e,
+        "vpn_filter_packets_by_family",
+        "Packets by network layer: ipv4, ipv6, non_ip.",
+        "family",
+        &by_family,
+    )?;
+    counters_by(
+        e,
+        "vpn_filter_passed_unparsed",
+        "Packets passed without judgement because their headers could not be followed, by reason.",
+        "reason",
+        &passed,
+    )?;
+    Ok(())
+}
+
+/// The controller's side of the event path.
+fn encode_event_pipeline(
+    e: &mut DescriptorEncoder,
+    r: &StatusReport,
+) -> Result<(), std::fmt::Error> {
+    // The controller's side of the event path.
+    let ev = &r.events;
+    counter(
+        e,
+        "vpn_filter_events_received",
+        "Events the controller read from the ring buffer.",
+        ev.received,
+    )?;
+    counter(
+        e,
+        "vpn_filter_events_written",
+        "Events written to the output (stdout or --events-file).",
+        ev.written,
+    )?;
+    counter(
+        e,
+        "vpn_filter_events_output_failed",
+        "Events whose write to the output failed.",
+        ev.output_failed,
+    )?;
+    counter(
+        e,
+        "vpn_filter_events_undecodable",
+        "Ring-buffer records of an unexpected size, skipped.",
+        ev.undecodable,
+    )?;
+    counter(
+        e,
+        "vpn_filter_events_follower_dropped",
+        "Event lines slow followers (events --follow, top) missed.",
+        ev.follower_dropped,
+    )?;
+    gauge(
+        e,
+        "vpn_filter_event_followers",
+        "Clients streaming events now.",
+        ev.followers as i64,
+    )?;
+    Ok(())
+}
+
+/// Registry.
+fn encode_registry(e: &mut DescriptorEncoder, r: &StatusReport) -> Result<(), std::fmt::Error> {
+    // Registry.
+    let reg = &r.registry;
+    gauge(
+        e,
+        "vpn_filter_registry_serial",
+        "Serial of the registry feed in force (-1 before the first good sync).",
+        reg.serial.map_or(-1, |s| s as i64),
+    )?;
+    {
+        let mut m = e.encode_descriptor(
+            "vpn_filter_allowlist_prefixes",
+            "Prefixes in the kernel allowlist, by address family.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (fam, n) in [("ipv4", reg.v4_prefixes), ("ipv6", reg.v6_prefixes)] {
+            let labels = [("family", fam)];
+            ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    gauge(
+        e,
+        "vpn_filter_registry_last_sync_timestamp_seconds",
+        "Unix time of the last registry sync attempt (0: none yet).",
+        unix_seconds(reg.last_sync),
+    )?;
+    gauge(
+        e,
+        "vpn_filter_registry_last_success_timestamp_seconds",
+        "Unix time of the last successful registry sync (0: none yet).",
+        unix_seconds(reg.last_success),
+    )?;
+    gauge(
+        e,
+        "vpn_filter_registry_last_check_timestamp_seconds",
+        "Unix time the registry source last answered with the feed in force (304) or a new feed that was applied (0: never).",
+        unix_seconds(reg.last_check),
+    )?;
+    gauge(
+        e,
+        "vpn_filter_registry_feed_generated_timestamp_seconds",
+        "generated_at of the registry feed in force, as Unix time (0: none, or a feed without it).",
+        unix_seconds(reg.feed_generated_at),
+    )?;
+    gauge(
+        e,
+        "vpn_filter_registry_last_sync_success",
+        "1 if the last registry sync attempt succeeded, 0 if it failed or none was made.",
+        i64::from(reg.last_outcome.as_deref() == Some("ok")),
+    )?;
+    counters_by(
+        e,
+        "vpn_filter_registry_syncs",
+        "Registry sync attempts by outcome (ok, error).",
+        "outcome",
+        &[("ok", reg.syncs_ok), ("error", reg.syncs_failed)],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
