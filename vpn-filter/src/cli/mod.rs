@@ -1,5 +1,6 @@
 //! The command line: [`Cli`] and one file per subcommand. `main.rs` only calls [`main`].
 
+pub mod assets;
 pub mod detach;
 pub mod endpoints;
 pub mod events;
@@ -52,6 +53,9 @@ pub enum Command {
     /// with the last interface, all its pins go too. Refused while a controller runs (stop it
     /// first).
     Detach(detach::DetachArgs),
+    /// Write the shell completions and man pages (for packaging).
+    #[command(hide = true)]
+    GenerateAssets(assets::AssetsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +96,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args, &matches),
         Command::Detach(args) => detach::detach(args),
+        Command::GenerateAssets(args) => assets::generate(args),
         Command::Replay(args) => replay::main(args),
         Command::Status(args) => status::status(args),
         Command::Events(args) => events::events(args),
