@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use ratatui::{
     crossterm::event::{self, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers},
-    layout::{Constraint, Layout},
+    layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style},
     text::{Line, Span},
     widgets::{Block, Cell, Paragraph, Row, Table},
@@ -270,7 +270,14 @@ pub fn render(frame: &mut Frame, model: &Model, now: OffsetDateTime) {
     ])
     .areas(area);
 
-    // Header.
+    render_header(frame, model, head);
+    render_protocols(frame, model, protos);
+    render_sources(frame, model, now, sources);
+    render_footer(frame, model, foot);
+}
+
+/// The header: daemon, interfaces, registry, totals.
+fn render_header(frame: &mut Frame, model: &Model, head: Rect) {
     let mut lines = Vec::new();
     match &model.status {
         Some(s) => {
@@ -330,8 +337,10 @@ pub fn render(frame: &mut Frame, model: &Model, now: OffsetDateTime) {
         None => lines.push(Line::from("vpn-filter top: waiting for the daemon...")),
     }
     frame.render_widget(Paragraph::new(lines), head);
+}
 
-    // Rates per protocol.
+/// Rates per protocol.
+fn render_protocols(frame: &mut Frame, model: &Model, protos: Rect) {
     let header = Row::new(
         [
             "protocol",
@@ -386,8 +395,10 @@ pub fn render(frame: &mut Frame, model: &Model, now: OffsetDateTime) {
             .block(Block::bordered().title(" packets per second by protocol ")),
         protos,
     );
+}
 
-    // Top sources.
+/// The top blocked sources.
+fn render_sources(frame: &mut Frame, model: &Model, now: OffsetDateTime, sources: Rect) {
     let n = sources.height.saturating_sub(3) as usize;
     let header = Row::new(
         [
@@ -436,8 +447,10 @@ pub fn render(frame: &mut Frame, model: &Model, now: OffsetDateTime) {
             .block(Block::bordered().title(title)),
         sources,
     );
+}
 
-    // Footer.
+/// The footer: keys, lag and errors.
+fn render_footer(frame: &mut Frame, model: &Model, foot: Rect) {
     let mut foot_spans = vec![Span::raw("q: quit")];
     if model.lagged > 0 {
         foot_spans.push(Span::styled(
