@@ -35,7 +35,10 @@ use vpn_filter_common::{
 };
 
 pub use self::capture::{CaptureError, Format};
-use self::{capture::CaptureReader, headers::Tuple};
+use self::{
+    capture::{CaptureReader, FrameInfo},
+    headers::Tuple,
+};
 use crate::{
     client::event::decode,
     kernel::{events::EventRing, flows, Filter, LoadOptions, Policy, StatsReader},
@@ -510,33 +513,8 @@ pub fn replay(
         }
 
         if let Some(i) = flow {
-            let f = &mut flows[i];
-            if flow_work {
-                f.kernel = match entry {
-                    None => None,
-                    Some(st) => Some(KernelEntry {
-                        expires_ns: st.expires_ns,
-                        packets: st.packets,
-                        capture_expiry_ns: match f.kernel {
-                            // Not refreshed (a pending flow counting packets): same expiry.
-                            Some(k) if k.expires_ns == st.expires_ns => k.capture_expiry_ns,
-                            _ => info
-                                .ts_ns
-                                .saturating_add(settings.timeouts.for_status(st.status)),
-                        },
-                    }),
-                };
-            }
-            let r = &mut f.result;
-            r.packets += 1;
-            r.bytes += info.wire_len;
-            r.by_outcome[outcome as usize] += 1;
-            r.last_ts_ns = r.last_ts_ns.max(info.ts_ns);
-            r.first_ts_ns = r.first_ts_ns.min(info.ts_ns);
-            if outcome >= r.verdict && protocol != Protocol::None {
-                r.verdict = outcome;
-                r.protocol = protocol;
-            }
+            let kernel = flow_work.then_some(entry);
+            flows[i].record(&info, kernel, settings, protocol, outcome);
         }
         if matches!(outcome, Outcome::Dropped | Outcome::Monitored) {
             let dropped = (outcome == Outcome::Dropped && settings.keep_dropped)
@@ -575,35 +553,7 @@ pub fn replay(
     out.linktypes = reader.linktypes().to_vec();
     let mut all = vec![0u64; STATS_LEN as usize];
     stats.read_range(0, &mut all)?;
-    for c in Counter::ALL {
-        let n = all[vpn_filter_common::counter_index(*c) as usize];
-        if n > 0 {
-            out.counters.insert(*c, n);
-        }
-    }
-    // The program's own totals are authoritative; the per-packet attribution must add up
-    // to them.
-    let mut kernel_totals = BTreeMap::new();
-    for p in Protocol::ALL {
-        for v in Verdict::ALL {
-            let n = all[verdict_counter_index(*p, *v) as usize];
-            if n > 0 {
-                kernel_totals.insert((*p, *v), n);
-            }
-            let mine = out.verdicts.get(&(*p, *v)).copied().unwrap_or(0);
-            out.attribution_gaps += n.abs_diff(mine);
-        }
-    }
-    if out.attribution_gaps > 0 {
-        log::warn!(
-            "{}: {} verdicts counted by the program were not attributed to their packets; \
-             per-flow results may be incomplete (totals are the program's)",
-            out.path.display(),
-            out.attribution_gaps
-        );
-    }
-    out.verdicts = kernel_totals;
-    out.unclassified = out.packets - out.verdicts.values().sum::<u64>();
+    out.take_kernel_totals(&all);
     out.flows = flows.into_iter().map(|f| f.result).collect();
     match result {
         Ok(()) => Ok(out),
@@ -611,6 +561,82 @@ pub fn replay(
             error,
             partial: Box::new(out),
         }),
+    }
+}
+
+impl FlowAcc {
+    /// One packet of this flow: its counts, its verdict, and (`kernel`: `Some` when the
+    /// packet touched the flow map) the kernel's entry for it, with its expiry on the
+    /// capture's clock.
+    fn record(
+        &mut self,
+        info: &FrameInfo,
+        kernel: Option<Option<FlowState>>,
+        settings: &ReplaySettings,
+        protocol: Protocol,
+        outcome: Outcome,
+    ) {
+        if let Some(entry) = kernel {
+            self.kernel = match entry {
+                None => None,
+                Some(st) => Some(KernelEntry {
+                    expires_ns: st.expires_ns,
+                    packets: st.packets,
+                    capture_expiry_ns: match self.kernel {
+                        // Not refreshed (a pending flow counting packets): same expiry.
+                        Some(k) if k.expires_ns == st.expires_ns => k.capture_expiry_ns,
+                        _ => info
+                            .ts_ns
+                            .saturating_add(settings.timeouts.for_status(st.status)),
+                    },
+                }),
+            };
+        }
+        let r = &mut self.result;
+        r.packets += 1;
+        r.bytes += info.wire_len;
+        r.by_outcome[outcome as usize] += 1;
+        r.last_ts_ns = r.last_ts_ns.max(info.ts_ns);
+        r.first_ts_ns = r.first_ts_ns.min(info.ts_ns);
+        if outcome >= r.verdict && protocol != Protocol::None {
+            r.verdict = outcome;
+            r.protocol = protocol;
+        }
+    }
+}
+
+impl Replay {
+    /// The program's counters (`all`: every STATS slot) at the end. Its verdict totals are
+    /// authoritative; the per-packet attribution must add up to them, and a gap is counted
+    /// and logged.
+    fn take_kernel_totals(&mut self, all: &[u64]) {
+        for c in Counter::ALL {
+            let n = all[vpn_filter_common::counter_index(*c) as usize];
+            if n > 0 {
+                self.counters.insert(*c, n);
+            }
+        }
+        let mut kernel_totals = BTreeMap::new();
+        for p in Protocol::ALL {
+            for v in Verdict::ALL {
+                let n = all[verdict_counter_index(*p, *v) as usize];
+                if n > 0 {
+                    kernel_totals.insert((*p, *v), n);
+                }
+                let mine = self.verdicts.get(&(*p, *v)).copied().unwrap_or(0);
+                self.attribution_gaps += n.abs_diff(mine);
+            }
+        }
+        if self.attribution_gaps > 0 {
+            log::warn!(
+                "{}: {} verdicts counted by the program were not attributed to their packets; \
+                 per-flow results may be incomplete (totals are the program's)",
+                self.path.display(),
+                self.attribution_gaps
+            );
+        }
+        self.verdicts = kernel_totals;
+        self.unclassified = self.packets - self.verdicts.values().sum::<u64>();
     }
 }
 
