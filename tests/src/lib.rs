@@ -9,6 +9,7 @@ pub mod gateway_lab;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod rng;
 
 /// Panics with a clear message unless running as root. Privileged tests call this first: a
 /// test that cannot run must fail, not pass silently.
