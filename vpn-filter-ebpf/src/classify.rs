@@ -190,12 +190,26 @@ fn is_dtls_version(a: u8, b: u8) -> bool {
 /// Stage 2 for UDP. `w` holds the first `min(len, WINDOW)` payload bytes, zero beyond.
 #[inline(always)]
 pub fn classify_udp(sport: u16, dport: u16, len: usize, w: &[u8; WINDOW]) -> Option<Detection> {
+    classify_udp_on(sport, dport, len, w, false)
+}
+
+/// [`classify_udp`], with `ike_port`: one of the ports carried an IKE exchange recently, so
+/// the datagram is read as on 4500 (marker then IKE, or ESP-in-UDP: weak, confirmed only by
+/// ESP's own behaviour in both directions).
+#[inline(always)]
+pub fn classify_udp_on(
+    sport: u16,
+    dport: u16,
+    len: usize,
+    w: &[u8; WINDOW],
+    ike_port: bool,
+) -> Option<Detection> {
     if port_is(sport, dport, IKE_PORT) {
         if let Some(d) = ike(w, 0, len) {
             return Some(d);
         }
     }
-    if port_is(sport, dport, NAT_T_PORT) {
+    if ike_port || port_is(sport, dport, NAT_T_PORT) {
         // RFC 3948: four zero bytes (non-ESP marker) then IKE; 0xFF alone is a NAT
         // keepalive; anything else with a non-zero SPI is ESP.
         if w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == 0 {
@@ -254,6 +268,12 @@ pub fn classify_udp(sport: u16, dport: u16, len: usize, w: &[u8; WINDOW]) -> Opt
         }
     }
     openvpn::<0>(w, len)
+}
+
+/// UDP 500 or 4500.
+#[inline(always)]
+pub fn is_standard_ike_port(port: u16) -> bool {
+    port == IKE_PORT || port == NAT_T_PORT
 }
 
 /// Prefilter for IKE on any UDP port: `h` holds payload bytes 16..32, where the IKE header

@@ -26,9 +26,9 @@ mod endpoints;
 
 use vpn_filter_ebpf::{
     classify::{
-        advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp,
-        ike_any_port_prefilter, tcp_prefilter, udp_prefilter, Confirmation, Detection, Prefilter,
-        Strength, WINDOW,
+        advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp_on,
+        ike_any_port_prefilter, is_standard_ike_port, tcp_prefilter, udp_prefilter, Confirmation,
+        Detection, Prefilter, Strength, WINDOW,
     },
     parse::{
         self, Frame, Packet, FRAG_FIRST, FRAG_LATER, IPPROTO_AH, IPPROTO_ESP, IPPROTO_GRE,
@@ -314,6 +314,9 @@ fn judge(ctx: &XdpContext, head: u32) -> Result<u32, Counter> {
     // slot, read through a pointer the compiler cannot see through, the values are unknown to
     // the verifier: every path meets in one state and `decide` is verified once. Candidates
     // only (ordinary traffic never gets here); the copy also keeps them off the BPF stack.
+    if det.protocol == Protocol::Ike && pkt.ip_proto == IPPROTO_UDP {
+        mark_ike_ports(pkt.sport, pkt.dport);
+    }
     // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
     unsafe { (*slot).det = det };
     // SAFETY: reads the local pointer; volatile so the stores above are not forwarded.
@@ -326,6 +329,32 @@ fn judge(ctx: &XdpContext, head: u32) -> Result<u32, Counter> {
         remember_dropped_fragment(p.family, p.ip_proto, &p.src, &p.dst, p.frag_id);
     }
     Ok(action)
+}
+
+/// UDP ports that carried IKE away from 500/4500, one bit per port: ESP-in-UDP on them is a
+/// candidate as on 4500 (weak, confirmed only by ESP's behaviour in both directions, so a
+/// spoofed IKE packet cannot get a port's ordinary traffic dropped).
+#[map(name = "IKE_PORTS")]
+static IKE_PORTS: Array<u64> = Array::with_max_entries(1024, 0);
+
+#[inline(always)]
+fn ike_port_seen(port: u16) -> bool {
+    IKE_PORTS
+        .get((port >> 6) as u32)
+        .is_some_and(|w| w & (1u64 << (port & 63)) != 0)
+}
+
+#[inline(always)]
+fn mark_ike_ports(sport: u16, dport: u16) {
+    for port in [sport, dport] {
+        if is_standard_ike_port(port) {
+            continue;
+        }
+        if let Some(w) = IKE_PORTS.get_ptr_mut((port >> 6) as u32) {
+            // SAFETY: an array slot; a lost race only delays the mark to the next packet.
+            unsafe { *w |= 1u64 << (port & 63) };
+        }
+    }
 }
 
 /// [`stream_head`]'s answers.
@@ -710,12 +739,20 @@ fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>, Counter> 
         return Ok(None);
     }
     let head: [u8; 4] = read(ctx, pkt.payload_off)?;
+    let mut ike_port = false;
     let pre = if pkt.ip_proto == IPPROTO_UDP {
         match udp_prefilter(pkt.sport, pkt.dport, len, head) {
-            Prefilter::No if len >= 28 && pkt.captured >= 32 => {
-                let h: [u8; 16] = read(ctx, pkt.payload_off + 16)?;
-                if ike_any_port_prefilter(len, h) {
+            Prefilter::No => {
+                ike_port = ike_port_seen(pkt.sport) || ike_port_seen(pkt.dport);
+                if ike_port {
                     Prefilter::Inspect
+                } else if len >= 28 && pkt.captured >= 32 {
+                    let h: [u8; 16] = read(ctx, pkt.payload_off + 16)?;
+                    if ike_any_port_prefilter(len, h) {
+                        Prefilter::Inspect
+                    } else {
+                        Prefilter::No
+                    }
                 } else {
                     Prefilter::No
                 }
@@ -789,7 +826,7 @@ fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>, Counter> 
                 return Err(Counter::Truncated);
             }
             Ok(if pkt.ip_proto == IPPROTO_UDP {
-                classify_udp(pkt.sport, pkt.dport, len, w)
+                classify_udp_on(pkt.sport, pkt.dport, len, w, ike_port)
             } else {
                 classify_tcp(len, w)
             })

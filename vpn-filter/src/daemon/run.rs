@@ -88,7 +88,15 @@ pub struct RunArgs {
 
 /// `--ext-header-overflow` ([`vpn_filter_common::ExtHeaderOverflow`]).
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum ExtHeaderOverflowArg {
