@@ -1,6 +1,8 @@
 //! Flow state: the canonical key, the verdict on a classified packet and the flow entry it
 //! leaves.
 
+use vpn_filter_common::Endpoints;
+
 use super::*;
 
 #[map(name = "FLOWS")]
@@ -17,55 +19,16 @@ pub(super) static FLOW_GATE: Array<u64> = Array::with_max_entries(Protocol::COUN
 /// the key and whether the packet's source is the `lo` endpoint.
 #[inline(always)]
 pub(super) fn flow_key(pkt: &Packet, protocol: Protocol, class: u8) -> (FlowKey, bool) {
-    let s_hi = u64::from_be_bytes([
-        pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3], pkt.src[4], pkt.src[5], pkt.src[6],
-        pkt.src[7],
-    ]);
-    let s_lo = u64::from_be_bytes([
-        pkt.src[8],
-        pkt.src[9],
-        pkt.src[10],
-        pkt.src[11],
-        pkt.src[12],
-        pkt.src[13],
-        pkt.src[14],
-        pkt.src[15],
-    ]);
-    let d_hi = u64::from_be_bytes([
-        pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3], pkt.dst[4], pkt.dst[5], pkt.dst[6],
-        pkt.dst[7],
-    ]);
-    let d_lo = u64::from_be_bytes([
-        pkt.dst[8],
-        pkt.dst[9],
-        pkt.dst[10],
-        pkt.dst[11],
-        pkt.dst[12],
-        pkt.dst[13],
-        pkt.dst[14],
-        pkt.dst[15],
-    ]);
-    let src_first = (s_hi, s_lo, pkt.sport) <= (d_hi, d_lo, pkt.dport);
-    let (a, ap, b, bp) = if src_first {
-        (pkt.src, pkt.sport, pkt.dst, pkt.dport)
-    } else {
-        (pkt.dst, pkt.dport, pkt.src, pkt.sport)
+    let e = Endpoints {
+        src: pkt.src,
+        dst: pkt.dst,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        ip_proto: pkt.ip_proto,
+        family: pkt.family,
+        vlan: pkt.vlan,
     };
-    (
-        FlowKey {
-            lo_addr: a,
-            hi_addr: b,
-            lo_port: ap.to_be_bytes(),
-            hi_port: bp.to_be_bytes(),
-            ip_proto: pkt.ip_proto,
-            family: pkt.family,
-            protocol: protocol as u8,
-            class,
-            vlan: pkt.vlan.to_be_bytes(),
-            _pad2: [0; 2],
-        },
-        src_first,
-    )
+    FlowKey::canonical(&e, protocol as u8, class)
 }
 
 #[inline(always)]
