@@ -542,25 +542,27 @@ pub struct FlowKey {
     pub _pad2: [u8; 2],
 }
 
-/// The endpoints of a packet, in the direction it travelled: what a [`FlowKey`] is made of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Endpoints {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub sport: u16,
-    pub dport: u16,
-    pub ip_proto: u8,
-    pub family: u8,
-    /// Outermost VLAN id (0 untagged).
-    pub vlan: u16,
-}
-
 impl FlowKey {
     /// The canonical key of a packet's flow for `protocol`/`class`: the lower (address, port)
     /// endpoint first, so both directions share one entry. Also returns whether the packet's
     /// source is the `lo` endpoint. The one definition the XDP program and replay use.
+    /// `(src, sport)`/`(dst, dport)` as the packet travelled; `vlan` the outermost VLAN id.
     #[inline(always)]
-    pub fn canonical(e: &Endpoints, protocol: u8, class: u8) -> (FlowKey, bool) {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a struct of them would cost 40 bytes of the XDP program's 512-byte stack"
+    )]
+    pub fn canonical(
+        src: &[u8; 16],
+        sport: u16,
+        dst: &[u8; 16],
+        dport: u16,
+        ip_proto: u8,
+        family: u8,
+        vlan: u16,
+        protocol: u8,
+        class: u8,
+    ) -> (FlowKey, bool) {
         // Compared as big-endian words: the same order as the bytes, without a memcmp the
         // BPF target does not have.
         let word = |a: &[u8; 16], i: usize| {
@@ -575,12 +577,11 @@ impl FlowKey {
                 a[i + 7],
             ])
         };
-        let src_first = (word(&e.src, 0), word(&e.src, 8), e.sport)
-            <= (word(&e.dst, 0), word(&e.dst, 8), e.dport);
+        let src_first = (word(src, 0), word(src, 8), sport) <= (word(dst, 0), word(dst, 8), dport);
         let (a, ap, b, bp) = if src_first {
-            (e.src, e.sport, e.dst, e.dport)
+            (*src, sport, *dst, dport)
         } else {
-            (e.dst, e.dport, e.src, e.sport)
+            (*dst, dport, *src, sport)
         };
         (
             FlowKey {
@@ -588,11 +589,11 @@ impl FlowKey {
                 hi_addr: b,
                 lo_port: ap.to_be_bytes(),
                 hi_port: bp.to_be_bytes(),
-                ip_proto: e.ip_proto,
-                family: e.family,
+                ip_proto,
+                family,
                 protocol,
                 class,
-                vlan: e.vlan.to_be_bytes(),
+                vlan: vlan.to_be_bytes(),
                 _pad2: [0; 2],
             },
             src_first,

@@ -1,8 +1,6 @@
 //! Flow state: the canonical key, the verdict on a classified packet and the flow entry it
 //! leaves.
 
-use vpn_filter_common::Endpoints;
-
 use super::*;
 
 #[map(name = "FLOWS")]
@@ -19,16 +17,17 @@ pub(super) static FLOW_GATE: Array<u64> = Array::with_max_entries(Protocol::COUN
 /// the key and whether the packet's source is the `lo` endpoint.
 #[inline(always)]
 pub(super) fn flow_key(pkt: &Packet, protocol: Protocol, class: u8) -> (FlowKey, bool) {
-    let e = Endpoints {
-        src: pkt.src,
-        dst: pkt.dst,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        ip_proto: pkt.ip_proto,
-        family: pkt.family,
-        vlan: pkt.vlan,
-    };
-    FlowKey::canonical(&e, protocol as u8, class)
+    FlowKey::canonical(
+        &pkt.src,
+        pkt.sport,
+        &pkt.dst,
+        pkt.dport,
+        pkt.ip_proto,
+        pkt.family,
+        pkt.vlan,
+        protocol as u8,
+        class,
+    )
 }
 
 #[inline(always)]

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use vpn_filter_common::{Endpoints, FlowKey, FAMILY_V4, FAMILY_V6};
+use vpn_filter_common::{FlowKey, FAMILY_V4};
 use vpn_filter_ebpf::parse::{parse, Packet, FRAG_LATER, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Addresses and ports of one packet, in the direction it travelled.
@@ -34,16 +34,11 @@ impl Tuple {
     /// makes it), with protocol 0; the kernel keeps one entry per VPN protocol under the same
     /// endpoints (see `replay::kernel::flow_entry`).
     pub fn flow_key(&self) -> FlowKey {
-        let e = Endpoints {
-            src: self.src,
-            dst: self.dst,
-            sport: self.sport,
-            dport: self.dport,
-            ip_proto: self.ip_proto,
-            family: self.family,
-            vlan: self.vlan,
-        };
-        FlowKey::canonical(&e, 0, 0).0
+        let t = self;
+        FlowKey::canonical(
+            &t.src, t.sport, &t.dst, t.dport, t.ip_proto, t.family, t.vlan, 0, 0,
+        )
+        .0
     }
 }
 
@@ -88,7 +83,11 @@ mod tests {
         let mut f = vec![0u8; 14 + 20 + 8];
         f[12] = 0x08;
         f[14] = 0x45;
+        // Lengths as a real stack writes them: the parser is the kernel's, which does not
+        // judge a datagram whose UDP length is zero.
+        f[14 + 3] = 28;
         f[14 + 9] = 17;
+        f[38 + 1] = 8;
         f[14 + 12..14 + 16].copy_from_slice(&src);
         f[14 + 16..14 + 20].copy_from_slice(&dst);
         f[34..36].copy_from_slice(&sport.to_be_bytes());
