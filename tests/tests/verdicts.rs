@@ -13,7 +13,7 @@ use vpn_filter::{
     filter::{Filter, LoadOptions, Policy, Stats},
     registry::Feed,
 };
-use vpn_filter_common::{Config, Counter, PolicyMode, Protocol, Verdict};
+use vpn_filter_common::{Config, Counter, ExtHeaderOverflow, PolicyMode, Protocol, Verdict};
 use vpn_filter_tests::{lab::registry_json, packet::*};
 
 const XDP_ABORTED: u32 = 0;
@@ -1895,14 +1895,14 @@ fn tiny_first_fragments_are_dropped_and_counted_whatever_they_carry() {
         let after = filter.stats().unwrap().counter(Counter::TinyFragment);
         assert_eq!(after, before + 1, "{what}: counted as tiny_fragment");
     }
-    // A first fragment with 16 payload bytes is an ordinary first fragment: judged, and
-    // ordinary traffic passes.
+    // A first fragment with 64 payload bytes (MIN_FIRST_FRAGMENT_PAYLOAD) is an ordinary
+    // first fragment: judged, and ordinary traffic passes.
     let frame = Frame::eth()
         .ipv4(C4, S4)
         .fragment(true, 0)
         .udp(53, 53)
         .udp_len(600)
-        .payload(&[0x55; 16])
+        .payload(&[0x55; 64])
         .build();
     assert_eq!(filter.run_frame(&frame).unwrap(), XDP_PASS);
 }
@@ -1993,33 +1993,58 @@ fn ipv4_options_and_ipv6_extension_headers_are_skipped_to_reach_the_payload() {
 }
 
 #[test]
-fn ipv6_extension_chains_beyond_the_parser_limit_pass_and_are_counted() {
-    let filter = enforce();
-    let mut seven = Frame::eth().ipv6(c6(), s6());
-    for _ in 0..7 {
-        seven = seven.dest_opts();
+fn ipv6_extension_chains_beyond_the_parser_limit_are_dropped_and_counted() {
+    let mut nine = Frame::eth().ipv6(c6(), s6());
+    for _ in 0..9 {
+        nine = nine.dest_opts();
     }
-    let seven = seven
-        .udp(40000, 51820)
-        .payload(&wireguard_initiation(1))
+    let nine = nine
+        .udp(40000, 53)
+        .payload(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00")
         .build();
-    check_counter(
-        &filter,
-        "seven extension headers",
-        &seven,
-        XDP_PASS,
-        Counter::ExtHeaderLimit,
-    );
+    // A 2048-byte destination options header and one more: more extension header bytes
+    // than followed.
     let deep = Frame::eth()
         .ipv6(c6(), s6())
-        .ext(Ext::DestOpts { len8: 40 })
-        .ext(Ext::DestOpts { len8: 40 })
+        .ext(Ext::DestOpts { len8: 255 })
+        .ext(Ext::DestOpts { len8: 0 })
         .udp(40001, 51820)
         .payload(&wireguard_initiation(2))
         .build();
+    // The default: dropped, whatever they carry (even DNS), since the chain could hide a VPN.
+    let filter = enforce();
     check_counter(
         &filter,
-        "L4 header beyond 512 bytes",
+        "nine extension headers",
+        &nine,
+        XDP_DROP,
+        Counter::ExtHeaderLimit,
+    );
+    check_counter(
+        &filter,
+        "2 KiB of extension headers",
+        &deep,
+        XDP_DROP,
+        Counter::ExtHeaderLimit,
+    );
+    // --ext-header-overflow pass: passed uninspected, still counted.
+    let filter = load(
+        &Policy::default(),
+        &Config {
+            ext_header_overflow: ExtHeaderOverflow::Pass as u8,
+            ..Config::default()
+        },
+    );
+    check_counter(
+        &filter,
+        "nine extension headers, pass",
+        &nine,
+        XDP_PASS,
+        Counter::ExtHeaderLimit,
+    );
+    check_counter(
+        &filter,
+        "2 KiB of extension headers, pass",
         &deep,
         XDP_PASS,
         Counter::ExtHeaderLimit,
@@ -2045,13 +2070,15 @@ fn arp_ndp_icmp_and_other_ethertypes_pass() {
         XDP_PASS,
         Counter::NonIp,
     );
+    // Three tags are parsed (QinQ plus a customer tag); a fourth is not an access network's.
     check_counter(
         &filter,
-        "three vlan tags",
+        "four vlan tags",
         &Frame::eth()
             .vlan(1)
             .vlan(2)
             .vlan(3)
+            .vlan(4)
             .ipv4(C4, S4)
             .udp(40000, 51820)
             .payload(&wireguard_initiation(1))

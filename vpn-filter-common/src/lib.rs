@@ -11,6 +11,8 @@
 
 /// Name of the XDP program inside the object file.
 pub const PROGRAM_NAME: &str = "vpn_filter";
+/// The variant for devices whose frames start at the IP header (tun, wireguard, ppp...).
+pub const PROGRAM_NAME_IP: &str = "vpn_filter_ip";
 
 /// Map names, shared so userspace never spells them differently from the kernel.
 pub mod maps {

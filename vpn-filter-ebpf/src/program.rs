@@ -12,15 +12,16 @@ use aya_ebpf::{
 };
 use vpn_filter_common::{
     counter_index, fast_v6_filter_bit, verdict_counter_index, AllowValue, AllowlistLookup, Config,
-    Counter, Event, FastKeyV4, FastKeyV6, FastLengths, FlowKey, FlowState, FlowStatus, PolicyMode,
-    Protocol, RateState, Reason, Verdict, DEFAULT_ALLOWED_FLOW_TIMEOUT_NS,
+    Counter, Event, ExtHeaderOverflow, FastKeyV4, FastKeyV6, FastLengths, FlowKey, FlowState,
+    FlowStatus, PolicyMode, Protocol, RateState, Reason, Verdict, DEFAULT_ALLOWED_FLOW_TIMEOUT_NS,
     DEFAULT_ALLOWLIST_LOOKUP, DEFAULT_ALLOW_V4_ENTRIES, DEFAULT_ALLOW_V6_ENTRIES,
     DEFAULT_BLOCKED_FLOW_TIMEOUT_NS, DEFAULT_EVENTS_PER_CPU_PER_SEC,
     DEFAULT_EVENTS_PER_SOURCE_PER_SEC, DEFAULT_EVENT_LIMIT_ENTRIES, DEFAULT_EVENT_RING_BYTES,
-    DEFAULT_FLOW_ENTRIES, DEFAULT_PENDING_FLOW_TIMEOUT_NS, FAMILY_V4, FAMILY_V6,
+    DEFAULT_FLOW_ENTRIES, DEFAULT_PENDING_FLOW_TIMEOUT_NS, ENCAP_GENEVE, ENCAP_GRE, ENCAP_IP_IN_IP,
+    ENCAP_MPLS, ENCAP_PPPOE, ENCAP_VLAN_STACK, ENCAP_VXLAN, FAMILY_V4, FAMILY_V6,
     FAST_BITMAP_V4_LONG, FAST_BITMAP_V6, FAST_BITMAP_WORDS, FAST_V6_MAX_LENGTHS, FAST_V6_USE_TRIE,
-    FLOW_CLASS_DATA, REPEAT_REPORT_WINDOWS, REPEAT_RESERVE_PER_SEC, REPEAT_SLOTS, REPEAT_WINDOW_NS,
-    STATS_LEN,
+    FLOW_CLASS_DATA, MIN_FIRST_FRAGMENT_PAYLOAD, REPEAT_REPORT_WINDOWS, REPEAT_RESERVE_PER_SEC,
+    REPEAT_SLOTS, REPEAT_WINDOW_NS, STATS_LEN,
 };
 mod endpoints;
 
@@ -96,6 +97,32 @@ static SCRATCH: PerCpuArray<Candidate> = PerCpuArray::with_max_entries(1, 0);
 /// the packet is in the scratch slot (not an XDP action).
 const JUDGE_ENDPOINT: u32 = u32::MAX;
 
+/// Per-CPU slot the parser passes its offsets through (see [`launder`]).
+#[map(name = "PARSE_SCRATCH")]
+static PARSE_SCRATCH: PerCpuArray<[u64; 8]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Returns `v` unchanged, through a map slot the verifier cannot see into. Every L2 stack,
+/// extension header chain and tunnel ends with its own constant offsets; carried in
+/// registers they would make the verifier walk the rest of the program once per path. Passed
+/// through the slot they are unknown values (bounded again by the caller's checks), and all
+/// paths meet in one state.
+#[inline(always)]
+fn launder<const N: usize>(v: [u64; N]) -> Result<[u64; N], Counter> {
+    let slot = PARSE_SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
+    let mut out = [0u64; N];
+    let mut i = 0;
+    while i < N && i < 8 {
+        // SAFETY: a per-CPU slot of eight words, only this CPU touches it while the program
+        // runs; volatile so that the compiler does not forward the store to the load.
+        unsafe {
+            ptr::write_volatile(&mut (*slot)[i], v[i]);
+            out[i] = ptr::read_volatile(&(*slot)[i]);
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
 /// Per-CPU buffer for the payload window a candidate is classified from.
 #[map(name = "PAYLOAD_WINDOW")]
 static PAYLOAD_WINDOW: PerCpuArray<[u8; WINDOW]> = PerCpuArray::with_max_entries(1, 0);
@@ -128,21 +155,46 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
+/// Pre-standard QinQ outer tag (still common on access networks).
+const ETH_P_QINQ1: u16 = 0x9100;
+const ETH_P_PPP_SES: u16 = 0x8864;
+const ETH_P_MPLS_UC: u16 = 0x8847;
+const ETH_P_MPLS_MC: u16 = 0x8848;
+/// Transparent Ethernet bridging (GRE protocol type; also what VXLAN and Geneve carry).
+const ETH_P_TEB: u16 = 0x6558;
+const PPP_IP: u16 = 0x0021;
+const PPP_IPV6: u16 = 0x0057;
+const VXLAN_PORT: u16 = 4789;
+const GENEVE_PORT: u16 = 6081;
+const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_IPV6: u8 = 41;
+const MAX_VLAN_TAGS: usize = 3;
+const MAX_MPLS_LABELS: usize = 4;
+const FRAG_NONE: u8 = 0;
+const FRAG_FIRST: u8 = 1;
+const FRAG_LATER: u8 = 2;
+/// How long a dropped first fragment's datagram is remembered: Linux's reassembly timeout.
+const FRAG_REASSEMBLY_NS: u64 = 30_000_000_000;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_GRE: u8 = 47;
 const IPPROTO_ESP: u8 = 50;
 const IPPROTO_AH: u8 = 51;
-/// IPv6 extension headers followed before giving up (counted as `ext_header_limit`).
-const MAX_EXT_HEADERS: usize = 6;
-/// L4 headers further in than this are not parsed (counted as `ext_header_limit`); keeps
-/// every packet offset bounded for the verifier.
-const MAX_L4_OFFSET: usize = 512;
+/// IPv6 extension headers followed; a longer chain is `ext_header_limit` (see
+/// `--ext-header-overflow`). Linux forwards chains of any length, but its option limits
+/// (net.ipv6.max_{hbh,dst}_opts_number = 8) make longer ones pointless for real stacks.
+const MAX_EXT_HEADERS: usize = 8;
+/// Bytes of IPv6 extension headers followed (one 2048-byte destination options header is
+/// the largest its length field can say).
+const MAX_EXT_BYTES: usize = 2048;
+/// Network headers further in than this are not parsed; keeps every packet offset bounded
+/// for the verifier. Reached only by the limits above plus a tunnel.
+const MAX_L3_OFFSET: usize = 2200;
+/// L4 headers further in than this are not parsed (counted as `ext_header_limit`).
+const MAX_L4_OFFSET: usize = 4400;
+/// The L4 payload starts at most a TCP header (60 bytes) after [`MAX_L4_OFFSET`].
+const MAX_PAYLOAD_OFFSET: usize = MAX_L4_OFFSET + 60;
 const NS_PER_SEC: u64 = 1_000_000_000;
-/// A first fragment must carry at least this much L4 payload; less is the tiny-fragment
-/// evasion (RFC 1858, RFC 3128): the handshake's identifying bytes would ride in later
-/// fragments, which carry no ports. Real stacks fragment at the MTU, far above this.
-const MIN_FIRST_FRAGMENT_PAYLOAD: usize = 16;
 
 /// Everything the decision needs from the headers.
 #[derive(Clone, Copy)]
@@ -162,16 +214,57 @@ struct Packet {
     /// Bytes of that payload present in this packet (less than `payload_len` only in a first
     /// fragment).
     captured: usize,
+    /// [`Event::encap`] bits.
+    encap: u8,
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
+    frag: u8,
+    frag_id: u32,
 }
 
+/// Key of `FRAGS_DROPPED`: a datagram whose first fragment was dropped.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FragKey {
+    src: [u8; 16],
+    dst: [u8; 16],
+    id: u32,
+    family: u8,
+    ip_proto: u8,
+    _pad: [u8; 2],
+}
+
+/// Datagrams whose first fragment was dropped (value: when), so that their later fragments
+/// are counted (`fragment_of_dropped`). They pass: the receiver cannot reassemble them.
+#[map(name = "FRAGS_DROPPED")]
+static FRAGS_DROPPED: LruHashMap<FragKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Ethernet-like devices: frames start at the Ethernet header.
 #[xdp]
 pub fn vpn_filter(ctx: XdpContext) -> u32 {
+    filter(&ctx, false)
+}
+
+/// Devices whose frames start at the IP header (tun, wireguard, ppp, ipip, gre...).
+#[xdp]
+pub fn vpn_filter_ip(ctx: XdpContext) -> u32 {
+    filter(&ctx, true)
+}
+
+#[inline(always)]
+fn filter(ctx: &XdpContext, ip_start: bool) -> u32 {
     count(counter_index(Counter::Packets));
-    match try_vpn_filter(&ctx) {
+    match try_vpn_filter(ctx, ip_start) {
         // Judged here, not inside the classifier's frame: the two stack frames never stack up
         // (512 bytes for a call chain).
         Ok(JUDGE_ENDPOINT) => match SCRATCH.get(0) {
-            Some(c) => endpoints::judge(&ctx, &c.pkt),
+            Some(c) => {
+                let action = endpoints::judge(ctx, &c.pkt);
+                if action == XDP_DROP && c.pkt.frag == FRAG_FIRST {
+                    let p = &c.pkt;
+                    remember_dropped_fragment(p.family, p.ip_proto, &p.src, &p.dst, p.frag_id);
+                }
+                action
+            }
             None => XDP_PASS,
         },
         Ok(action) => action,
@@ -179,6 +272,19 @@ pub fn vpn_filter(ctx: XdpContext) -> u32 {
             count(counter_index(Counter::TinyFragment));
             XDP_DROP
         }
+        Err(Counter::ExtHeaderLimit) => {
+            count(counter_index(Counter::ExtHeaderLimit));
+            let pass = CONFIG
+                .get(0)
+                .is_some_and(|c| c.ext_header_overflow == ExtHeaderOverflow::Pass as u8);
+            if pass {
+                XDP_PASS
+            } else {
+                XDP_DROP
+            }
+        }
+        // Counted already.
+        Err(Counter::Packets) => XDP_PASS,
         Err(outcome) => {
             count(counter_index(outcome));
             XDP_PASS
@@ -216,8 +322,29 @@ fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Coun
 }
 
 #[inline(always)]
-fn try_vpn_filter(ctx: &XdpContext) -> Result<u32, Counter> {
-    let pkt = parse(ctx)?;
+fn try_vpn_filter(ctx: &XdpContext, ip_start: bool) -> Result<u32, Counter> {
+    parse(ctx, ip_start)?;
+    judge(ctx)
+}
+
+/// Judges the packet [`parse`] left in the scratch slot. Not inlined: its stack frame and
+/// the parser's are never on the stack at the same time.
+#[inline(never)]
+fn judge(ctx: &XdpContext) -> Result<u32, Counter> {
+    let slot = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
+    // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+    let pkt = unsafe { (*slot).pkt };
+    // Values read back from a map are unknown to the verifier: bound them again before they
+    // become packet offsets.
+    if pkt.payload_off > MAX_PAYLOAD_OFFSET
+        || pkt.payload_len > 0xffff
+        || pkt.captured > pkt.payload_len
+    {
+        return Err(Counter::Malformed);
+    }
+    if pkt.frag == FRAG_LATER {
+        return Err(later_fragment(&pkt));
+    }
     let det = match detect(ctx, &pkt)? {
         Some(d) => d,
         // No signature: judged only if it goes to a listed VPN endpoint (endpoints.rs), by
@@ -226,9 +353,7 @@ fn try_vpn_filter(ctx: &XdpContext) -> Result<u32, Counter> {
             if !endpoints::candidate(&pkt) {
                 return Ok(XDP_PASS);
             }
-            let slot = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
-            // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
-            unsafe { (*slot).pkt = pkt };
+            // The packet is in the scratch slot already.
             return Ok(JUDGE_ENDPOINT);
         }
     };
@@ -238,35 +363,281 @@ fn try_vpn_filter(ctx: &XdpContext) -> Result<u32, Counter> {
     // slot, read through a pointer the compiler cannot see through, the values are unknown to
     // the verifier: every path meets in one state and `decide` is verified once. Candidates
     // only (ordinary traffic never gets here); the copy also keeps them off the BPF stack.
-    let slot = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
     // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
-    unsafe {
-        (*slot).pkt = pkt;
-        (*slot).det = det;
-    }
+    unsafe { (*slot).det = det };
     // SAFETY: reads the local pointer; volatile so the stores above are not forwarded.
     let slot = unsafe { ptr::read_volatile(&slot) };
     // SAFETY: as above.
     let c = unsafe { &*slot };
-    Ok(decide(ctx, c))
+    let action = decide(ctx, c);
+    if action == XDP_DROP && c.pkt.frag == FRAG_FIRST {
+        let p = &c.pkt;
+        remember_dropped_fragment(p.family, p.ip_proto, &p.src, &p.dst, p.frag_id);
+    }
+    Ok(action)
 }
 
+/// Ethernet header, then up to three VLAN tags (0x8100, 0x88a8, 0x9100 in any order), then
+/// PPPoE session or MPLS. Returns the ethertype of the network layer, its offset, the
+/// outermost VLAN id and the [`Event::encap`] bits.
 #[inline(always)]
-fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
-    let eth: [u8; ETH_HLEN] = read(ctx, 0)?;
+fn l2(ctx: &XdpContext, start: usize, max_tags: usize) -> Result<(u16, usize, u16, u8), Counter> {
+    let eth: [u8; ETH_HLEN] = read(ctx, start)?;
     let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
-    let mut l3 = ETH_HLEN;
+    let mut off = start + ETH_HLEN;
     let mut vlan = 0u16;
-    // 802.1ad outer tag and/or 802.1Q tags: at most two.
+    let mut encap = 0u8;
     let mut tags = 0;
-    while tags < 2 && (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD) {
-        let tag: [u8; 4] = read(ctx, l3)?;
+    while tags < max_tags
+        && (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD || ethertype == ETH_P_QINQ1)
+    {
+        let tag: [u8; 4] = read(ctx, off)?;
         if tags == 0 {
             vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
+        } else {
+            encap |= ENCAP_VLAN_STACK;
         }
         ethertype = u16::from_be_bytes([tag[2], tag[3]]);
-        l3 += 4;
+        off += 4;
         tags += 1;
+    }
+    match ethertype {
+        ETH_P_PPP_SES => {
+            // Version/type 0x11, code 0 (session data), session id, length, PPP protocol.
+            let h: [u8; 8] = read(ctx, off)?;
+            if h[0] != 0x11 || h[1] != 0 {
+                return Err(Counter::NonIp);
+            }
+            encap |= ENCAP_PPPOE;
+            off += 8;
+            ethertype = match u16::from_be_bytes([h[6], h[7]]) {
+                PPP_IP => ETH_P_IP,
+                PPP_IPV6 => ETH_P_IPV6,
+                // LCP, IPCP, authentication...: not IP.
+                _ => return Err(Counter::NonIp),
+            };
+        }
+        ETH_P_MPLS_UC | ETH_P_MPLS_MC => {
+            encap |= ENCAP_MPLS;
+            let mut labels = 0;
+            let mut bottom = false;
+            while labels < MAX_MPLS_LABELS && !bottom {
+                let label: [u8; 4] = read(ctx, off)?;
+                bottom = label[2] & 1 != 0;
+                off += 4;
+                labels += 1;
+            }
+            if !bottom {
+                return Err(Counter::NonIp);
+            }
+            // No protocol field: the payload's first nibble says IPv4 or IPv6.
+            let first: [u8; 1] = read(ctx, off)?;
+            ethertype = match first[0] >> 4 {
+                4 => ETH_P_IP,
+                6 => ETH_P_IPV6,
+                _ => return Err(Counter::NonIp),
+            };
+        }
+        _ => {}
+    }
+    Ok((ethertype, off, vlan, encap))
+}
+
+/// What the network layer says about the L4 header's whereabouts.
+#[derive(Clone, Copy)]
+struct L3 {
+    /// Offset of the L4 header.
+    l4: usize,
+    /// L4 bytes according to the IP header(s).
+    l4_len: usize,
+    /// L4 bytes present in the frame (less than `l4_len` only in a first fragment, or inside
+    /// an outer first fragment).
+    avail: usize,
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
+    frag: u8,
+    /// IPv4 identification or IPv6 fragment identification (fragments only).
+    frag_id: u32,
+}
+
+/// Parses the IPv4 or IPv6 header (and IPv6 extension headers) at `off`, filling the
+/// addresses, family and L4 protocol of `pkt`. `truncated_ok`: the header sits inside an
+/// outer first fragment, so its lengths may reach past the frame.
+#[inline(always)]
+fn l3(
+    ctx: &XdpContext,
+    ethertype: u16,
+    off: usize,
+    truncated_ok: bool,
+    pkt: &mut Packet,
+) -> Result<L3, Counter> {
+    let frame_len = ctx.data_end() - ctx.data();
+    if off > MAX_L3_OFFSET {
+        return Err(Counter::ExtHeaderLimit);
+    }
+    let mut r = L3 {
+        l4: 0,
+        l4_len: 0,
+        avail: 0,
+        frag: FRAG_NONE,
+        frag_id: 0,
+    };
+    match ethertype {
+        ETH_P_IP => {
+            let ip: [u8; 20] = read(ctx, off)?;
+            let ihl = ((ip[0] & 0x0f) as usize) * 4;
+            if ip[0] >> 4 != 4 || ihl < 20 {
+                return Err(Counter::Malformed);
+            }
+            let mut total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+            // BIG TCP (and GSO'd packets seen in generic mode) may carry tot_len 0: the frame
+            // says how long the packet is.
+            if total == 0 {
+                total = frame_len.saturating_sub(off);
+            }
+            if total < ihl || (off + total > frame_len && !truncated_ok) {
+                return Err(Counter::Malformed);
+            }
+            pkt.family = FAMILY_V4;
+            pkt.ip_proto = ip[9];
+            pkt.src = [0; 16];
+            pkt.dst = [0; 16];
+            pkt.src[..4].copy_from_slice(&ip[12..16]);
+            pkt.dst[..4].copy_from_slice(&ip[16..20]);
+            let frag = u16::from_be_bytes([ip[6], ip[7]]);
+            if frag & 0x3fff != 0 {
+                r.frag = if frag & 0x1fff != 0 {
+                    FRAG_LATER
+                } else {
+                    FRAG_FIRST
+                };
+                r.frag_id = u16::from_be_bytes([ip[4], ip[5]]) as u32;
+            }
+            r.l4 = off + ihl;
+            r.l4_len = total - ihl;
+        }
+        ETH_P_IPV6 => {
+            let ip: [u8; 40] = read(ctx, off)?;
+            if ip[0] >> 4 != 6 {
+                return Err(Counter::Malformed);
+            }
+            let mut payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+            // A jumbogram (BIG TCP) says 0 here and its length in a hop-by-hop option.
+            if payload == 0 {
+                payload = frame_len.saturating_sub(off + 40);
+            }
+            if off + 40 + payload > frame_len && !truncated_ok {
+                return Err(Counter::Malformed);
+            }
+            pkt.family = FAMILY_V6;
+            pkt.src.copy_from_slice(&ip[8..24]);
+            pkt.dst.copy_from_slice(&ip[24..40]);
+            let (next, l4) = ipv6_ext_headers(ctx, ip[6], off + 40, &mut r)?;
+            pkt.ip_proto = next;
+            let used = l4 - (off + 40);
+            if used > payload {
+                return Err(Counter::Malformed);
+            }
+            r.l4 = l4;
+            r.l4_len = payload - used;
+        }
+        _ => return Err(Counter::NonIp),
+    }
+    let present = frame_len.saturating_sub(r.l4);
+    r.avail = if present < r.l4_len {
+        present
+    } else {
+        r.l4_len
+    };
+    if truncated_ok && r.avail < r.l4_len && r.frag == FRAG_NONE {
+        r.frag = FRAG_FIRST;
+    }
+    Ok(r)
+}
+
+/// One tunnel level inside the outer packet: IP-in-IP (4, 41), GRE version 0 carrying IPv4,
+/// IPv6 or Ethernet, VXLAN (UDP 4789) and Geneve (UDP 6081). Returns the inner network
+/// layer's ethertype and offset, and the [`Event::encap`] bit.
+#[inline(always)]
+fn tunnel(ctx: &XdpContext, ip_proto: u8, l4: usize) -> Result<Option<(u16, usize, u8)>, Counter> {
+    match ip_proto {
+        IPPROTO_IPIP => Ok(Some((ETH_P_IP, l4, ENCAP_IP_IN_IP))),
+        IPPROTO_IPV6 => Ok(Some((ETH_P_IPV6, l4, ENCAP_IP_IN_IP))),
+        IPPROTO_GRE => {
+            let h: [u8; 4] = read(ctx, l4)?;
+            // Version 0 only (version 1 is PPTP's enhanced GRE, classified as such); no
+            // routing field (deprecated, RFC 2784).
+            if h[1] & 0x07 != 0 || h[0] & 0x40 != 0 {
+                return Ok(None);
+            }
+            let mut len = 4;
+            if h[0] & 0x80 != 0 {
+                len += 4; // checksum + reserved
+            }
+            if h[0] & 0x20 != 0 {
+                len += 4; // key
+            }
+            if h[0] & 0x10 != 0 {
+                len += 4; // sequence number
+            }
+            match u16::from_be_bytes([h[2], h[3]]) {
+                ETH_P_IP => Ok(Some((ETH_P_IP, l4 + len, ENCAP_GRE))),
+                ETH_P_IPV6 => Ok(Some((ETH_P_IPV6, l4 + len, ENCAP_GRE))),
+                ETH_P_TEB => Ok(Some((ETH_P_TEB, l4 + len, ENCAP_GRE))),
+                _ => Ok(None),
+            }
+        }
+        IPPROTO_UDP => {
+            let udp: [u8; 8] = read(ctx, l4)?;
+            match u16::from_be_bytes([udp[2], udp[3]]) {
+                VXLAN_PORT => {
+                    let h: [u8; 8] = read(ctx, l4 + 8)?;
+                    // The I flag (a valid VNI) must be set.
+                    if h[0] & 0x08 == 0 {
+                        return Ok(None);
+                    }
+                    Ok(Some((ETH_P_TEB, l4 + 16, ENCAP_VXLAN)))
+                }
+                GENEVE_PORT => {
+                    let h: [u8; 8] = read(ctx, l4 + 8)?;
+                    if h[0] >> 6 != 0 {
+                        return Ok(None);
+                    }
+                    let inner = l4 + 16 + ((h[0] & 0x3f) as usize) * 4;
+                    match u16::from_be_bytes([h[2], h[3]]) {
+                        ETH_P_TEB => Ok(Some((ETH_P_TEB, inner, ENCAP_GENEVE))),
+                        ETH_P_IP => Ok(Some((ETH_P_IP, inner, ENCAP_GENEVE))),
+                        ETH_P_IPV6 => Ok(Some((ETH_P_IPV6, inner, ENCAP_GENEVE))),
+                        _ => Ok(None),
+                    }
+                }
+                _ => Ok(None),
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Parses a frame down to its L4 header. `ip_start`: the frame starts at the IP header
+/// (devices without an Ethernet header; the `vpn_filter_ip` variant). Not inlined: its own
+/// stack frame, so its temporaries never stack up with the classifier's (512 bytes for a call
+/// chain).
+#[inline(never)]
+fn parse(ctx: &XdpContext, ip_start: bool) -> Result<(), Counter> {
+    let (mut ethertype, mut off, vlan, mut encap): (u16, usize, u16, u8) = if ip_start {
+        let first: [u8; 1] = read(ctx, 0)?;
+        let ethertype = match first[0] >> 4 {
+            4 => ETH_P_IP,
+            6 => ETH_P_IPV6,
+            _ => return Err(Counter::NonIp),
+        };
+        (ethertype, 0, 0, 0)
+    } else {
+        l2(ctx, 0, MAX_VLAN_TAGS)?
+    };
+    match ethertype {
+        ETH_P_IP => count(counter_index(Counter::Ipv4)),
+        ETH_P_IPV6 => count(counter_index(Counter::Ipv6)),
+        _ => return Err(Counter::NonIp),
     }
     let mut pkt = Packet {
         src: [0; 16],
@@ -279,60 +650,77 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
         payload_off: 0,
         payload_len: 0,
         captured: 0,
+        encap: 0,
+        frag: FRAG_NONE,
+        frag_id: 0,
     };
-    let frame_len = ctx.data_end() - ctx.data();
-    // A first fragment (offset 0, more to come): its UDP length counts the whole datagram.
-    let more_fragments;
-    let (l4, l4_len) = match ethertype {
-        ETH_P_IP => {
-            count(counter_index(Counter::Ipv4));
-            let ip: [u8; 20] = read(ctx, l3)?;
-            let ihl = ((ip[0] & 0x0f) as usize) * 4;
-            if ip[0] >> 4 != 4 || ihl < 20 {
-                return Err(Counter::Malformed);
-            }
-            let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-            if total < ihl || l3 + total > frame_len {
-                return Err(Counter::Malformed);
-            }
-            // Only the first fragment carries the L4 header; later fragments pass (README).
-            let frag = u16::from_be_bytes([ip[6], ip[7]]);
-            if frag & 0x1fff != 0 {
-                return Err(Counter::Fragment);
-            }
-            more_fragments = frag & 0x2000 != 0;
-            pkt.family = FAMILY_V4;
-            pkt.ip_proto = ip[9];
-            pkt.src[..4].copy_from_slice(&ip[12..16]);
-            pkt.dst[..4].copy_from_slice(&ip[16..20]);
-            (l3 + ihl, total - ihl)
-        }
-        ETH_P_IPV6 => {
-            count(counter_index(Counter::Ipv6));
-            let ip: [u8; 40] = read(ctx, l3)?;
-            if ip[0] >> 4 != 6 {
-                return Err(Counter::Malformed);
-            }
-            let payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-            if l3 + 40 + payload > frame_len {
-                return Err(Counter::Malformed);
-            }
-            pkt.family = FAMILY_V6;
-            pkt.src.copy_from_slice(&ip[8..24]);
-            pkt.dst.copy_from_slice(&ip[24..40]);
-            let (next, off, more) = ipv6_ext_headers(ctx, ip[6], l3 + 40)?;
-            more_fragments = more;
-            pkt.ip_proto = next;
-            let used = off - (l3 + 40);
-            if used > payload {
-                return Err(Counter::Malformed);
-            }
-            (off, payload - used)
-        }
-        _ => return Err(Counter::NonIp),
-    };
-    if l4 > MAX_L4_OFFSET {
+    let [t, o, e] = launder([ethertype as u64, off as u64, encap as u64])?;
+    if o > MAX_L3_OFFSET as u64 {
         return Err(Counter::ExtHeaderLimit);
+    }
+    (ethertype, off, encap) = (t as u16, o as usize, e as u8);
+    let mut r = l3(ctx, ethertype, off, false, &mut pkt)?;
+    // One tunnel level: the inner packet is judged like an outer one, by its own addresses.
+    if r.frag != FRAG_LATER {
+        if let Some((inner_type, inner_off, bit)) = tunnel(ctx, pkt.ip_proto, r.l4)? {
+            // An outer first fragment must hold the inner headers and the start of the inner
+            // payload, like any first fragment.
+            if r.frag == FRAG_FIRST && r.avail < MIN_FIRST_FRAGMENT_PAYLOAD as usize {
+                return tiny_fragment(&pkt, &r);
+            }
+            let truncated_ok = r.frag == FRAG_FIRST;
+            let [t, o, e] = launder([inner_type as u64, inner_off as u64, (encap | bit) as u64])?;
+            if o > MAX_L3_OFFSET as u64 {
+                return Err(Counter::ExtHeaderLimit);
+            }
+            (ethertype, off, encap) = (t as u16, o as usize, e as u8);
+            if ethertype == ETH_P_TEB {
+                let (t, o, _, inner_encap) = l2(ctx, off, 1)?;
+                let [t, o, e] = launder([t as u64, o as u64, (encap | inner_encap) as u64])?;
+                if o > MAX_L3_OFFSET as u64 {
+                    return Err(Counter::ExtHeaderLimit);
+                }
+                (ethertype, off, encap) = (t as u16, o as usize, e as u8);
+            }
+            r = l3(ctx, ethertype, off, truncated_ok, &mut pkt)?;
+        }
+    }
+    let [l4, l4_len, avail, frag, e] = launder([
+        r.l4 as u64,
+        r.l4_len as u64,
+        r.avail as u64,
+        r.frag as u64,
+        encap as u64,
+    ])?;
+    if l4 > MAX_L4_OFFSET as u64 || l4_len > 0xffff || avail > l4_len {
+        return Err(Counter::ExtHeaderLimit);
+    }
+    r.l4 = l4 as usize;
+    r.l4_len = l4_len as usize;
+    r.avail = avail as usize;
+    r.frag = frag as u8;
+    pkt.encap = e as u8;
+    if pkt.encap & !ENCAP_VLAN_STACK != 0 {
+        count(counter_index(Counter::Encapsulated));
+    }
+    pkt.frag = r.frag;
+    pkt.frag_id = r.frag_id;
+    if r.frag == FRAG_LATER {
+        return store(pkt);
+    }
+    let l4 = r.l4;
+    let l4_len = r.l4_len;
+    let first_fragment = r.frag == FRAG_FIRST;
+    // The tiny-fragment rule comes before any L4 header read: a first fragment cut inside
+    // the header is the evasion itself, not a truncated packet.
+    let min_first = MIN_FIRST_FRAGMENT_PAYLOAD as usize
+        + match pkt.ip_proto {
+            IPPROTO_UDP => 8,
+            IPPROTO_TCP => 20,
+            _ => 0,
+        };
+    if first_fragment && r.avail < min_first {
+        return tiny_fragment(&pkt, &r);
     }
     match pkt.ip_proto {
         IPPROTO_UDP => {
@@ -340,17 +728,15 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
             let ulen = u16::from_be_bytes([udp[4], udp[5]]) as usize;
             // Only a first fragment may hold less than its UDP length announces (README,
             // "Fragments": it is judged like any packet, by the datagram's length).
-            if ulen < 8 || l4_len < 8 || (ulen > l4_len && !more_fragments) {
+            if ulen < 8 || l4_len < 8 || (ulen > l4_len && !first_fragment) {
                 return Err(Counter::Malformed);
             }
             pkt.sport = u16::from_be_bytes([udp[0], udp[1]]);
             pkt.dport = u16::from_be_bytes([udp[2], udp[3]]);
             pkt.payload_off = l4 + 8;
             pkt.payload_len = ulen - 8;
-            pkt.captured = if ulen < l4_len { ulen - 8 } else { l4_len - 8 };
-            if more_fragments && pkt.captured < MIN_FIRST_FRAGMENT_PAYLOAD {
-                return Err(Counter::TinyFragment);
-            }
+            let avail = if ulen < r.avail { ulen } else { r.avail };
+            pkt.captured = avail - 8;
         }
         IPPROTO_TCP => {
             let tcp: [u8; 20] = read(ctx, l4)?;
@@ -358,66 +744,131 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
             if doff < 20 || doff > l4_len {
                 return Err(Counter::Malformed);
             }
+            if first_fragment && r.avail < doff + MIN_FIRST_FRAGMENT_PAYLOAD as usize {
+                return tiny_fragment(&pkt, &r);
+            }
             pkt.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
             pkt.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
             pkt.payload_off = l4 + doff;
-            pkt.payload_len = l4_len - doff;
+            // A TCP first fragment is judged as the segment it starts (what it holds).
+            pkt.payload_len = if first_fragment {
+                r.avail - doff
+            } else {
+                l4_len - doff
+            };
             pkt.captured = pkt.payload_len;
-            if more_fragments && pkt.captured < MIN_FIRST_FRAGMENT_PAYLOAD {
-                return Err(Counter::TinyFragment);
-            }
         }
         _ => {
             pkt.payload_off = l4;
             pkt.payload_len = l4_len;
-            pkt.captured = l4_len;
+            pkt.captured = r.avail;
         }
     }
-    Ok(pkt)
+    store(pkt)
 }
 
-/// Follows IPv6 extension headers; returns the upper-layer protocol, its offset, and whether a
-/// fragment header announced more fragments (this is a first fragment).
+/// Leaves the parsed packet in the scratch slot for [`judge`].
+#[inline(always)]
+fn store(pkt: Packet) -> Result<(), Counter> {
+    let slot = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
+    // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+    unsafe { (*slot).pkt = pkt };
+    Ok(())
+}
+
+/// Drops a tiny first fragment, remembering its datagram so that its later fragments are
+/// counted as `fragment_of_dropped`.
+#[inline(always)]
+fn tiny_fragment(pkt: &Packet, r: &L3) -> Result<(), Counter> {
+    remember_dropped_fragment(pkt.family, pkt.ip_proto, &pkt.src, &pkt.dst, r.frag_id);
+    Err(Counter::TinyFragment)
+}
+
+#[inline(always)]
+fn fragment_key(family: u8, ip_proto: u8, src: &[u8; 16], dst: &[u8; 16], id: u32) -> FragKey {
+    FragKey {
+        src: *src,
+        dst: *dst,
+        id,
+        family,
+        ip_proto,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+fn remember_dropped_fragment(family: u8, ip_proto: u8, src: &[u8; 16], dst: &[u8; 16], id: u32) {
+    let key = fragment_key(family, ip_proto, src, dst, id);
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if FRAGS_DROPPED.insert(&key, &now, 0).is_err() {
+        count(counter_index(Counter::InternalError));
+    }
+}
+
+/// A later fragment: passed (it has no L4 header to judge), and counted as
+/// `fragment_of_dropped` when its first fragment was dropped.
+#[inline(always)]
+fn later_fragment(pkt: &Packet) -> Counter {
+    count(counter_index(Counter::Fragment));
+    let key = fragment_key(pkt.family, pkt.ip_proto, &pkt.src, &pkt.dst, pkt.frag_id);
+    // SAFETY: the value is copied out at once.
+    let dropped = unsafe { FRAGS_DROPPED.get(&key) }.copied();
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match dropped {
+        Some(t) if now.saturating_sub(t) < FRAG_REASSEMBLY_NS => Counter::FragmentOfDropped,
+        _ => Counter::Packets,
+    }
+}
+
+/// Follows IPv6 extension headers (at most [`MAX_EXT_HEADERS`] and [`MAX_EXT_BYTES`]);
+/// returns the upper-layer protocol and its offset, and records fragment information in `r`.
 #[inline(always)]
 fn ipv6_ext_headers(
     ctx: &XdpContext,
     first: u8,
     start: usize,
-) -> Result<(u8, usize, bool), Counter> {
+    r: &mut L3,
+) -> Result<(u8, usize), Counter> {
     let mut next = first;
     let mut off = start;
-    let mut more = false;
     let mut i = 0;
     while i < MAX_EXT_HEADERS {
         match next {
-            // Hop-by-hop, routing, destination options: length in 8-octet units, not counting
-            // the first 8.
-            0 | 43 | 60 => {
+            // Hop-by-hop, routing, destination options, mobility, HIP, shim6: length in
+            // 8-octet units, not counting the first 8.
+            0 | 43 | 60 | 135 | 139 | 140 => {
                 let h: [u8; 2] = read(ctx, off)?;
                 next = h[0];
                 off += (h[1] as usize + 1) * 8;
             }
             // Fragment header: later fragments carry no L4 header.
             44 => {
-                let h: [u8; 4] = read(ctx, off)?;
+                let h: [u8; 8] = read(ctx, off)?;
                 let field = u16::from_be_bytes([h[2], h[3]]);
+                r.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
                 if field & 0xfff8 != 0 {
-                    return Err(Counter::Fragment);
+                    r.frag = FRAG_LATER;
+                } else if field & 1 != 0 {
+                    r.frag = FRAG_FIRST;
                 }
-                more = field & 1 != 0;
                 next = h[0];
                 off += 8;
+                if r.frag == FRAG_LATER {
+                    return Ok((next, off));
+                }
             }
-            _ => return Ok((next, off, more)),
+            _ => return Ok((next, off)),
         }
-        if off > MAX_L4_OFFSET {
+        if off > start + MAX_EXT_BYTES {
             return Err(Counter::ExtHeaderLimit);
         }
         i += 1;
     }
     match next {
-        0 | 43 | 60 | 44 => Err(Counter::ExtHeaderLimit),
-        _ => Ok((next, off, more)),
+        0 | 43 | 60 | 44 | 135 | 139 | 140 => Err(Counter::ExtHeaderLimit),
+        _ => Ok((next, off)),
     }
 }
 
@@ -1165,7 +1616,7 @@ fn submit(
                 reason: reason as u8,
                 vlan: pkt.vlan.to_be_bytes(),
                 provider,
-                encap: 0,
+                encap: pkt.encap,
                 _pad: [0; 5],
             });
             entry.submit(0);

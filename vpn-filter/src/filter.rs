@@ -20,7 +20,7 @@ use aya::{
 use vpn_filter_common::{
     counter_index, maps, verdict_counter_index, AllowValue, Config, Counter, PolicyMode, Protocol,
     Verdict, DEFAULT_ALLOW_V4_ENTRIES, DEFAULT_ALLOW_V6_ENTRIES, DEFAULT_FLOW_ENTRIES,
-    PROGRAM_NAME,
+    PROGRAM_NAME, PROGRAM_NAME_IP,
 };
 
 use crate::{
@@ -72,6 +72,58 @@ fn attach_new(prog: &mut Xdp, iface: &str, mode: AttachMode) -> Result<(XdpLinkI
 }
 
 pub mod diff;
+
+/// Where `iface`'s XDP frames start, from its ARPHRD type; an error naming the device and
+/// type for devices the program cannot parse (it never passes them silently).
+fn device_frame_start(iface: &str) -> Result<FrameStart> {
+    let kind = device_type(iface)?;
+    frame_start_of(kind).ok_or_else(|| {
+        anyhow!(
+            "{iface} has link type {kind}, which vpn-filter cannot parse: supported are Ethernet-like devices (ARPHRD_ETHER, loopback) and devices whose frames start at the IP header (tun, wireguard, ppp, ipip, sit, gre, ip6tnl, ip6gre, rawip)"
+        )
+    })
+}
+
+/// The program variant for an ARPHRD device type.
+fn frame_start_of(arphrd: u16) -> Option<FrameStart> {
+    match arphrd {
+        // ETHER, LOOPBACK (an all-zero Ethernet header).
+        1 | 772 => Some(FrameStart::Ethernet),
+        // NONE (tun, wireguard), PPP, RAWIP, TUNNEL (ipip), TUNNEL6 (ip6tnl), SIT, IPGRE,
+        // IP6GRE.
+        0xfffe | 512 | 519 | 768 | 769 | 776 | 778 | 823 => Some(FrameStart::Ip),
+        _ => None,
+    }
+}
+
+/// The device's ARPHRD type (SIOCGIFHWADDR's sa_family).
+fn device_type(iface: &str) -> Result<u16> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    // SAFETY: plain socket(2); the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket for SIOCGIFHWADDR");
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        bail!("interface name {iface:?} is too long");
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads ifr_name and writes ifr_hwaddr within `req`.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading the link type of {iface}"));
+    }
+    // SAFETY: the kernel filled the hwaddr member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
+}
 
 /// The XDP object built by build.rs from the vpn-filter-ebpf crate.
 pub static EBPF_OBJECT: &[u8] =
@@ -269,6 +321,8 @@ pub struct Attachment {
     pub ifindex: u32,
     /// Whether the link is pinned (outlives the controller).
     pub pinned: bool,
+    /// Which program variant runs there (from the device type).
+    pub frame_start: FrameStart,
     link: XdpLinkId,
 }
 
@@ -352,6 +406,13 @@ impl Filter {
             .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the object"))?
             .try_into()?;
         prog.load().map_err(load_error)?;
+        if options.frame_start == FrameStart::Ip {
+            let prog: &mut Xdp = ebpf
+                .program_mut(PROGRAM_NAME_IP)
+                .ok_or_else(|| anyhow!("program {PROGRAM_NAME_IP} missing from the object"))?
+                .try_into()?;
+            prog.load().map_err(load_error)?;
+        }
         let mut filter = Filter {
             ebpf,
             options,
@@ -383,6 +444,24 @@ impl Filter {
             .expect("checked at load")
     }
 
+    /// The program variant for frames starting at `start`, loaded on first use (the IP
+    /// variant is verified only when a device needs it).
+    fn program_for(&mut self, start: FrameStart) -> Result<&mut Xdp> {
+        let name = match start {
+            FrameStart::Ethernet => PROGRAM_NAME,
+            FrameStart::Ip => PROGRAM_NAME_IP,
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load().map_err(load_error)?;
+        }
+        Ok(prog)
+    }
+
     pub fn program_id(&self) -> Option<u32> {
         let prog: &Xdp = self.ebpf.program(PROGRAM_NAME)?.try_into().ok()?;
         prog.info().ok().map(|i| i.id())
@@ -392,9 +471,13 @@ impl Filter {
     /// needed); returns the XDP action. Flow state and counters change as they would live.
     pub fn run_frame(&self, frame: &[u8]) -> Result<u32> {
         use aya::programs::{TestRun as _, TestRunOptions};
+        let name = match self.options.frame_start {
+            FrameStart::Ethernet => PROGRAM_NAME,
+            FrameStart::Ip => PROGRAM_NAME_IP,
+        };
         let prog: &Xdp = self
             .ebpf
-            .program(PROGRAM_NAME)
+            .program(name)
             .expect("checked at load")
             .try_into()
             .expect("checked at load");
@@ -409,6 +492,7 @@ impl Filter {
     /// without pins) a new link is created in `mode` and, with pins, pinned.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached> {
         let ifindex = if_index(iface)?;
+        let frame_start = device_frame_start(iface)?;
         if let Some(pin_path) = self.pins.as_ref().map(|p| p.link_path(iface)) {
             if pin_path.exists() {
                 match crate::pin::pinned_link_state(&pin_path) {
@@ -419,17 +503,18 @@ impl Filter {
                         let xdp_link = XdpLink::try_from(fd_link).with_context(|| {
                             format!("{} is not an XDP link", pin_path.display())
                         })?;
-                        let link =
-                            self.program_mut()
-                                .attach_to_link(xdp_link)
-                                .with_context(|| {
-                                    format!("replacing the program on {iface}'s pinned link")
-                                })?;
+                        let link = self
+                            .program_for(frame_start)?
+                            .attach_to_link(xdp_link)
+                            .with_context(|| {
+                                format!("replacing the program on {iface}'s pinned link")
+                            })?;
                         self.links.push(Attachment {
                             iface: iface.into(),
                             mode: None,
                             ifindex,
                             pinned: true,
+                            frame_start,
                             link,
                         });
                         return Ok(Attached::Replaced);
@@ -450,9 +535,14 @@ impl Filter {
                     .with_context(|| format!("removing stale pin {}", pin_path.display()))?;
             }
         }
-        let (link, used) = attach_new(self.program_mut(), iface, mode)?;
+        let (link, used) = attach_new(self.program_for(frame_start)?, iface, mode)?;
+        if used == XdpMode::Skb {
+            log::warn!(
+                "{iface}: generic XDP sees packets after GRO: merged TCP/UDP segments are judged with their merged sizes"
+            );
+        }
         let pinned = if let Some(pin_path) = self.pins.as_ref().map(|p| p.link_path(iface)) {
-            let prog = self.program_mut();
+            let prog = self.program_for(frame_start)?;
             let xdp_link = prog.take_link(link)?;
             let fd_link = FdLink::try_from(xdp_link).with_context(|| {
                 format!("{iface}: the kernel gave a netlink XDP attachment, which cannot be pinned")
@@ -467,6 +557,7 @@ impl Filter {
                 mode: Some(used),
                 ifindex,
                 pinned: true,
+                frame_start,
                 link,
             });
             true
@@ -476,11 +567,12 @@ impl Filter {
                 mode: Some(used),
                 ifindex,
                 pinned: false,
+                frame_start,
                 link,
             });
             false
         };
-        log::debug!("{iface}: attached (pinned: {pinned})");
+        log::debug!("{iface}: attached (pinned: {pinned}, frames start at {frame_start:?})");
         Ok(Attached::New(used))
     }
 
@@ -516,7 +608,9 @@ impl Filter {
             if let Some(pos) = self.links.iter().position(|a| a.iface == iface) {
                 let old = self.links.remove(pos);
                 // The kernel already detached it; releasing our handle cannot fail usefully.
-                let _ = self.program_mut().detach(old.link);
+                if let Ok(prog) = self.program_for(old.frame_start) {
+                    let _ = prog.detach(old.link);
+                }
             }
             self.attach(&iface, mode)?;
             back.push(iface);
@@ -537,7 +631,7 @@ impl Filter {
                     }
                 }
             }
-            self.program_mut()
+            self.program_for(a.frame_start)?
                 .detach(a.link)
                 .with_context(|| format!("detaching from {}", a.iface))?;
         }
