@@ -225,6 +225,13 @@ impl Encap {
         }
     }
 
+    /// Whether the program counts a packet inside this encapsulation as `encapsulated`: VLAN
+    /// stacks are an L2 detail of the access network, named in events but not counted
+    /// (`Counter::Encapsulated` lists PPPoE, MPLS, IP-in-IP, GRE, VXLAN and Geneve).
+    pub fn counted_as_encapsulated(&self) -> bool {
+        !matches!(self, Encap::Vlans(_))
+    }
+
     /// Whether this encapsulation carries only IP packets (a non-IP frame cannot be put in).
     pub fn carries_ip_only(&self) -> bool {
         match self {
