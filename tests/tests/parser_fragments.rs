@@ -213,6 +213,16 @@ fn a_pptp_request_in_a_tcp_first_fragment_is_dropped() {
     failures.assert_none();
 }
 
+/// The outcome of an OpenVPN packet with this verdict.
+fn verdict_of(v: Verdict) -> vpn_filter_tests::judge::Outcome {
+    let action = if v == Verdict::Dropped {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    };
+    expect(action, Some((Protocol::OpenVpn, v)), &[])
+}
+
 #[test]
 fn an_openvpn_tcp_hard_reset_exchange_in_first_fragments_is_dropped() {
     // tls-crypt-v2: the client's hard reset (v3, with its 299-byte wrapped key) is long
@@ -232,6 +242,39 @@ fn an_openvpn_tcp_hard_reset_exchange_in_first_fragments_is_dropped() {
             );
             let reset = tcp_framed(&openvpn_client_reset(cs, wrap));
             let reply = tcp_framed(&openvpn_server_reset(ss, cs, wrap));
+            let what = format!("{} openvpn tcp hard reset with {c}", family(v6));
+            // The control: the same exchange unfragmented, on its own 5-tuple.
+            let (unfragmented_first, unfragmented_second) = if registered {
+                (Verdict::Allowed, Verdict::Allowed)
+            } else {
+                (Verdict::Pending, Verdict::Dropped)
+            };
+            let control = port + 50;
+            let (ccs, css) = (cs ^ 0xffff, ss ^ 0xffff);
+            failures.check(
+                &filter,
+                &format!("{what}: unfragmented client reset"),
+                &tcp(
+                    c,
+                    s,
+                    control,
+                    1194,
+                    &tcp_framed(&openvpn_client_reset(ccs, wrap)),
+                ),
+                &verdict_of(unfragmented_first),
+            );
+            failures.check(
+                &filter,
+                &format!("{what}: unfragmented server reset"),
+                &tcp(
+                    s,
+                    c,
+                    1194,
+                    control,
+                    &tcp_framed(&openvpn_server_reset(css, ccs, wrap)),
+                ),
+                &verdict_of(unfragmented_second),
+            );
             let first_fragment = |frame: Vec<u8>, len: usize, id: u32| {
                 if len > MIN + 8 {
                     fragment(&frame, &[32 + MIN], id).swap_remove(0)
@@ -254,7 +297,6 @@ fn an_openvpn_tcp_hard_reset_exchange_in_first_fragments_is_dropped() {
                     expect(XDP_DROP, ovpn(Verdict::Dropped), &[]),
                 )
             };
-            let what = format!("{} openvpn tcp hard reset with {c}", family(v6));
             failures.check(
                 &filter,
                 &format!("{what}: client's first fragment"),
