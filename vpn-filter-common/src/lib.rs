@@ -30,6 +30,8 @@ pub mod maps {
     /// changed the allowlist; flows re-check their endpoints when it moved (see
     /// [`super::FlowState::generation`]).
     pub const ALLOW_GEN: &str = "ALLOW_GEN";
+    /// Seed of the TCP stream-head hash, random per load (single u32 slot).
+    pub const TCP_HEAD_SEED: &str = "TCP_HEAD_SEED";
     /// Repeat-source filter in front of the event budget (see [`super::REPEAT_SLOTS`]).
     pub const REPEAT_SOURCES: &str = "REPEAT_SOURCES";
     /// Fast-path verdict structures in front of the allowlist tries (see [`super::FastLengths`]).

@@ -176,6 +176,7 @@ const FRAG_LATER: u8 = 2;
 /// How long a dropped first fragment's datagram is remembered: Linux's reassembly timeout.
 const FRAG_REASSEMBLY_NS: u64 = 30_000_000_000;
 const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_GRE: u8 = 47;
 const IPPROTO_ESP: u8 = 50;
@@ -218,7 +219,11 @@ struct Packet {
     encap: u8,
     /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
     frag: u8,
+    /// TCP flags byte (0 for other protocols).
+    tcp_flags: u8,
     frag_id: u32,
+    /// TCP sequence number (0 for other protocols).
+    tcp_seq: u32,
 }
 
 /// Key of `FRAGS_DROPPED`: a datagram whose first fragment was dropped.
@@ -324,13 +329,14 @@ fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Coun
 #[inline(always)]
 fn try_vpn_filter(ctx: &XdpContext, ip_start: bool) -> Result<u32, Counter> {
     parse(ctx, ip_start)?;
-    judge(ctx)
+    let head = stream_head(ctx)?;
+    judge(ctx, head)
 }
 
 /// Judges the packet [`parse`] left in the scratch slot. Not inlined: its stack frame and
 /// the parser's are never on the stack at the same time.
 #[inline(never)]
-fn judge(ctx: &XdpContext) -> Result<u32, Counter> {
+fn judge(ctx: &XdpContext, head: u32) -> Result<u32, Counter> {
     let slot = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
     // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
     let pkt = unsafe { (*slot).pkt };
@@ -345,7 +351,17 @@ fn judge(ctx: &XdpContext) -> Result<u32, Counter> {
     if pkt.frag == FRAG_LATER {
         return Err(later_fragment(&pkt));
     }
-    let det = match detect(ctx, &pkt)? {
+    if head == HEAD_HELD {
+        count(counter_index(Counter::TcpStreamBuffered));
+        return Ok(XDP_PASS);
+    }
+    let found = if head == HEAD_DETECTED {
+        // SAFETY: stream_head stored it in the per-CPU slot.
+        Some(unsafe { (*slot).det })
+    } else {
+        detect(ctx, &pkt)?
+    };
+    let det = match found {
         Some(d) => d,
         // No signature: judged only if it goes to a listed VPN endpoint (endpoints.rs), by
         // the caller, from the scratch slot.
@@ -375,6 +391,253 @@ fn judge(ctx: &XdpContext) -> Result<u32, Counter> {
         remember_dropped_fragment(p.family, p.ip_proto, &p.src, &p.dst, p.frag_id);
     }
     Ok(action)
+}
+
+/// [`stream_head`]'s answers.
+const HEAD_ORDINARY: u32 = 0;
+/// The segment carries part of a candidate stream's first [`HEAD_BYTES`] and was buffered;
+/// the bytes so far are not complete enough to judge.
+const HEAD_HELD: u32 = 1;
+/// The stream's first bytes, reassembled, matched: the detection is in the scratch slot.
+const HEAD_DETECTED: u32 = 2;
+
+/// Bytes of a TCP stream's start that are reassembled: the classifier's window.
+const HEAD_BYTES: usize = WINDOW;
+/// Slots of the `TCP_HEADS` array (a power of two).
+const TCP_HEAD_SLOTS: u32 = 1 << 18;
+/// A slot is trusted for this many ~1.07 s ticks after its SYN.
+const TCP_HEAD_TICKS: u64 = 60;
+
+/// Per direction of a TCP connection, from its SYN (or SYN-ACK): the initial sequence number,
+/// a 16-bit tag of the 4-tuple's hash and the tick it was seen, in a slot chosen by the hash.
+/// A data segment finds whether it touches the stream's first bytes with one array read, so
+/// ordinary segments never reach a hash map. Collisions only lose reassembly for a flow
+/// (the segment is then judged alone, as before).
+#[map(name = "TCP_HEADS")]
+static TCP_HEADS: Array<u64> = Array::with_max_entries(TCP_HEAD_SLOTS, 0);
+
+/// Reassembly of a candidate stream's first bytes, per direction: while a segment arrives
+/// short (a split) or out of order.
+#[map(name = "TCP_STREAMS")]
+static TCP_STREAMS: LruHashMap<StreamKey, StreamHead> = LruHashMap::with_max_entries(16384, 0);
+
+/// An empty [`StreamHead`] (never written) that new entries are copied from.
+#[map(name = "STREAM_TEMPLATE")]
+static STREAM_TEMPLATE: PerCpuArray<StreamHead> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct StreamKey {
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    isn: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct StreamHead {
+    /// The first bytes; [`HEAD_BYTES`] + 128 so that every bounded copy fits.
+    buf: [u8; HEAD_BYTES + 128],
+    /// Bytes contiguous from the stream's start.
+    contig: u16,
+    /// One out-of-order range held beyond a gap (`ooo_end == 0`: none).
+    ooo_start: u16,
+    ooo_end: u16,
+    /// Highest stream offset seen (capped), the length the classifier is told.
+    end: u16,
+}
+
+/// Hash of a TCP direction (addresses, ports), with the per-boot seed.
+#[inline(always)]
+fn tcp_hash(pkt: &Packet) -> u32 {
+    let mut h: u32 = TCP_HEAD_SEED.get(0).copied().unwrap_or(0) ^ 0x811c_9dc5;
+    let mut i = 0;
+    while i < 16 {
+        let a = u32::from_ne_bytes([pkt.src[i], pkt.src[i + 1], pkt.src[i + 2], pkt.src[i + 3]]);
+        let b = u32::from_ne_bytes([pkt.dst[i], pkt.dst[i + 1], pkt.dst[i + 2], pkt.dst[i + 3]]);
+        h = (h ^ a).wrapping_mul(0x0100_0193).rotate_left(13);
+        h = (h ^ b).wrapping_mul(0x0100_0193).rotate_left(13);
+        i += 4;
+    }
+    h = (h ^ ((pkt.sport as u32) << 16 | pkt.dport as u32)).wrapping_mul(0x85eb_ca6b);
+    h ^ (h >> 15)
+}
+
+/// Seed of [`tcp_hash`], written by the controller at load (random per boot), so that
+/// nobody can aim SYNs at another connection's slot.
+#[map(name = "TCP_HEAD_SEED")]
+static TCP_HEAD_SEED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// TCP streams, not segments: a VPN message whose first bytes are split over segments (at
+/// any position, in any order) is judged on the reassembled bytes. SYN and SYN-ACK record the
+/// initial sequence number; a data segment within the first [`HEAD_BYTES`] of its stream that
+/// does not hold them all from the start is buffered until they are contiguous, then judged.
+/// Reads the packet from the scratch slot; not inlined: its own stack frame, called before
+/// [`judge`] rather than from it.
+#[inline(never)]
+fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
+    // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+    let pkt = unsafe { &(*scratch).pkt };
+    if pkt.ip_proto != IPPROTO_TCP || pkt.frag == FRAG_LATER {
+        return Ok(HEAD_ORDINARY);
+    }
+    let h = tcp_hash(pkt);
+    let idx = h & (TCP_HEAD_SLOTS - 1);
+    let tag = (h >> 16) as u64;
+    // SAFETY: helper without arguments.
+    let tick = (unsafe { bpf_ktime_get_ns() } >> 30) & 0xffff;
+    if pkt.tcp_flags & TCP_SYN != 0 {
+        if let Some(slot) = TCP_HEADS.get_ptr_mut(idx) {
+            // SAFETY: an array slot; a racing writer on another CPU writes a whole u64 too.
+            unsafe { *slot = (pkt.tcp_seq as u64) << 32 | tag << 16 | tick };
+        }
+        // A SYN's own data (TCP Fast Open) starts the stream: judged alone, as before.
+        return Ok(HEAD_ORDINARY);
+    }
+    let len = pkt.payload_len;
+    if len == 0 {
+        return Ok(HEAD_ORDINARY);
+    }
+    let Some(slot) = TCP_HEADS.get_ptr_mut(idx) else {
+        return Ok(HEAD_ORDINARY);
+    };
+    // SAFETY: as above.
+    let v = unsafe { *slot };
+    if v == 0 || (v >> 16) & 0xffff != tag || (tick.wrapping_sub(v & 0xffff) & 0xffff) > TCP_HEAD_TICKS
+    {
+        return Ok(HEAD_ORDINARY);
+    }
+    let isn = (v >> 32) as u32;
+    let rel = pkt.tcp_seq.wrapping_sub(isn.wrapping_add(1)) as usize;
+    if rel >= HEAD_BYTES {
+        // Beyond the head (or before the ISN): nothing to reassemble.
+        return Ok(HEAD_ORDINARY);
+    }
+    let key = StreamKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        isn,
+    };
+    // SAFETY: a pointer into the LRU map's value, valid for this program run.
+    let mut entry = TCP_STREAMS.get_ptr_mut(&key);
+    if entry.is_none() {
+        if rel == 0 && len >= HEAD_BYTES {
+            // The usual case: the first segment holds the whole head. Judged alone; the slot
+            // is released so that the rest of the stream skips this.
+            // SAFETY: as above.
+            unsafe { *slot = 0 };
+            return Ok(HEAD_ORDINARY);
+        }
+        // Inserted from a zeroed map slot: 232 bytes would not fit on the stack.
+        let Some(fresh) = STREAM_TEMPLATE.get(0) else {
+            return Ok(HEAD_ORDINARY);
+        };
+        if TCP_STREAMS.insert(&key, fresh, 0).is_err() {
+            count(counter_index(Counter::InternalError));
+            return Ok(HEAD_ORDINARY);
+        }
+        entry = TCP_STREAMS.get_ptr_mut(&key);
+    }
+    let Some(e) = entry else {
+        return Ok(HEAD_ORDINARY);
+    };
+    // SAFETY: a pointer into the LRU map's value, valid for this program run. Concurrent
+    // segments of one direction on two CPUs could interleave here; the worst outcome is a
+    // head judged on mixed bytes, as a receiver seeing overlapping retransmissions might.
+    let e = unsafe { &mut *e };
+    let seg_end = rel + len;
+    let end = if seg_end > 0xffff { 0xffff } else { seg_end };
+    if end > e.end as usize {
+        e.end = end as u16;
+    }
+    let contig = e.contig as usize;
+    let clip_end = if seg_end > HEAD_BYTES { HEAD_BYTES } else { seg_end };
+    if rel <= contig {
+        // In order (or overlapping what is held): the bytes not held yet, first copy wins as
+        // in the receiver's queue.
+        if clip_end > contig {
+            copy_segment(ctx, pkt, e, contig, contig - rel, clip_end - contig)?;
+            let mut c = clip_end;
+            // The held out-of-order range joins once the gap is filled.
+            if e.ooo_end != 0 && e.ooo_start as usize <= c {
+                if e.ooo_end as usize > c {
+                    c = e.ooo_end as usize;
+                }
+                e.ooo_start = 0;
+                e.ooo_end = 0;
+            }
+            e.contig = c as u16;
+        }
+    } else if e.ooo_end == 0 {
+        copy_segment(ctx, pkt, e, rel, 0, clip_end - rel)?;
+        e.ooo_start = rel as u16;
+        e.ooo_end = clip_end as u16;
+    } else if rel == e.ooo_end as usize && clip_end > rel {
+        copy_segment(ctx, pkt, e, rel, 0, clip_end - rel)?;
+        e.ooo_end = clip_end as u16;
+    }
+    let contig = e.contig as usize;
+    // Judge once everything seen is contiguous, or the whole head is.
+    if contig == 0 || (contig < HEAD_BYTES && e.ooo_end != 0) {
+        return Ok(HEAD_HELD);
+    }
+    let stream_len = if (e.end as usize) > contig { e.end as usize } else { contig };
+    let w: &[u8; WINDOW] = match e.buf.first_chunk::<WINDOW>() {
+        Some(w) => w,
+        None => return Ok(HEAD_ORDINARY),
+    };
+    if let Some(det) = classify_tcp(stream_len, w) {
+        // SAFETY: as above.
+        unsafe { (*scratch).det = det };
+        // Kept: a retransmission of any of its segments is judged again (and dropped with the
+        // flow).
+        return Ok(HEAD_DETECTED);
+    }
+    if contig >= HEAD_BYTES {
+        // The head is complete and is no VPN: forget the stream.
+        // SAFETY: as above.
+        unsafe { *slot = 0 };
+        let _ = TCP_STREAMS.remove(&key);
+        return Ok(HEAD_ORDINARY);
+    }
+    Ok(HEAD_HELD)
+}
+
+/// Copies `n` bytes of the segment's payload, from `from` on, into the head at `at`.
+#[inline(always)]
+fn copy_segment(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    e: &mut StreamHead,
+    at: usize,
+    from: usize,
+    n: usize,
+) -> Result<(), Counter> {
+    if n == 0 || n > HEAD_BYTES || at >= HEAD_BYTES || from > pkt.captured || from + n > pkt.captured {
+        return Ok(());
+    }
+    // The same value, in a form whose range the verifier sees as 1..=128 (the compiler
+    // folds the `n == 0` check above into one it cannot follow).
+    let n = ((n - 1) & 0x7f) + 1;
+    // SAFETY: `at < HEAD_BYTES` and `n <= 128` keep the write inside the buffer of
+    // HEAD_BYTES + 128; the helper bounds-checks the packet side.
+    let rc = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx as *mut _,
+            (pkt.payload_off + from) as u32,
+            e.buf.as_mut_ptr().add(at) as *mut c_void,
+            n as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(Counter::Truncated);
+    }
+    Ok(())
 }
 
 /// Ethernet header, then up to three VLAN tags (0x8100, 0x88a8, 0x9100 in any order), then
@@ -652,7 +915,9 @@ fn parse(ctx: &XdpContext, ip_start: bool) -> Result<(), Counter> {
         captured: 0,
         encap: 0,
         frag: FRAG_NONE,
+        tcp_flags: 0,
         frag_id: 0,
+        tcp_seq: 0,
     };
     let [t, o, e] = launder([ethertype as u64, off as u64, encap as u64])?;
     if o > MAX_L3_OFFSET as u64 {
@@ -749,6 +1014,8 @@ fn parse(ctx: &XdpContext, ip_start: bool) -> Result<(), Counter> {
             }
             pkt.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
             pkt.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+            pkt.tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+            pkt.tcp_flags = tcp[13];
             pkt.payload_off = l4 + doff;
             // A TCP first fragment is judged as the segment it starts (what it holds).
             pkt.payload_len = if first_fragment {

@@ -425,7 +425,23 @@ impl Filter {
         };
         filter.set_policy(policy)?;
         filter.set_config(config)?;
+        filter.seed_tcp_heads()?;
         Ok(filter)
+    }
+
+    /// A random seed for the kernel's TCP stream-head slots, so that nobody can aim SYNs at
+    /// another connection's slot.
+    fn seed_tcp_heads(&mut self) -> Result<()> {
+        let mut seed = [0u8; 4];
+        // SAFETY: getrandom(2) writes at most `seed.len()` bytes into `seed`.
+        let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+        if n != seed.len() as isize {
+            return Err(std::io::Error::last_os_error()).context("getrandom for the TCP seed");
+        }
+        let mut map: Array<&mut MapData, u32> =
+            Array::try_from(self.map_mut(maps::TCP_HEAD_SEED)?)?;
+        map.set(0, u32::from_ne_bytes(seed), 0)
+            .context("writing the TCP stream-head seed")
     }
 
     pub fn pins(&self) -> Option<&PinDir> {
