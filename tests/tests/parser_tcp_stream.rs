@@ -2,7 +2,8 @@
 //! message whose first bytes are split over two segments (after 1, 2, 3 or 7 bytes, or at a
 //! random position below 64) is recognised when the segment that completes the bytes the
 //! rule needs arrives: earlier segments pass and are counted as `tcp_stream_buffered`, the
-//! completing one gets the verdict the unsplit segment gets, and retransmissions of a
+//! completing one (the first, if it already holds them: "IKETCP" is 6 bytes) gets the
+//! verdict the unsplit segment gets, and retransmissions of a
 //! dropped stream's segments are dropped. Segments arriving out of order end the same way.
 //! Ordinary streams split the same way pass.
 //!
@@ -121,14 +122,18 @@ fn verdict(p: Protocol, v: Verdict) -> Outcome {
     expect(action, Some((p, v)), &[])
 }
 
-/// `segment` split in two at `cut`, in order or not: the piece that arrives first passes
-/// buffered, the second gets `complete`. Returns the two pieces in stream order.
+/// `segment` split in two at `cut`, in order or not. In order, the first piece passes
+/// buffered unless it already holds the `needs` bytes the rule reads (then it gets
+/// `complete`, and so does the second, on the flow that verdict left); out of order, the
+/// later piece passes and the first gets `complete`. Returns the two pieces in stream order.
+#[expect(clippy::too_many_arguments, reason = "one per aspect of the split")]
 fn split_in_two(
     filter: &Filter,
     failures: &mut Failures,
     what: &str,
     segment: &[u8],
     cut: usize,
+    needs: usize,
     in_order: bool,
     complete: &Outcome,
 ) -> Vec<Vec<u8>> {
@@ -140,7 +145,14 @@ fn split_in_two(
     };
     let order = if in_order { "in order" } else { "out of order" };
     let got = run(filter, first);
-    if in_order {
+    if in_order && cut >= needs {
+        failures.require(got == *complete, || {
+            format!(
+                "{what} split after {cut} ({order}): first piece, holding the {needs} bytes the \
+                 rule reads: got {got}, want {complete}"
+            )
+        });
+    } else if in_order {
         let buffered = expect(XDP_PASS, None, &[Counter::TcpStreamBuffered]);
         failures.require(got == buffered, || {
             format!("{what} split after {cut} ({order}): first piece: got {got}, want {buffered}")
@@ -166,6 +178,7 @@ fn client_message_split(
     protocol: Protocol,
     dport: u16,
     message: &[u8],
+    needs: usize,
     port: u16,
     random_cuts: usize,
 ) {
@@ -192,6 +205,7 @@ fn client_message_split(
                     &what,
                     &conn.client_data(message),
                     cut,
+                    needs,
                     in_order,
                     &dropped,
                 );
@@ -245,12 +259,14 @@ fn iketcp() -> Vec<u8> {
 
 #[test]
 fn a_pptp_request_split_over_two_segments_is_dropped_when_completed() {
-    client_message_split(Protocol::Pptp, 1723, &pptp(), 20000, 8);
+    // The rule reads the whole message (its length field must fit what is there).
+    client_message_split(Protocol::Pptp, 1723, &pptp(), pptp().len(), 20000, 8);
 }
 
 #[test]
 fn an_ike_over_tcp_stream_start_split_over_two_segments_is_dropped_when_completed() {
-    client_message_split(Protocol::Ike, 4500, &iketcp(), 21000, 8);
+    // The rule reads the 6-byte stream prefix "IKETCP" (RFC 8229).
+    client_message_split(Protocol::Ike, 4500, &iketcp(), 6, 21000, 8);
 }
 
 #[test]
@@ -292,6 +308,7 @@ fn an_openvpn_tcp_hard_reset_exchange_split_over_segments_is_dropped_when_comple
                         &format!("{what}: client reset"),
                         &conn.client_data(&reset),
                         cut,
+                        reset.len(),
                         in_order,
                         &verdict(Protocol::OpenVpn, Verdict::Pending),
                     );
@@ -302,6 +319,7 @@ fn an_openvpn_tcp_hard_reset_exchange_split_over_segments_is_dropped_when_comple
                         &format!("{what}: server reset"),
                         &conn.server_data(&reply, reset.len()),
                         cut,
+                        reply.len(),
                         in_order,
                         &dropped,
                     );
