@@ -21,9 +21,12 @@ use std::{
 
 use vpn_filter::filter::{Filter, LoadOptions, Policy};
 use vpn_filter_common::{Config, Counter, FlowState, FlowStatus};
-use vpn_filter_ebpf::classify::{
-    advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp, tcp_prefilter,
-    udp_prefilter, Confirmation, Detection, Prefilter, Strength, WINDOW,
+use vpn_filter_ebpf::{
+    classify::{
+        advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp,
+        tcp_prefilter, udp_prefilter, Confirmation, Detection, Prefilter, Strength, WINDOW,
+    },
+    parse::{parse, Packet, FRAG_LATER},
 };
 use vpn_filter_tests::packet::*;
 
@@ -555,7 +558,8 @@ fn dtls_1_3_records_with_connection_ids_are_never_dropped() {
 // 2. The host reference model
 // ---------------------------------------------------------------------------------------
 
-/// What the kernel's `parse` extracts (mirrors `vpn-filter-ebpf/src/program.rs`).
+/// What the kernel's `parse` extracts: the kernel's own parser (`vpn_filter_ebpf::parse`),
+/// run over the frame's bytes.
 #[derive(Clone, Copy, Debug)]
 struct Parsed {
     src: [u8; 16],
@@ -567,180 +571,40 @@ struct Parsed {
     payload_off: usize,
     payload_len: usize,
     captured: usize,
-    /// A first fragment too small to carry the L4 header and 16 payload bytes: the kernel
-    /// drops it (RFC 1858 tiny-fragment evasion).
-    tiny_fragment: bool,
+    /// Dropped whatever it carries: a tiny first fragment (RFC 1858 evasion) or an IPv6
+    /// extension header chain beyond the parser's limits (`--ext-header-overflow drop`).
+    dropped_unparsed: bool,
     /// Outermost VLAN id (flows are keyed by it).
     vlan: u16,
 }
-
-/// Mirrors `MIN_FIRST_FRAGMENT_PAYLOAD` in the kernel program.
-const MIN_FIRST_FRAGMENT_PAYLOAD: usize = 16;
 
 fn be16(f: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([f[at], f[at + 1]])
 }
 
 /// `None` where the kernel passes the frame before classification (non-IP, truncated,
-/// malformed, fragment, extension-header limit).
+/// malformed, later fragment).
 fn host_parse(f: &[u8]) -> Option<Parsed> {
-    if f.len() < 14 {
-        return None;
-    }
-    let mut ethertype = be16(f, 12);
-    let mut l3 = 14;
-    let mut tags = 0;
-    let mut vlan = 0;
-    while tags < 2 && (ethertype == 0x8100 || ethertype == 0x88a8) {
-        if l3 + 4 > f.len() {
-            return None;
-        }
-        if tags == 0 {
-            vlan = be16(f, l3) & 0x0fff;
-        }
-        ethertype = be16(f, l3 + 2);
-        l3 += 4;
-        tags += 1;
-    }
-    let mut p = Parsed {
-        src: [0; 16],
-        dst: [0; 16],
-        family: 0,
-        proto: 0,
-        sport: 0,
-        dport: 0,
-        payload_off: 0,
-        payload_len: 0,
-        captured: 0,
-        tiny_fragment: false,
-        vlan,
+    let mut pkt = Packet::default();
+    let dropped_unparsed = match parse(f, false, &mut pkt) {
+        Ok(()) if pkt.frag == FRAG_LATER => return None,
+        Ok(()) => false,
+        Err(Counter::TinyFragment | Counter::ExtHeaderLimit) => true,
+        Err(_) => return None,
     };
-    let more_fragments;
-    let (l4, l4_len) = match ethertype {
-        0x0800 => {
-            if l3 + 20 > f.len() {
-                return None;
-            }
-            let ihl = (f[l3] & 0x0f) as usize * 4;
-            if f[l3] >> 4 != 4 || ihl < 20 {
-                return None;
-            }
-            let total = be16(f, l3 + 2) as usize;
-            if total < ihl || l3 + total > f.len() {
-                return None;
-            }
-            let frag = be16(f, l3 + 6);
-            if frag & 0x1fff != 0 {
-                return None;
-            }
-            more_fragments = frag & 0x2000 != 0;
-            p.family = 4;
-            p.proto = f[l3 + 9];
-            p.src[..4].copy_from_slice(&f[l3 + 12..l3 + 16]);
-            p.dst[..4].copy_from_slice(&f[l3 + 16..l3 + 20]);
-            (l3 + ihl, total - ihl)
-        }
-        0x86dd => {
-            if l3 + 40 > f.len() || f[l3] >> 4 != 6 {
-                return None;
-            }
-            let payload = be16(f, l3 + 4) as usize;
-            if l3 + 40 + payload > f.len() {
-                return None;
-            }
-            p.family = 6;
-            p.src.copy_from_slice(&f[l3 + 8..l3 + 24]);
-            p.dst.copy_from_slice(&f[l3 + 24..l3 + 40]);
-            let mut next = f[l3 + 6];
-            let mut off = l3 + 40;
-            let mut more = false;
-            let mut i = 0;
-            let mut done = false;
-            while i < 6 {
-                match next {
-                    0 | 43 | 60 => {
-                        if off + 2 > f.len() {
-                            return None;
-                        }
-                        next = f[off];
-                        off += (f[off + 1] as usize + 1) * 8;
-                    }
-                    44 => {
-                        if off + 4 > f.len() {
-                            return None;
-                        }
-                        let field = be16(f, off + 2);
-                        if field & 0xfff8 != 0 {
-                            return None;
-                        }
-                        more = field & 1 != 0;
-                        next = f[off];
-                        off += 8;
-                    }
-                    _ => {
-                        done = true;
-                        break;
-                    }
-                }
-                if off > 512 {
-                    return None;
-                }
-                i += 1;
-            }
-            if !done && matches!(next, 0 | 43 | 60 | 44) {
-                return None;
-            }
-            more_fragments = more;
-            p.proto = next;
-            let used = off - (l3 + 40);
-            if used > payload {
-                return None;
-            }
-            (off, payload - used)
-        }
-        _ => return None,
-    };
-    if l4 > 512 {
-        return None;
-    }
-    match p.proto {
-        17 => {
-            if l4 + 8 > f.len() {
-                return None;
-            }
-            let ulen = be16(f, l4 + 4) as usize;
-            if ulen < 8 || l4_len < 8 || (ulen > l4_len && !more_fragments) {
-                return None;
-            }
-            p.sport = be16(f, l4);
-            p.dport = be16(f, l4 + 2);
-            p.payload_off = l4 + 8;
-            p.payload_len = ulen - 8;
-            p.captured = ulen.min(l4_len) - 8;
-            p.tiny_fragment = more_fragments && p.captured < MIN_FIRST_FRAGMENT_PAYLOAD;
-        }
-        6 => {
-            if l4 + 20 > f.len() {
-                return None;
-            }
-            let doff = (f[l4 + 12] >> 4) as usize * 4;
-            if doff < 20 || doff > l4_len {
-                return None;
-            }
-            p.sport = be16(f, l4);
-            p.dport = be16(f, l4 + 2);
-            p.payload_off = l4 + doff;
-            p.payload_len = l4_len - doff;
-            p.captured = p.payload_len;
-            p.tiny_fragment = more_fragments && p.captured < MIN_FIRST_FRAGMENT_PAYLOAD;
-        }
-        _ => {
-            p.payload_off = l4;
-            p.payload_len = l4_len;
-            p.captured = l4_len;
-        }
-    }
-    Some(p)
+    Some(Parsed {
+        src: pkt.src,
+        dst: pkt.dst,
+        family: pkt.family,
+        proto: pkt.ip_proto,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        payload_off: pkt.payload_off,
+        payload_len: pkt.payload_len,
+        captured: pkt.captured,
+        dropped_unparsed,
+        vlan: pkt.vlan,
+    })
 }
 
 /// The kernel's `detect`, without the flow gate: the detection, and whether it is a follow-up
@@ -847,7 +711,8 @@ struct Judgement {
     strong: bool,
     /// Judged as part of a flow already in the table (blocked, or pending and confirmed).
     known_flow: bool,
-    /// A tiny first fragment, dropped whatever it carries.
+    /// A tiny first fragment or an overlong extension header chain, dropped whatever it
+    /// carries.
     tiny_fragment: bool,
 }
 
@@ -860,7 +725,7 @@ impl Model {
             tiny_fragment: false,
         };
         let Some(p) = host_parse(f) else { return pass };
-        if p.tiny_fragment {
+        if p.dropped_unparsed {
             return Judgement {
                 action: XDP_DROP,
                 tiny_fragment: true,

@@ -9,3 +9,4 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 
 pub mod classify;
+pub mod parse;

@@ -17,17 +17,22 @@ use vpn_filter_common::{
     DEFAULT_ALLOWLIST_LOOKUP, DEFAULT_ALLOW_V4_ENTRIES, DEFAULT_ALLOW_V6_ENTRIES,
     DEFAULT_BLOCKED_FLOW_TIMEOUT_NS, DEFAULT_EVENTS_PER_CPU_PER_SEC,
     DEFAULT_EVENTS_PER_SOURCE_PER_SEC, DEFAULT_EVENT_LIMIT_ENTRIES, DEFAULT_EVENT_RING_BYTES,
-    DEFAULT_FLOW_ENTRIES, DEFAULT_PENDING_FLOW_TIMEOUT_NS, ENCAP_GENEVE, ENCAP_GRE, ENCAP_IP_IN_IP,
-    ENCAP_MPLS, ENCAP_PPPOE, ENCAP_VLAN_STACK, ENCAP_VXLAN, FAMILY_V4, FAMILY_V6,
+    DEFAULT_FLOW_ENTRIES, DEFAULT_PENDING_FLOW_TIMEOUT_NS, ENCAP_VLAN_STACK, FAMILY_V4, FAMILY_V6,
     FAST_BITMAP_V4_LONG, FAST_BITMAP_V6, FAST_BITMAP_WORDS, FAST_V6_MAX_LENGTHS, FAST_V6_USE_TRIE,
-    FLOW_CLASS_DATA, MIN_FIRST_FRAGMENT_PAYLOAD, REPEAT_REPORT_WINDOWS, REPEAT_RESERVE_PER_SEC,
-    REPEAT_SLOTS, REPEAT_WINDOW_NS, STATS_LEN,
+    FLOW_CLASS_DATA, REPEAT_REPORT_WINDOWS, REPEAT_RESERVE_PER_SEC, REPEAT_SLOTS, REPEAT_WINDOW_NS,
+    STATS_LEN,
 };
 mod endpoints;
 
-use vpn_filter_ebpf::classify::{
-    advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp, tcp_prefilter,
-    udp_prefilter, Confirmation, Detection, Prefilter, Strength, WINDOW,
+use vpn_filter_ebpf::{
+    classify::{
+        advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp,
+        tcp_prefilter, udp_prefilter, Confirmation, Detection, Prefilter, Strength, WINDOW,
+    },
+    parse::{
+        self, Frame, Packet, FRAG_FIRST, FRAG_LATER, IPPROTO_AH, IPPROTO_ESP, IPPROTO_GRE,
+        IPPROTO_TCP, IPPROTO_UDP, MAX_PAYLOAD_OFFSET,
+    },
 };
 
 #[map(name = "ALLOW_V4")]
@@ -150,81 +155,10 @@ static EVENT_BUDGET: PerCpuArray<RateState> = PerCpuArray::with_max_entries(2, 0
 static EVENT_LIMIT: LruHashMap<[u8; 16], RateState> =
     LruHashMap::with_max_entries(DEFAULT_EVENT_LIMIT_ENTRIES, 0);
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-/// Pre-standard QinQ outer tag (still common on access networks).
-const ETH_P_QINQ1: u16 = 0x9100;
-const ETH_P_PPP_SES: u16 = 0x8864;
-const ETH_P_MPLS_UC: u16 = 0x8847;
-const ETH_P_MPLS_MC: u16 = 0x8848;
-/// Transparent Ethernet bridging (GRE protocol type; also what VXLAN and Geneve carry).
-const ETH_P_TEB: u16 = 0x6558;
-const PPP_IP: u16 = 0x0021;
-const PPP_IPV6: u16 = 0x0057;
-const VXLAN_PORT: u16 = 4789;
-const GENEVE_PORT: u16 = 6081;
-const IPPROTO_IPIP: u8 = 4;
-const IPPROTO_IPV6: u8 = 41;
-const MAX_VLAN_TAGS: usize = 3;
-const MAX_MPLS_LABELS: usize = 4;
-const FRAG_NONE: u8 = 0;
-const FRAG_FIRST: u8 = 1;
-const FRAG_LATER: u8 = 2;
+const TCP_SYN: u8 = 0x02;
+const NS_PER_SEC: u64 = 1_000_000_000;
 /// How long a dropped first fragment's datagram is remembered: Linux's reassembly timeout.
 const FRAG_REASSEMBLY_NS: u64 = 30_000_000_000;
-const IPPROTO_TCP: u8 = 6;
-const TCP_SYN: u8 = 0x02;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_GRE: u8 = 47;
-const IPPROTO_ESP: u8 = 50;
-const IPPROTO_AH: u8 = 51;
-/// IPv6 extension headers followed; a longer chain is `ext_header_limit` (see
-/// `--ext-header-overflow`). Linux forwards chains of any length, but its option limits
-/// (net.ipv6.max_{hbh,dst}_opts_number = 8) make longer ones pointless for real stacks.
-const MAX_EXT_HEADERS: usize = 8;
-/// Bytes of IPv6 extension headers followed (one 2048-byte destination options header is
-/// the largest its length field can say).
-const MAX_EXT_BYTES: usize = 2048;
-/// Network headers further in than this are not parsed; keeps every packet offset bounded
-/// for the verifier. Reached only by the limits above plus a tunnel.
-const MAX_L3_OFFSET: usize = 2200;
-/// L4 headers further in than this are not parsed (counted as `ext_header_limit`).
-const MAX_L4_OFFSET: usize = 4400;
-/// The L4 payload starts at most a TCP header (60 bytes) after [`MAX_L4_OFFSET`].
-const MAX_PAYLOAD_OFFSET: usize = MAX_L4_OFFSET + 60;
-const NS_PER_SEC: u64 = 1_000_000_000;
-
-/// Everything the decision needs from the headers.
-#[derive(Clone, Copy)]
-struct Packet {
-    src: [u8; 16],
-    dst: [u8; 16],
-    family: u8,
-    ip_proto: u8,
-    sport: u16,
-    dport: u16,
-    vlan: u16,
-    /// Offset of the L4 payload (UDP/TCP) or of the L4 header (GRE/ESP/AH) in the frame.
-    payload_off: usize,
-    /// L4 payload length according to the headers (checked against the frame). For the first
-    /// fragment of a fragmented UDP datagram: the whole datagram's, from the UDP length.
-    payload_len: usize,
-    /// Bytes of that payload present in this packet (less than `payload_len` only in a first
-    /// fragment).
-    captured: usize,
-    /// [`Event::encap`] bits.
-    encap: u8,
-    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
-    frag: u8,
-    /// TCP flags byte (0 for other protocols).
-    tcp_flags: u8,
-    frag_id: u32,
-    /// TCP sequence number (0 for other protocols).
-    tcp_seq: u32,
-}
 
 /// Key of `FRAGS_DROPPED`: a datagram whose first fragment was dropped.
 #[repr(C)]
@@ -476,6 +410,10 @@ static TCP_HEAD_SEED: Array<u32> = Array::with_max_entries(1, 0);
 /// does not hold them all from the start is buffered until they are contiguous, then judged.
 /// Reads the packet from the scratch slot; not inlined: its own stack frame, called before
 /// [`judge`] rather than from it.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "passing map keys by value copies them onto the 512-byte BPF stack"
+)]
 #[inline(never)]
 fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
@@ -506,7 +444,9 @@ fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
     };
     // SAFETY: as above.
     let v = unsafe { *slot };
-    if v == 0 || (v >> 16) & 0xffff != tag || (tick.wrapping_sub(v & 0xffff) & 0xffff) > TCP_HEAD_TICKS
+    if v == 0
+        || (v >> 16) & 0xffff != tag
+        || (tick.wrapping_sub(v & 0xffff) & 0xffff) > TCP_HEAD_TICKS
     {
         return Ok(HEAD_ORDINARY);
     }
@@ -556,7 +496,11 @@ fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
         e.end = end as u16;
     }
     let contig = e.contig as usize;
-    let clip_end = if seg_end > HEAD_BYTES { HEAD_BYTES } else { seg_end };
+    let clip_end = if seg_end > HEAD_BYTES {
+        HEAD_BYTES
+    } else {
+        seg_end
+    };
     if rel <= contig {
         // In order (or overlapping what is held): the bytes not held yet, first copy wins as
         // in the receiver's queue.
@@ -586,7 +530,11 @@ fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
     if contig == 0 || (contig < HEAD_BYTES && e.ooo_end != 0) {
         return Ok(HEAD_HELD);
     }
-    let stream_len = if (e.end as usize) > contig { e.end as usize } else { contig };
+    let stream_len = if (e.end as usize) > contig {
+        e.end as usize
+    } else {
+        contig
+    };
     let w: &[u8; WINDOW] = match e.buf.first_chunk::<WINDOW>() {
         Some(w) => w,
         None => return Ok(HEAD_ORDINARY),
@@ -618,7 +566,12 @@ fn copy_segment(
     from: usize,
     n: usize,
 ) -> Result<(), Counter> {
-    if n == 0 || n > HEAD_BYTES || at >= HEAD_BYTES || from > pkt.captured || from + n > pkt.captured {
+    if n == 0
+        || n > HEAD_BYTES
+        || at >= HEAD_BYTES
+        || from > pkt.captured
+        || from + n > pkt.captured
+    {
         return Ok(());
     }
     // The same value, in a form whose range the verifier sees as 1..=128 (the compiler
@@ -640,415 +593,55 @@ fn copy_segment(
     Ok(())
 }
 
-/// Ethernet header, then up to three VLAN tags (0x8100, 0x88a8, 0x9100 in any order), then
-/// PPPoE session or MPLS. Returns the ethertype of the network layer, its offset, the
-/// outermost VLAN id and the [`Event::encap`] bits.
-#[inline(always)]
-fn l2(ctx: &XdpContext, start: usize, max_tags: usize) -> Result<(u16, usize, u16, u8), Counter> {
-    let eth: [u8; ETH_HLEN] = read(ctx, start)?;
-    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
-    let mut off = start + ETH_HLEN;
-    let mut vlan = 0u16;
-    let mut encap = 0u8;
-    let mut tags = 0;
-    while tags < max_tags
-        && (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD || ethertype == ETH_P_QINQ1)
-    {
-        let tag: [u8; 4] = read(ctx, off)?;
-        if tags == 0 {
-            vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
-        } else {
-            encap |= ENCAP_VLAN_STACK;
-        }
-        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
-        off += 4;
-        tags += 1;
-    }
-    match ethertype {
-        ETH_P_PPP_SES => {
-            // Version/type 0x11, code 0 (session data), session id, length, PPP protocol.
-            let h: [u8; 8] = read(ctx, off)?;
-            if h[0] != 0x11 || h[1] != 0 {
-                return Err(Counter::NonIp);
-            }
-            encap |= ENCAP_PPPOE;
-            off += 8;
-            ethertype = match u16::from_be_bytes([h[6], h[7]]) {
-                PPP_IP => ETH_P_IP,
-                PPP_IPV6 => ETH_P_IPV6,
-                // LCP, IPCP, authentication...: not IP.
-                _ => return Err(Counter::NonIp),
-            };
-        }
-        ETH_P_MPLS_UC | ETH_P_MPLS_MC => {
-            encap |= ENCAP_MPLS;
-            let mut labels = 0;
-            let mut bottom = false;
-            while labels < MAX_MPLS_LABELS && !bottom {
-                let label: [u8; 4] = read(ctx, off)?;
-                bottom = label[2] & 1 != 0;
-                off += 4;
-                labels += 1;
-            }
-            if !bottom {
-                return Err(Counter::NonIp);
-            }
-            // No protocol field: the payload's first nibble says IPv4 or IPv6.
-            let first: [u8; 1] = read(ctx, off)?;
-            ethertype = match first[0] >> 4 {
-                4 => ETH_P_IP,
-                6 => ETH_P_IPV6,
-                _ => return Err(Counter::NonIp),
-            };
-        }
-        _ => {}
-    }
-    Ok((ethertype, off, vlan, encap))
-}
+/// The XDP side of [`Frame`]: direct packet access, bounds-checked against `data_end`.
+struct Xdp<'a>(&'a XdpContext);
 
-/// What the network layer says about the L4 header's whereabouts.
-#[derive(Clone, Copy)]
-struct L3 {
-    /// Offset of the L4 header.
-    l4: usize,
-    /// L4 bytes according to the IP header(s).
-    l4_len: usize,
-    /// L4 bytes present in the frame (less than `l4_len` only in a first fragment, or inside
-    /// an outer first fragment).
-    avail: usize,
-    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
-    frag: u8,
-    /// IPv4 identification or IPv6 fragment identification (fragments only).
-    frag_id: u32,
-}
+impl Frame for Xdp<'_> {
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Result<[u8; N], Counter> {
+        read(self.0, offset)
+    }
 
-/// Parses the IPv4 or IPv6 header (and IPv6 extension headers) at `off`, filling the
-/// addresses, family and L4 protocol of `pkt`. `truncated_ok`: the header sits inside an
-/// outer first fragment, so its lengths may reach past the frame.
-#[inline(always)]
-fn l3(
-    ctx: &XdpContext,
-    ethertype: u16,
-    off: usize,
-    truncated_ok: bool,
-    pkt: &mut Packet,
-) -> Result<L3, Counter> {
-    let frame_len = ctx.data_end() - ctx.data();
-    if off > MAX_L3_OFFSET {
-        return Err(Counter::ExtHeaderLimit);
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.data_end() - self.0.data()
     }
-    let mut r = L3 {
-        l4: 0,
-        l4_len: 0,
-        avail: 0,
-        frag: FRAG_NONE,
-        frag_id: 0,
-    };
-    match ethertype {
-        ETH_P_IP => {
-            let ip: [u8; 20] = read(ctx, off)?;
-            let ihl = ((ip[0] & 0x0f) as usize) * 4;
-            if ip[0] >> 4 != 4 || ihl < 20 {
-                return Err(Counter::Malformed);
-            }
-            let mut total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-            // BIG TCP (and GSO'd packets seen in generic mode) may carry tot_len 0: the frame
-            // says how long the packet is.
-            if total == 0 {
-                total = frame_len.saturating_sub(off);
-            }
-            if total < ihl || (off + total > frame_len && !truncated_ok) {
-                return Err(Counter::Malformed);
-            }
-            pkt.family = FAMILY_V4;
-            pkt.ip_proto = ip[9];
-            pkt.src = [0; 16];
-            pkt.dst = [0; 16];
-            pkt.src[..4].copy_from_slice(&ip[12..16]);
-            pkt.dst[..4].copy_from_slice(&ip[16..20]);
-            let frag = u16::from_be_bytes([ip[6], ip[7]]);
-            if frag & 0x3fff != 0 {
-                r.frag = if frag & 0x1fff != 0 {
-                    FRAG_LATER
-                } else {
-                    FRAG_FIRST
-                };
-                r.frag_id = u16::from_be_bytes([ip[4], ip[5]]) as u32;
-            }
-            r.l4 = off + ihl;
-            r.l4_len = total - ihl;
-        }
-        ETH_P_IPV6 => {
-            let ip: [u8; 40] = read(ctx, off)?;
-            if ip[0] >> 4 != 6 {
-                return Err(Counter::Malformed);
-            }
-            let mut payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-            // A jumbogram (BIG TCP) says 0 here and its length in a hop-by-hop option.
-            if payload == 0 {
-                payload = frame_len.saturating_sub(off + 40);
-            }
-            if off + 40 + payload > frame_len && !truncated_ok {
-                return Err(Counter::Malformed);
-            }
-            pkt.family = FAMILY_V6;
-            pkt.src.copy_from_slice(&ip[8..24]);
-            pkt.dst.copy_from_slice(&ip[24..40]);
-            let (next, l4) = ipv6_ext_headers(ctx, ip[6], off + 40, &mut r)?;
-            pkt.ip_proto = next;
-            let used = l4 - (off + 40);
-            if used > payload {
-                return Err(Counter::Malformed);
-            }
-            r.l4 = l4;
-            r.l4_len = payload - used;
-        }
-        _ => return Err(Counter::NonIp),
-    }
-    let present = frame_len.saturating_sub(r.l4);
-    r.avail = if present < r.l4_len {
-        present
-    } else {
-        r.l4_len
-    };
-    if truncated_ok && r.avail < r.l4_len && r.frag == FRAG_NONE {
-        r.frag = FRAG_FIRST;
-    }
-    Ok(r)
-}
 
-/// One tunnel level inside the outer packet: IP-in-IP (4, 41), GRE version 0 carrying IPv4,
-/// IPv6 or Ethernet, VXLAN (UDP 4789) and Geneve (UDP 6081). Returns the inner network
-/// layer's ethertype and offset, and the [`Event::encap`] bit.
-#[inline(always)]
-fn tunnel(ctx: &XdpContext, ip_proto: u8, l4: usize) -> Result<Option<(u16, usize, u8)>, Counter> {
-    match ip_proto {
-        IPPROTO_IPIP => Ok(Some((ETH_P_IP, l4, ENCAP_IP_IN_IP))),
-        IPPROTO_IPV6 => Ok(Some((ETH_P_IPV6, l4, ENCAP_IP_IN_IP))),
-        IPPROTO_GRE => {
-            let h: [u8; 4] = read(ctx, l4)?;
-            // Version 0 only (version 1 is PPTP's enhanced GRE, classified as such); no
-            // routing field (deprecated, RFC 2784).
-            if h[1] & 0x07 != 0 || h[0] & 0x40 != 0 {
-                return Ok(None);
-            }
-            let mut len = 4;
-            if h[0] & 0x80 != 0 {
-                len += 4; // checksum + reserved
-            }
-            if h[0] & 0x20 != 0 {
-                len += 4; // key
-            }
-            if h[0] & 0x10 != 0 {
-                len += 4; // sequence number
-            }
-            match u16::from_be_bytes([h[2], h[3]]) {
-                ETH_P_IP => Ok(Some((ETH_P_IP, l4 + len, ENCAP_GRE))),
-                ETH_P_IPV6 => Ok(Some((ETH_P_IPV6, l4 + len, ENCAP_GRE))),
-                ETH_P_TEB => Ok(Some((ETH_P_TEB, l4 + len, ENCAP_GRE))),
-                _ => Ok(None),
-            }
-        }
-        IPPROTO_UDP => {
-            let udp: [u8; 8] = read(ctx, l4)?;
-            match u16::from_be_bytes([udp[2], udp[3]]) {
-                VXLAN_PORT => {
-                    let h: [u8; 8] = read(ctx, l4 + 8)?;
-                    // The I flag (a valid VNI) must be set.
-                    if h[0] & 0x08 == 0 {
-                        return Ok(None);
-                    }
-                    Ok(Some((ETH_P_TEB, l4 + 16, ENCAP_VXLAN)))
-                }
-                GENEVE_PORT => {
-                    let h: [u8; 8] = read(ctx, l4 + 8)?;
-                    if h[0] >> 6 != 0 {
-                        return Ok(None);
-                    }
-                    let inner = l4 + 16 + ((h[0] & 0x3f) as usize) * 4;
-                    match u16::from_be_bytes([h[2], h[3]]) {
-                        ETH_P_TEB => Ok(Some((ETH_P_TEB, inner, ENCAP_GENEVE))),
-                        ETH_P_IP => Ok(Some((ETH_P_IP, inner, ENCAP_GENEVE))),
-                        ETH_P_IPV6 => Ok(Some((ETH_P_IPV6, inner, ENCAP_GENEVE))),
-                        _ => Ok(None),
-                    }
-                }
-                _ => Ok(None),
-            }
-        }
-        _ => Ok(None),
+    #[inline(always)]
+    fn launder<const N: usize>(&self, v: [u64; N]) -> Result<[u64; N], Counter> {
+        launder(v)
     }
 }
 
-/// Parses a frame down to its L4 header. `ip_start`: the frame starts at the IP header
-/// (devices without an Ethernet header; the `vpn_filter_ip` variant). Not inlined: its own
-/// stack frame, so its temporaries never stack up with the classifier's (512 bytes for a call
-/// chain).
+/// Parses the frame (`vpn_filter_ebpf::parse`) and leaves the packet in the scratch slot for
+/// [`judge`]. Not inlined: its own stack frame, so its temporaries never stack up with the
+/// classifier's (512 bytes for a call chain).
 #[inline(never)]
 fn parse(ctx: &XdpContext, ip_start: bool) -> Result<(), Counter> {
-    let (mut ethertype, mut off, vlan, mut encap): (u16, usize, u16, u8) = if ip_start {
-        let first: [u8; 1] = read(ctx, 0)?;
-        let ethertype = match first[0] >> 4 {
-            4 => ETH_P_IP,
-            6 => ETH_P_IPV6,
-            _ => return Err(Counter::NonIp),
-        };
-        (ethertype, 0, 0, 0)
-    } else {
-        l2(ctx, 0, MAX_VLAN_TAGS)?
-    };
-    match ethertype {
-        ETH_P_IP => count(counter_index(Counter::Ipv4)),
-        ETH_P_IPV6 => count(counter_index(Counter::Ipv6)),
-        _ => return Err(Counter::NonIp),
+    let mut pkt = Packet::default();
+    let r = parse::parse(&Xdp(ctx), ip_start, &mut pkt);
+    match pkt.outer_family {
+        FAMILY_V4 => count(counter_index(Counter::Ipv4)),
+        FAMILY_V6 => count(counter_index(Counter::Ipv6)),
+        _ => {}
     }
-    let mut pkt = Packet {
-        src: [0; 16],
-        dst: [0; 16],
-        family: 0,
-        ip_proto: 0,
-        sport: 0,
-        dport: 0,
-        vlan,
-        payload_off: 0,
-        payload_len: 0,
-        captured: 0,
-        encap: 0,
-        frag: FRAG_NONE,
-        tcp_flags: 0,
-        frag_id: 0,
-        tcp_seq: 0,
-    };
-    let [t, o, e] = launder([ethertype as u64, off as u64, encap as u64])?;
-    if o > MAX_L3_OFFSET as u64 {
-        return Err(Counter::ExtHeaderLimit);
-    }
-    (ethertype, off, encap) = (t as u16, o as usize, e as u8);
-    let mut r = l3(ctx, ethertype, off, false, &mut pkt)?;
-    // One tunnel level: the inner packet is judged like an outer one, by its own addresses.
-    if r.frag != FRAG_LATER {
-        if let Some((inner_type, inner_off, bit)) = tunnel(ctx, pkt.ip_proto, r.l4)? {
-            // An outer first fragment must hold the inner headers and the start of the inner
-            // payload, like any first fragment.
-            if r.frag == FRAG_FIRST && r.avail < MIN_FIRST_FRAGMENT_PAYLOAD as usize {
-                return tiny_fragment(&pkt, &r);
-            }
-            let truncated_ok = r.frag == FRAG_FIRST;
-            let [t, o, e] = launder([inner_type as u64, inner_off as u64, (encap | bit) as u64])?;
-            if o > MAX_L3_OFFSET as u64 {
-                return Err(Counter::ExtHeaderLimit);
-            }
-            (ethertype, off, encap) = (t as u16, o as usize, e as u8);
-            if ethertype == ETH_P_TEB {
-                let (t, o, _, inner_encap) = l2(ctx, off, 1)?;
-                let [t, o, e] = launder([t as u64, o as u64, (encap | inner_encap) as u64])?;
-                if o > MAX_L3_OFFSET as u64 {
-                    return Err(Counter::ExtHeaderLimit);
-                }
-                (ethertype, off, encap) = (t as u16, o as usize, e as u8);
-            }
-            r = l3(ctx, ethertype, off, truncated_ok, &mut pkt)?;
-        }
-    }
-    let [l4, l4_len, avail, frag, e] = launder([
-        r.l4 as u64,
-        r.l4_len as u64,
-        r.avail as u64,
-        r.frag as u64,
-        encap as u64,
-    ])?;
-    if l4 > MAX_L4_OFFSET as u64 || l4_len > 0xffff || avail > l4_len {
-        return Err(Counter::ExtHeaderLimit);
-    }
-    r.l4 = l4 as usize;
-    r.l4_len = l4_len as usize;
-    r.avail = avail as usize;
-    r.frag = frag as u8;
-    pkt.encap = e as u8;
     if pkt.encap & !ENCAP_VLAN_STACK != 0 {
         count(counter_index(Counter::Encapsulated));
     }
-    pkt.frag = r.frag;
-    pkt.frag_id = r.frag_id;
-    if r.frag == FRAG_LATER {
-        return store(pkt);
-    }
-    let l4 = r.l4;
-    let l4_len = r.l4_len;
-    let first_fragment = r.frag == FRAG_FIRST;
-    // The tiny-fragment rule comes before any L4 header read: a first fragment cut inside
-    // the header is the evasion itself, not a truncated packet.
-    let min_first = MIN_FIRST_FRAGMENT_PAYLOAD as usize
-        + match pkt.ip_proto {
-            IPPROTO_UDP => 8,
-            IPPROTO_TCP => 20,
-            _ => 0,
-        };
-    if first_fragment && r.avail < min_first {
-        return tiny_fragment(&pkt, &r);
-    }
-    match pkt.ip_proto {
-        IPPROTO_UDP => {
-            let udp: [u8; 8] = read(ctx, l4)?;
-            let ulen = u16::from_be_bytes([udp[4], udp[5]]) as usize;
-            // Only a first fragment may hold less than its UDP length announces (README,
-            // "Fragments": it is judged like any packet, by the datagram's length).
-            if ulen < 8 || l4_len < 8 || (ulen > l4_len && !first_fragment) {
-                return Err(Counter::Malformed);
-            }
-            pkt.sport = u16::from_be_bytes([udp[0], udp[1]]);
-            pkt.dport = u16::from_be_bytes([udp[2], udp[3]]);
-            pkt.payload_off = l4 + 8;
-            pkt.payload_len = ulen - 8;
-            let avail = if ulen < r.avail { ulen } else { r.avail };
-            pkt.captured = avail - 8;
+    match r {
+        Ok(()) => {}
+        Err(Counter::TinyFragment) => {
+            // Its later fragments are counted as `fragment_of_dropped`.
+            let p = &pkt;
+            remember_dropped_fragment(p.family, p.ip_proto, &p.src, &p.dst, p.frag_id);
+            return Err(Counter::TinyFragment);
         }
-        IPPROTO_TCP => {
-            let tcp: [u8; 20] = read(ctx, l4)?;
-            let doff = ((tcp[12] >> 4) as usize) * 4;
-            if doff < 20 || doff > l4_len {
-                return Err(Counter::Malformed);
-            }
-            if first_fragment && r.avail < doff + MIN_FIRST_FRAGMENT_PAYLOAD as usize {
-                return tiny_fragment(&pkt, &r);
-            }
-            pkt.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-            pkt.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-            pkt.tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-            pkt.tcp_flags = tcp[13];
-            pkt.payload_off = l4 + doff;
-            // A TCP first fragment is judged as the segment it starts (what it holds).
-            pkt.payload_len = if first_fragment {
-                r.avail - doff
-            } else {
-                l4_len - doff
-            };
-            pkt.captured = pkt.payload_len;
-        }
-        _ => {
-            pkt.payload_off = l4;
-            pkt.payload_len = l4_len;
-            pkt.captured = r.avail;
-        }
+        Err(e) => return Err(e),
     }
-    store(pkt)
-}
-
-/// Leaves the parsed packet in the scratch slot for [`judge`].
-#[inline(always)]
-fn store(pkt: Packet) -> Result<(), Counter> {
     let slot = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
     // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
     unsafe { (*slot).pkt = pkt };
     Ok(())
-}
-
-/// Drops a tiny first fragment, remembering its datagram so that its later fragments are
-/// counted as `fragment_of_dropped`.
-#[inline(always)]
-fn tiny_fragment(pkt: &Packet, r: &L3) -> Result<(), Counter> {
-    remember_dropped_fragment(pkt.family, pkt.ip_proto, &pkt.src, &pkt.dst, r.frag_id);
-    Err(Counter::TinyFragment)
 }
 
 #[inline(always)]
@@ -1063,6 +656,10 @@ fn fragment_key(family: u8, ip_proto: u8, src: &[u8; 16], dst: &[u8; 16], id: u3
     }
 }
 
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "passing map keys by value copies them onto the 512-byte BPF stack"
+)]
 #[inline(always)]
 fn remember_dropped_fragment(family: u8, ip_proto: u8, src: &[u8; 16], dst: &[u8; 16], id: u32) {
     let key = fragment_key(family, ip_proto, src, dst, id);
@@ -1075,6 +672,10 @@ fn remember_dropped_fragment(family: u8, ip_proto: u8, src: &[u8; 16], dst: &[u8
 
 /// A later fragment: passed (it has no L4 header to judge), and counted as
 /// `fragment_of_dropped` when its first fragment was dropped.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "passing map keys by value copies them onto the 512-byte BPF stack"
+)]
 #[inline(always)]
 fn later_fragment(pkt: &Packet) -> Counter {
     count(counter_index(Counter::Fragment));
@@ -1086,56 +687,6 @@ fn later_fragment(pkt: &Packet) -> Counter {
     match dropped {
         Some(t) if now.saturating_sub(t) < FRAG_REASSEMBLY_NS => Counter::FragmentOfDropped,
         _ => Counter::Packets,
-    }
-}
-
-/// Follows IPv6 extension headers (at most [`MAX_EXT_HEADERS`] and [`MAX_EXT_BYTES`]);
-/// returns the upper-layer protocol and its offset, and records fragment information in `r`.
-#[inline(always)]
-fn ipv6_ext_headers(
-    ctx: &XdpContext,
-    first: u8,
-    start: usize,
-    r: &mut L3,
-) -> Result<(u8, usize), Counter> {
-    let mut next = first;
-    let mut off = start;
-    let mut i = 0;
-    while i < MAX_EXT_HEADERS {
-        match next {
-            // Hop-by-hop, routing, destination options, mobility, HIP, shim6: length in
-            // 8-octet units, not counting the first 8.
-            0 | 43 | 60 | 135 | 139 | 140 => {
-                let h: [u8; 2] = read(ctx, off)?;
-                next = h[0];
-                off += (h[1] as usize + 1) * 8;
-            }
-            // Fragment header: later fragments carry no L4 header.
-            44 => {
-                let h: [u8; 8] = read(ctx, off)?;
-                let field = u16::from_be_bytes([h[2], h[3]]);
-                r.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-                if field & 0xfff8 != 0 {
-                    r.frag = FRAG_LATER;
-                } else if field & 1 != 0 {
-                    r.frag = FRAG_FIRST;
-                }
-                next = h[0];
-                off += 8;
-                if r.frag == FRAG_LATER {
-                    return Ok((next, off));
-                }
-            }
-            _ => return Ok((next, off)),
-        }
-        if off > start + MAX_EXT_BYTES {
-            return Err(Counter::ExtHeaderLimit);
-        }
-        i += 1;
-    }
-    match next {
-        0 | 43 | 60 | 44 | 135 | 139 | 140 => Err(Counter::ExtHeaderLimit),
-        _ => Ok((next, off)),
     }
 }
 
