@@ -243,7 +243,30 @@ pub fn classify_udp(sport: u16, dport: u16, len: usize, w: &[u8; WINDOW]) -> Opt
     if w[0] == b'I' && w[1] == b'P' && w[2] == b'=' {
         return softether(w, len);
     }
+    // IKE away from 500/4500 (strongSwan's `port`/`port_nat_t`, one line of configuration):
+    // by its header alone, with or without the non-ESP marker.
+    if let Some(d) = ike(w, 0, len) {
+        return Some(d);
+    }
+    if w[0] | w[1] | w[2] | w[3] == 0 && len >= 4 {
+        if let Some(d) = ike(w, 4, len - 4) {
+            return Some(d);
+        }
+    }
     openvpn::<0>(w, len)
+}
+
+/// Prefilter for IKE on any UDP port: `h` holds payload bytes 16..32, where the IKE header
+/// has its version, exchange type and length (4 bytes later behind a non-ESP marker). The
+/// length must equal the datagram's, so ordinary payloads practically never pass.
+#[inline(always)]
+pub fn ike_any_port_prefilter(len: usize, h: [u8; 16]) -> bool {
+    let version_ok = |v: u8| v == 0x20 || v == 0x10;
+    let plain = version_ok(h[1]) && u32::from_be_bytes([h[8], h[9], h[10], h[11]]) as usize == len;
+    let marked = version_ok(h[5])
+        && len >= 4
+        && u32::from_be_bytes([h[12], h[13], h[14], h[15]]) as usize == len - 4;
+    plain || marked
 }
 
 /// IKE header at `w[o..o + 28]`; `len` is the IKE message length available.

@@ -27,7 +27,8 @@ mod endpoints;
 use vpn_filter_ebpf::{
     classify::{
         advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp,
-        tcp_prefilter, udp_prefilter, Confirmation, Detection, Prefilter, Strength, WINDOW,
+        ike_any_port_prefilter, tcp_prefilter, udp_prefilter, Confirmation, Detection, Prefilter,
+        Strength, WINDOW,
     },
     parse::{
         self, Frame, Packet, FRAG_FIRST, FRAG_LATER, IPPROTO_AH, IPPROTO_ESP, IPPROTO_GRE,
@@ -710,7 +711,17 @@ fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>, Counter> 
     }
     let head: [u8; 4] = read(ctx, pkt.payload_off)?;
     let pre = if pkt.ip_proto == IPPROTO_UDP {
-        udp_prefilter(pkt.sport, pkt.dport, len, head)
+        match udp_prefilter(pkt.sport, pkt.dport, len, head) {
+            Prefilter::No if len >= 28 && pkt.captured >= 32 => {
+                let h: [u8; 16] = read(ctx, pkt.payload_off + 16)?;
+                if ike_any_port_prefilter(len, h) {
+                    Prefilter::Inspect
+                } else {
+                    Prefilter::No
+                }
+            }
+            p => p,
+        }
     } else {
         tcp_prefilter(len, head)
     };

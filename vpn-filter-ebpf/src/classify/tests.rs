@@ -852,11 +852,6 @@ fn ikev1_quick_mode_and_informational_are_ike_other() {
 }
 
 #[test]
-fn ike_on_a_port_other_than_500_or_4500_is_not_detected() {
-    assert_eq!(udp(40000, 40001, &ikev2_sa_init(352)), None);
-}
-
-#[test]
 fn ike_after_the_non_esp_marker_on_4500_is_strong() {
     // ikev2-psk.pcap #3: IKE_AUTH, marker then an IKE length of 0x130 = 304 of 308 bytes.
     let p = padded(
@@ -2168,4 +2163,53 @@ fn only_packets_carrying_a_blocked_flows_tokens_belong_to_it() {
         [0; 8],
     );
     assert!(belongs(&state, &reset));
+}
+
+fn bytes_16_32(p: &[u8]) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h.copy_from_slice(&p[16..32]);
+    h
+}
+
+#[test]
+fn ike_on_any_udp_port_is_recognised_by_its_header_with_or_without_the_marker() {
+    // strongSwan with `port = 51000`: no marker.
+    let plain = ikev2_sa_init(352);
+    assert!(ike_any_port_prefilter(plain.len(), bytes_16_32(&plain)));
+    assert_detects(
+        udp(40000, 51000, &plain),
+        Protocol::Ike,
+        Message::IkeSaInit,
+        Strength::Strong,
+    );
+    // `port_nat_t = 4501`: four zero bytes, then IKE.
+    let mut marked = vec![0, 0, 0, 0];
+    marked.extend_from_slice(&plain);
+    assert!(ike_any_port_prefilter(marked.len(), bytes_16_32(&marked)));
+    assert_detects(
+        udp(40000, 4501, &marked),
+        Protocol::Ike,
+        Message::IkeSaInit,
+        Strength::Strong,
+    );
+}
+
+#[test]
+fn ike_any_port_prefilter_needs_the_length_to_match_the_datagram() {
+    let plain = ikev2_sa_init(352);
+    assert!(!ike_any_port_prefilter(
+        plain.len() + 1,
+        bytes_16_32(&plain)
+    ));
+    assert!(udp(40000, 51000, &plain[..300]).is_none());
+    // DNS and random payloads on odd ports.
+    let dns = hex("12340100000100000000000003777777076578616d706c6503636f6d0000010001");
+    assert!(!ike_any_port_prefilter(dns.len(), bytes_16_32(&dns)));
+    for seed in 0..2000u64 {
+        let p = padded(&[], 64 + (seed as usize % 900), seed);
+        assert!(
+            !ike_any_port_prefilter(p.len(), bytes_16_32(&p)),
+            "random payload {seed} passed the IKE prefilter"
+        );
+    }
 }
