@@ -87,6 +87,18 @@ fn tcp_and_udp_first_fragments_with_fewer_than_64_payload_bytes_are_dropped_as_t
                 &four,
                 &tiny,
             );
+            // The same as a NIC delivers it: padded to the 60-byte Ethernet minimum.
+            let mut padded = four.clone();
+            padded.resize(padded.len().max(60), 0);
+            failures.check(
+                &filter,
+                &format!(
+                    "{} udp first fragment of 4 bytes from {c}, Ethernet padding",
+                    family(v6)
+                ),
+                &padded,
+                &tiny,
+            );
         }
     }
     failures.assert_none();
