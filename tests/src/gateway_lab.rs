@@ -70,8 +70,8 @@ impl GatewayLab {
     }
 
     /// Starts `controller run` in the gateway namespace, attached to all three gateway
-    /// interfaces, with `registry` and any `extra` arguments; returns once it reports the last
-    /// attachment (panics with its stderr if it does not within 20 s).
+    /// interfaces, with `registry` and any `extra` arguments; returns once it reports
+    /// ready (panics with its stderr if it does not within 20 s).
     pub fn start_controller(&self, controller: &Path, registry: &Path, extra: &[&str]) -> Process {
         assert!(
             controller.is_file(),
@@ -90,10 +90,7 @@ impl GatewayLab {
         }
         cmd.args(extra);
         let process = Process::spawn(cmd);
-        process.wait_stderr(
-            &format!("attached to {}", GATEWAY_IFACES[2]),
-            Duration::from_secs(20),
-        );
+        process.wait_ready(Duration::from_secs(20));
         process
     }
 

@@ -11,6 +11,7 @@ pub mod lab;
 pub mod mangle;
 pub mod netns;
 pub mod packet;
+pub mod rng;
 
 /// Panics with a clear message unless running as root. Privileged tests call this first: a
 /// test that cannot run must fail, not pass silently.

@@ -299,6 +299,12 @@ impl Process {
         );
     }
 
+    /// Waits for the controller's `ready` line ([`vpn_filter::daemon::run::READY`]): attached,
+    /// enforcing, privileges dropped, control socket and metrics serving.
+    pub fn wait_ready(&self, timeout: Duration) {
+        self.wait_stderr(vpn_filter::daemon::run::READY, timeout);
+    }
+
     /// Exit status if the process has ended.
     pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
         self.child.lock().unwrap().try_wait().ok().flatten()

@@ -805,15 +805,9 @@ pub fn checksum(parts: &[&[u8]]) -> u16 {
     !(sum as u16)
 }
 
-/// Deterministic filler (xorshift), so tests are reproducible.
+/// Deterministic filler (the tests' seeded generator), so tests are reproducible.
 pub fn fill_pseudo_random(buf: &mut [u8], seed: u64) {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    for b in buf {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    rand_core::Rng::fill_bytes(&mut crate::rng::seeded(seed), buf);
 }
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {

@@ -8,8 +8,8 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use vpn_filter::{
-    events::{decode, Clock, EventRecord},
-    filter::{AttachMode, Filter, LoadOptions, Policy},
+    client::event::{decode, Clock, EventRecord},
+    kernel::{AttachMode, Filter, LoadOptions, Policy},
     registry::Feed,
 };
 use vpn_filter_common::{Config, Counter, Protocol, Verdict};

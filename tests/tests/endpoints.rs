@@ -19,9 +19,12 @@ use vpn_filter::{
         import::{import, ImportFormat, Imported},
         EndpointArgs, EndpointFeed, EndpointFormatChoice, EndpointSet, EndpointSync, ParseOptions,
     },
-    filter::{Filter, LoadOptions, Policy},
-    registry::{AllowedBy, Allowlist, Prefix},
-    sync::{Outcome, RegistryArgs},
+    kernel::{Filter, LoadOptions, Policy},
+    registry::{
+        guard::GuardArgs,
+        sync::{Outcome, RegistryArgs},
+        AllowedBy, Allowlist, Prefix,
+    },
 };
 use vpn_filter_common::{Config, EndpointValue, PolicyMode, Protocol, Verdict};
 use vpn_filter_tests::{
@@ -195,16 +198,12 @@ const XDP_PASS: u32 = 2;
 /// (IPv6); generated endpoint prefixes all lie in 128.0.0.0/1 and 8000::/1.
 static NEXT_CLIENT: AtomicU32 = AtomicU32::new(1);
 
-/// splitmix64: reproducible pseudo-random numbers without a dependency.
-struct Rng(u64);
+/// Reproducible pseudo-random numbers from a seed (the tests' one generator).
+struct Rng(rand_pcg::Pcg64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        vpn_filter_tests::rng::next_u64(&mut self.0)
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -327,7 +326,7 @@ fn queries(rng: &mut Rng, set: &EndpointSet, random: usize) -> Vec<IpAddr> {
 #[test]
 fn kernel_endpoints_maps_judge_like_the_controllers_model_across_add_and_remove_syncs() {
     let mut filter = load(PolicyMode::Enforce);
-    let mut rng = Rng(0xe4d0_0017);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0xe4d0_0017));
     // Each round replaces the previous set on the same maps: removals (and the bitmap
     // shrinking) are checked, not only fresh fills.
     for round in 0..5 {
@@ -364,7 +363,7 @@ fn kernel_endpoints_maps_judge_like_the_controllers_model_across_add_and_remove_
         }
     }
     // After the last sync to the same set, nothing is rewritten.
-    let again = random_set(&mut Rng(0), 0);
+    let again = random_set(&mut Rng(vpn_filter_tests::rng::seeded(0)), 0);
     filter.sync_endpoints(&again).unwrap();
     let r = filter.sync_endpoints(&again).unwrap();
     assert_eq!((r.added, r.changed, r.removed), (0, 0, 0));
@@ -531,11 +530,13 @@ fn registry_args(state: &Path) -> RegistryArgs {
         registry_format: Default::default(),
         registry_pubkey: Vec::new(),
         state_dir: state.to_path_buf(),
-        max_feed_bytes: 1 << 20,
         allow_broad: false,
-        force_shrink: false,
-        max_shrink_percent: 50,
-        allow_serial_reset: false,
+        guard: GuardArgs {
+            max_feed_bytes: 1 << 20,
+            force_shrink: false,
+            max_shrink_percent: 50,
+            allow_serial_reset: false,
+        },
         registry_poll_ms: 50,
         registry_http_interval: 60,
         registry_ca: None,

@@ -19,7 +19,7 @@ use std::{
     time::Instant,
 };
 
-use vpn_filter::filter::{Filter, LoadOptions, Policy};
+use vpn_filter::kernel::{Filter, LoadOptions, Policy};
 use vpn_filter_common::{Config, Counter, FlowState, FlowStatus};
 use vpn_filter_ebpf::{
     classify::{
@@ -50,16 +50,12 @@ fn load(config: &Config) -> Filter {
         .expect("the program loads through the verifier")
 }
 
-/// SplitMix64: small, seedable, good enough for test data.
-struct Rng(u64);
+/// Reproducible pseudo-random numbers from a seed (the tests' one generator).
+struct Rng(rand_pcg::Pcg64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        vpn_filter_tests::rng::next_u64(&mut self.0)
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -152,7 +148,7 @@ fn dns_queries_and_answers_for_every_id_are_never_dropped() {
     // A stub resolver: a fresh source port per query. Every 16-bit id, so every first byte
     // and every WireGuard/OpenVPN-looking head, in both flag variants (RD + EDNS, and the
     // RD=0 queries recursive resolvers send to authoritative servers).
-    let mut rng = Rng(0xd25);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0xd25));
     let mut frames = Vec::new();
     for id in 0..=u16::MAX {
         let v6 = id % 2 == 1;
@@ -195,7 +191,7 @@ fn dns_between_two_servers_on_one_five_tuple_is_never_dropped() {
     // Server-to-server (53 <-> 53) or a forwarder with a fixed port: one long-lived 5-tuple
     // whose first byte (the id) is random per message and whose bytes 1..9 (flags, counts)
     // barely change. Queries are pipelined: answers come back out of order.
-    let mut rng = Rng(0xd26);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0xd26));
     for v6 in [false, true] {
         let (client, server) = endpoints(&mut rng, v6);
         let mut frames = Vec::new();
@@ -242,7 +238,7 @@ fn dns_between_two_servers_on_one_five_tuple_is_never_dropped() {
 
 #[test]
 fn quic_initial_and_handshake_long_headers_are_never_dropped() {
-    let mut rng = Rng(0x9c1);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x9c1));
     let mut frames = Vec::new();
     for i in 0..5_000 {
         let (client, server) = endpoints(&mut rng, i % 2 == 0);
@@ -322,7 +318,7 @@ fn quic_connection(
 fn quic_short_header_connections_are_never_dropped() {
     // HTTP/3: connection ids of 0 (common for clients), 8 (common for servers), 16 and 20
     // bytes; long connections.
-    let mut rng = Rng(0x9c2);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x9c2));
     for (client_cid, server_cid) in [(0, 8), (8, 8), (0, 16), (20, 20), (4, 8)] {
         let frames = quic_connection(
             &mut rng,
@@ -340,7 +336,7 @@ fn quic_short_header_connections_are_never_dropped() {
 
 #[test]
 fn tls_http_and_ssh_on_tcp_are_never_dropped() {
-    let mut rng = Rng(0x715);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x715));
     let mut frames = Vec::new();
     let hosts = [
         "example.com",
@@ -407,7 +403,7 @@ fn tls_http_and_ssh_on_tcp_are_never_dropped() {
 
 #[test]
 fn stun_and_webrtc_dtls_are_never_dropped() {
-    let mut rng = Rng(0x57);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x57));
     let mut frames = Vec::new();
     for i in 0..5_000 {
         let (client, server) = endpoints(&mut rng, i % 2 == 0);
@@ -446,7 +442,7 @@ fn stun_and_webrtc_dtls_are_never_dropped() {
 
 #[test]
 fn rtp_and_ntp_streams_are_never_dropped() {
-    let mut rng = Rng(0x47b);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x47b));
     let mut frames = Vec::new();
     for stream in 0..20 {
         let (a, b) = endpoints(&mut rng, stream % 2 == 0);
@@ -493,7 +489,7 @@ fn encrypted_udp_flows_with_openvpn_sized_packets_are_never_dropped() {
     // Fully encrypted protocols (obfuscated proxies, games, VoIP over proprietary crypto):
     // every byte random, on one 5-tuple for a long time, both ways, and half the packets
     // exactly the size of an OpenVPN reset.
-    let mut rng = Rng(0x6a3e);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x6a3e));
     for v6 in [false, true] {
         let (a, b) = endpoints(&mut rng, v6);
         let (pa, pb) = (rng.ephemeral(), 27015);
@@ -527,7 +523,7 @@ fn dtls_1_3_records_with_connection_ids_are_never_dropped() {
     // RFC 9147 unified header: 001CSLEE, here with C (an 8-byte connection id, constant for the
     // connection), so 0x30..0x3f: OpenVPN's data v1 and client reset v2 opcodes. The sequence
     // number is encrypted.
-    let mut rng = Rng(0xd713);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0xd713));
     for v6 in [false, true] {
         let (a, b) = endpoints(&mut rng, v6);
         let (pa, pb) = (rng.ephemeral(), 4433);
@@ -1286,7 +1282,7 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
 fn random_and_mutated_frames_are_dropped_only_when_they_are_vpn_candidates() {
     let filter = load(&timeless());
     let mut model = Model::default();
-    let mut rng = Rng(0x5eed_f00d);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x5eed_f00d));
     let mut convs: Vec<Conv> = Vec::new();
     let started = Instant::now();
     let total = 300_000;

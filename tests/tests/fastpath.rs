@@ -1,4 +1,4 @@
-//! The allowlist fast path (vpn-filter/src/fastpath.rs) against the LPM tries, in the kernel
+//! The allowlist fast path (vpn-filter/src/kernel/fastpath.rs) against the LPM tries, in the kernel
 //! through BPF_PROG_TEST_RUN: a WireGuard initiation is dropped iff neither endpoint is
 //! registered, so the action is the program's answer to "is this address registered?".
 //!
@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc,
@@ -17,7 +17,7 @@ use std::{
 };
 
 use vpn_filter::{
-    filter::{Filter, LoadOptions, Policy},
+    kernel::{Filter, LoadOptions, Policy},
     registry::{AllowedBy, Allowlist, Prefix},
 };
 use vpn_filter_common::{AllowlistLookup, Config};
@@ -37,16 +37,12 @@ const MODES: [AllowlistLookup; 3] = [
     AllowlistLookup::BitmapTrie,
 ];
 
-/// splitmix64: reproducible pseudo-random numbers without a dependency.
-struct Rng(u64);
+/// Reproducible pseudo-random numbers from a seed (the tests' one generator).
+struct Rng(rand_pcg::Pcg64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        vpn_filter_tests::rng::next_u64(&mut self.0)
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -247,7 +243,7 @@ fn check_equivalence(
 #[test]
 fn fast_lookups_answer_like_the_trie_for_random_prefix_sets_and_their_edges() {
     let mut filter = load();
-    let mut rng = Rng(0x5eed_0001);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x5eed_0001));
     // Each round replaces the previous set on the same maps: the sync's removals are checked
     // too, not only fresh fills.
     for round in 0..8 {
@@ -277,7 +273,7 @@ fn fast_lookups_answer_like_the_trie_for_random_prefix_sets_and_their_edges() {
 #[test]
 fn fast_lookups_answer_like_the_trie_at_every_prefix_length() {
     let mut filter = load();
-    let mut rng = Rng(0x5eed_0002);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x5eed_0002));
     // /1../32 and /1../128 (a /0 would register the peers too), one set per length so every
     // length is probed alone, with its neighbours registered or not.
     for len in 1..=32u8 {
@@ -297,7 +293,7 @@ fn a_zero_length_prefix_registers_every_address_in_every_mode() {
     let mut filter = load();
     let allow = allowlist([v4_prefix(0, 0), v6_prefix(0, 0)]);
     filter.sync_allowlist(&allow).expect("sync");
-    let mut rng = Rng(0x5eed_0003);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x5eed_0003));
     let qs = queries(&mut rng, &allow, 50);
     for mode in MODES {
         set_mode(&mut filter, mode);
@@ -314,51 +310,9 @@ fn a_zero_length_prefix_registers_every_address_in_every_mode() {
 /// BPF_PROG_TEST_RUN on a program fd, usable from another thread than the `Filter`'s owner
 /// (the sync holds `&mut Filter`).
 fn test_run(prog: &OwnedFd, frame: &[u8]) -> u32 {
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let mut attr = TestAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat: 1,
-        ..TestAttr::default()
-    };
-    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_PROG_TEST_RUN; `frame` outlives the
-    // call; no output buffers are given.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>(),
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
-    );
-    attr.retval
+    vpn_filter::kernel::test_run::test_run(prog.as_fd(), frame, 1)
+        .expect("BPF_PROG_TEST_RUN")
+        .action
 }
 
 #[test]
@@ -366,7 +320,7 @@ fn a_large_update_never_shows_a_still_registered_address_as_unregistered() {
     // A small flow map: after its removals the sync walks the flows (revoked registrations),
     // and the prober adds one per frame; a small LRU keeps that walk short.
     let mut filter = load_with_flows(4096);
-    let mut rng = Rng(0x5eed_0004);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x5eed_0004));
     let mut old = Vec::new();
     for _ in 0..50_000 {
         old.push(random_v4(&mut rng, false));

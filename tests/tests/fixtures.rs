@@ -12,7 +12,7 @@ use std::{fs::File, net::IpAddr, path::PathBuf};
 
 use pcap_file::{pcap::PcapReader, DataLink};
 use vpn_filter::{
-    filter::{Filter, LoadOptions, Policy, Stats},
+    kernel::{Filter, LoadOptions, Policy, Stats},
     registry::Feed,
 };
 use vpn_filter_common::{Config, Protocol, Verdict};

@@ -650,7 +650,7 @@ fn fleet_of_gateways_converges_on_each_publication_refuses_bad_ones_and_rolls_ke
         g.start();
     }
     let t = wait_all(&fleet.gws, "start-up", started, startup(n), |g| {
-        g.count("registry serial 1 applied") > 0 && g.count(&format!("attached to {}", g.iface)) > 0
+        g.count("registry serial 1 applied") > 0 && g.count(vpn_filter::daemon::run::READY) > 0
     });
     eprintln!(
         "[fleet] {n} gateways up with serial 1 in {:.1} s ({entries} registry entries + the probe)",

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use rand_core::Rng as _;
 use vpn_filter::{
-    filter::{Filter, LoadOptions, Policy, Stats},
+    kernel::{Filter, LoadOptions, Policy, Stats},
     registry::Feed,
 };
 use vpn_filter_common::{

@@ -52,7 +52,7 @@ impl Daemon {
             .arg(dir.path().join("state"))
             .args(extra);
         let proc = Process::spawn(cmd);
-        proc.wait_stderr("control socket", START_TIMEOUT);
+        proc.wait_ready(START_TIMEOUT);
         Daemon { proc, socket, dir }
     }
 

@@ -79,10 +79,7 @@ fn start(lab: &FilterLab, dirs: &Dirs, extra: &[&str]) -> Process {
         .arg(dirs.registry());
     cmd.args(dirs.args()).args(extra);
     let p = Process::spawn(cmd);
-    p.wait_stderr(
-        &format!("attached to {}", lab.filter_if),
-        Duration::from_secs(20),
-    );
+    p.wait_ready(Duration::from_secs(20));
     p
 }
 
@@ -222,15 +219,17 @@ fn a_restarted_controller_swaps_its_program_into_the_same_link() {
     let lab = FilterLab::new();
     let dirs = Dirs::new();
     let first = start(&lab, &dirs, &[]);
-    let link_before =
-        vpn_filter::pin::pinned_link_state(&dirs.pin_root().join("links").join(&lab.filter_if))
-            .unwrap();
+    let link_before = vpn_filter::kernel::pin::pinned_link_state(
+        &dirs.pin_root().join("links").join(&lab.filter_if),
+    )
+    .unwrap();
     first.terminate(Duration::from_secs(5)).expect("exit");
     let traffic = Traffic::start(&lab);
     let second = start(&lab, &dirs, &[]);
-    let link_after =
-        vpn_filter::pin::pinned_link_state(&dirs.pin_root().join("links").join(&lab.filter_if))
-            .unwrap();
+    let link_after = vpn_filter::kernel::pin::pinned_link_state(
+        &dirs.pin_root().join("links").join(&lab.filter_if),
+    )
+    .unwrap();
     let ((reg_sent, _), (reg_got, unreg_got)) = traffic.finish();
     assert_eq!(
         link_after.link_id, link_before.link_id,
@@ -295,9 +294,10 @@ fn detach_removes_links_pins_and_programs() {
     let lab = FilterLab::new();
     let dirs = Dirs::new();
     let ctl = start(&lab, &dirs, &[]);
-    let link =
-        vpn_filter::pin::pinned_link_state(&dirs.pin_root().join("links").join(&lab.filter_if))
-            .unwrap();
+    let link = vpn_filter::kernel::pin::pinned_link_state(
+        &dirs.pin_root().join("links").join(&lab.filter_if),
+    )
+    .unwrap();
     ctl.terminate(Duration::from_secs(5)).expect("exit");
     assert!(
         lab.xdp_mode_shown().starts_with("xdp"),
@@ -483,4 +483,106 @@ fn the_controller_keeps_only_cap_bpf_net_admin_and_perfmon() {
         1,
         "now registered"
     );
+}
+
+/// Each thread of `pid`: its name and its effective and permitted capability sets, from
+/// `/proc/PID/task/*/status`.
+fn thread_capabilities(pid: u32) -> Vec<(String, u64, u64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the controller's threads");
+    tasks
+        .map(|t| {
+            let status = std::fs::read_to_string(t.unwrap().path().join("status"))
+                .expect("a thread's status");
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_else(|| panic!("{name} missing from a thread's status"))
+            };
+            let caps = |name: &str| u64::from_str_radix(&field(name), 16).unwrap();
+            (field("Name:"), caps("CapEff:"), caps("CapPrm:"))
+        })
+        .collect()
+}
+
+/// Starts the controller with `extra` arguments and checks that every one of its threads
+/// (the tokio workers that parse HTTP, control-socket and metrics requests included) holds
+/// only CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, effective and permitted.
+fn every_thread_keeps_only_the_kept_capabilities(extra: &[&str]) {
+    let lab = FilterLab::new();
+    let dirs = Dirs::new();
+    let metrics = "127.0.0.1:0";
+    let mut args = vec!["--metrics", metrics];
+    args.extend_from_slice(extra);
+    let ctl = start(&lab, &dirs, &args);
+    ctl.wait_stderr("privileges dropped", Duration::from_secs(5));
+    // CAP_NET_ADMIN = 12, CAP_PERFMON = 38, CAP_BPF = 39.
+    let want = (1u64 << 12) | (1 << 38) | (1 << 39);
+    let threads = thread_capabilities(ctl.pid());
+    assert!(
+        threads.len() > 1,
+        "the runtime's worker threads are running: {threads:?}"
+    );
+    let wrong: Vec<String> = threads
+        .iter()
+        .filter(|(_, eff, prm)| (*eff, *prm) != (want, want))
+        .map(|(name, eff, prm)| format!("{name}: CapEff {eff:016x} CapPrm {prm:016x}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "threads holding other capabilities than {want:016x}:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn every_thread_keeps_only_cap_bpf_net_admin_and_perfmon_as_root() {
+    every_thread_keeps_only_the_kept_capabilities(&[]);
+}
+
+#[test]
+fn every_thread_keeps_only_cap_bpf_net_admin_and_perfmon_with_run_as() {
+    every_thread_keeps_only_the_kept_capabilities(&["--run-as", "nobody"]);
+}
+
+#[test]
+fn detaching_the_last_interface_removes_the_pins() {
+    let lab = FilterLab::new();
+    let dirs = Dirs::new();
+    let ctl = start(&lab, &dirs, &[]);
+    ctl.terminate(Duration::from_secs(5)).expect("exit");
+    assert!(dirs.pin_root().exists(), "the pins outlive the controller");
+
+    let out = std::process::Command::new(controller_path())
+        .args(["detach", "--iface", &lab.filter_if, "--bpffs-dir"])
+        .arg(dirs.pin_root())
+        .arg("--lock-file")
+        .arg(dirs.lock())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lab.xdp_mode_shown(), "", "no XDP program on the interface");
+    let left: Vec<String> = walk(&dirs.pin_root());
+    assert!(
+        !dirs.pin_root().exists(),
+        "no pins left under {} after detaching its last interface: {left:?}",
+        dirs.pin_root().display()
+    );
+}
+
+/// Every path under `dir` (empty if it does not exist).
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.map_while(Result::ok) {
+            out.push(e.path().display().to_string());
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
 }

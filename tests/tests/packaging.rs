@@ -12,9 +12,15 @@ use std::{
 };
 
 use vpn_filter::{
-    events::{Clock, EventRecord},
-    filter::{Stats, SyncReport},
-    status::{EventsStatus, InterfaceStatus, KernelCounters, RegistryStatus, StatusReport},
+    client::{
+        event::{Clock, EventRecord},
+        status::{
+            EndpointsReport, EventsStatus, InterfaceStatus, KernelCounters, ProviderCounts,
+            RegistryStatus, StatusReport,
+        },
+    },
+    kernel::Stats,
+    registry::sync::SyncReport,
 };
 
 fn packaging() -> PathBuf {
@@ -73,12 +79,21 @@ fn exported_sample_names() -> BTreeSet<String> {
             mode: "native".into(),
         }],
         policy: Default::default(),
+        // With an endpoint feed, so its series are among the exported ones.
+        endpoints: Some(EndpointsReport {
+            feed: registry.clone(),
+            providers: vec![ProviderCounts {
+                id: 1,
+                name: "example".into(),
+                dropped: 0,
+                monitored: 0,
+            }],
+        }),
         registry,
-        endpoints: None,
         counters: KernelCounters::from_stats(&Stats::default()),
         events: EventsStatus::default(),
     };
-    let (text, _) = vpn_filter::metrics::encode(report, false).expect("encode");
+    let (text, _) = vpn_filter::daemon::observe::metrics::encode(report, false).expect("encode");
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {
@@ -123,6 +138,29 @@ fn fleet_alert_rules_use_only_metrics_the_controller_exports() {
     assert!(
         unknown.is_empty(),
         "the alert rules name metrics the controller does not export: {unknown:?}; exported: {exported:?}"
+    );
+}
+
+#[test]
+fn the_grafana_dashboard_is_valid_json_and_queries_only_exported_metrics() {
+    let path = packaging().join("grafana/vpn-filter.json");
+    let text = std::fs::read_to_string(&path).expect("the dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()));
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .map(|t| t["expr"].as_str().expect("a PromQL expression"))
+        .collect();
+    assert!(exprs.len() >= 10, "the dashboard has queries: {exprs:?}");
+    let exported = exported_sample_names();
+    let used = metric_names(&exprs.join("\n"));
+    let unknown: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries metrics the controller does not export: {unknown:?}"
     );
 }
 

@@ -19,7 +19,7 @@ use std::{
 
 use time::OffsetDateTime;
 use vpn_filter::{
-    filter::{Applied, Filter, LoadOptions, Policy},
+    kernel::{Applied, Filter, LoadOptions, Policy},
     registry::{AllowedBy, Allowlist, Prefix},
 };
 use vpn_filter_common::{entry_tag, Config};
@@ -148,7 +148,7 @@ fn start_with(
         .args(extra)
         .env("RUST_LOG", "info");
     let p = Process::spawn(cmd);
-    p.wait_stderr(&format!("attached to {}", lab.filter_if), STARTUP);
+    p.wait_ready(STARTUP);
     p
 }
 
@@ -965,15 +965,12 @@ fn set_rcvbuf(sock: &UdpSocket, bytes: i32) {
 
 // ---- the allowlist sync against the real kernel trie, in process ----
 
-/// Deterministic xorshift.
-struct Rng(u64);
+/// Reproducible pseudo-random numbers from a seed (the tests' one generator).
+struct Rng(rand_pcg::Pcg64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        vpn_filter_tests::rng::next_u64(&mut self.0)
     }
 }
 
@@ -1021,7 +1018,7 @@ fn load(options: LoadOptions) -> Filter {
 #[test]
 fn syncing_random_sets_leaves_exactly_them_in_the_kernel_tries() {
     let mut filter = load(LoadOptions::default());
-    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x5eed_1234_abcd_0001));
     for round in 0..6 {
         let want = random_allowlist(&mut rng, 3000);
         let report = filter.sync_allowlist(&want).expect("sync");
@@ -1068,7 +1065,7 @@ fn a_feed_over_capacity_is_refused_naming_the_option_and_nothing_changes() {
         allow_v4_entries: 10,
         ..LoadOptions::default()
     });
-    let mut rng = Rng(7);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(7));
     let mut small = Allowlist::default();
     while small.v4_count() < 5 {
         let a = random_allowlist(&mut rng, 20);

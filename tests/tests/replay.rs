@@ -11,7 +11,7 @@ use std::{
 };
 
 use vpn_filter::{
-    filter::Policy,
+    kernel::Policy,
     registry::{Allowlist, Feed},
     replay::{
         capture::CaptureError, replay, FlowResult, Outcome, Replay, ReplayError, ReplaySettings,

@@ -10,7 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use vpn_filter::{
-    filter::{Filter, LoadOptions, Policy, Stats},
+    kernel::{Filter, LoadOptions, Policy, Stats},
     registry::Feed,
 };
 use vpn_filter_common::{Config, Counter, ExtHeaderOverflow, PolicyMode, Protocol, Verdict};

@@ -2,23 +2,10 @@
 //! sync and the event stream. The `vpn-filter` binary is a thin CLI over it; the integration
 //! tests drive it directly.
 
-pub mod config;
-pub mod control;
+pub mod cli;
+pub mod client;
+pub mod daemon;
 pub mod endpoints;
-pub mod events;
-pub mod fastpath;
-pub mod filter;
-pub mod lifecycle;
-pub mod metrics;
-pub mod observe;
-pub mod pin;
-pub mod privs;
-pub mod publish;
+pub mod kernel;
 pub mod registry;
-pub mod registry_cli;
 pub mod replay;
-pub mod run;
-pub mod source;
-pub mod status;
-pub mod sync;
-pub mod top;

@@ -1,4 +1,4 @@
-//! `cargo xtask`: the project's build, run, test, demo and bench entry points.
+//! `cargo xtask`: the project's build, run, test, dist, demo and bench entry points.
 //!
 //! Everything that needs the eBPF toolchain first runs [`bootstrap`], which makes sure the
 //! nightly toolchain has `rust-src` and that `bpf-linker` is built against the nightly
@@ -22,7 +22,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
-    about = "vpn-filter build, run, test, demo and bench"
+    about = "vpn-filter build, run, test, dist, demo and bench"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -53,6 +53,11 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Release artifacts in target/dist: shell completions and man pages (clap_complete,
+    /// clap_mangen, through the controller's hidden `generate-assets`), and a .deb (cargo-deb:
+    /// binary, systemd unit, example config, man pages, completions). Installs cargo-deb into
+    /// target/tools if missing.
+    Dist,
     /// A throwaway network-namespace lab: a registered and an unregistered client send real
     /// VPN handshakes through a gateway running vpn-filter. Ctrl-C tears it down.
     Demo {
@@ -79,6 +84,7 @@ fn main() -> ExitCode {
         Cmd::Build { release } => build(release),
         Cmd::Run { release, args } => run(release, &args),
         Cmd::Test { args } => test(&args),
+        Cmd::Dist => dist(),
         Cmd::Demo { hold } => demo(hold),
         Cmd::Bench { quick, args } => bench(quick, &args),
     };
@@ -450,6 +456,102 @@ fn test(extra: &[OsString]) -> Result<()> {
     cmd.args(["test", "--workspace", "--locked", "--", "--test-threads=1"])
         .args(extra);
     sh(&mut cmd)
+}
+
+/// cargo-deb, built from crates.io into target/tools like bpf-linker.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// Makes sure `cargo-deb` is in target/tools/bin; returns that directory.
+fn ensure_cargo_deb() -> Result<PathBuf> {
+    let bin = tools_dir().join("bin");
+    let runs = Command::new(bin.join("cargo-deb"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !runs {
+        eprintln!(
+            "xtask: building cargo-deb {CARGO_DEB_VERSION} into {}",
+            tools_dir().display()
+        );
+        sh(clean(Command::new("cargo"))
+            .args([
+                "+stable",
+                "install",
+                "cargo-deb",
+                "--locked",
+                "--version",
+                CARGO_DEB_VERSION,
+            ])
+            .arg("--root")
+            .arg(tools_dir()))?;
+    }
+    Ok(bin)
+}
+
+/// What the .deb must hold (checked after building it).
+const DEB_CONTENTS: &[&str] = &[
+    "./usr/sbin/vpn-filter",
+    "./lib/systemd/system/vpn-filter.service",
+    "./etc/vpn-filter/config.toml",
+    "./usr/share/man/man1/vpn-filter.1",
+    "./usr/share/man/man1/vpn-filter-run.1",
+    "./usr/share/bash-completion/completions/vpn-filter",
+    "./usr/share/zsh/vendor-completions/_vpn-filter",
+    "./usr/share/fish/vendor_completions.d/vpn-filter.fish",
+];
+
+fn dist() -> Result<()> {
+    bootstrap()?;
+    let tools_bin = ensure_cargo_deb()?;
+    sh(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "vpn-filter",
+        "--bins",
+        "--locked",
+    ]))?;
+    let dist = root().join("target/dist");
+    if dist.exists() {
+        std::fs::remove_dir_all(&dist).with_context(|| format!("emptying {}", dist.display()))?;
+    }
+    sh(Command::new(root().join("target/release/vpn-filter"))
+        .arg("generate-assets")
+        .arg("--out")
+        .arg(&dist))?;
+    let path = env::join_paths(
+        std::iter::once(tools_bin)
+            .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
+    )?;
+    sh(cargo()
+        .args(["deb", "--no-build", "--package", "vpn-filter", "--output"])
+        .arg(&dist)
+        .env("PATH", &path))?;
+    let deb = std::fs::read_dir(&dist)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| anyhow!("cargo deb wrote no .deb into {}", dist.display()))?;
+    let listing = output(Command::new("dpkg-deb").arg("--contents").arg(&deb))?;
+    let missing: Vec<&&str> = DEB_CONTENTS
+        .iter()
+        .filter(|f| {
+            !listing.lines().any(|l| {
+                l.split_whitespace()
+                    .last()
+                    .is_some_and(|p| p.trim_end_matches(".gz") == **f)
+            })
+        })
+        .collect();
+    if !missing.is_empty() {
+        bail!("{} lacks {missing:?}; it holds:\n{listing}", deb.display());
+    }
+    eprintln!(
+        "xtask: {} (completions and man pages in {})",
+        deb.display(),
+        dist.display()
+    );
+    Ok(())
 }
 
 fn demo(hold: bool) -> Result<()> {

@@ -97,7 +97,7 @@ impl Daemon {
         while !proc
             .stderr_lines()
             .iter()
-            .any(|l| l.contains("control socket"))
+            .any(|l| l.contains(vpn_filter::daemon::run::READY))
         {
             if let Some(s) = proc.exit_status() {
                 bail!(

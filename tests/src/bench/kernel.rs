@@ -9,15 +9,15 @@
 //! one call runs thousands of packets. The classic single-frame measurement (no harness) is
 //! reported beside it.
 
-use std::{net::IpAddr, time::Instant};
+use std::{net::IpAddr, os::fd::AsFd as _, time::Instant};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{Array, MapData, ProgramArray, RingBuf},
-    programs::{ProgramFd, TestRun as _, TestRunOptions, Xdp},
+    programs::{ProgramFd, Xdp},
     Ebpf, EbpfLoader,
 };
-use vpn_filter::filter::{Filter, LoadOptions, Policy, BENCH_OBJECT};
+use vpn_filter::kernel::{test_run::test_run, Filter, LoadOptions, Policy, BENCH_OBJECT};
 use vpn_filter_common::{Config, Counter, PolicyMode, Protocol};
 use vpn_filter_tests::packet::{
     dns_query, fill_pseudo_random, ikev2_sa_init, l2tp_sccrq, openvpn_client_reset, pptp_sccrq,
@@ -393,11 +393,8 @@ impl Harness<'_> {
     /// The classic measurement: `frame` alone, `repeat` times, straight into `prog` (no
     /// mutation, no tail call).
     fn direct(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.repeat = repeat;
-        let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
-        Ok((r.return_value, r.duration.as_nanos() as f64))
+        let r = test_run(prog.fd()?.as_fd(), frame, repeat).context("BPF_PROG_TEST_RUN")?;
+        Ok((r.action, r.duration_ns as f64))
     }
 
     fn run(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
@@ -407,17 +404,11 @@ impl Harness<'_> {
                 Array::try_from(ebpf.map_mut("MUT_POS").ok_or_else(|| anyhow!("MUT_POS"))?)?;
             m.set(0, 0, 0)?;
         }
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.repeat = repeat;
-        let r = self
-            .progs
-            .xdp("bench_mutate")
-            .test_run(opts)
-            .context("BPF_PROG_TEST_RUN")?;
+        let prog = self.progs.xdp("bench_mutate");
+        let r = test_run(prog.fd()?.as_fd(), frame, repeat).context("BPF_PROG_TEST_RUN")?;
         // The kernel reports whole nanoseconds per run; recompute from the total is not
         // possible, so take it as given.
-        Ok((r.return_value, r.duration.as_nanos() as f64))
+        Ok((r.action, r.duration_ns as f64))
     }
 }
 

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use vpn_filter::filter::{Filter, LoadOptions, Policy};
+use vpn_filter::kernel::{Filter, LoadOptions, Policy};
 use vpn_filter_common::Config;
 
 use super::{

@@ -2,28 +2,27 @@
 //! description, Ctrl-C handling and number formatting.
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, LazyLock,
+    },
     time::Duration,
 };
 
 use anyhow::{bail, Result};
 
-/// xorshift64*: deterministic, fast, good enough to spread addresses and ports.
+/// Reproducible pseudo-random numbers from a seed (the tests' one generator), to spread
+/// addresses and ports.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(rand_pcg::Pcg64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+        Rng(vpn_filter_tests::rng::seeded(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        vpn_filter_tests::rng::next_u64(&mut self.0)
     }
 
     pub fn next_u32(&mut self) -> u32 {
@@ -55,19 +54,14 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
+/// Set by SIGINT and SIGTERM (signal-hook).
+static STOP: LazyLock<Arc<AtomicBool>> = LazyLock::new(Default::default);
 
 /// Ctrl-C and SIGTERM set a flag that [`check_stop`] turns into an error, so the run unwinds
 /// and every namespace, attachment and nftables table is removed by its guard.
 pub fn install_stop_handler() {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installing an async-signal-safe handler (an atomic store).
-        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&STOP)).expect("installing a signal handler");
     }
 }
 

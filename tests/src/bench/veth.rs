@@ -32,7 +32,7 @@ use aya::{
     maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{xdp::XdpLinkId, TestRun as _, TestRunAttrs, TestRunOptions, XdpMode},
 };
-use vpn_filter::filter::{AttachMode, Filter, LoadOptions, Policy};
+use vpn_filter::kernel::{AttachMode, Filter, LoadOptions, Policy};
 use vpn_filter_common::Config;
 use vpn_filter_tests::{
     netns::NetNs,

@@ -22,20 +22,18 @@ mod util;
 
 use std::{
     net::{IpAddr, Ipv4Addr},
+    os::fd::AsFd as _,
     path::PathBuf,
     process::ExitCode,
     time::Instant,
 };
 
 use anyhow::{anyhow, Context as _, Result};
-use aya::{
-    programs::{TestRun as _, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader,
-};
+use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use clap::Parser;
 use vpn_filter::{
     endpoints::{EndpointFeed, EndpointFormatChoice, EndpointSet, ParseOptions},
-    filter::{Filter, LoadOptions, Policy, BENCH_OBJECT},
+    kernel::{Filter, LoadOptions, Policy, BENCH_OBJECT},
     registry::Prefix,
 };
 use vpn_filter_common::{Config, EndpointValue, PolicyMode, Protocol};
@@ -125,7 +123,7 @@ fn sync_section(a: &Args, out: &mut String) -> Result<()> {
     for (p, v) in extra.prefixes.into_iter().take(drop.len()) {
         changed.prefixes.insert(p, v);
     }
-    let mut rows: Vec<(String, Vec<f64>, vpn_filter::filter::SyncReport)> = Vec::new();
+    let mut rows: Vec<(String, Vec<f64>, vpn_filter::registry::sync::SyncReport)> = Vec::new();
     let mut full = Vec::new();
     let mut change = Vec::new();
     let mut same = Vec::new();
@@ -205,11 +203,9 @@ fn sync_section(a: &Args, out: &mut String) -> Result<()> {
 }
 
 fn time_run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    opts.repeat = repeat;
-    let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
-    Ok((r.return_value, r.duration.as_nanos() as f64))
+    let r = vpn_filter::kernel::test_run::test_run(prog.fd()?.as_fd(), frame, repeat)
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok((r.action, r.duration_ns as f64))
 }
 
 fn median_run(prog: &Xdp, frame: &[u8], a: &Args) -> Result<(u32, f64)> {

@@ -13,7 +13,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
     sync::Arc,
 };
 
@@ -21,7 +21,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{programs::Xdp, EbpfLoader};
 use clap::Parser;
 use vpn_filter::{
-    filter::{Filter, LoadOptions, Policy, BENCH_OBJECT},
+    kernel::{Filter, LoadOptions, Policy, BENCH_OBJECT},
     registry::{AllowedBy, Allowlist, Prefix},
 };
 use vpn_filter_common::{AllowlistLookup, Config};
@@ -40,16 +40,12 @@ struct Args {
     batch: usize,
 }
 
-/// splitmix64.
-struct Rng(u64);
+/// Reproducible pseudo-random numbers from a seed (the tests' one generator).
+struct Rng(rand_pcg::Pcg64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        vpn_filter_tests::rng::next_u64(&mut self.0)
     }
 
     fn pick<T: Copy>(&mut self, weighted: &[(u32, T)]) -> T {
@@ -115,48 +111,9 @@ fn allowlist(n: usize, rng: &mut Rng) -> Allowlist {
 
 /// BPF_PROG_TEST_RUN once; returns (action, kernel-measured duration in ns).
 fn test_run(prog: &OwnedFd, frame: &[u8]) -> Result<(u32, u32)> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let mut attr = TestAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat: 1,
-        ..TestAttr::default()
-    };
-    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_PROG_TEST_RUN; `frame` outlives the
-    // call; no output buffers are given.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>(),
-        )
-    };
-    if rc != 0 {
-        bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-    }
-    Ok((attr.retval, attr.duration))
+    let run = vpn_filter::kernel::test_run::test_run(prog.as_fd(), frame, 1)
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok((run.action, run.duration_ns))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -232,7 +189,7 @@ fn main() -> Result<()> {
         "| prefixes | sources | lookup mode | ns/packet (median) | over pass-through (ns) | lookup (ns over empty allowlist) | lookup vs trie |"
     );
     println!("|---:|---|---|---:|---:|---:|---:|");
-    let mut rng = Rng(0xbe7c_0001);
+    let mut rng = Rng(vpn_filter_tests::rng::seeded(0xbe7c_0001));
     for &size in &args.sizes {
         let allow = allowlist(size, &mut rng);
         let options = LoadOptions {
@@ -265,7 +222,7 @@ fn main() -> Result<()> {
         let empty_fd = empty.program_mut().fd()?.as_fd().try_clone_to_owned()?;
         for family in [Family::V4, Family::V6] {
             let mut flood = Flood {
-                rng: Rng(rng.next()),
+                rng: Rng(vpn_filter_tests::rng::seeded(rng.next())),
                 allow: &allow,
                 family,
                 n: 0,

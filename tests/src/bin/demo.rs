@@ -15,7 +15,10 @@ use std::{
     net::UdpSocket,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, LazyLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -40,11 +43,8 @@ struct Args {
     hold: bool,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
+/// Set by SIGINT and SIGTERM (signal-hook).
+static STOP: LazyLock<Arc<AtomicBool>> = LazyLock::new(Default::default);
 
 struct Lab {
     // Field order is drop order: the controller goes before the namespaces.
@@ -73,10 +73,8 @@ fn build_lab(controller: &Path) -> Lab {
 fn main() -> ExitCode {
     let args = Args::parse();
     vpn_filter_tests::require_root();
-    // SAFETY: installing a handler that only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&STOP)).expect("installing a signal handler");
     }
     let controller = args.controller.unwrap_or_else(|| {
         std::env::current_exe()

@@ -30,25 +30,13 @@ struct Building {
     prefixes: PrefixSet,
 }
 
-pub(super) fn parse(
-    bytes: &[u8],
-    source_name: &str,
-    opts: ValidateOptions,
-) -> Result<(Feed, Warnings), FeedError> {
-    let fail = |problems: Vec<String>| FeedError {
-        source_name: source_name.to_string(),
-        problems,
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(super::strip_bom(bytes));
-    let header = reader
-        .byte_headers()
-        .map_err(|e| fail(vec![format!("line 1: unreadable CSV header: {e}")]))?
-        .clone();
-    let mut warnings = Vec::new();
-    let mut problems = Vec::new();
+/// The column of each documented column (in [`COLUMNS`] order) in the header row; a
+/// repeated or missing column is a problem, an unknown one a warning.
+fn column_index(
+    header: &csv::ByteRecord,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> [usize; 7] {
     // Column index of each documented column.
     let mut index = [usize::MAX; 7];
     for (col, name) in header.iter().enumerate() {
@@ -79,6 +67,29 @@ pub(super) fn parse(
             missing.join(", ")
         ));
     }
+    index
+}
+
+pub(super) fn parse(
+    bytes: &[u8],
+    source_name: &str,
+    opts: ValidateOptions,
+) -> Result<(Feed, Warnings), FeedError> {
+    let fail = |problems: Vec<String>| FeedError {
+        source_name: source_name.to_string(),
+        problems,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(super::strip_bom(bytes));
+    let header = reader
+        .byte_headers()
+        .map_err(|e| fail(vec![format!("line 1: unreadable CSV header: {e}")]))?
+        .clone();
+    let mut warnings = Vec::new();
+    let mut problems = Vec::new();
+    let index = column_index(&header, &mut problems, &mut warnings);
     if !problems.is_empty() {
         return Err(fail(problems));
     }

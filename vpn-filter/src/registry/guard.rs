@@ -25,6 +25,38 @@ pub const DEFAULT_MAX_SHRINK_PERCENT: u8 = 50;
 /// 3 of 5 prefixes is ordinary business; removing 10,000 of 20,000 is not).
 pub const SHRINK_MIN_BASELINE: usize = 100;
 
+/// The guard's flags, shared by `vpn-filter run` and `vpn-filter registry validate
+/// --against-state` (`#[command(flatten)]`). Serialisable with the flag names as keys, for a
+/// configuration file.
+#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GuardArgs {
+    /// Refuse feeds larger than this many bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_FEED_BYTES, value_name = "BYTES")]
+    pub max_feed_bytes: u64,
+    /// Accept feeds that empty the allowlist or remove more than --max-shrink-percent of it
+    /// (refused by default: a likely upstream failure).
+    #[arg(long)]
+    pub force_shrink: bool,
+    /// Largest share of the prefixes in force (when at least 100) a new feed may remove.
+    #[arg(long, default_value_t = DEFAULT_MAX_SHRINK_PERCENT, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub max_shrink_percent: u8,
+    /// Accept a feed whose serial is lower than the one in force (a registry reset).
+    #[arg(long)]
+    pub allow_serial_reset: bool,
+}
+
+impl GuardArgs {
+    pub fn options(&self) -> GuardOptions {
+        GuardOptions {
+            max_feed_bytes: self.max_feed_bytes,
+            max_shrink_percent: self.max_shrink_percent,
+            force_shrink: self.force_shrink,
+            allow_serial_reset: self.allow_serial_reset,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct GuardOptions {
     pub max_feed_bytes: u64,

@@ -17,7 +17,7 @@
 use std::{
     fs::File,
     io::Write as _,
-    os::{fd::AsRawFd, unix::fs::OpenOptionsExt as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -123,19 +123,13 @@ impl StateDir {
             .mode(0o640)
             .open(&lock_path)
             .map_err(|e| io_err(&lock_path, e))?;
-        // SAFETY: flock on a descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                StateError::Locked {
-                    path: self.path.display().to_string(),
-                }
-            } else {
-                io_err(&lock_path, err)
-            });
+        match file.try_lock() {
+            Ok(()) => Ok(StateLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
+                path: self.path.display().to_string(),
+            }),
+            Err(std::fs::TryLockError::Error(err)) => Err(io_err(&lock_path, err)),
         }
-        Ok(StateLock { _file: file })
     }
 
     /// The persisted feed, if any. A missing state file is `Ok(None)`; a damaged one is an

@@ -16,9 +16,7 @@
 //! packet is still the program's.
 
 pub mod capture;
-pub mod cli;
 pub mod headers;
-mod kernel;
 pub mod report;
 
 use std::{
@@ -29,7 +27,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
 use vpn_filter_common::{
     verdict_counter_index, Config, Counter, FlowKey, FlowState, FlowStatus, Message, PolicyMode,
     Protocol, Reason, Verdict, DEFAULT_ALLOWED_FLOW_TIMEOUT_NS, DEFAULT_ALLOW_V4_ENTRIES,
@@ -38,10 +35,13 @@ use vpn_filter_common::{
 };
 
 pub use self::capture::{CaptureError, Format};
-use self::{capture::CaptureReader, headers::Tuple, kernel::StatsReader};
+use self::{
+    capture::{CaptureReader, FrameInfo},
+    headers::Tuple,
+};
 use crate::{
-    events::decode,
-    filter::{Filter, LoadOptions, Policy},
+    client::event::decode,
+    kernel::{events::EventRing, flows, Filter, LoadOptions, Policy, StatsReader},
     registry::Allowlist,
 };
 
@@ -411,8 +411,8 @@ pub fn replay(
 ) -> Result<Replay, ReplayError> {
     let mut reader = CaptureReader::open(path).map_err(ReplayError::Open)?;
     let mut filter = load(settings)?;
-    let mut ring = filter.take_events()?;
-    let mut stats = StatsReader::new(&filter)?;
+    let mut ring = filter.take_event_ring()?;
+    let stats = StatsReader::new(&filter)?;
     let signals_first = vpn_filter_common::counter_index(SIGNALS_FIRST);
     let any_off = Protocol::ALL[1..]
         .iter()
@@ -421,8 +421,8 @@ pub fn replay(
     let skip = if any_off { 0 } else { 1 };
     let mut signals = [[0u64; SIGNALS]; 2];
     let mut verdicts = [vec![0u64; VERDICT_SLOTS], vec![0u64; VERDICT_SLOTS]];
-    stats.read(signals_first + skip as u32, &mut signals[0][skip..])?;
-    stats.read(0, &mut verdicts[0])?;
+    stats.read_range(signals_first + skip as u32, &mut signals[0][skip..])?;
+    stats.read_range(0, &mut verdicts[0])?;
 
     let mut out = Replay::new(&reader);
     let mut flows: Vec<FlowAcc> = Vec::new();
@@ -467,7 +467,7 @@ pub fn replay(
         if let Some(i) = flow {
             let f = &mut flows[i];
             if f.kernel.is_some_and(|k| info.ts_ns >= k.capture_expiry_ns) {
-                kernel::remove_flow(&mut filter, &f.result.key)?;
+                flows::remove_flow(&mut filter, &f.result.key)?;
                 f.kernel = None;
             }
         }
@@ -475,7 +475,7 @@ pub fn replay(
         let action = filter
             .run_frame(&frame)
             .with_context(|| format!("running packet {} through the program", info.number))?;
-        stats.read(signals_first + skip as u32, &mut signals[1][skip..])?;
+        stats.read_range(signals_first + skip as u32, &mut signals[1][skip..])?;
         let moved = |c: Counter| signals[0][signal(c)] != signals[1][signal(c)];
         let flow_work = moved(Counter::FlowHit)
             || moved(Counter::FlowInsert)
@@ -487,7 +487,7 @@ pub fn replay(
         let mut judged = None;
         if flow_work {
             if let Some(i) = flow {
-                entry = kernel::flow_entry(&filter, &flows[i].result.key)?;
+                entry = flows::flow_entry(&filter, &flows[i].result.key)?;
                 judged = infer(flows[i].kernel, entry, action);
             }
             if let Some((p, v)) = judged {
@@ -495,7 +495,7 @@ pub fn replay(
             }
         }
         if judged.is_none() && (flow_work || may_ignore) {
-            stats.read(0, &mut verdicts[1])?;
+            stats.read_range(0, &mut verdicts[1])?;
             judged = self::judged(&verdicts[0], &verdicts[1]);
             verdicts.swap(0, 1);
         }
@@ -513,33 +513,8 @@ pub fn replay(
         }
 
         if let Some(i) = flow {
-            let f = &mut flows[i];
-            if flow_work {
-                f.kernel = match entry {
-                    None => None,
-                    Some(st) => Some(KernelEntry {
-                        expires_ns: st.expires_ns,
-                        packets: st.packets,
-                        capture_expiry_ns: match f.kernel {
-                            // Not refreshed (a pending flow counting packets): same expiry.
-                            Some(k) if k.expires_ns == st.expires_ns => k.capture_expiry_ns,
-                            _ => info
-                                .ts_ns
-                                .saturating_add(settings.timeouts.for_status(st.status)),
-                        },
-                    }),
-                };
-            }
-            let r = &mut f.result;
-            r.packets += 1;
-            r.bytes += info.wire_len;
-            r.by_outcome[outcome as usize] += 1;
-            r.last_ts_ns = r.last_ts_ns.max(info.ts_ns);
-            r.first_ts_ns = r.first_ts_ns.min(info.ts_ns);
-            if outcome >= r.verdict && protocol != Protocol::None {
-                r.verdict = outcome;
-                r.protocol = protocol;
-            }
+            let kernel = flow_work.then_some(entry);
+            flows[i].record(&info, kernel, settings, protocol, outcome);
         }
         if matches!(outcome, Outcome::Dropped | Outcome::Monitored) {
             let dropped = (outcome == Outcome::Dropped && settings.keep_dropped)
@@ -577,36 +552,8 @@ pub fn replay(
     progress(reader.position(), file_len);
     out.linktypes = reader.linktypes().to_vec();
     let mut all = vec![0u64; STATS_LEN as usize];
-    stats.read(0, &mut all)?;
-    for c in Counter::ALL {
-        let n = all[vpn_filter_common::counter_index(*c) as usize];
-        if n > 0 {
-            out.counters.insert(*c, n);
-        }
-    }
-    // The program's own totals are authoritative; the per-packet attribution must add up
-    // to them.
-    let mut kernel_totals = BTreeMap::new();
-    for p in Protocol::ALL {
-        for v in Verdict::ALL {
-            let n = all[verdict_counter_index(*p, *v) as usize];
-            if n > 0 {
-                kernel_totals.insert((*p, *v), n);
-            }
-            let mine = out.verdicts.get(&(*p, *v)).copied().unwrap_or(0);
-            out.attribution_gaps += n.abs_diff(mine);
-        }
-    }
-    if out.attribution_gaps > 0 {
-        log::warn!(
-            "{}: {} verdicts counted by the program were not attributed to their packets; \
-             per-flow results may be incomplete (totals are the program's)",
-            out.path.display(),
-            out.attribution_gaps
-        );
-    }
-    out.verdicts = kernel_totals;
-    out.unclassified = out.packets - out.verdicts.values().sum::<u64>();
+    stats.read_range(0, &mut all)?;
+    out.take_kernel_totals(&all);
     out.flows = flows.into_iter().map(|f| f.result).collect();
     match result {
         Ok(()) => Ok(out),
@@ -617,17 +564,93 @@ pub fn replay(
     }
 }
 
+impl FlowAcc {
+    /// One packet of this flow: its counts, its verdict, and (`kernel`: `Some` when the
+    /// packet touched the flow map) the kernel's entry for it, with its expiry on the
+    /// capture's clock.
+    fn record(
+        &mut self,
+        info: &FrameInfo,
+        kernel: Option<Option<FlowState>>,
+        settings: &ReplaySettings,
+        protocol: Protocol,
+        outcome: Outcome,
+    ) {
+        if let Some(entry) = kernel {
+            self.kernel = match entry {
+                None => None,
+                Some(st) => Some(KernelEntry {
+                    expires_ns: st.expires_ns,
+                    packets: st.packets,
+                    capture_expiry_ns: match self.kernel {
+                        // Not refreshed (a pending flow counting packets): same expiry.
+                        Some(k) if k.expires_ns == st.expires_ns => k.capture_expiry_ns,
+                        _ => info
+                            .ts_ns
+                            .saturating_add(settings.timeouts.for_status(st.status)),
+                    },
+                }),
+            };
+        }
+        let r = &mut self.result;
+        r.packets += 1;
+        r.bytes += info.wire_len;
+        r.by_outcome[outcome as usize] += 1;
+        r.last_ts_ns = r.last_ts_ns.max(info.ts_ns);
+        r.first_ts_ns = r.first_ts_ns.min(info.ts_ns);
+        if outcome >= r.verdict && protocol != Protocol::None {
+            r.verdict = outcome;
+            r.protocol = protocol;
+        }
+    }
+}
+
+impl Replay {
+    /// The program's counters (`all`: every STATS slot) at the end. Its verdict totals are
+    /// authoritative; the per-packet attribution must add up to them, and a gap is counted
+    /// and logged.
+    fn take_kernel_totals(&mut self, all: &[u64]) {
+        for c in Counter::ALL {
+            let n = all[vpn_filter_common::counter_index(*c) as usize];
+            if n > 0 {
+                self.counters.insert(*c, n);
+            }
+        }
+        let mut kernel_totals = BTreeMap::new();
+        for p in Protocol::ALL {
+            for v in Verdict::ALL {
+                let n = all[verdict_counter_index(*p, *v) as usize];
+                if n > 0 {
+                    kernel_totals.insert((*p, *v), n);
+                }
+                let mine = self.verdicts.get(&(*p, *v)).copied().unwrap_or(0);
+                self.attribution_gaps += n.abs_diff(mine);
+            }
+        }
+        if self.attribution_gaps > 0 {
+            log::warn!(
+                "{}: {} verdicts counted by the program were not attributed to their packets; \
+                 per-flow results may be incomplete (totals are the program's)",
+                self.path.display(),
+                self.attribution_gaps
+            );
+        }
+        self.verdicts = kernel_totals;
+        self.unclassified = self.packets - self.verdicts.values().sum::<u64>();
+    }
+}
+
 /// Reads the events of the awaited packets, in order, and gives their message and reason
 /// to the packet's flow and drop record. An event that does not match the next awaited
 /// packet's addresses (events lost) is matched against the following ones.
 fn pair_events(
-    ring: &mut RingBuf<MapData>,
+    ring: &mut EventRing,
     awaited: &mut Vec<AwaitedEvent>,
     flows: &mut [FlowAcc],
     out: &mut Replay,
 ) {
     let mut next = 0;
-    while let Some(item) = ring.next() {
+    while let Some(item) = ring.next_record() {
         let Some(ev) = decode(&item) else { continue };
         let matches = |a: &AwaitedEvent| {
             a.tuple.is_some_and(|t| {

@@ -1,0 +1,374 @@
+//! The fast path: verdict structures in front of the allowlist tries, so a lookup that misses
+//! (a flood of spoofed sources) costs a few array and hash probes instead of a trie walk.
+//!
+//! The tries stay the authoritative allowlist (what `check` reads and what the sync diffs);
+//! these maps are derived from the same prefixes and written by the same sync:
+//!
+//! - `FAST_BITMAPS`: one bit per IPv4 /24, set when the /24 lies in a prefix of /24 or
+//!   shorter; and two filters, one bit per IPv4 /24 holding a /25../32 prefix and one per
+//!   IPv6 /32 overlapped by a prefix (hashed onto 2^24 bits), so most misses cost no hash
+//!   probe at all;
+//! - `FAST_V4_LONG`: exact-match hash of the /25../32 prefixes (masked address, length);
+//! - `FAST_V6`: exact-match hash of every IPv6 prefix;
+//! - `FAST_LENGTHS`: which lengths the hashes hold, so the program probes only those (IPv6
+//!   falls back to the trie when more than [`FAST_V6_MAX_LENGTHS`] lengths are in use).
+//!
+//! An update never makes a still-registered address look unregistered: the lengths only grow
+//! before entries are added and shrink after they are removed; each changed bitmap word first
+//! gets the union of its old and new bits, then its new bits; hash entries are added before
+//! stale ones are removed ([`Plan::grow`] runs with the trie additions, [`Plan::shrink`] with
+//! the trie removals).
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, MapData, MapError},
+    Ebpf,
+};
+use vpn_filter_common::{
+    fast_v6_filter_bit, maps, FastKeyV4, FastKeyV6, FastLengths, FAST_BITMAP_V4_LONG,
+    FAST_BITMAP_V6, FAST_BITMAP_WORDS, FAST_V6_FILTER_MIN_LEN, FAST_V6_MAX_LENGTHS,
+    FAST_V6_USE_TRIE,
+};
+
+use super::{
+    allowlist::Applied,
+    diff::{self, Op},
+    map_shapes::{map, map_mut},
+};
+use crate::registry::Prefix;
+
+/// Value stored in the fast hashes (presence is what counts).
+const PRESENT: u8 = 1;
+
+/// What the fast maps hold (or should hold).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FastState {
+    /// [`FAST_BITMAP_WORDS`] words.
+    pub bitmap: Vec<u64>,
+    /// Sorted, unique; the tag is always 0 (the diff's re-tagging never applies).
+    pub v4_long: Vec<(FastKeyV4, u64)>,
+    pub v6: Vec<(FastKeyV6, u64)>,
+    pub lengths: FastLengths,
+}
+
+impl FastState {
+    /// The state of freshly created maps.
+    pub fn empty() -> FastState {
+        FastState {
+            bitmap: vec![0; FAST_BITMAP_WORDS as usize],
+            v4_long: Vec::new(),
+            v6: Vec::new(),
+            lengths: FastLengths::default(),
+        }
+    }
+
+    /// The fast maps' contents for an allowlist.
+    pub fn from_applied(applied: &Applied) -> FastState {
+        let mut s = FastState::empty();
+        let mut v6_lengths = BTreeSet::new();
+        for (p, _) in &applied.v4 {
+            let Prefix::V4 { addr, len } = *p else {
+                continue;
+            };
+            if len <= 24 {
+                let first = u32::from_be_bytes(addr) >> 8;
+                set_bits(&mut s.bitmap, first, 1u32 << (24 - len));
+            } else {
+                s.v4_long.push((
+                    FastKeyV4 {
+                        addr,
+                        len,
+                        _pad: [0; 3],
+                    },
+                    0,
+                ));
+                s.lengths.v4_long |= 1 << (len - 25);
+                let slash24 = u32::from_be_bytes(addr) >> 8;
+                set_bits(&mut s.bitmap, FAST_BITMAP_V4_LONG * 64 + slash24, 1);
+            }
+        }
+        for (p, _) in &applied.v6 {
+            let Prefix::V6 { addr, len } = *p else {
+                continue;
+            };
+            s.v6.push((
+                FastKeyV6 {
+                    addr,
+                    len,
+                    _pad: [0; 3],
+                },
+                0,
+            ));
+            v6_lengths.insert(len);
+            let top32 = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
+            if len < FAST_V6_FILTER_MIN_LEN {
+                s.lengths.v6_unfiltered = 1;
+            } else {
+                let count = if len >= 32 { 1 } else { 1u32 << (32 - len) };
+                for x in top32..=top32 + (count - 1) {
+                    set_bits(
+                        &mut s.bitmap,
+                        FAST_BITMAP_V6 * 64 + fast_v6_filter_bit(x),
+                        1,
+                    );
+                }
+            }
+        }
+        s.v4_long.sort_unstable();
+        s.v6.sort_unstable();
+        s.lengths.set_v6(&v6_lengths);
+        s
+    }
+
+    /// What the kernel's fast maps hold (262,144 array reads plus the hashes' keys).
+    pub fn read(ebpf: &Ebpf) -> Result<FastState> {
+        let bitmap: Array<&MapData, u64> = Array::try_from(map(ebpf, maps::FAST_BITMAPS)?)?;
+        let mut words = Vec::with_capacity(FAST_BITMAP_WORDS as usize);
+        for i in 0..FAST_BITMAP_WORDS {
+            words.push(
+                bitmap
+                    .get(&i, 0)
+                    .context("reading the IPv4 fast-path bitmap")?,
+            );
+        }
+        let v4: HashMap<&MapData, FastKeyV4, u8> =
+            HashMap::try_from(map(ebpf, maps::FAST_V4_LONG)?)?;
+        let mut v4_long = v4
+            .keys()
+            .map(|k| k.map(|k| (k, 0)))
+            .collect::<Result<Vec<_>, MapError>>()
+            .context("reading the IPv4 fast-path hash")?;
+        let v6m: HashMap<&MapData, FastKeyV6, u8> = HashMap::try_from(map(ebpf, maps::FAST_V6)?)?;
+        let mut v6 = v6m
+            .keys()
+            .map(|k| k.map(|k| (k, 0)))
+            .collect::<Result<Vec<_>, MapError>>()
+            .context("reading the IPv6 fast-path hash")?;
+        v4_long.sort_unstable();
+        v4_long.dedup();
+        v6.sort_unstable();
+        v6.dedup();
+        let lengths: Array<&MapData, FastLengths> =
+            Array::try_from(map(ebpf, maps::FAST_LENGTHS)?)?;
+        let lengths = lengths
+            .get(&0, 0)
+            .context("reading the fast-path lengths")?;
+        Ok(FastState {
+            bitmap: words,
+            v4_long,
+            v6,
+            lengths,
+        })
+    }
+}
+
+trait LengthsExt {
+    fn v6_lengths(&self) -> Option<BTreeSet<u8>>;
+    fn set_v6(&mut self, lengths: &BTreeSet<u8>);
+}
+
+impl LengthsExt for FastLengths {
+    /// The IPv6 lengths listed, `None` when IPv6 uses the trie.
+    fn v6_lengths(&self) -> Option<BTreeSet<u8>> {
+        let n = self.v6_count as usize;
+        if self.v6_count == FAST_V6_USE_TRIE || n > FAST_V6_MAX_LENGTHS {
+            return None;
+        }
+        Some(self.v6[..n].iter().copied().collect())
+    }
+
+    /// Lists `lengths` longest first, or selects the trie when there are too many.
+    fn set_v6(&mut self, lengths: &BTreeSet<u8>) {
+        self.v6 = [0; FAST_V6_MAX_LENGTHS];
+        if lengths.len() > FAST_V6_MAX_LENGTHS {
+            self.v6_count = FAST_V6_USE_TRIE;
+            return;
+        }
+        for (slot, len) in self.v6.iter_mut().zip(lengths.iter().rev()) {
+            *slot = *len;
+        }
+        self.v6_count = lengths.len() as u8;
+    }
+}
+
+/// Sets `count` bits from bit `first` on.
+fn set_bits(words: &mut [u64], first: u32, count: u32) {
+    let (mut bit, end) = (first as usize, first as usize + count as usize);
+    while bit < end {
+        let (w, b) = (bit / 64, bit % 64);
+        let n = (64 - b).min(end - bit);
+        let mask = if n == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << n) - 1) << b
+        };
+        words[w] |= mask;
+        bit += n;
+    }
+}
+
+/// The writes turning `have` into `want`, in two halves run around the trie writes.
+pub struct Plan {
+    /// Lengths written before anything is added (old and new together).
+    grown: FastLengths,
+    want_lengths: FastLengths,
+    have_lengths: FastLengths,
+    /// Changed bitmap words: index, old | new, new.
+    words: Vec<(u32, u64, u64)>,
+    v4: diff::Plan<FastKeyV4>,
+    v4_early: usize,
+    v6: diff::Plan<FastKeyV6>,
+    v6_early: usize,
+}
+
+impl Plan {
+    pub fn new(have: &FastState, want: &FastState, cap_v4: usize, cap_v6: usize) -> Plan {
+        let mut grown = want.lengths;
+        grown.v4_long |= have.lengths.v4_long;
+        grown.v6_unfiltered |= have.lengths.v6_unfiltered;
+        match (have.lengths.v6_lengths(), want.lengths.v6_lengths()) {
+            (Some(a), Some(b)) => grown.set_v6(&a.union(&b).copied().collect()),
+            _ => {
+                grown.v6_count = FAST_V6_USE_TRIE;
+                grown.v6 = [0; FAST_V6_MAX_LENGTHS];
+            }
+        }
+        if want.lengths.v6_count == FAST_V6_USE_TRIE {
+            log::warn!(
+                "the allowlist uses more than {FAST_V6_MAX_LENGTHS} distinct IPv6 prefix lengths: IPv6 lookups use the LPM trie (slower under a flood)"
+            );
+        }
+        let words = have
+            .bitmap
+            .iter()
+            .zip(&want.bitmap)
+            .enumerate()
+            .filter(|(_, (h, w))| h != w)
+            .map(|(i, (h, w))| (i as u32, h | w, *w))
+            .collect();
+        let v4 = diff::plan(&have.v4_long, &want.v4_long);
+        let v6 = diff::plan(&have.v6, &want.v6);
+        Plan {
+            grown,
+            want_lengths: want.lengths,
+            have_lengths: have.lengths,
+            words,
+            v4_early: diff::early_removals(&v4, have.v4_long.len(), cap_v4),
+            v6_early: diff::early_removals(&v6, have.v6.len(), cap_v6),
+            v4,
+            v6,
+        }
+    }
+
+    /// Lengths first, then the union of old and new bitmap words, then the hash additions
+    /// (after the few removals a full map needs to make room).
+    pub fn grow(&self, ebpf: &mut Ebpf) -> Result<()> {
+        if self.grown != self.have_lengths {
+            write_lengths(ebpf, &self.grown)?;
+        }
+        {
+            let mut bitmap: Array<&mut MapData, u64> =
+                Array::try_from(map_mut(ebpf, maps::FAST_BITMAPS)?)?;
+            for (i, union, _) in &self.words {
+                bitmap
+                    .set(*i, union, 0)
+                    .with_context(|| format!("writing word {i} of the IPv4 fast-path bitmap"))?;
+            }
+        }
+        let v4_ops = self.v4.removals[..self.v4_early]
+            .iter()
+            .map(|k| Op::Remove(*k))
+            .chain(self.v4.upserts.iter().map(|(k, t)| Op::Upsert(*k, *t)));
+        apply(ebpf, maps::FAST_V4_LONG, v4_ops)?;
+        let v6_ops = self.v6.removals[..self.v6_early]
+            .iter()
+            .map(|k| Op::Remove(*k))
+            .chain(self.v6.upserts.iter().map(|(k, t)| Op::Upsert(*k, *t)));
+        apply(ebpf, maps::FAST_V6, v6_ops)
+    }
+
+    /// Hash removals, then the new bitmap words, then the new lengths.
+    pub fn shrink(&self, ebpf: &mut Ebpf) -> Result<()> {
+        let v4_ops = self.v4.removals[self.v4_early..]
+            .iter()
+            .map(|k| Op::Remove(*k));
+        apply(ebpf, maps::FAST_V4_LONG, v4_ops)?;
+        let v6_ops = self.v6.removals[self.v6_early..]
+            .iter()
+            .map(|k| Op::Remove(*k));
+        apply(ebpf, maps::FAST_V6, v6_ops)?;
+        {
+            let mut bitmap: Array<&mut MapData, u64> =
+                Array::try_from(map_mut(ebpf, maps::FAST_BITMAPS)?)?;
+            for (i, union, new) in &self.words {
+                if union != new {
+                    bitmap.set(*i, new, 0).with_context(|| {
+                        format!("writing word {i} of the IPv4 fast-path bitmap")
+                    })?;
+                }
+            }
+        }
+        if self.want_lengths != self.grown {
+            write_lengths(ebpf, &self.want_lengths)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_lengths(ebpf: &mut Ebpf, lengths: &FastLengths) -> Result<()> {
+    let mut map: Array<&mut MapData, FastLengths> =
+        Array::try_from(map_mut(ebpf, maps::FAST_LENGTHS)?)?;
+    map.set(0, lengths, 0)
+        .context("writing the fast-path prefix lengths")
+}
+
+fn apply<K: aya::Pod + std::fmt::Debug>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    ops: impl Iterator<Item = Op<K>>,
+) -> Result<()> {
+    let mut map: HashMap<&mut MapData, K, u8> = HashMap::try_from(map_mut(ebpf, name)?)?;
+    for op in ops {
+        match op {
+            Op::Upsert(k, _) => map
+                .insert(k, PRESENT, 0)
+                .with_context(|| format!("adding {k:?} to {name}"))?,
+            Op::Remove(k) => match map.remove(&k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!("removing {k:?} from {name}")))
+                }
+            },
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_bits_covers_exactly_the_range() {
+        let mut w = vec![0u64; 4];
+        set_bits(&mut w, 60, 70);
+        let ones: u32 = w.iter().map(|x| x.count_ones()).sum();
+        assert_eq!(ones, 70, "70 bits set");
+        assert_eq!(w[0], 0xf000_0000_0000_0000);
+        assert_eq!(w[1], u64::MAX);
+        assert_eq!(w[2], 0b11);
+    }
+
+    #[test]
+    fn too_many_ipv6_lengths_select_the_trie() {
+        let mut l = FastLengths::default();
+        l.set_v6(&(32..=48).collect());
+        assert_eq!(l.v6_count, FAST_V6_USE_TRIE);
+        l.set_v6(&[48, 32, 64].into_iter().collect());
+        assert_eq!((l.v6_count, &l.v6[..3]), (3, &[64, 48, 32][..]));
+    }
+}
