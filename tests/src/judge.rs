@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use vpn_filter::{
-    filter::{Filter, FrameStart, LoadOptions, Policy, Stats},
+    kernel::{Filter, FrameStart, LoadOptions, Policy, Stats},
     registry::Feed,
 };
 use vpn_filter_common::{Config, Counter, Protocol, Verdict};

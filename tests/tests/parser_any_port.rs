@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use vpn_filter::filter::{Filter, FrameStart, Policy};
+use vpn_filter::kernel::{Filter, FrameStart, Policy};
 use vpn_filter_common::{Config, PolicyMode, Protocol, Verdict};
 use vpn_filter_tests::{
     judge::{client, expect, load, load_with, run, server, Failures, Outcome, XDP_DROP, XDP_PASS},

@@ -9,7 +9,7 @@
 //! registered: a registered inner source passing shows the inner addresses are the ones
 //! looked up.
 
-use vpn_filter::filter::Filter;
+use vpn_filter::kernel::Filter;
 use vpn_filter_common::{Counter, Protocol, Verdict};
 use vpn_filter_tests::{
     judge::{client, expect, load, server, Failures, Outcome, XDP_DROP, XDP_PASS},

@@ -3,7 +3,7 @@
 //! traffic passes. A longer chain is judged by `--ext-header-overflow`: dropped by default,
 //! passed with `pass`, counted as `ext_header_limit` either way.
 
-use vpn_filter::filter::{FrameStart, Policy};
+use vpn_filter::kernel::{FrameStart, Policy};
 use vpn_filter_common::{Config, Counter, ExtHeaderOverflow, Protocol, Verdict};
 use vpn_filter_tests::{
     judge::{client, expect, load, load_with, server, Failures, XDP_DROP, XDP_PASS},

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use vpn_filter::filter::Filter;
+use vpn_filter::kernel::Filter;
 use vpn_filter_common::{Counter, Protocol, Verdict, MIN_FIRST_FRAGMENT_PAYLOAD};
 use vpn_filter_tests::{
     judge::{client, expect, load, server, Failures, XDP_DROP, XDP_PASS},

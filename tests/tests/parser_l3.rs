@@ -14,7 +14,7 @@ use std::{
 };
 
 use serde_json::Value;
-use vpn_filter::filter::{FrameStart, Policy};
+use vpn_filter::kernel::{FrameStart, Policy};
 use vpn_filter_common::{Config, Protocol, Verdict};
 use vpn_filter_tests::{
     gateway_lab::{controller_path, TempDir},

@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 
 use rand_core::{Rng as _, SeedableRng as _};
-use vpn_filter::filter::Filter;
+use vpn_filter::kernel::Filter;
 use vpn_filter_common::{Counter, Protocol, Verdict};
 use vpn_filter_tests::{
     judge::{client, expect, load, run, server, Failures, Outcome, XDP_DROP, XDP_PASS},
