@@ -6,7 +6,9 @@
 //! Everything here needs root; [`require_root`] fails loudly (it never skips).
 
 pub mod gateway_lab;
+pub mod judge;
 pub mod lab;
+pub mod mangle;
 pub mod netns;
 pub mod packet;
 pub mod rng;

@@ -736,7 +736,8 @@ impl PseudoHeader {
     }
 }
 
-fn ext_number(e: &Ext) -> u8 {
+/// The IP protocol number of an extension header.
+pub fn ext_number(e: &Ext) -> u8 {
     match e {
         Ext::HopByHop { .. } => IPPROTO_HOPOPTS,
         Ext::Routing { .. } => IPPROTO_ROUTING,
@@ -745,15 +746,24 @@ fn ext_number(e: &Ext) -> u8 {
     }
 }
 
-fn ext_bytes(e: &Ext, next: u8) -> Vec<u8> {
+/// An extension header's bytes, with `next` as its Next Header.
+pub fn ext_bytes(e: &Ext, next: u8) -> Vec<u8> {
     match *e {
         Ext::HopByHop { len8 } | Ext::DestOpts { len8 } => {
-            let mut b = vec![0u8; (len8 as usize + 1) * 8];
-            b[0] = next;
-            b[1] = len8;
-            // One PadN option covering the rest.
-            b[2] = 1;
-            b[3] = (b.len() - 4) as u8;
+            let mut b = vec![next, len8];
+            // PadN options (at most 255 bytes of padding each) covering the rest, a Pad1 for
+            // a single byte left over.
+            let len = (len8 as usize + 1) * 8;
+            while b.len() < len {
+                match len - b.len() {
+                    1 => b.push(0),
+                    rest => {
+                        let n = (rest - 2).min(255);
+                        b.extend_from_slice(&[1, n as u8]);
+                        b.resize(b.len() + n, 0);
+                    }
+                }
+            }
             b
         }
         Ext::Routing { len8 } => {

@@ -530,6 +530,136 @@ fn cooked_captures_give_the_verdicts_of_their_ethernet_original() {
     }
 }
 
+/// The address family a BSD loopback header gives the frame's ethertype (macOS's AF_INET6).
+fn address_family(frame: &[u8]) -> u32 {
+    match &frame[12..14] {
+        [0x08, 0x00] => 2,
+        [0x86, 0xdd] => 30,
+        _ => 0,
+    }
+}
+
+/// Ethernet frame -> NULL (BSD loopback) packet: the family in the capturing host's byte
+/// order (little-endian here), then the frame's payload.
+fn to_null(frame: &[u8]) -> Vec<u8> {
+    [&address_family(frame).to_le_bytes()[..], &frame[14..]].concat()
+}
+
+/// Ethernet frame -> LOOP (OpenBSD loopback) packet: the family in network byte order.
+fn to_loop(frame: &[u8]) -> Vec<u8> {
+    [&address_family(frame).to_be_bytes()[..], &frame[14..]].concat()
+}
+
+fn ppp_protocol(frame: &[u8]) -> [u8; 2] {
+    match &frame[12..14] {
+        [0x08, 0x00] => [0x00, 0x21],
+        [0x86, 0xdd] => [0x00, 0x57],
+        _ => [0xc0, 0x21],
+    }
+}
+
+/// Ethernet frame -> PPP in HDLC-like framing: `ff 03`, the PPP protocol, the payload.
+fn to_ppp(frame: &[u8]) -> Vec<u8> {
+    [&[0xff, 0x03][..], &ppp_protocol(frame), &frame[14..]].concat()
+}
+
+/// Ethernet frame -> PPP with direction ("sent"), without address and control bytes.
+fn to_ppp_with_dir(frame: &[u8]) -> Vec<u8> {
+    [&[0x01][..], &ppp_protocol(frame), &frame[14..]].concat()
+}
+
+/// Ethernet frame -> NFLOG record as `nft ... log group 1` writes it on a little-endian host:
+/// family, version, group, then the packet-header, prefix and payload attributes.
+fn to_nflog(frame: &[u8]) -> Vec<u8> {
+    let family = if frame[12..14] == [0x86, 0xdd] { 10 } else { 2 };
+    let mut b = vec![family, 0, 0, 1];
+    let prefix = b"vpn\0".to_vec();
+    let header = [&frame[12..14], &[1, 0][..]].concat();
+    for (kind, value) in [(1u16, header), (10, prefix), (9, frame[14..].to_vec())] {
+        b.extend_from_slice(&(4 + value.len() as u16).to_le_bytes());
+        b.extend_from_slice(&kind.to_le_bytes());
+        b.extend_from_slice(&value);
+        b.resize(b.len().next_multiple_of(4), 0);
+    }
+    b
+}
+
+/// Ethernet frame -> 802.11 data frame from the station to its access point (To DS:
+/// addresses BSSID, source, destination), LLC/SNAP with the ethertype, then the payload.
+fn to_wifi(frame: &[u8]) -> Vec<u8> {
+    let (dst, src) = (&frame[..6], &frame[6..12]);
+    let bssid = [0x02, 0, 0, 0, 0, 0xaa];
+    [
+        &[0x08, 0x01, 0, 0][..],
+        &bssid,
+        src,
+        dst,
+        &[0, 0],
+        &[0xaa, 0xaa, 0x03, 0, 0, 0],
+        &frame[12..14],
+        &frame[14..],
+    ]
+    .concat()
+}
+
+/// Ethernet frame -> radiotap (flags: FCS at the end) + 802.11 data frame + FCS.
+fn to_radiotap(frame: &[u8]) -> Vec<u8> {
+    let radiotap = [0, 0, 9, 0, 0x02, 0, 0, 0, 0x10];
+    [&radiotap[..], &to_wifi(frame), &[0xde, 0xad, 0xbe, 0xef]].concat()
+}
+
+#[test]
+fn bsd_loopback_capture_of_a_wireguard_handshake_gives_the_ethernet_report() {
+    for name in ["wireguard-ipv4", "wireguard-ipv6"] {
+        let (_, packets) = read_pcap(&fixture(name));
+        let original = run(&fixture(name), &settings(&[]));
+        let null: Vec<Packet> = packets.iter().map(|(t, f)| (*t, to_null(f))).collect();
+        let file = TempFile::new("null.pcap", &pcap(0, &null));
+        let r = run(file.path(), &settings(&[]));
+        assert_eq!(r.linktypes, vec![0]);
+        assert_eq!(r.packets, original.packets, "{name}");
+        assert_eq!(
+            r.flows, original.flows,
+            "{name}: NULL differs from Ethernet"
+        );
+        assert_eq!(r.dropped, original.dropped, "{name}");
+        assert!(
+            r.flows.iter().any(|f| f.dport == 51820
+                && f.protocol == Protocol::WireGuard
+                && f.verdict == Outcome::Dropped),
+            "{name}: the handshake is dropped as WireGuard: {:#?}",
+            r.flows
+        );
+    }
+}
+
+#[test]
+fn loopback_ppp_nflog_and_wifi_captures_give_the_verdicts_of_their_ethernet_original() {
+    for fixture_name in ["openvpn-udp-tls-auth", "openvpn-udp6-tls-auth", "pptp"] {
+        let (_, packets) = read_pcap(&fixture(fixture_name));
+        let original = run(&fixture(fixture_name), &settings(&[]));
+        for (name, linktype, convert) in [
+            ("LOOP", 108, to_loop as fn(&[u8]) -> Vec<u8>),
+            ("PPP", 9, to_ppp),
+            ("PPP_HDLC", 50, to_ppp),
+            ("PPP_WITH_DIR", 204, to_ppp_with_dir),
+            ("NFLOG", 239, to_nflog),
+            ("IEEE802_11", 105, to_wifi),
+            ("IEEE802_11_RADIOTAP", 127, to_radiotap),
+        ] {
+            let converted: Vec<Packet> = packets.iter().map(|(t, f)| (*t, convert(f))).collect();
+            let file = TempFile::new("linktype.pcapng", &pcapng(linktype, &converted));
+            let r = run(file.path(), &settings(&[]));
+            assert_eq!(r.linktypes, vec![linktype], "{fixture_name} {name}");
+            assert_eq!(
+                r.flows, original.flows,
+                "{fixture_name}: {name} differs from Ethernet"
+            );
+            assert_eq!(r.dropped, original.dropped, "{fixture_name} {name}");
+        }
+    }
+}
+
 #[test]
 fn pcapng_capture_gives_the_verdicts_and_times_of_its_pcap_original() {
     let (_, packets) = read_pcap(&fixture("wireguard-ipv6"));
@@ -674,13 +804,13 @@ fn empty_file_is_refused() {
 #[test]
 fn unsupported_link_type_is_named() {
     let packets = vec![(0u64, vec![0u8; 64])];
-    let file = TempFile::new("wifi.pcap", &pcap(105, &packets));
+    let file = TempFile::new("hdlc.pcap", &pcap(104, &packets));
     require_root();
     match replay_err(file.path()) {
         ReplayError::Capture { error, partial } => {
             let msg = error.to_string();
             assert!(
-                msg.contains("link type 105 (IEEE 802.11)"),
+                msg.contains("link type 104 (Cisco HDLC)"),
                 "names the link type: {msg}"
             );
             assert!(

@@ -1,8 +1,14 @@
 //! Reading pcap and pcapng captures as Ethernet frames the XDP program can parse.
 //!
-//! Link types: Ethernet (1) as captured; Linux cooked captures SLL (113) and SLL2 (276), and
-//! raw IP (101, 228, 229), get an Ethernet header synthesised from their protocol field (or
-//! the IP version). Any other link type is refused with its number and name.
+//! Link types: Ethernet (1) as captured. The others get an Ethernet header synthesised from
+//! what their own link header says the packet is: Linux cooked captures SLL (113) and SLL2
+//! (276) from their protocol field; raw IP (101, 228, 229) from the IP version; BSD loopback
+//! NULL (0) and LOOP (108) from their address family; PPP (9), PPP in HDLC framing (50, also
+//! Cisco HDLC) and PPP with direction (204) from the PPP protocol; Linux NFLOG (239) from its
+//! family and payload attribute; IEEE 802.11 (105) and radiotap (127) data frames from their
+//! LLC/SNAP header. Frames that carry no readable packet (802.11 management, control and
+//! protected frames, PPP control protocols) become Ethernet frames of ethertype 0, which the
+//! program passes as non-IP. Any other link type is refused with its number and name.
 
 use std::{
     fs::File,
@@ -27,9 +33,18 @@ pub const LINKTYPE_LINUX_SLL: u32 = 113;
 pub const LINKTYPE_IPV4: u32 = 228;
 pub const LINKTYPE_IPV6: u32 = 229;
 pub const LINKTYPE_LINUX_SLL2: u32 = 276;
+pub const LINKTYPE_NULL: u32 = 0;
+pub const LINKTYPE_LOOP: u32 = 108;
+pub const LINKTYPE_PPP: u32 = 9;
+pub const LINKTYPE_PPP_HDLC: u32 = 50;
+pub const LINKTYPE_PPP_WITH_DIR: u32 = 204;
+pub const LINKTYPE_NFLOG: u32 = 239;
+pub const LINKTYPE_IEEE802_11: u32 = 105;
+pub const LINKTYPE_IEEE802_11_RADIOTAP: u32 = 127;
 
-const SUPPORTED: &str =
-    "Ethernet (1), Linux cooked SLL (113), Linux cooked SLL2 (276) and raw IP (101, 228, 229)";
+const SUPPORTED: &str = "Ethernet (1), Linux cooked SLL (113), Linux cooked SLL2 (276), raw IP \
+     (101, 228, 229), BSD loopback (0, 108), PPP (9, 50, 204), Linux NFLOG (239) and IEEE \
+     802.11 with or without radiotap (105, 127)";
 
 /// A capture that cannot be read (further). Every variant names the file; those met after
 /// the header also say where (byte offset, packet number).
@@ -129,6 +144,7 @@ pub fn linktype_name(linktype: u32) -> &'static str {
         127 => "IEEE 802.11 radiotap",
         147..=162 => "user-defined",
         192 => "PPI",
+        LINKTYPE_PPP_WITH_DIR => "PPP with direction",
         LINKTYPE_IPV4 => "raw IPv4",
         LINKTYPE_IPV6 => "raw IPv6",
         239 => "Linux netlink (NFLOG)",
@@ -506,50 +522,270 @@ impl State {
 /// header was cut short (then `out` is empty), or the link type when it is unsupported.
 pub fn to_ethernet(linktype: u32, data: &[u8], out: &mut Vec<u8>) -> Result<bool, u32> {
     out.clear();
-    let (ethertype, src_mac, payload): (u16, [u8; 6], &[u8]) = match linktype {
+    let link = match linktype {
         LINKTYPE_ETHERNET => {
             out.extend_from_slice(data);
             return Ok(false);
         }
-        LINKTYPE_LINUX_SLL => {
-            // packet type, ARPHRD type, address length, 8 address bytes, protocol.
-            if data.len() < SLL_HLEN {
-                return Ok(true);
-            }
-            let alen = u16::from_be_bytes([data[4], data[5]]);
-            (
-                u16::from_be_bytes([data[14], data[15]]),
-                mac(alen as usize, &data[6..14]),
-                &data[SLL_HLEN..],
-            )
-        }
-        LINKTYPE_LINUX_SLL2 => {
-            // protocol, reserved, ifindex, ARPHRD type, packet type, address length, address.
-            if data.len() < SLL2_HLEN {
-                return Ok(true);
-            }
-            (
-                u16::from_be_bytes([data[0], data[1]]),
-                mac(data[11] as usize, &data[12..20]),
-                &data[SLL2_HLEN..],
-            )
-        }
-        LINKTYPE_RAW | LINKTYPE_IPV4 | LINKTYPE_IPV6 => {
-            let ethertype = match data.first().map(|b| b >> 4) {
-                Some(4) => 0x0800,
-                Some(6) => 0x86dd,
-                _ => 0,
-            };
-            (ethertype, [0; 6], data)
-        }
+        LINKTYPE_LINUX_SLL => sll(data),
+        LINKTYPE_LINUX_SLL2 => sll2(data),
+        LINKTYPE_RAW | LINKTYPE_IPV4 | LINKTYPE_IPV6 => Some(Link::ip(data)),
+        LINKTYPE_NULL | LINKTYPE_LOOP => loopback(data),
+        LINKTYPE_PPP => ppp(data),
+        LINKTYPE_PPP_HDLC => ppp_hdlc(data),
+        LINKTYPE_PPP_WITH_DIR => data.get(1..).and_then(ppp),
+        LINKTYPE_NFLOG => nflog(data),
+        LINKTYPE_IEEE802_11 => ieee80211(data, false, false),
+        LINKTYPE_IEEE802_11_RADIOTAP => radiotap(data),
         other => return Err(other),
     };
-    out.reserve(ETH_HLEN + payload.len());
-    out.extend_from_slice(&[0u8; 6]);
-    out.extend_from_slice(&src_mac);
-    out.extend_from_slice(&ethertype.to_be_bytes());
-    out.extend_from_slice(payload);
+    let Some(link) = link else {
+        return Ok(true);
+    };
+    out.reserve(ETH_HLEN + link.payload.len());
+    out.extend_from_slice(&link.dst);
+    out.extend_from_slice(&link.src);
+    out.extend_from_slice(&link.ethertype.to_be_bytes());
+    out.extend_from_slice(link.payload);
     Ok(false)
+}
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+const ETHERTYPE_MPLS: u16 = 0x8847;
+/// What a frame that carries no readable packet becomes: the program passes it as non-IP.
+const ETHERTYPE_NONE: u16 = 0;
+
+/// What a link header says: the Ethernet header to synthesise and the packet behind it.
+/// `None` from the parsers below means the link header is cut short.
+struct Link<'a> {
+    ethertype: u16,
+    dst: [u8; 6],
+    src: [u8; 6],
+    payload: &'a [u8],
+}
+
+impl<'a> Link<'a> {
+    fn new(ethertype: u16, payload: &'a [u8]) -> Link<'a> {
+        Link {
+            ethertype,
+            dst: [0; 6],
+            src: [0; 6],
+            payload,
+        }
+    }
+
+    /// An IP packet with nothing in front: the ethertype of its version.
+    fn ip(payload: &'a [u8]) -> Link<'a> {
+        Link::new(ip_ethertype(payload), payload)
+    }
+
+    /// A frame with no packet replay can read.
+    fn none() -> Link<'a> {
+        Link::new(ETHERTYPE_NONE, &[])
+    }
+}
+
+fn ip_ethertype(packet: &[u8]) -> u16 {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => ETHERTYPE_IPV4,
+        Some(6) => ETHERTYPE_IPV6,
+        _ => ETHERTYPE_NONE,
+    }
+}
+
+/// SLL: packet type, ARPHRD type, address length, 8 address bytes, protocol.
+fn sll(data: &[u8]) -> Option<Link<'_>> {
+    if data.len() < SLL_HLEN {
+        return None;
+    }
+    let alen = u16::from_be_bytes([data[4], data[5]]);
+    Some(Link {
+        src: mac(alen as usize, &data[6..14]),
+        ..Link::new(u16::from_be_bytes([data[14], data[15]]), &data[SLL_HLEN..])
+    })
+}
+
+/// SLL2: protocol, reserved, ifindex, ARPHRD type, packet type, address length, address.
+fn sll2(data: &[u8]) -> Option<Link<'_>> {
+    if data.len() < SLL2_HLEN {
+        return None;
+    }
+    Some(Link {
+        src: mac(data[11] as usize, &data[12..20]),
+        ..Link::new(u16::from_be_bytes([data[0], data[1]]), &data[SLL2_HLEN..])
+    })
+}
+
+/// NULL and LOOP: a 4-byte address family, in the capturing host's byte order (NULL) or in
+/// network byte order (LOOP, though some writers get it wrong). Families are small numbers,
+/// so the smaller of the two readings is the right one. AF_INET6 differs between systems.
+fn loopback(data: &[u8]) -> Option<Link<'_>> {
+    let af: [u8; 4] = data.get(..4)?.try_into().ok()?;
+    let family = u32::from_le_bytes(af).min(u32::from_be_bytes(af));
+    let ethertype = match family {
+        2 => ETHERTYPE_IPV4,
+        // Linux, NetBSD/OpenBSD/BSD/OS, FreeBSD/DragonFly, macOS.
+        10 | 24 | 28 | 30 => ETHERTYPE_IPV6,
+        _ => ETHERTYPE_NONE,
+    };
+    Some(Link::new(ethertype, &data[4..]))
+}
+
+/// PPP (RFC 1661), with or without the HDLC-like address and control bytes `ff 03`
+/// (RFC 1662), with a one- or two-byte protocol field (a one-byte field is odd).
+fn ppp(data: &[u8]) -> Option<Link<'_>> {
+    let data = data.strip_prefix(&[0xff, 0x03]).unwrap_or(data);
+    let (protocol, payload) = match *data.first()? {
+        odd if odd & 1 == 1 => (odd as u16, &data[1..]),
+        _ => (u16::from_be_bytes([data[0], *data.get(1)?]), &data[2..]),
+    };
+    let ethertype = match protocol {
+        0x0021 => ETHERTYPE_IPV4,
+        0x0057 => ETHERTYPE_IPV6,
+        0x0281 => ETHERTYPE_MPLS,
+        // LCP, IPCP, authentication, compressed datagrams: nothing the program reads.
+        _ => return Some(Link::none()),
+    };
+    Some(Link::new(ethertype, payload))
+}
+
+/// Link type 50: PPP in HDLC-like framing, or Cisco HDLC (address 0x0f or 0x8f, control 0,
+/// then an ethertype).
+fn ppp_hdlc(data: &[u8]) -> Option<Link<'_>> {
+    match data.first()? {
+        0x0f | 0x8f => {
+            let ethertype = data.get(2..4)?;
+            Some(Link::new(
+                u16::from_be_bytes([ethertype[0], ethertype[1]]),
+                &data[4..],
+            ))
+        }
+        _ => ppp(data),
+    }
+}
+
+const NFULA_PAYLOAD: u16 = 9;
+
+/// NFLOG: family, version, resource id, then netlink attributes (length including the
+/// 4-byte header, type; both in the logging host's byte order; padded to 4 bytes). The
+/// packet is the NFULA_PAYLOAD attribute; a log entry without one carries no packet.
+fn nflog(data: &[u8]) -> Option<Link<'_>> {
+    if data.len() < 4 {
+        return None;
+    }
+    let attrs = &data[4..];
+    let payload = nflog_payload(attrs, u16::from_le_bytes)
+        .or_else(|| nflog_payload(attrs, u16::from_be_bytes))?;
+    let Some(payload) = payload else {
+        return Some(Link::none());
+    };
+    let ethertype = match data[0] {
+        2 => ETHERTYPE_IPV4,
+        10 => ETHERTYPE_IPV6,
+        _ => ip_ethertype(payload),
+    };
+    Some(Link::new(ethertype, payload))
+}
+
+/// The NFULA_PAYLOAD attribute's value when the attributes parse in this byte order
+/// (`None` when they do not: a length shorter than its header or past the end).
+fn nflog_payload(mut attrs: &[u8], read: fn([u8; 2]) -> u16) -> Option<Option<&[u8]>> {
+    while attrs.len() >= 4 {
+        let len = read([attrs[0], attrs[1]]) as usize;
+        // The top two bits of the type are the nested and byte-order flags.
+        let kind = read([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if kind == NFULA_PAYLOAD {
+            return Some(Some(&attrs[4..len]));
+        }
+        attrs = &attrs[len.next_multiple_of(4).min(attrs.len())..];
+    }
+    Some(None)
+}
+
+/// Radiotap: version, pad, length (LE), presence bitmaps (bit 31: another word follows),
+/// fields. Of the fields only Flags matters (FCS at the end, padding after the 802.11
+/// header); it follows TSFT, which is 8-byte aligned from the start of the header.
+fn radiotap(data: &[u8]) -> Option<Link<'_>> {
+    let len = u16::from_le_bytes([*data.get(2)?, *data.get(3)?]) as usize;
+    if len < 8 || len > data.len() {
+        return None;
+    }
+    let header = &data[..len];
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(header.get(at..at + 4)?.try_into().ok()?))
+    };
+    let present = word(4)?;
+    let mut at = 8;
+    let mut last = present;
+    while last & (1 << 31) != 0 {
+        last = word(at)?;
+        at += 4;
+    }
+    if present & 1 != 0 {
+        at = at.next_multiple_of(8) + 8;
+    }
+    let flags = if present & 2 != 0 {
+        *header.get(at)?
+    } else {
+        0
+    };
+    ieee80211(&data[len..], flags & 0x10 != 0, flags & 0x20 != 0)
+}
+
+/// An 802.11 frame (optionally with the 4-byte FCS at the end, optionally padded to 4 bytes
+/// after the MAC header). Only unprotected data frames carry a packet: after the MAC header
+/// (24 bytes, +6 with four addresses, +2 QoS control, +4 HT control) an LLC/SNAP header
+/// (`aa aa 03`, OUI 00-00-00 or 00-00-f8) gives the ethertype.
+fn ieee80211(data: &[u8], fcs: bool, padded: bool) -> Option<Link<'_>> {
+    let data = if fcs {
+        data.get(..data.len().checked_sub(4)?)?
+    } else {
+        data
+    };
+    let (fc0, fc1) = (*data.first()?, *data.get(1)?);
+    let (kind, subtype) = ((fc0 >> 2) & 3, fc0 >> 4);
+    let (to_ds, from_ds) = (fc1 & 1 != 0, fc1 & 2 != 0);
+    let protected = fc1 & 0x40 != 0;
+    // Type 2 is data; subtypes with bit 2 set (null data, CF-only) carry no payload.
+    if kind != 2 || subtype & 4 != 0 || protected {
+        return Some(Link::none());
+    }
+    let qos = subtype & 8 != 0;
+    let mut header: usize = 24;
+    if to_ds && from_ds {
+        header += 6;
+    }
+    if qos {
+        header += 2;
+        if fc1 & 0x80 != 0 {
+            header += 4;
+        }
+    }
+    if padded {
+        header = header.next_multiple_of(4);
+    }
+    let llc = data.get(header..header + 8)?;
+    // An A-MSDU (QoS control bit 7) holds several subframes, not one packet.
+    let amsdu = qos && data[24 + 6 * usize::from(to_ds && from_ds)] & 0x80 != 0;
+    if amsdu || llc[..3] != [0xaa, 0xaa, 0x03] || !matches!(llc[3..6], [0, 0, 0] | [0, 0, 0xf8]) {
+        return Some(Link::none());
+    }
+    let addr = |n: usize| mac(6, &data[4 + 6 * n..10 + 6 * n]);
+    let (dst, src) = match (to_ds, from_ds) {
+        (false, false) => (addr(0), addr(1)),
+        (true, false) => (addr(2), addr(1)),
+        (false, true) => (addr(0), addr(2)),
+        (true, true) => (addr(2), mac(6, &data[24..30])),
+    };
+    Some(Link {
+        dst,
+        src,
+        ..Link::new(u16::from_be_bytes([llc[6], llc[7]]), &data[header + 8..])
+    })
 }
 
 fn mac(len: usize, addr: &[u8]) -> [u8; 6] {
@@ -781,7 +1017,254 @@ mod tests {
     #[test]
     fn unsupported_link_type_is_named() {
         let mut out = Vec::new();
-        assert_eq!(to_ethernet(105, &[0; 40], &mut out), Err(105));
-        assert_eq!(linktype_name(105), "IEEE 802.11");
+        assert_eq!(to_ethernet(104, &[0; 40], &mut out), Err(104));
+        assert_eq!(linktype_name(104), "Cisco HDLC");
+    }
+
+    const V4: [u8; 4] = [0x45, 0, 0, 20];
+    const V6: [u8; 4] = [0x60, 0, 0, 0];
+
+    /// Converts and returns (ethertype, payload) of the synthesised Ethernet frame.
+    fn convert(linktype: u32, data: &[u8]) -> (u16, Vec<u8>) {
+        let mut out = Vec::new();
+        assert_eq!(
+            to_ethernet(linktype, data, &mut out),
+            Ok(false),
+            "link type {linktype}: {data:02x?}"
+        );
+        (u16::from_be_bytes([out[12], out[13]]), out[14..].to_vec())
+    }
+
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    #[test]
+    fn bsd_loopback_family_is_read_in_either_byte_order() {
+        for (linktype, af, ip, ethertype) in [
+            (LINKTYPE_NULL, [2, 0, 0, 0], V4, 0x0800),
+            (LINKTYPE_NULL, [0, 0, 0, 2], V4, 0x0800),
+            (LINKTYPE_NULL, [30, 0, 0, 0], V6, 0x86dd),
+            (LINKTYPE_NULL, [0, 0, 0, 28], V6, 0x86dd),
+            (LINKTYPE_LOOP, [0, 0, 0, 24], V6, 0x86dd),
+            (LINKTYPE_LOOP, [0, 0, 0, 2], V4, 0x0800),
+            (LINKTYPE_LOOP, [10, 0, 0, 0], V6, 0x86dd),
+        ] {
+            assert_eq!(
+                convert(linktype, &cat(&[&af, &ip])),
+                (ethertype, ip.to_vec()),
+                "{linktype} {af:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bsd_loopback_of_another_family_is_not_ip() {
+        assert_eq!(convert(LINKTYPE_NULL, &[17, 0, 0, 0, 1, 2]).0, 0);
+    }
+
+    #[test]
+    fn short_loopback_header_is_reported() {
+        let mut out = Vec::new();
+        assert_eq!(to_ethernet(LINKTYPE_NULL, &[2, 0], &mut out), Ok(true));
+    }
+
+    #[test]
+    fn ppp_protocol_gives_the_ethertype_with_or_without_framing() {
+        for (linktype, header, ip, ethertype) in [
+            (LINKTYPE_PPP, &[0xff, 0x03, 0x00, 0x21][..], V4, 0x0800),
+            (LINKTYPE_PPP, &[0x00, 0x57], V6, 0x86dd),
+            (LINKTYPE_PPP, &[0x21], V4, 0x0800),
+            (LINKTYPE_PPP, &[0xff, 0x03, 0x57], V6, 0x86dd),
+            (LINKTYPE_PPP_HDLC, &[0xff, 0x03, 0x00, 0x21], V4, 0x0800),
+            (LINKTYPE_PPP_HDLC, &[0x0f, 0x00, 0x86, 0xdd], V6, 0x86dd),
+            (LINKTYPE_PPP_HDLC, &[0x8f, 0x00, 0x08, 0x00], V4, 0x0800),
+            (
+                LINKTYPE_PPP_WITH_DIR,
+                &[0x00, 0xff, 0x03, 0x00, 0x21],
+                V4,
+                0x0800,
+            ),
+            (LINKTYPE_PPP_WITH_DIR, &[0x01, 0x00, 0x57], V6, 0x86dd),
+        ] {
+            assert_eq!(
+                convert(linktype, &cat(&[header, &ip])),
+                (ethertype, ip.to_vec()),
+                "{linktype} {header:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ppp_control_protocols_are_not_ip() {
+        // LCP configure-request.
+        assert_eq!(
+            convert(LINKTYPE_PPP, &[0xff, 0x03, 0xc0, 0x21, 1, 1, 0, 4]),
+            (0, vec![])
+        );
+    }
+
+    /// NFLOG header (family, version 0, resource id 5) and attributes in `order`.
+    fn nflog(family: u8, attrs: &[(u16, &[u8])], order: fn(u16) -> [u8; 2]) -> Vec<u8> {
+        let mut b = vec![family, 0, 0, 5];
+        for (kind, value) in attrs {
+            b.extend_from_slice(&order(4 + value.len() as u16));
+            b.extend_from_slice(&order(*kind));
+            b.extend_from_slice(value);
+            b.resize(b.len().next_multiple_of(4), 0);
+        }
+        b
+    }
+
+    #[test]
+    fn nflog_payload_attribute_is_the_packet_in_either_byte_order() {
+        let packet = cat(&[&V4, &[1, 2, 3]]);
+        for order in [u16::to_le_bytes, u16::to_be_bytes] {
+            // Packet header (hw protocol, hook), prefix "drop", then the payload.
+            let attrs: [(u16, &[u8]); 3] = [
+                (1, &[0x08, 0x00, 1, 0]),
+                (10, b"drop\0"),
+                (NFULA_PAYLOAD, &packet),
+            ];
+            assert_eq!(
+                convert(LINKTYPE_NFLOG, &nflog(2, &attrs, order)),
+                (0x0800, packet.clone())
+            );
+        }
+        let attrs: [(u16, &[u8]); 1] = [(NFULA_PAYLOAD, &V6)];
+        assert_eq!(
+            convert(LINKTYPE_NFLOG, &nflog(10, &attrs, u16::to_le_bytes)),
+            (0x86dd, V6.to_vec())
+        );
+    }
+
+    #[test]
+    fn nflog_without_payload_is_not_ip() {
+        let attrs: [(u16, &[u8]); 1] = [(10, b"prefix\0")];
+        assert_eq!(
+            convert(LINKTYPE_NFLOG, &nflog(2, &attrs, u16::to_le_bytes)),
+            (0, vec![])
+        );
+    }
+
+    #[test]
+    fn nflog_with_broken_attributes_is_reported() {
+        let mut out = Vec::new();
+        // An attribute claiming 200 bytes in both byte orders' readings of a 12-byte record.
+        let broken = [2, 0, 0, 5, 0xc8, 0xc8, 9, 0, 0, 0, 0, 0];
+        assert_eq!(to_ethernet(LINKTYPE_NFLOG, &broken, &mut out), Ok(true));
+    }
+
+    const A1: [u8; 6] = [1; 6];
+    const A2: [u8; 6] = [2; 6];
+    const A3: [u8; 6] = [3; 6];
+    const A4: [u8; 6] = [4; 6];
+    const SNAP_V4: [u8; 8] = [0xaa, 0xaa, 0x03, 0, 0, 0, 0x08, 0x00];
+
+    /// An 802.11 MAC header: frame control, duration, three addresses, sequence control.
+    fn wifi(fc: [u8; 2]) -> Vec<u8> {
+        cat(&[&fc, &[0, 0], &A1, &A2, &A3, &[0, 0]])
+    }
+
+    /// (dst, src, ethertype, payload) of the synthesised frame.
+    fn convert_wifi(linktype: u32, data: &[u8]) -> ([u8; 6], [u8; 6], u16, Vec<u8>) {
+        let mut out = Vec::new();
+        assert_eq!(to_ethernet(linktype, data, &mut out), Ok(false));
+        (
+            out[..6].try_into().expect("6"),
+            out[6..12].try_into().expect("6"),
+            u16::from_be_bytes([out[12], out[13]]),
+            out[14..].to_vec(),
+        )
+    }
+
+    #[test]
+    fn wifi_data_frame_to_the_access_point_gives_its_snap_ethertype() {
+        // Data, To DS: BSSID, source, destination.
+        let frame = cat(&[&wifi([0x08, 0x01]), &SNAP_V4, &V4]);
+        assert_eq!(
+            convert_wifi(LINKTYPE_IEEE802_11, &frame),
+            (A3, A2, 0x0800, V4.to_vec())
+        );
+    }
+
+    #[test]
+    fn wifi_qos_data_between_access_points_skips_the_fourth_address_and_qos() {
+        // QoS data (subtype 8), To DS and From DS, order bit: HT control follows QoS control.
+        let header = cat(&[&wifi([0x88, 0x83]), &A4, &[0, 0], &[0; 4]]);
+        let frame = cat(&[&header, &[0xaa, 0xaa, 0x03, 0, 0, 0, 0x86, 0xdd], &V6]);
+        assert_eq!(
+            convert_wifi(LINKTYPE_IEEE802_11, &frame),
+            (A3, A4, 0x86dd, V6.to_vec())
+        );
+    }
+
+    #[test]
+    fn wifi_frames_without_a_readable_packet_are_not_ip() {
+        let beacon = cat(&[&wifi([0x80, 0x00]), &[0; 12]]);
+        let null_data = wifi([0x48, 0x01]);
+        let protected = cat(&[&wifi([0x08, 0x41]), &[0; 8], &SNAP_V4, &V4]);
+        let ack = vec![0xd4, 0, 0, 0, 1, 1, 1, 1, 1, 1];
+        for frame in [beacon, null_data, protected, ack] {
+            assert_eq!(convert(LINKTYPE_IEEE802_11, &frame), (0, vec![]));
+        }
+    }
+
+    #[test]
+    fn wifi_data_frame_cut_inside_its_snap_header_is_reported() {
+        let mut out = Vec::new();
+        let frame = cat(&[&wifi([0x08, 0x01]), &SNAP_V4[..5]]);
+        assert_eq!(to_ethernet(LINKTYPE_IEEE802_11, &frame, &mut out), Ok(true));
+    }
+
+    #[test]
+    fn radiotap_header_is_skipped_and_its_fcs_flag_honoured() {
+        let body = cat(&[&wifi([0x08, 0x02]), &SNAP_V4, &V4]);
+        // Only the rate field: no flags, nothing at the end.
+        let plain = cat(&[&[0, 0, 9, 0, 4, 0, 0, 0, 2], &body[..]]);
+        assert_eq!(
+            convert_wifi(LINKTYPE_IEEE802_11_RADIOTAP, &plain),
+            (A1, A3, 0x0800, V4.to_vec())
+        );
+        // TSFT (8-byte aligned at 8), flags = FCS at end, then an extended presence word.
+        let header = cat(&[
+            &[0, 0, 28, 0],
+            &(0x8000_0003u32).to_le_bytes(),
+            &[0, 0, 0, 0],
+            &[0; 4],
+            &[7; 8],
+            &[0x10],
+            &[0; 3],
+        ]);
+        assert_eq!(header.len(), 28);
+        let framed = cat(&[&header, &body, &[0xde, 0xad, 0xbe, 0xef]]);
+        assert_eq!(
+            convert_wifi(LINKTYPE_IEEE802_11_RADIOTAP, &framed),
+            (A1, A3, 0x0800, V4.to_vec())
+        );
+    }
+
+    #[test]
+    fn radiotap_data_pad_flag_aligns_the_payload() {
+        // QoS data (26-byte header) padded to 28.
+        let body = cat(&[&wifi([0x88, 0x01]), &[0, 0], &[0, 0], &SNAP_V4, &V4]);
+        let framed = cat(&[&[0, 0, 9, 0, 2, 0, 0, 0, 0x20], &body[..]]);
+        assert_eq!(
+            convert(LINKTYPE_IEEE802_11_RADIOTAP, &framed),
+            (0x0800, V4.to_vec())
+        );
+    }
+
+    #[test]
+    fn radiotap_length_past_the_packet_is_reported() {
+        let mut out = Vec::new();
+        assert_eq!(
+            to_ethernet(
+                LINKTYPE_IEEE802_11_RADIOTAP,
+                &[0, 0, 64, 0, 0, 0, 0, 0],
+                &mut out
+            ),
+            Ok(true)
+        );
     }
 }
