@@ -37,8 +37,8 @@ use vpn_filter_ebpf::{
         Detection, Prefilter, Strength, WINDOW,
     },
     parse::{
-        self, Frame, Packet, FRAG_FIRST, FRAG_LATER, IPPROTO_AH, IPPROTO_ESP, IPPROTO_GRE,
-        IPPROTO_TCP, IPPROTO_UDP, MAX_PAYLOAD_OFFSET,
+        self, Frame, Packet, FRAG_FIRST, FRAG_LATER, FRAG_NONE, IPPROTO_AH, IPPROTO_ESP,
+        IPPROTO_GRE, IPPROTO_TCP, IPPROTO_UDP, MAX_PAYLOAD_OFFSET,
     },
 };
 

@@ -193,6 +193,12 @@ pub fn classify_udp_on(
         }
     }
     if ike_port || port_is(sport, dport, NAT_T_PORT) {
+        // A port that carried IKE without the marker carries it so again.
+        if ike_port {
+            if let Some(d) = ike(w, 0, len) {
+                return Some(d);
+            }
+        }
         return nat_t(w, len);
     }
     if let Some(d) = wireguard(sport, dport, w, len) {

@@ -2213,3 +2213,24 @@ fn ike_any_port_prefilter_needs_the_length_to_match_the_datagram() {
         );
     }
 }
+
+#[test]
+fn on_a_port_that_carried_ike_ike_stays_ike_and_esp_shapes_are_weak_esp() {
+    let plain = ikev2_sa_init(352);
+    assert_detects(
+        classify_udp_on(40000, 51000, plain.len(), &win(&plain), true),
+        Protocol::Ike,
+        Message::IkeSaInit,
+        Strength::Strong,
+    );
+    let mut esp = vec![0x11, 0x22, 0x33, 0x44, 0, 0, 0, 1];
+    esp.extend_from_slice(&[0xab; 120]);
+    assert_detects(
+        classify_udp_on(40000, 51000, esp.len(), &win(&esp), true),
+        Protocol::Esp,
+        Message::EspUdp,
+        Strength::Weak,
+    );
+    // Without the mark, the same bytes on that port are nothing.
+    assert!(classify_udp_on(40000, 51000, esp.len(), &win(&esp), false).is_none());
+}

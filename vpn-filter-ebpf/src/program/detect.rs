@@ -44,7 +44,14 @@ pub(super) fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>
         IPPROTO_ESP | IPPROTO_AH => return Ok(classify_ip_proto(pkt.ip_proto)),
         _ => return Ok(None),
     }
-    let len = pkt.payload_len;
+    // A TCP first fragment holds the start of a segment whose length no header states: the
+    // rules are told the segment goes on (they then judge the bytes present), the
+    // conservative reading of a fragment cut before the bytes a rule needs.
+    let len = if pkt.ip_proto == IPPROTO_TCP && pkt.frag == FRAG_FIRST {
+        0xffff
+    } else {
+        pkt.payload_len
+    };
     // Every VPN message recognised is at least four bytes long (and a first fragment must
     // hold the first four).
     if len < 4 || pkt.captured < 4 {

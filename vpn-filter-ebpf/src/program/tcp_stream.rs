@@ -99,7 +99,7 @@ pub(super) fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
     // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
     let pkt = unsafe { &(*scratch).pkt };
-    if pkt.ip_proto != IPPROTO_TCP || pkt.frag == FRAG_LATER {
+    if pkt.ip_proto != IPPROTO_TCP || pkt.frag != FRAG_NONE {
         return Ok(HEAD_ORDINARY);
     }
     let h = tcp_hash(pkt);
