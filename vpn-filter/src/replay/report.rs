@@ -248,86 +248,97 @@ pub fn table(
     }
 
     if ctx.show_dropped {
-        writeln!(out, "\ndropped packets ({})", r.dropped.len())?;
+        dropped_table(out, r, start)?;
+    }
+    if let Some(d) = diff {
+        diff_table(out, r, d)?;
+    }
+    Ok(())
+}
+
+/// `--show-dropped`: every dropped packet, times relative to the capture's `start`.
+fn dropped_table(out: &mut impl Write, r: &Replay, start: u64) -> std::io::Result<()> {
+    writeln!(out, "\ndropped packets ({})", r.dropped.len())?;
+    let mut rows = vec![[
+        "PACKET",
+        "TIME",
+        "PROTO",
+        "SOURCE",
+        "DESTINATION",
+        "PROTOCOL",
+        "MESSAGE",
+        "REASON",
+        "BYTES",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for d in &r.dropped {
+        rows.push(vec![
+            d.number.to_string(),
+            relative(d.ts_ns, start),
+            ip_proto_name(d.ip_proto),
+            endpoint(d.src, d.sport, d.ip_proto),
+            endpoint(d.dst, d.dport, d.ip_proto),
+            d.protocol.name().to_string(),
+            d.message.name().to_string(),
+            d.reason.name().to_string(),
+            d.wire_len.to_string(),
+        ]);
+    }
+    print_rows(out, &rows, &[0, 1, 8])?;
+    Ok(())
+}
+
+/// A second replay: the flows whose verdict it changes.
+fn diff_table(out: &mut impl Write, r: &Replay, d: &DiffSide<'_>) -> std::io::Result<()> {
+    let changed = r.changed_flows(d.replay);
+    writeln!(
+        out,
+        "\nsecond replay: registry {}; policy {}",
+        d.registry, d.policy
+    )?;
+    writeln!(
+        out,
+        "flows whose verdict changes ({} of {})",
+        changed.len(),
+        r.flows.len()
+    )?;
+    if !changed.is_empty() {
         let mut rows = vec![[
-            "PACKET",
-            "TIME",
             "PROTO",
             "SOURCE",
             "DESTINATION",
             "PROTOCOL",
-            "MESSAGE",
-            "REASON",
-            "BYTES",
+            "VERDICT",
+            "",
+            "SECOND",
+            "PACKETS",
+            "DROPPED",
+            "",
+            "SECOND",
         ]
         .map(String::from)
         .to_vec()];
-        for d in &r.dropped {
+        for (a, b) in changed {
             rows.push(vec![
-                d.number.to_string(),
-                relative(d.ts_ns, start),
-                ip_proto_name(d.ip_proto),
-                endpoint(d.src, d.sport, d.ip_proto),
-                endpoint(d.dst, d.dport, d.ip_proto),
-                d.protocol.name().to_string(),
-                d.message.name().to_string(),
-                d.reason.name().to_string(),
-                d.wire_len.to_string(),
+                ip_proto_name(a.ip_proto),
+                endpoint(a.src, a.sport, a.ip_proto),
+                endpoint(a.dst, a.dport, a.ip_proto),
+                if a.protocol == b.protocol || b.protocol == Protocol::None {
+                    a.protocol.name().to_string()
+                } else {
+                    format!("{}/{}", a.protocol.name(), b.protocol.name())
+                },
+                a.verdict.name().to_string(),
+                "->".into(),
+                b.verdict.name().to_string(),
+                a.packets.to_string(),
+                a.count(Outcome::Dropped).to_string(),
+                "->".into(),
+                b.count(Outcome::Dropped).to_string(),
             ]);
         }
-        print_rows(out, &rows, &[0, 1, 8])?;
-    }
-
-    if let Some(d) = diff {
-        let changed = r.changed_flows(d.replay);
-        writeln!(
-            out,
-            "\nsecond replay: registry {}; policy {}",
-            d.registry, d.policy
-        )?;
-        writeln!(
-            out,
-            "flows whose verdict changes ({} of {})",
-            changed.len(),
-            r.flows.len()
-        )?;
-        if !changed.is_empty() {
-            let mut rows = vec![[
-                "PROTO",
-                "SOURCE",
-                "DESTINATION",
-                "PROTOCOL",
-                "VERDICT",
-                "",
-                "SECOND",
-                "PACKETS",
-                "DROPPED",
-                "",
-                "SECOND",
-            ]
-            .map(String::from)
-            .to_vec()];
-            for (a, b) in changed {
-                rows.push(vec![
-                    ip_proto_name(a.ip_proto),
-                    endpoint(a.src, a.sport, a.ip_proto),
-                    endpoint(a.dst, a.dport, a.ip_proto),
-                    if a.protocol == b.protocol || b.protocol == Protocol::None {
-                        a.protocol.name().to_string()
-                    } else {
-                        format!("{}/{}", a.protocol.name(), b.protocol.name())
-                    },
-                    a.verdict.name().to_string(),
-                    "->".into(),
-                    b.verdict.name().to_string(),
-                    a.packets.to_string(),
-                    a.count(Outcome::Dropped).to_string(),
-                    "->".into(),
-                    b.count(Outcome::Dropped).to_string(),
-                ]);
-            }
-            print_rows(out, &rows, &[7, 8, 10])?;
-        }
+        print_rows(out, &rows, &[7, 8, 10])?;
     }
     Ok(())
 }
