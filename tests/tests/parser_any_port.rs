@@ -16,7 +16,6 @@ use vpn_filter_tests::{
 
 const IKE: Protocol = Protocol::Ike;
 const ESP: Protocol = Protocol::Esp;
-const DTLS: Protocol = Protocol::OpenConnectDtls;
 
 fn udp(c: IpAddr, s: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     Frame::eth()
