@@ -115,22 +115,9 @@ pub fn run(filter: &Filter, frame: &[u8]) -> Outcome {
     let after = filter.stats().expect("stats");
     Outcome {
         action,
-        verdicts: verdict_delta(&before, &after),
+        verdicts: after.verdicts_since(&before),
         counters: counter_delta(&before, &after),
     }
-}
-
-fn verdict_delta(before: &Stats, after: &Stats) -> Vec<(Protocol, Verdict, u64)> {
-    let mut d = Vec::new();
-    for p in Protocol::ALL {
-        for v in Verdict::ALL {
-            let n = after.verdict(*p, *v) - before.verdict(*p, *v);
-            if n != 0 {
-                d.push((*p, *v, n));
-            }
-        }
-    }
-    d
 }
 
 /// The parse counters that moved, except the ones every packet moves (packets, ipv4/ipv6,

@@ -20,13 +20,14 @@ use std::{
 };
 
 use vpn_filter::kernel::{Filter, LoadOptions, Policy};
-use vpn_filter_common::{Config, Counter, FlowState, FlowStatus};
+use vpn_filter_common::{Config, Counter, FlowState, FlowStatus, Protocol};
 use vpn_filter_ebpf::{
     classify::{
-        advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp,
-        tcp_prefilter, udp_prefilter, Confirmation, Detection, Prefilter, Strength, WINDOW,
+        advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp_on,
+        ike_any_port_prefilter, is_standard_ike_port, tcp_prefilter, udp_prefilter, Confirmation,
+        Detection, Prefilter, Strength, WINDOW,
     },
-    parse::{parse, Packet, FRAG_LATER},
+    parse::{parse, Packet, FRAG_FIRST, FRAG_LATER},
 };
 use vpn_filter_tests::packet::*;
 
@@ -572,6 +573,8 @@ struct Parsed {
     dropped_unparsed: bool,
     /// Outermost VLAN id (flows are keyed by it).
     vlan: u16,
+    /// The first fragment of a fragmented datagram.
+    first_fragment: bool,
 }
 
 fn be16(f: &[u8], at: usize) -> u16 {
@@ -600,12 +603,13 @@ fn host_parse(f: &[u8]) -> Option<Parsed> {
         captured: pkt.captured,
         dropped_unparsed,
         vlan: pkt.vlan,
+        first_fragment: pkt.frag == FRAG_FIRST,
     })
 }
 
 /// The kernel's `detect`, without the flow gate: the detection, and whether it is a follow-up
 /// decided by the prefilter alone (those need their protocol's gate open).
-fn host_detect(f: &[u8], p: &Parsed) -> Option<(Detection, bool)> {
+fn host_detect(f: &[u8], p: &Parsed, ike_ports: &HashSet<u16>) -> Option<(Detection, bool)> {
     match p.proto {
         17 | 6 => {}
         47 => {
@@ -618,13 +622,40 @@ fn host_detect(f: &[u8], p: &Parsed) -> Option<(Detection, bool)> {
         50 | 51 => return classify_ip_proto(p.proto).map(|d| (d, false)),
         _ => return None,
     }
-    let len = p.payload_len;
+    // A TCP first fragment is a segment that goes on (see the program's `detect`).
+    let len = if p.proto == 6 && p.first_fragment {
+        0xffff
+    } else {
+        p.payload_len
+    };
     if len < 4 || p.captured < 4 || p.payload_off + 4 > f.len() {
         return None;
     }
     let head: [u8; 4] = f[p.payload_off..p.payload_off + 4].try_into().unwrap();
+    // As in the program: a port that carried IKE matters only to datagrams no other rule
+    // took.
+    let mut ike_port = false;
     let pre = if p.proto == 17 {
-        udp_prefilter(p.sport, p.dport, len, head)
+        match udp_prefilter(p.sport, p.dport, len, head) {
+            Prefilter::No => {
+                ike_port = ike_ports.contains(&p.sport) || ike_ports.contains(&p.dport);
+                if ike_port {
+                    Prefilter::Inspect
+                } else if len >= 28 && p.captured >= 32 && p.payload_off + 32 <= f.len() {
+                    let h: [u8; 16] = f[p.payload_off + 16..p.payload_off + 32]
+                        .try_into()
+                        .unwrap();
+                    if ike_any_port_prefilter(len, h) {
+                        Prefilter::Inspect
+                    } else {
+                        Prefilter::No
+                    }
+                } else {
+                    Prefilter::No
+                }
+            }
+            pre => pre,
+        }
     } else {
         tcp_prefilter(len, head)
     };
@@ -665,7 +696,7 @@ fn host_detect(f: &[u8], p: &Parsed) -> Option<(Detection, bool)> {
             let mut w = [0u8; WINDOW];
             w[..n].copy_from_slice(&f[p.payload_off..p.payload_off + n]);
             let d = if p.proto == 17 {
-                classify_udp(p.sport, p.dport, len, &w)
+                classify_udp_on(p.sport, p.dport, len, &w, ike_port)
             } else {
                 classify_tcp(len, &w)
             };
@@ -698,6 +729,8 @@ fn flow_key(p: &Parsed, det: &Detection) -> (Key, bool) {
 struct Model {
     flows: HashMap<Key, FlowState>,
     gates: HashSet<u8>,
+    /// UDP ports that carried IKE away from 500/4500 (the program's `IKE_PORTS`).
+    ike_ports: HashSet<u16>,
 }
 
 /// What the model says about one frame.
@@ -728,9 +761,16 @@ impl Model {
                 ..pass
             };
         }
-        let Some((det, gated)) = host_detect(f, &p) else {
+        let Some((det, gated)) = host_detect(f, &p, &self.ike_ports) else {
             return pass;
         };
+        if det.protocol == Protocol::Ike && p.proto == 17 {
+            for port in [p.sport, p.dport] {
+                if !is_standard_ike_port(port) {
+                    self.ike_ports.insert(port);
+                }
+            }
+        }
         if gated && !self.gates.contains(&(det.protocol as u8)) {
             return pass;
         }

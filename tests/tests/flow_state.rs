@@ -65,19 +65,6 @@ fn stats(filter: &Filter) -> Stats {
     filter.stats().expect("stats")
 }
 
-fn verdicts(before: &Stats, after: &Stats) -> Vec<(Protocol, Verdict, u64)> {
-    let mut d = Vec::new();
-    for p in Protocol::ALL {
-        for v in Verdict::ALL {
-            let n = after.verdict(*p, *v) - before.verdict(*p, *v);
-            if n != 0 {
-                d.push((*p, *v, n));
-            }
-        }
-    }
-    d
-}
-
 /// Runs `frame`, checking the action and the one verdict counter that moves (if any).
 #[track_caller]
 fn expect(
@@ -93,10 +80,10 @@ fn expect(
     let want: Vec<_> = moved.iter().map(|(p, v)| (*p, *v, 1)).collect();
     let name = |a| if a == XDP_DROP { "DROP" } else { "PASS" };
     assert!(
-        got == action && verdicts(&before, &after) == want,
+        got == action && after.verdicts_since(&before) == want,
         "{what}: got {} with {:?}, want {} with {want:?}",
         name(got),
-        verdicts(&before, &after),
+        after.verdicts_since(&before),
         name(action)
     );
 }

@@ -66,20 +66,6 @@ fn stats(filter: &Filter) -> Stats {
     filter.stats().expect("stats")
 }
 
-/// The protocol x verdict counters that moved between two snapshots.
-fn verdict_delta(before: &Stats, after: &Stats) -> Vec<(Protocol, Verdict, u64)> {
-    let mut d = Vec::new();
-    for p in Protocol::ALL {
-        for v in Verdict::ALL {
-            let n = after.verdict(*p, *v) - before.verdict(*p, *v);
-            if n != 0 {
-                d.push((*p, *v, n));
-            }
-        }
-    }
-    d
-}
-
 fn counter_delta(before: &Stats, after: &Stats, c: Counter) -> u64 {
     after.counter(c) - before.counter(c)
 }
@@ -99,7 +85,7 @@ fn run_table(filter: &Filter, rows: &[Row]) {
         let before = stats(filter);
         let got = filter.run_frame(&row.frame).expect("BPF_PROG_TEST_RUN");
         let after = stats(filter);
-        let moved = verdict_delta(&before, &after);
+        let moved = after.verdicts_since(&before);
         let want_moved: Vec<_> = row.counts.iter().map(|(p, v)| (*p, *v, 1)).collect();
         if got != row.action || moved != want_moved {
             failures.push(format!(
@@ -805,7 +791,7 @@ fn a_policy_change_applies_at_once_to_flows_already_blocked() {
         "monitor: the blocked flow's packets pass"
     );
     assert_eq!(
-        verdict_delta(&before, &stats(&filter)),
+        stats(&filter).verdicts_since(&before),
         vec![(WG, Verdict::Monitored, 1)]
     );
 
@@ -813,7 +799,7 @@ fn a_policy_change_applies_at_once_to_flows_already_blocked() {
     let before = stats(&filter);
     assert_eq!(run(&filter, &data), XDP_PASS);
     assert_eq!(
-        verdict_delta(&before, &stats(&filter)),
+        stats(&filter).verdicts_since(&before),
         vec![(WG, Verdict::Ignored, 1)]
     );
 
@@ -926,7 +912,7 @@ fn sequence(filter: &Filter, steps: &[Step]) {
     for (n, row) in rows.iter().enumerate() {
         let before = stats(filter);
         let got = run(filter, &row.frame);
-        let moved = verdict_delta(&before, &stats(filter));
+        let moved = stats(filter).verdicts_since(&before);
         let want: Vec<_> = row.counts.iter().map(|(p, v)| (*p, *v, 1)).collect();
         assert!(
             got == row.action && moved == want,
@@ -1430,7 +1416,7 @@ fn a_pending_flow_expires_after_the_pending_timeout() {
         XDP_PASS,
         "too late to confirm"
     );
-    assert_eq!(verdict_delta(&before, &stats(&filter)), vec![]);
+    assert_eq!(stats(&filter).verdicts_since(&before), vec![]);
 }
 
 #[test]
@@ -1465,7 +1451,7 @@ fn a_blocked_flow_is_forgotten_after_the_blocked_timeout() {
         "a fresh data-only flow"
     );
     assert_eq!(
-        verdict_delta(&before, &stats(&filter)),
+        stats(&filter).verdicts_since(&before),
         vec![(WG, Verdict::Pending, 1)]
     );
 }

@@ -171,6 +171,21 @@ impl Stats {
         self.verdicts.get(&(p, v)).copied().unwrap_or(0)
     }
 
+    /// The protocol x verdict counters that moved since `before`, with how much, in
+    /// protocol then verdict order.
+    pub fn verdicts_since(&self, before: &Stats) -> Vec<(Protocol, Verdict, u64)> {
+        let mut moved = Vec::new();
+        for p in Protocol::ALL {
+            for v in Verdict::ALL {
+                let n = self.verdict(*p, *v) - before.verdict(*p, *v);
+                if n != 0 {
+                    moved.push((*p, *v, n));
+                }
+            }
+        }
+        moved
+    }
+
     pub fn counter(&self, c: Counter) -> u64 {
         self.counters.get(&c).copied().unwrap_or(0)
     }
