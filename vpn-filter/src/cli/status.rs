@@ -128,11 +128,19 @@ pub fn render_text(r: &StatusReport) -> String {
     );
     let _ = writeln!(
         o,
-        "passed unparsed: fragment {}, truncated {}, malformed {}, ext_header_limit {}",
+        "passed unparsed: fragment {}, truncated {}, malformed {}",
         c.counter("fragment"),
         c.counter("truncated"),
         c.counter("malformed"),
-        c.counter("ext_header_limit")
+    );
+    let _ = writeln!(
+        o,
+        "parser: tiny fragments {} (dropped), ext-header overflow {}, fragments of dropped {}, encapsulated {}, tcp stream buffered {}",
+        c.counter("tiny_fragment"),
+        c.counter("ext_header_limit"),
+        c.counter("fragment_of_dropped"),
+        c.counter("encapsulated"),
+        c.counter("tcp_stream_buffered"),
     );
     let _ = writeln!(
         o,
