@@ -130,6 +130,17 @@ wire_enum! {
         /// Not a signature: a flow from an unregistered client to a listed VPN endpoint (a
         /// provider's published server, a Tor relay). The policy slot `endpoints`.
         Endpoints = 11 => "endpoints",
+        /// ExpressVPN Lightway over UDP: its 16-byte "He" header in front of DTLS records.
+        Lightway = 12 => "lightway",
+        /// tinc's TCP meta connection (its ID line).
+        Tinc = 13 => "tinc",
+        /// WireGuard whose message headers are rewritten (AmneziaWG, Mullvad LWO),
+        /// recognised by the invariants of its transport packets over a flow. A heuristic:
+        /// monitor by default.
+        WireGuardObfuscated = 14 => "wireguard_obfuscated",
+        /// OpenVPN behind a byte-scrambling layer (XOR patches, "obfuscated servers"),
+        /// recognised by the pattern of its first packets. A heuristic: monitor by default.
+        OpenVpnObfuscated = 15 => "openvpn_obfuscated",
     }
 }
 
@@ -162,6 +173,24 @@ wire_enum! {
         SoftEtherUdp = 23 => "softether_udp",
         /// A TCP/UDP packet to an address in the endpoint lists ([`Protocol::Endpoints`]).
         ListedEndpoint = 24 => "listed_endpoint",
+        /// WireGuard initiation (148 B) whose reserved bytes carry a client id (Cloudflare
+        /// WARP): weak, confirmed by the response echoing its sender index.
+        WgIdInitiation = 25 => "wg_id_initiation",
+        /// WireGuard response (92 B) with a client id in the reserved bytes.
+        WgIdResponse = 26 => "wg_id_response",
+        /// WireGuard handshake carried on TCP behind a 2-byte length (Mullvad udp-over-tcp).
+        WgTcp = 27 => "wg_tcp",
+        /// Lightway datagram: "He" header, then a DTLS record.
+        LightwayDatagram = 28 => "lightway_datagram",
+        /// tinc's ID line, `0 <name> 17[.<minor>]`.
+        TincId = 29 => "tinc_id",
+        /// SoftEther's HTTP connect request (`POST /vpnsvc/...`).
+        SoftEtherHttp = 30 => "softether_http",
+        /// A transport packet of WireGuard with rewritten headers: constant header and
+        /// receiver index, rising counter.
+        WgObfuscatedData = 31 => "wg_obfuscated_data",
+        /// A packet of a flow that may be scrambled OpenVPN (sizes of its resets).
+        OvpnObfuscated = 32 => "openvpn_obfuscated",
     }
 }
 

@@ -13,9 +13,9 @@ use aya_ebpf::{
 use vpn_filter_common::{
     counter_index, fast_v6_filter_bit, verdict_counter_index, AllowValue, AllowlistLookup, Config,
     Counter, Event, ExtHeaderOverflow, FastKeyV4, FastKeyV6, FastLengths, FlowKey, FlowState,
-    FlowStatus, PolicyMode, Protocol, RateState, Reason, Verdict, DEFAULT_ALLOWED_FLOW_TIMEOUT_NS,
-    DEFAULT_ALLOWLIST_LOOKUP, DEFAULT_ALLOW_V4_ENTRIES, DEFAULT_ALLOW_V6_ENTRIES,
-    DEFAULT_BLOCKED_FLOW_TIMEOUT_NS, DEFAULT_EVENTS_PER_CPU_PER_SEC,
+    FlowStatus, Message, PolicyMode, Protocol, RateState, Reason, Verdict,
+    DEFAULT_ALLOWED_FLOW_TIMEOUT_NS, DEFAULT_ALLOWLIST_LOOKUP, DEFAULT_ALLOW_V4_ENTRIES,
+    DEFAULT_ALLOW_V6_ENTRIES, DEFAULT_BLOCKED_FLOW_TIMEOUT_NS, DEFAULT_EVENTS_PER_CPU_PER_SEC,
     DEFAULT_EVENTS_PER_SOURCE_PER_SEC, DEFAULT_EVENT_LIMIT_ENTRIES, DEFAULT_EVENT_RING_BYTES,
     DEFAULT_FLOW_ENTRIES, DEFAULT_PENDING_FLOW_TIMEOUT_NS, ENCAP_VLAN_STACK, FAMILY_V4, FAMILY_V6,
     FAST_BITMAP_V4_LONG, FAST_BITMAP_V6, FAST_BITMAP_WORDS, FAST_V6_MAX_LENGTHS, FAST_V6_USE_TRIE,
@@ -33,8 +33,9 @@ mod tcp_stream;
 use vpn_filter_ebpf::{
     classify::{
         advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp_on,
-        ike_any_port_prefilter, is_standard_ike_port, tcp_prefilter, udp_prefilter, Confirmation,
-        Detection, Prefilter, Strength, WINDOW,
+        is_standard_ike_port, ovpn_packet, tcp_prefilter, udp_prefilter, udp_second_look,
+        Confirmation, Detection, Prefilter, SecondLook, Strength, OVPN_OBFS_MARK, PORT_MARK_IKE,
+        PORT_MARK_OVPN_OBFS, WINDOW,
     },
     parse::{
         self, Frame, Packet, FRAG_FIRST, FRAG_LATER, FRAG_NONE, IPPROTO_AH, IPPROTO_ESP,
@@ -209,7 +210,7 @@ fn judge(ctx: &XdpContext, head: u32) -> Result<u32, Counter> {
     // the verifier: every path meets in one state and `decide` is verified once. Candidates
     // only (ordinary traffic never gets here); the copy also keeps them off the BPF stack.
     if det.protocol == Protocol::Ike && pkt.ip_proto == IPPROTO_UDP {
-        mark_ike_ports(pkt.sport, pkt.dport);
+        mark_ports(pkt.sport, pkt.dport, PORT_MARK_IKE);
     }
     // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
     unsafe { (*slot).det = det };

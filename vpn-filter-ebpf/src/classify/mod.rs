@@ -20,10 +20,13 @@ const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 mod dtls;
 mod ike_esp;
 mod l2tp;
+mod lightway;
+mod obfuscated;
 mod openvpn;
 mod pptp;
 mod softether;
 mod tailscale;
+mod tinc;
 mod wireguard;
 
 use self::{
@@ -37,6 +40,11 @@ use self::{
 pub use self::{
     dtls::DTLS_VPN_PORT,
     ike_esp::{ike_any_port_prefilter, is_standard_ike_port, ESP_SEQ_WINDOW, IKE_PORT, NAT_T_PORT},
+    obfuscated::{
+        is_ovpn_client_reset_size, is_ovpn_server_reset_size, ovpn_packet, udp_second_look,
+        SecondLook, OVPN_OBFS_JUDGE_PACKETS, OVPN_OBFS_MARK, PORT_MARK_IKE, PORT_MARK_OVPN_OBFS,
+        WG_OBFS_CONFIRM_PACKETS,
+    },
     openvpn::{OVPN_MAX_RESET, OVPN_MIN_RESET_V3, OVPN_V3_MAX_REPLAY_ID},
     pptp::classify_gre,
     wireguard::{WG_DATA_CONFIRM_PACKETS, WG_MAX_PADDED},
@@ -136,8 +144,12 @@ pub fn udp_prefilter(sport: u16, dport: u16, len: usize, head: [u8; 4]) -> Prefi
     if port_is(sport, dport, IKE_PORT) || port_is(sport, dport, NAT_T_PORT) {
         return Prefilter::Inspect;
     }
-    // WireGuard: message type 1..=4, three reserved zero bytes.
+    // WireGuard: message type 1..=4, three reserved zero bytes; or a handshake of the exact
+    // size with a client id in the reserved bytes (WARP).
     if head[1] == 0 && head[2] == 0 && head[3] == 0 && head[0] >= 1 && head[0] <= 4 {
+        return Prefilter::Inspect;
+    }
+    if wireguard::is_id_handshake_head(head, len) {
         return Prefilter::Inspect;
     }
     // Tailscale disco, L2TP control, DTLS handshake records, SoftEther "IP=": the same
@@ -146,6 +158,7 @@ pub fn udp_prefilter(sport: u16, dport: u16, len: usize, head: [u8; 4]) -> Prefi
         || l2tp::is_head(head)
         || dtls::is_head(head)
         || softether::is_head(head)
+        || lightway::is_head(head)
     {
         return Prefilter::Inspect;
     }
@@ -199,6 +212,13 @@ pub fn classify_udp_on(
                 return Some(d);
             }
         }
+        // WireGuard handshakes on 4500 (WARP uses 500, 1701 and 4500 besides 2408): before
+        // ESP-in-UDP, whose SPI would take their first four bytes.
+        if len == 148 || len == 92 {
+            if let Some(d) = wireguard(sport, dport, w, len) {
+                return Some(d);
+            }
+        }
         return nat_t(w, len);
     }
     if let Some(d) = wireguard(sport, dport, w, len) {
@@ -219,12 +239,22 @@ pub fn classify_udp_on(
     if softether::is_head(head) {
         return softether(w, len);
     }
+    if lightway::is_head(head) {
+        return lightway::lightway(w, len);
+    }
     // IKE away from 500/4500 (strongSwan's `port`/`port_nat_t`, one line of configuration):
     // by its header alone, with or without the non-ESP marker.
     if let Some(d) = ike_any_port(w, len) {
         return Some(d);
     }
-    openvpn::<0>(w, len)
+    if let Some(d) = openvpn::<0>(w, len) {
+        return Some(d);
+    }
+    // Heuristics over a flow, for what no signature took (see obfuscated.rs).
+    if let Some(d) = obfuscated::wg_data(sport, dport, w, len) {
+        return Some(d);
+    }
+    obfuscated::ovpn_reset(sport, dport, w, len)
 }
 
 /// Copies `N` bytes starting at the constant offset `O`.
@@ -250,6 +280,9 @@ pub fn tcp_prefilter(len: usize, head: [u8; 4]) -> Prefilter {
     }
     let prefix = be16(head[0], head[1]) as usize;
     if head[0] == b'I' && head[1] == b'K' && head[2] == b'E' && head[3] == b'T' {
+        return Prefilter::Inspect;
+    }
+    if wireguard::is_tcp_head(head) || tinc::is_head(head) || softether::is_http_head(head) {
         return Prefilter::Inspect;
     }
     // PPTP control: length, then message type 1 (control).
@@ -283,6 +316,15 @@ pub fn classify_tcp(len: usize, w: &[u8; WINDOW]) -> Option<Detection> {
         return Some(d);
     }
     if let Some(d) = pptp::control(w, len) {
+        return Some(d);
+    }
+    if let Some(d) = wireguard::over_tcp(w, len) {
+        return Some(d);
+    }
+    if let Some(d) = tinc::id_line(w, len) {
+        return Some(d);
+    }
+    if let Some(d) = softether::http_connect(w, len) {
         return Some(d);
     }
     // OpenVPN over TCP: after the 2-byte length prefix.
@@ -341,6 +383,15 @@ pub fn advance(state: &mut FlowState, det: &Detection, same_direction: bool) -> 
     // a retry with a new session id or index, a decoy, or the roles the other way round.
     // Either way the entry no longer knows which one the real handshake is: any reply of the
     // right layout confirms, from either side.
+    match created_by {
+        Some(Message::WgObfuscatedData) if det.message == Message::WgObfuscatedData => {
+            return obfuscated::wg_advance(state, det, same_direction);
+        }
+        Some(Message::OvpnObfuscated) if det.message == Message::OvpnObfuscated => {
+            return obfuscated::ovpn_advance(state, det, same_direction);
+        }
+        _ => {}
+    }
     if det.strength == Strength::Weak
         && det.message as u8 == state.message
         && !matches!(created_by, Some(Message::WgData) | Some(Message::EspUdp))
@@ -357,9 +408,11 @@ pub fn advance(state: &mut FlowState, det: &Detection, same_direction: bool) -> 
     let continuation = same_direction || state.flags & flow_flags::ANY_SIDE != 0;
     let yes = match (created_by, det.message) {
         // Padded WireGuard: the reply's receiver index must echo the initiator's sender index.
-        (Some(Message::WgPaddedInitiation), Message::WgPaddedResponse | Message::WgResponse) => {
-            reply && (det.peer_token == state.token || any_token)
-        }
+        // The same for an initiation carrying a client id (WARP).
+        (
+            Some(Message::WgPaddedInitiation | Message::WgIdInitiation),
+            Message::WgPaddedResponse | Message::WgResponse | Message::WgIdResponse,
+        ) => reply && (det.peer_token == state.token || any_token),
         // WireGuard seen only from its data packets: enough consistent packets on the flow.
         (Some(Message::WgData), Message::WgData) => {
             if !same_direction && state.peer_token == [0; 8] {
@@ -410,6 +463,14 @@ pub fn belongs(state: &FlowState, det: &Detection) -> bool {
         }
         Message::OvpnControl => {
             det.token != [0; 8] && (det.token == state.token || det.token == state.peer_token)
+        }
+        Message::WgObfuscatedData => obfuscated::wg_belongs(state, det),
+        // A response recognised by its size and type alone must name one of the flow's
+        // indices. (Initiations belong whatever their index: a retry takes a new one.)
+        Message::WgIdResponse => {
+            token4_is(&det.token, &state.token)
+                || token4_is(&det.token, &state.peer_token)
+                || token4_is(&det.peer_token, &state.token)
         }
         // Data packets carry no session id: the flow must have carried data while allowed
         // (it was revoked since), with the same opcode and, for P_DATA_V2, the same peer id.

@@ -30,8 +30,21 @@ fn udp_pre(sport: u16, dport: u16, p: &[u8]) -> Prefilter {
     udp_prefilter(sport, dport, p.len(), head(p))
 }
 
+/// The signatures' verdict: the flow heuristics (which also look at datagrams no signature
+/// took, see obfuscated.rs) are left out; [`udp_any`] keeps them.
 fn udp(sport: u16, dport: u16, p: &[u8]) -> Option<Detection> {
+    udp_any(sport, dport, p).filter(|d| !is_heuristic(d.protocol))
+}
+
+fn udp_any(sport: u16, dport: u16, p: &[u8]) -> Option<Detection> {
     classify_udp(sport, dport, p.len(), &win(p))
+}
+
+fn is_heuristic(protocol: Protocol) -> bool {
+    matches!(
+        protocol,
+        Protocol::WireGuardObfuscated | Protocol::OpenVpnObfuscated
+    )
 }
 
 fn tcp_pre(p: &[u8]) -> Prefilter {
@@ -291,7 +304,8 @@ fn udp_prefilter_ignores_wireguard_lookalikes_with_a_bad_type_or_reserved_bytes(
         udp_pre(40000, 51820, &wg(5, 148, WG_SENDER, WG_RECEIVER)),
         Prefilter::No
     );
-    let mut p = wg(1, 148, WG_SENDER, WG_RECEIVER);
+    // A client id in the reserved bytes is inspected only at the handshakes' exact sizes.
+    let mut p = wg(1, 149, WG_SENDER, WG_RECEIVER);
     p[2] = 1;
     assert_eq!(udp_pre(40000, 51820, &p), Prefilter::No);
 }
@@ -532,12 +546,41 @@ fn wireguard_data_of_a_length_not_padded_to_16_is_not_wireguard() {
 }
 
 #[test]
-fn wireguard_with_a_nonzero_reserved_byte_is_not_wireguard() {
+fn wireguard_with_a_nonzero_reserved_byte_is_weak_at_the_handshake_sizes_only() {
     for i in 1..4 {
         let mut p = wg(1, 148, WG_SENDER, [0; 4]);
         p[i] = 0x01;
-        assert_eq!(udp(40000, 51820, &p), None, "reserved byte {i}");
+        let d = udp(40000, 2408, &p).expect("a client-id initiation");
+        assert_eq!(
+            (d.protocol, d.message, d.strength),
+            (Protocol::WireGuard, Message::WgIdInitiation, Strength::Weak),
+            "reserved byte {i}"
+        );
+        assert_eq!(d.token[..4], WG_SENDER);
+        // Other sizes with a non-zero reserved byte are not WireGuard.
+        for len in [32, 64, 147, 149, 204] {
+            let mut p = wg(1, len, WG_SENDER, [0; 4]);
+            p[i] = 0x01;
+            assert_eq!(
+                udp(40000, 51820, &p),
+                None,
+                "reserved byte {i}, {len} bytes"
+            );
+        }
+        // Never on DNS's port.
+        assert_eq!(udp(40000, 53, &p), None);
     }
+    let mut r = wg(2, 92, [9, 9, 9, 9], WG_SENDER);
+    r[1] = 0xab;
+    let d = udp(2408, 40000, &r).expect("a client-id response");
+    assert_eq!(
+        (d.message, d.strength, d.peer_token[..4].to_vec()),
+        (
+            Message::WgIdResponse,
+            Strength::FollowUp,
+            WG_SENDER.to_vec()
+        )
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1888,10 +1931,25 @@ fn udp_prefilter_never_rejects_what_the_classifier_would_start_a_flow_from() {
         let p = random_payload(&mut rng);
         let sport = ports[rng.below(ports.len() as u64) as usize];
         let dport = ports[rng.below(ports.len() as u64) as usize];
-        if let Some(d) = udp(sport, dport, &p) {
+        if let Some(d) = udp_any(sport, dport, &p) {
             if d.strength != Strength::FollowUp {
+                // The heuristics are reached through the second look (bytes 8..32).
+                let mut h = [0u8; 24];
+                if p.len() >= 32 {
+                    h.copy_from_slice(&p[8..32]);
+                }
+                let second = udp_second_look(sport, dport, p.len(), 0, &h);
+                // (A follow-up whose protocol has no live flow gets the second look too.)
+                let pre = match udp_pre(sport, dport, &p) {
+                    Prefilter::No | Prefilter::FollowUp(..)
+                        if second == (SecondLook::Inspect { ike_port: false }) =>
+                    {
+                        Prefilter::Inspect
+                    }
+                    pre => pre,
+                };
                 assert_eq!(
-                    udp_pre(sport, dport, &p),
+                    pre,
                     Prefilter::Inspect,
                     "{sport}->{dport} {d:?} {:02x?}",
                     &p[..p.len().min(16)]

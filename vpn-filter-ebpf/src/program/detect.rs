@@ -6,30 +6,40 @@ use super::*;
 #[map(name = "PAYLOAD_WINDOW")]
 pub(super) static PAYLOAD_WINDOW: PerCpuArray<[u8; WINDOW]> = PerCpuArray::with_max_entries(1, 0);
 
-/// UDP ports that carried IKE away from 500/4500, one bit per port: ESP-in-UDP on them is a
-/// candidate as on 4500 (weak, confirmed only by ESP's behaviour in both directions, so a
-/// spoofed IKE packet cannot get a port's ordinary traffic dropped).
-#[map(name = "IKE_PORTS")]
-pub(super) static IKE_PORTS: Array<u64> = Array::with_max_entries(1024, 0);
+/// Marks of UDP ports, two bits per port ([`PORT_MARK_IKE`], [`PORT_MARK_OVPN_OBFS`]):
+/// - the port carried IKE away from 500/4500: ESP-in-UDP on it is a candidate as on 4500
+///   (weak, confirmed only by ESP's behaviour in both directions, so a spoofed IKE packet
+///   cannot get a port's ordinary traffic dropped);
+/// - the port answered a scrambled-OpenVPN reset pair: its packets are followed up.
+#[map(name = "PORT_MARKS")]
+pub(super) static PORT_MARKS: Array<u64> = Array::with_max_entries(2048, 0);
 
 #[inline(always)]
-pub(super) fn ike_port_seen(port: u16) -> bool {
-    IKE_PORTS
-        .get((port >> 6) as u32)
-        .is_some_and(|w| w & (1u64 << (port & 63)) != 0)
+pub(super) fn port_marks(port: u16) -> u64 {
+    PORT_MARKS
+        .get((port >> 5) as u32)
+        .map_or(0, |w| (w >> ((port & 31) * 2)) & 3)
 }
 
 #[inline(always)]
-pub(super) fn mark_ike_ports(sport: u16, dport: u16) {
+pub(super) fn mark_ports(sport: u16, dport: u16, mark: u64) {
     for port in [sport, dport] {
-        if is_standard_ike_port(port) {
+        if mark == PORT_MARK_IKE && is_standard_ike_port(port) {
             continue;
         }
-        if let Some(w) = IKE_PORTS.get_ptr_mut((port >> 6) as u32) {
+        if let Some(w) = PORT_MARKS.get_ptr_mut((port >> 5) as u32) {
             // SAFETY: an array slot; a lost race only delays the mark to the next packet.
-            unsafe { *w |= 1u64 << (port & 63) };
+            unsafe { *w |= mark << ((port & 31) * 2) };
         }
     }
+}
+
+/// Whether `protocol` has live flow entries (follow-up packets are looked up only then).
+#[inline(always)]
+fn gate_open(protocol: Protocol) -> bool {
+    let gate = FLOW_GATE.get(protocol as u32).copied().unwrap_or(0);
+    // SAFETY: helper without arguments.
+    gate != 0 && unsafe { bpf_ktime_get_ns() } <= gate
 }
 
 /// Header checks first; the payload window is copied only for candidates.
@@ -60,20 +70,31 @@ pub(super) fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>
     let head: [u8; 4] = read(ctx, pkt.payload_off)?;
     let mut ike_port = false;
     let pre = if pkt.ip_proto == IPPROTO_UDP {
-        match udp_prefilter(pkt.sport, pkt.dport, len, head) {
+        let mut pre = udp_prefilter(pkt.sport, pkt.dport, len, head);
+        if let Prefilter::FollowUp(protocol, _) = pre {
+            // A follow-up of a protocol with no live flow is ordinary traffic as far as the
+            // signatures go; the heuristics still get their look (a scrambled reset may
+            // start with any byte).
+            if !gate_open(protocol) {
+                pre = Prefilter::No;
+            }
+        }
+        match pre {
             Prefilter::No => {
-                ike_port = ike_port_seen(pkt.sport) || ike_port_seen(pkt.dport);
-                if ike_port {
-                    Prefilter::Inspect
-                } else if len >= 28 && pkt.captured >= 32 {
-                    let h: [u8; 16] = read(ctx, pkt.payload_off + 16)?;
-                    if ike_any_port_prefilter(len, h) {
+                let marks = port_marks(pkt.sport) | port_marks(pkt.dport);
+                let mut h = [0u8; 24];
+                if len >= 28 && pkt.captured >= 32 {
+                    h = read(ctx, pkt.payload_off + 8)?;
+                }
+                match udp_second_look(pkt.sport, pkt.dport, len, marks, &h) {
+                    SecondLook::No => Prefilter::No,
+                    SecondLook::Inspect { ike_port: p } => {
+                        ike_port = p;
                         Prefilter::Inspect
-                    } else {
-                        Prefilter::No
                     }
-                } else {
-                    Prefilter::No
+                    SecondLook::OvpnObfuscated => {
+                        Prefilter::FollowUp(Protocol::OpenVpnObfuscated, Message::OvpnObfuscated)
+                    }
                 }
             }
             p => p,
@@ -85,10 +106,11 @@ pub(super) fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>
         Prefilter::No => Ok(None),
         Prefilter::FollowUp(protocol, message) => {
             // Meaningful only while this protocol has live flows.
-            let gate = FLOW_GATE.get(protocol as u32).copied().unwrap_or(0);
-            // SAFETY: helper without arguments.
-            if gate == 0 || unsafe { bpf_ktime_get_ns() } > gate {
+            if !gate_open(protocol) {
                 return Ok(None);
+            }
+            if protocol == Protocol::OpenVpnObfuscated {
+                return Ok(Some(ovpn_packet(len, head, Strength::FollowUp)));
             }
             let mut token = [0u8; 8];
             // Control packets: the tls-crypt packet-id time at [13..17]; data packets: the

@@ -104,6 +104,12 @@ pub(super) fn decide(ctx: &XdpContext, c: &Candidate) -> u32 {
         // SAFETY: as above.
         let state = unsafe { &mut *state };
         judged = judge_flow(det, state, src_is_lo, now, generation, allowed, &cfg);
+        if state.flags & OVPN_OBFS_MARK != 0 && protocol == Protocol::OpenVpnObfuscated {
+            // A scrambled-OpenVPN reset pair just matched: the rest of the flow's packets
+            // (any size) are followed up through its ports' mark.
+            state.flags &= !OVPN_OBFS_MARK;
+            mark_ports(pkt.sport, pkt.dport, PORT_MARK_OVPN_OBFS);
+        }
         if matches!(judged, Judged::Report(Reason::Confirmed))
             && protocol == Protocol::WireGuard
             && class == 0
@@ -205,7 +211,8 @@ pub(super) fn judge_flow(
         if !same_direction
             && (det.message == vpn_filter_common::Message::OvpnServerReset
                 || det.message == vpn_filter_common::Message::WgResponse
-                || det.message == vpn_filter_common::Message::WgPaddedResponse)
+                || det.message == vpn_filter_common::Message::WgPaddedResponse
+                || det.message == vpn_filter_common::Message::WgIdResponse)
         {
             state.peer_token = det.token;
         }
@@ -225,6 +232,10 @@ pub(super) fn judge_flow(
             } else {
                 Judged::Pass
             };
+        }
+        if det.message == Message::WgObfuscatedData {
+            // Its counter moves on: a replayed or constant one does not belong again.
+            state.aux = det.aux;
         }
         state.expires_ns = now + cfg.blocked_flow_timeout_ns;
         open_gate(det.protocol, state.expires_ns);

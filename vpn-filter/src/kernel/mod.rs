@@ -158,14 +158,20 @@ pub static BENCH_OBJECT: &[u8] =
 pub struct Policy(pub [PolicyMode; Protocol::COUNT]);
 
 impl Default for Policy {
-    /// Enforce for every protocol: every detection is structural (exact sizes, length fields,
-    /// magic numbers, or confirmation by the flow's other packets).
+    /// Enforce for every signature: those detections are structural (exact sizes, length
+    /// fields, magic numbers, or confirmation by the flow's other packets). Monitor for the
+    /// endpoint lists and the heuristics.
     fn default() -> Self {
         let mut modes = [PolicyMode::Enforce; Protocol::COUNT];
         modes[Protocol::None as usize] = PolicyMode::Off;
         // Endpoint lists hold shared addresses (CDN fronts, hosting ranges, relays that also
         // serve other things): observe first, enforce once the reports are understood.
         modes[Protocol::Endpoints as usize] = PolicyMode::Monitor;
+        // Heuristics over a flow's packets, with a false-positive rate measured on the
+        // corpus (`cargo xtask accuracy`) rather than zero by construction: reported, not
+        // dropped, until an operator opts in.
+        modes[Protocol::WireGuardObfuscated as usize] = PolicyMode::Monitor;
+        modes[Protocol::OpenVpnObfuscated as usize] = PolicyMode::Monitor;
         Policy(modes)
     }
 }
