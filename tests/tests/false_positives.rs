@@ -20,12 +20,13 @@ use std::{
 };
 
 use vpn_filter::kernel::{Filter, LoadOptions, Policy};
-use vpn_filter_common::{Config, Counter, FlowState, FlowStatus, Protocol};
+use vpn_filter_common::{Config, Counter, FlowState, FlowStatus, PolicyMode, Protocol};
 use vpn_filter_ebpf::{
     classify::{
         advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp_on,
-        ike_any_port_prefilter, is_standard_ike_port, tcp_prefilter, udp_prefilter, Confirmation,
-        Detection, Prefilter, Strength, WINDOW,
+        is_standard_ike_port, ovpn_packet, tcp_prefilter, udp_prefilter, udp_second_look,
+        Confirmation, Detection, Prefilter, SecondLook, Strength, OVPN_OBFS_MARK, PORT_MARK_IKE,
+        PORT_MARK_OVPN_OBFS, WINDOW,
     },
     parse::{parse, Packet, FRAG_FIRST, FRAG_LATER},
 };
@@ -609,7 +610,12 @@ fn host_parse(f: &[u8]) -> Option<Parsed> {
 
 /// The kernel's `detect`, without the flow gate: the detection, and whether it is a follow-up
 /// decided by the prefilter alone (those need their protocol's gate open).
-fn host_detect(f: &[u8], p: &Parsed, ike_ports: &HashSet<u16>) -> Option<(Detection, bool)> {
+fn host_detect(
+    f: &[u8],
+    p: &Parsed,
+    port_marks: &HashMap<u16, u64>,
+    gates: &HashSet<u8>,
+) -> Option<(Detection, bool)> {
     match p.proto {
         17 | 6 => {}
         47 => {
@@ -632,26 +638,36 @@ fn host_detect(f: &[u8], p: &Parsed, ike_ports: &HashSet<u16>) -> Option<(Detect
         return None;
     }
     let head: [u8; 4] = f[p.payload_off..p.payload_off + 4].try_into().unwrap();
-    // As in the program: a port that carried IKE matters only to datagrams no other rule
-    // took.
+    // As in the program: a follow-up of a protocol without live flows, and a datagram no
+    // first-look rule took, get the second look (port marks, bytes 8..32).
     let mut ike_port = false;
     let pre = if p.proto == 17 {
-        match udp_prefilter(p.sport, p.dport, len, head) {
+        let mut pre = udp_prefilter(p.sport, p.dport, len, head);
+        if let Prefilter::FollowUp(protocol, _) = pre {
+            if !gates.contains(&(protocol as u8)) {
+                pre = Prefilter::No;
+            }
+        }
+        match pre {
             Prefilter::No => {
-                ike_port = ike_ports.contains(&p.sport) || ike_ports.contains(&p.dport);
-                if ike_port {
-                    Prefilter::Inspect
-                } else if len >= 28 && p.captured >= 32 && p.payload_off + 32 <= f.len() {
-                    let h: [u8; 16] = f[p.payload_off + 16..p.payload_off + 32]
-                        .try_into()
-                        .unwrap();
-                    if ike_any_port_prefilter(len, h) {
-                        Prefilter::Inspect
-                    } else {
-                        Prefilter::No
+                let mark = |port| port_marks.get(&port).copied().unwrap_or(0);
+                let marks = mark(p.sport) | mark(p.dport);
+                let mut h = [0u8; 24];
+                if len >= 28 && p.captured >= 32 {
+                    if p.payload_off + 32 > f.len() {
+                        return None;
                     }
-                } else {
-                    Prefilter::No
+                    h.copy_from_slice(&f[p.payload_off + 8..p.payload_off + 32]);
+                }
+                match udp_second_look(p.sport, p.dport, len, marks, &h) {
+                    SecondLook::No => Prefilter::No,
+                    SecondLook::Inspect { ike_port: i } => {
+                        ike_port = i;
+                        Prefilter::Inspect
+                    }
+                    SecondLook::OvpnObfuscated => {
+                        return Some((ovpn_packet(len, head, Strength::FollowUp), true));
+                    }
                 }
             }
             pre => pre,
@@ -729,8 +745,10 @@ fn flow_key(p: &Parsed, det: &Detection) -> (Key, bool) {
 struct Model {
     flows: HashMap<Key, FlowState>,
     gates: HashSet<u8>,
-    /// UDP ports that carried IKE away from 500/4500 (the program's `IKE_PORTS`).
-    ike_ports: HashSet<u16>,
+    /// Marks of UDP ports (the program's `PORT_MARKS`).
+    port_marks: HashMap<u16, u64>,
+    /// Protocols the default policy monitors.
+    monitored: HashSet<u8>,
 }
 
 /// What the model says about one frame.
@@ -761,16 +779,20 @@ impl Model {
                 ..pass
             };
         }
-        let Some((det, gated)) = host_detect(f, &p, &self.ike_ports) else {
+        let Some((det, gated)) = host_detect(f, &p, &self.port_marks, &self.gates) else {
             return pass;
         };
         if det.protocol == Protocol::Ike && p.proto == 17 {
             for port in [p.sport, p.dport] {
                 if !is_standard_ike_port(port) {
-                    self.ike_ports.insert(port);
+                    *self.port_marks.entry(port).or_default() |= PORT_MARK_IKE;
                 }
             }
         }
+        // Heuristics are monitored under the default policy: judged (and remembered) as
+        // under enforce, but passed.
+        let monitored = self.monitored.contains(&(det.protocol as u8));
+        let drop = if monitored { XDP_PASS } else { XDP_DROP };
         if gated && !self.gates.contains(&(det.protocol as u8)) {
             return pass;
         }
@@ -783,9 +805,12 @@ impl Model {
             match FlowStatus::from_u8(state.status) {
                 Some(FlowStatus::Blocked) => {
                     if belongs(state, &det) {
+                        if det.message == vpn_filter_common::Message::WgObfuscatedData {
+                            state.aux = det.aux;
+                        }
                         self.gates.insert(protocol);
                         return Judgement {
-                            action: XDP_DROP,
+                            action: drop,
                             strong,
                             known_flow: true,
                             tiny_fragment: false,
@@ -795,15 +820,24 @@ impl Model {
                         return pass;
                     }
                 }
-                Some(FlowStatus::Pending) => match advance(state, &det, same) {
-                    Confirmation::Confirmed => confirmed = Some(*state),
-                    Confirmation::Pending => {
-                        if !strong {
-                            self.gates.insert(protocol);
-                            return pass;
+                Some(FlowStatus::Pending) => {
+                    let confirmation = advance(state, &det, same);
+                    if state.flags & OVPN_OBFS_MARK != 0 {
+                        state.flags &= !OVPN_OBFS_MARK;
+                        for port in [p.sport, p.dport] {
+                            *self.port_marks.entry(port).or_default() |= PORT_MARK_OVPN_OBFS;
                         }
                     }
-                },
+                    match confirmation {
+                        Confirmation::Confirmed => confirmed = Some(*state),
+                        Confirmation::Pending => {
+                            if !strong {
+                                self.gates.insert(protocol);
+                                return pass;
+                            }
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -840,7 +874,7 @@ impl Model {
         }
         // Conclusive alone: dropped without a flow entry.
         Judgement {
-            action: XDP_DROP,
+            action: drop,
             strong,
             known_flow,
             tiny_fragment: false,
@@ -1321,7 +1355,14 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
 #[test]
 fn random_and_mutated_frames_are_dropped_only_when_they_are_vpn_candidates() {
     let filter = load(&timeless());
-    let mut model = Model::default();
+    let mut model = Model {
+        monitored: Protocol::ALL
+            .iter()
+            .filter(|&&p| Policy::default().mode(p) == PolicyMode::Monitor)
+            .map(|&p| p as u8)
+            .collect(),
+        ..Model::default()
+    };
     let mut rng = Rng(vpn_filter_tests::rng::seeded(0x5eed_f00d));
     let mut convs: Vec<Conv> = Vec::new();
     let started = Instant::now();
