@@ -6,7 +6,9 @@
 #   scripts/record-fixtures.sh wireguard-ipv4 pptp   # record a subset
 #   scripts/record-fixtures.sh --list          # list scenario names
 #
-# Output: tests/fixtures/<scenario>.pcap (override the directory with OUT_DIR=...).
+# Output: tests/fixtures/<scenario>.pcap (override the directory with OUT_DIR=...); the
+# consumer-VPN scenarios (issue 15: tinc-*, mullvad-udp-over-tcp) write to
+# tests/fixtures/consumer/<scenario>.pcap and are listed in its MANIFEST.tsv.
 #
 # Topology (recreated from scratch for every scenario):
 #
@@ -51,6 +53,9 @@ ALL_SCENARIOS=(
     pptp
     l2tp
     openconnect
+    tinc-udp
+    tinc-tcp
+    mullvad-udp-over-tcp
 )
 
 PACKAGES=(
@@ -61,6 +66,7 @@ PACKAGES=(
     pptpd pptp-linux
     xl2tpd
     ocserv openconnect vpnc-scripts gnutls-bin
+    tinc python3
 )
 
 log() { printf '[record-fixtures] %s\n' "$*" >&2; }
@@ -175,8 +181,10 @@ setup_ns() {
 CAP_PID=""
 CAP_FILE=""
 # capture_start NAME: tcpdump on the server-side veth; ARP, IPv6 multicast (MLD) and ICMPv6 ND are left out
+# (NAME may name a subdirectory of OUT_DIR: consumer/tinc-udp)
 capture_start() {
     CAP_FILE="$OUT_DIR/$1.pcap"
+    mkdir -p -- "$(dirname "$CAP_FILE")"
     rm -f -- "$CAP_FILE"
     ip netns exec "$SRV" tcpdump --immediate-mode -U -nn -Z root -i "$SRV_IF" -s 0 -c "$MAX_PACKETS" \
         -w "$CAP_FILE" 'not arp and not ip6 multicast and not (icmp6 and ip6[40] >= 130 and ip6[40] <= 143)' \
@@ -572,6 +580,139 @@ EOF
     capture_stop 1
 }
 
+# --------------------------------------------------------------------------- tinc
+# tinc_scenario NAME udp|tcp: tincd 1.0 on both sides (router mode, TUN), RSA keys made with
+# `tincd -K`. The client's tincd opens the TCP meta connection to the server's port 655 (ID
+# line, METAKEY, CHALLENGE, ...); with `udp` the pings then travel as UDP 655 <-> 655
+# datagrams, with `tcp` (TCPOnly = yes on both sides) inside the meta connection.
+# Tunnel: 10.206.0.2 (client) <-> 10.206.0.1 (server).
+tinc_scenario() {
+    local name=$1 mode=$2
+    local d=$WORK/$name
+    local side node peer addr iface
+    for side in srv cli; do
+        if [[ $side == srv ]]; then node=vfrecsrv peer=vfreccli addr=10.206.0.1 iface=vfrectincs
+        else node=vfreccli peer=vfrecsrv addr=10.206.0.2 iface=vfrectincc; fi
+        mkdir -p "$d/$side/hosts"
+        {
+            echo "Name = $node"
+            echo "Interface = $iface"
+            echo "Device = /dev/net/tun"
+            echo "AddressFamily = ipv4"
+            [[ $side == srv ]] && echo "BindToAddress = $SRV4" || echo "ConnectTo = $peer"
+            [[ $mode == tcp ]] && echo "TCPOnly = yes"
+        } >"$d/$side/tinc.conf"
+        printf '#!/bin/sh\nip addr add %s/24 dev "$INTERFACE"\nip link set "$INTERFACE" up\n' "$addr" >"$d/$side/tinc-up"
+        chmod 755 "$d/$side/tinc-up"
+        printf 'Subnet = %s/32\n' "$addr" >"$d/$side/hosts/$node"
+        [[ $side == srv ]] && printf 'Address = %s\nPort = 655\n' "$SRV4" >>"$d/$side/hosts/$node"
+        [[ $mode == tcp ]] && echo "TCPOnly = yes" >>"$d/$side/hosts/$node"
+        tincd -c "$d/$side" -K2048 </dev/null >"$WORK/tinc-keygen-$side.log" 2>&1
+    done
+    cp "$d/srv/hosts/vfrecsrv" "$d/cli/hosts/vfrecsrv"
+    cp "$d/cli/hosts/vfreccli" "$d/srv/hosts/vfreccli"
+    capture_start "consumer/$name"
+    start tinc-server "$SRV" tincd -c "$d/srv" -D -d2 --pidfile="$d/srv.pid"
+    wait_for 10 ip netns exec "$SRV" sh -c "ss -Htln | grep -q ':655 '" ||
+        { fail_scenario "$name" "tincd (server) is not listening"; return 1; }
+    start tinc-client "$CLI" tincd -c "$d/cli" -D -d2 --pidfile="$d/cli.pid"
+    tunnel_ping "$CLI" 10.206.0.1 || { fail_scenario "$name" "no ping through the tunnel"; return 1; }
+    if [[ $mode == udp ]]; then
+        # tincd sends over the meta connection until its UDP path MTU probes succeed (about
+        # a second): ping again afterwards, so that the capture also holds ICMP in UDP 655
+        sleep 4
+        ip netns exec "$CLI" ping -c3 -i0.3 -W1 10.206.0.1 >/dev/null || true
+    fi
+    capture_stop 1
+}
+
+# --------------------------------------------------------------------------- Mullvad UDP-over-TCP
+# The framing of mullvad/udp-over-tcp (src/forward_traffic.rs): every UDP datagram is written
+# to the TCP stream as a 2-byte big-endian length followed by the datagram, one write per
+# datagram. udp2tcp (client side) connects to the relay at start and takes the first
+# datagram's sender as its UDP peer; tcp2udp (relay side) forwards to the local WireGuard port. The crate of that name on
+# crates.io is an unrelated tool (jonhoo/udp-over-tcp), Mullvad's is not published there, so
+# this stand-in implements exactly that framing (TCP_NODELAY set, as mullvadvpn-app's
+# tunnel-obfuscation/src/udp2tcp.rs does).
+UOT_PY='
+import socket, struct, sys, threading
+mode, a, b = sys.argv[1], sys.argv[2], sys.argv[3]
+def addr(s):
+    h, p = s.rsplit(":", 1)
+    return (h, int(p))
+def tcp2udp_pump(t, u):
+    buf = b""
+    while True:
+        d = t.recv(65536)
+        if not d:
+            return
+        buf += d
+        while len(buf) >= 2 and len(buf) >= 2 + struct.unpack(">H", buf[:2])[0]:
+            n = struct.unpack(">H", buf[:2])[0]
+            u.send(buf[2:2 + n])
+            buf = buf[2 + n:]
+def udp2tcp_pump(u, t):
+    while True:
+        d = u.recv(65535)
+        t.sendall(struct.pack(">H", len(d)) + d)
+if mode == "udp2tcp":          # a = local UDP listen, b = relay TCP address
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    t.connect(addr(b))         # at start, as Udp2Tcp::new does (lazy_connect false)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(addr(a))
+    first, peer = u.recvfrom(65535)
+    u.connect(peer)
+    t.sendall(struct.pack(">H", len(first)) + first)
+else:                          # tcp2udp: a = TCP listen, b = WireGuard UDP address
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(addr(a))
+    ls.listen(1)
+    t, _ = ls.accept()
+    t.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect(addr(b))
+threading.Thread(target=tcp2udp_pump, args=(t, u), daemon=True).start()
+udp2tcp_pump(u, t)
+'
+
+# mullvad_uot_scenario NAME: wireguard-go on both sides, the client's endpoint is a local
+# udp2tcp (127.0.0.1:51821), which carries the datagrams over TCP to the relay's tcp2udp on
+# 10.200.0.1:443, which hands them to the server's wireguard-go on 127.0.0.1:51820.
+mullvad_uot_scenario() {
+    local name=$1
+    local d=$WORK/$name
+    mkdir -p "$d"
+    printf '%s\n' "$UOT_PY" >"$d/uot.py"
+    (umask 077; wg genkey >"$d/srv.key"; wg genkey >"$d/cli.key")
+    wg pubkey <"$d/srv.key" >"$d/srv.pub"
+    wg pubkey <"$d/cli.key" >"$d/cli.pub"
+    local sif=vfrecwgs cif=vfrecwgc
+    capture_start "consumer/$name"
+    start tcp2udp "$SRV" python3 "$d/uot.py" tcp2udp "$SRV4:443" 127.0.0.1:51820
+    wait_for 10 ip netns exec "$SRV" sh -c "ss -Htln | grep -q ':443 '" ||
+        { fail_scenario "$name" "tcp2udp is not listening"; return 1; }
+    start udp2tcp "$CLI" python3 "$d/uot.py" udp2tcp 127.0.0.1:51821 "$SRV4:443"
+    wait_for 10 ip netns exec "$CLI" sh -c "ss -Huln | grep -q ':51821 '" ||
+        { fail_scenario "$name" "udp2tcp is not listening"; return 1; }
+    start wg-server "$SRV" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "$sif"
+    start wg-client "$CLI" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "$cif"
+    wait_for 10 test -S "/run/wireguard/$sif.sock" || { fail_scenario "$name" "wireguard-go server did not start"; return 1; }
+    wait_for 10 test -S "/run/wireguard/$cif.sock" || { fail_scenario "$name" "wireguard-go client did not start"; return 1; }
+    ip netns exec "$SRV" wg set "$sif" listen-port 51820 private-key "$d/srv.key" \
+        peer "$(cat "$d/cli.pub")" allowed-ips 10.201.0.2/32
+    # the client's own port is fixed, so that udp2tcp's peer never changes
+    ip netns exec "$CLI" wg set "$cif" listen-port 51822 private-key "$d/cli.key" \
+        peer "$(cat "$d/srv.pub")" allowed-ips 10.201.0.1/32 endpoint 127.0.0.1:51821
+    ip -n "$SRV" addr add 10.201.0.1/24 dev "$sif"
+    ip -n "$CLI" addr add 10.201.0.2/24 dev "$cif"
+    ip -n "$SRV" link set "$sif" up
+    ip -n "$CLI" link set "$cif" up
+    tunnel_ping "$CLI" 10.201.0.1 || { fail_scenario "$name" "no ping through the tunnel"; return 1; }
+    capture_stop 1
+}
+
 # --------------------------------------------------------------------------- scenarios
 run_scenario() {
     case $1 in
@@ -588,6 +729,9 @@ run_scenario() {
         pptp) pptp_scenario "$1" ;;
         l2tp) l2tp_scenario "$1" ;;
         openconnect) openconnect_scenario "$1" ;;
+        tinc-udp) tinc_scenario "$1" udp ;;
+        tinc-tcp) tinc_scenario "$1" tcp ;;
+        mullvad-udp-over-tcp) mullvad_uot_scenario "$1" ;;
         *) die "unknown scenario '$1' (try --list)" ;;
     esac
 }

@@ -176,6 +176,72 @@ fn every_fixture_is_covered_by_a_test_here() {
     }
 }
 
+/// The consumer-VPN captures (issue 15) are listed in `consumer/MANIFEST.tsv`, one row per
+/// file, and every row names a file that is there; their verdict tests live with the rules.
+#[test]
+fn every_consumer_fixture_is_in_the_manifest() {
+    const FAMILIES: [&str; 12] = [
+        "warp",
+        "wireguard-padded",
+        "mullvad-udp-over-tcp",
+        "mullvad-lwo",
+        "amneziawg-1",
+        "amneziawg-2",
+        "lightway-udp",
+        "openvpn-xor",
+        "tinc-tcp",
+        "tinc-udp",
+        "softether-http",
+        "forticlient-dtls",
+    ];
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/consumer");
+    let manifest = std::fs::read_to_string(dir.join("MANIFEST.tsv")).unwrap();
+    let mut lines = manifest.lines();
+    assert_eq!(
+        lines.next(),
+        Some("file\tfamily\tprovenance\texpected\tnote"),
+        "MANIFEST.tsv header"
+    );
+    let mut listed = Vec::new();
+    for row in lines {
+        let cols: Vec<&str> = row.split('\t').collect();
+        assert_eq!(cols.len(), 5, "MANIFEST.tsv row {row:?}: five columns");
+        let (file, family, provenance, expected) = (cols[0], cols[1], cols[2], cols[3]);
+        assert!(!listed.contains(&file), "{file} listed twice");
+        assert!(FAMILIES.contains(&family), "{file}: family {family:?}");
+        assert!(
+            provenance.starts_with("recorded: ") || provenance.starts_with("synthesized: "),
+            "{file}: provenance {provenance:?}"
+        );
+        assert!(
+            ["blocked", "monitored", "reported"].contains(&expected),
+            "{file}: expected {expected:?}"
+        );
+        assert!(!cols[4].is_empty(), "{file}: no note");
+        assert!(
+            dir.join(file).is_file(),
+            "{file} is in MANIFEST.tsv but missing"
+        );
+        frames(&format!("consumer/{file}"));
+        listed.push(file);
+    }
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".pcap") || name.ends_with(".pcapng") {
+            assert!(
+                listed.contains(&name.as_str()),
+                "consumer/{name} is not in MANIFEST.tsv"
+            );
+        }
+    }
+    for family in FAMILIES {
+        assert!(
+            manifest.contains(&format!("\t{family}\t")),
+            "no capture of {family}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // WireGuard
 // ---------------------------------------------------------------------------------------
