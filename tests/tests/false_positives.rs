@@ -25,8 +25,8 @@ use vpn_filter_ebpf::{
     classify::{
         advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp_on,
         is_standard_ike_port, ovpn_packet, tcp_prefilter, udp_prefilter, udp_second_look,
-        Confirmation, Detection, Prefilter, SecondLook, Strength, OVPN_OBFS_MARK, PORT_MARK_IKE,
-        PORT_MARK_OVPN_OBFS, WINDOW,
+        wg_follow, Confirmation, Detection, Prefilter, SecondLook, Strength, OVPN_OBFS_MARK,
+        PORT_MARK_IKE, PORT_MARK_OVPN_OBFS, WINDOW,
     },
     parse::{parse, Packet, FRAG_FIRST, FRAG_LATER},
 };
@@ -806,7 +806,7 @@ impl Model {
                 Some(FlowStatus::Blocked) => {
                     if belongs(state, &det) {
                         if det.message == vpn_filter_common::Message::WgObfuscatedData {
-                            state.aux = det.aux;
+                            wg_follow(state, &det);
                         }
                         self.gates.insert(protocol);
                         return Judgement {

@@ -141,6 +141,10 @@ wire_enum! {
         /// OpenVPN behind a byte-scrambling layer (XOR patches, "obfuscated servers"),
         /// recognised by the pattern of its first packets. A heuristic: monitor by default.
         OpenVpnObfuscated = 15 => "openvpn_obfuscated",
+        /// A standard DTLS ClientHello to UDP 443 that is not OpenConnect's resumption:
+        /// FortiClient's DTLS tunnel, OpenConnect's new sessions, but also Citrix HDX (EDT)
+        /// and any WebRTC peer on 443. Monitor by default.
+        Dtls443 = 16 => "dtls_443",
     }
 }
 
@@ -191,6 +195,8 @@ wire_enum! {
         WgObfuscatedData = 31 => "wg_obfuscated_data",
         /// A packet of a flow that may be scrambled OpenVPN (sizes of its resets).
         OvpnObfuscated = 32 => "openvpn_obfuscated",
+        /// A DTLS ClientHello to UDP 443 without a resumed 32-byte session id.
+        DtlsClientHello443 = 33 => "dtls_client_hello_443",
     }
 }
 

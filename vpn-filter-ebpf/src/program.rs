@@ -34,8 +34,8 @@ use vpn_filter_ebpf::{
     classify::{
         advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp_on,
         is_standard_ike_port, ovpn_packet, tcp_prefilter, udp_prefilter, udp_second_look,
-        Confirmation, Detection, Prefilter, SecondLook, Strength, OVPN_OBFS_MARK, PORT_MARK_IKE,
-        PORT_MARK_OVPN_OBFS, WINDOW,
+        wg_follow, Confirmation, Detection, Prefilter, SecondLook, Strength, OVPN_OBFS_MARK,
+        PORT_MARK_IKE, PORT_MARK_OVPN_OBFS, WINDOW,
     },
     parse::{
         self, Frame, Packet, FRAG_FIRST, FRAG_LATER, FRAG_NONE, IPPROTO_AH, IPPROTO_ESP,

@@ -27,10 +27,19 @@ pub(super) fn dtls(dport: u16, w: &[u8; WINDOW], len: usize) -> Option<Detection
     }
     // Standard DTLS is also WebRTC's: only a ClientHello towards the VPN port with a 32-byte
     // session id (the session OpenConnect resumes from the CSTP channel) counts.
-    if dport == DTLS_VPN_PORT && w[13] == 1 && w[59] == 32 {
+    if dport == DTLS_VPN_PORT && w[13] == 1 {
+        if w[59] == 32 {
+            return Some(Detection::new(
+                Protocol::OpenConnectDtls,
+                Message::DtlsClientHello,
+                Strength::Strong,
+            ));
+        }
+        // Any other ClientHello to 443 (FortiClient's DTLS tunnel, a new OpenConnect session,
+        // Citrix EDT, a WebRTC peer on 443): its own protocol, monitored by default.
         return Some(Detection::new(
-            Protocol::OpenConnectDtls,
-            Message::DtlsClientHello,
+            Protocol::Dtls443,
+            Message::DtlsClientHello443,
             Strength::Strong,
         ));
     }

@@ -42,8 +42,8 @@ pub use self::{
     ike_esp::{ike_any_port_prefilter, is_standard_ike_port, ESP_SEQ_WINDOW, IKE_PORT, NAT_T_PORT},
     obfuscated::{
         is_ovpn_client_reset_size, is_ovpn_server_reset_size, ovpn_packet, udp_second_look,
-        SecondLook, OVPN_OBFS_JUDGE_PACKETS, OVPN_OBFS_MARK, PORT_MARK_IKE, PORT_MARK_OVPN_OBFS,
-        WG_OBFS_CONFIRM_PACKETS,
+        wg_follow, SecondLook, OVPN_OBFS_JUDGE_PACKETS, OVPN_OBFS_MARK, PORT_MARK_IKE,
+        PORT_MARK_OVPN_OBFS, WG_OBFS_CONFIRM_PACKETS,
     },
     openvpn::{OVPN_MAX_RESET, OVPN_MIN_RESET_V3, OVPN_V3_MAX_REPLAY_ID},
     pptp::classify_gre,

@@ -170,22 +170,41 @@ fn le32(b: [u8; 4]) -> u32 {
     u32::from_le_bytes(b)
 }
 
-/// [`super::advance`] for a pending rewritten-WireGuard flow: counts consistent packets in
-/// the creating direction (same header and index, counter up by 1..=[`WG_OBFS_MAX_STEP`]); an
-/// inconsistent one starts the count again from itself. Packets the other way do not count.
+/// Whether `counter` moves on from `last` by 1..=[`WG_OBFS_MAX_STEP`].
+#[inline(always)]
+fn small_step(last: [u8; 4], counter: [u8; 4]) -> bool {
+    let step = le32(counter).wrapping_sub(le32(last));
+    step != 0 && step <= WG_OBFS_MAX_STEP
+}
+
+/// [`super::advance`] for a pending rewritten-WireGuard flow. Each direction keeps its own
+/// header (`token` for the creating side, `peer_token` for the other) and counter (`aux`,
+/// `data_head`); a packet is consistent when it repeats its direction's header and moves its
+/// counter on by a small step. [`WG_OBFS_CONFIRM_PACKETS`] consistent packets in a row
+/// confirm; an inconsistent one starts the count again from itself.
 #[inline(always)]
 pub(super) fn wg_advance(
     state: &mut FlowState,
     det: &Detection,
     same_direction: bool,
 ) -> Confirmation {
-    if !same_direction {
-        return Confirmation::Pending;
-    }
-    let step = le32(det.aux).wrapping_sub(le32(state.aux));
-    state.aux = det.aux;
-    if det.token != state.token || step == 0 || step > WG_OBFS_MAX_STEP {
+    let consistent = if same_direction {
+        let ok = det.token == state.token && small_step(state.aux, det.aux);
         state.token = det.token;
+        state.aux = det.aux;
+        ok
+    } else if state.peer_token == [0; 8] {
+        // The other side's first packet: its baseline.
+        state.peer_token = det.token;
+        state.data_head = det.aux;
+        true
+    } else {
+        let ok = det.token == state.peer_token && small_step(state.data_head, det.aux);
+        state.peer_token = det.token;
+        state.data_head = det.aux;
+        ok
+    };
+    if !consistent {
         state.packets = 1;
         return Confirmation::Pending;
     }
@@ -197,13 +216,24 @@ pub(super) fn wg_advance(
     }
 }
 
-/// Whether a rewritten-WireGuard packet is the blocked flow's own: one of its headers and a
-/// counter above the last one seen (so a constant-header protocol on a spoofed 5-tuple
-/// loses at most one packet).
+/// Whether a rewritten-WireGuard packet is the blocked flow's own: one direction's header
+/// with that direction's counter above the last one seen (so a constant-header protocol on
+/// a spoofed 5-tuple loses at most one packet). The caller moves the counter on.
 #[inline(always)]
 pub(super) fn wg_belongs(state: &FlowState, det: &Detection) -> bool {
-    (det.token == state.token || det.token == state.peer_token)
-        && le32(det.aux).wrapping_sub(le32(state.aux)).wrapping_sub(1) < 1 << 30
+    let above = |last: [u8; 4]| le32(det.aux).wrapping_sub(le32(last)).wrapping_sub(1) < 1 << 30;
+    (det.token == state.token && above(state.aux))
+        || (state.peer_token != [0; 8] && det.token == state.peer_token && above(state.data_head))
+}
+
+/// Moves a blocked rewritten-WireGuard flow's counter on after [`wg_belongs`].
+#[inline(always)]
+pub fn wg_follow(state: &mut FlowState, det: &Detection) {
+    if det.token == state.token {
+        state.aux = det.aux;
+    } else {
+        state.data_head = det.aux;
+    }
 }
 
 // Scrambled OpenVPN's state in the flow entry: `token` = the client reset's size (two bytes)

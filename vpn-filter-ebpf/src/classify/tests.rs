@@ -43,7 +43,7 @@ fn udp_any(sport: u16, dport: u16, p: &[u8]) -> Option<Detection> {
 fn is_heuristic(protocol: Protocol) -> bool {
     matches!(
         protocol,
-        Protocol::WireGuardObfuscated | Protocol::OpenVpnObfuscated
+        Protocol::WireGuardObfuscated | Protocol::OpenVpnObfuscated | Protocol::Dtls443
     )
 }
 

@@ -235,7 +235,7 @@ pub(super) fn judge_flow(
         }
         if det.message == Message::WgObfuscatedData {
             // Its counter moves on: a replayed or constant one does not belong again.
-            state.aux = det.aux;
+            wg_follow(state, det);
         }
         state.expires_ns = now + cfg.blocked_flow_timeout_ns;
         open_gate(det.protocol, state.expires_ns);

@@ -172,6 +172,9 @@ impl Default for Policy {
         // dropped, until an operator opts in.
         modes[Protocol::WireGuardObfuscated as usize] = PolicyMode::Monitor;
         modes[Protocol::OpenVpnObfuscated as usize] = PolicyMode::Monitor;
+        // A DTLS handshake to 443 is FortiClient's or OpenConnect's tunnel, but also Citrix's
+        // remote desktop and, rarely, a WebRTC peer: reported, not dropped.
+        modes[Protocol::Dtls443 as usize] = PolicyMode::Monitor;
         Policy(modes)
     }
 }
