@@ -5,6 +5,8 @@
 //!
 //! Everything here needs root; [`require_root`] fails loudly (it never skips).
 
+pub mod accuracy;
+pub mod corpus;
 pub mod gateway_lab;
 pub mod judge;
 pub mod lab;

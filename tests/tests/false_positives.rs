@@ -15,7 +15,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr},
     time::Instant,
 };
 
@@ -30,7 +30,10 @@ use vpn_filter_ebpf::{
     },
     parse::{parse, Packet, FRAG_FIRST, FRAG_LATER},
 };
-use vpn_filter_tests::packet::*;
+use vpn_filter_tests::{
+    corpus::{self, endpoints, Rng, NAMES},
+    packet::*,
+};
 
 const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
@@ -50,48 +53,6 @@ fn load(config: &Config) -> Filter {
     vpn_filter_tests::require_root();
     Filter::load(LoadOptions::default(), &Policy::default(), config)
         .expect("the program loads through the verifier")
-}
-
-/// Reproducible pseudo-random numbers from a seed (the tests' one generator).
-struct Rng(rand_pcg::Pcg64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        vpn_filter_tests::rng::next_u64(&mut self.0)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below((hi - lo) as u64) as usize
-    }
-
-    fn chance(&mut self, one_in: u64) -> bool {
-        self.below(one_in) == 0
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-
-    fn bytes_in(&mut self, lo: usize, hi: usize) -> Vec<u8> {
-        let n = self.range(lo, hi);
-        self.bytes(n)
-    }
-
-    fn v4(&mut self) -> Ipv4Addr {
-        Ipv4Addr::from((self.next() as u32 & 0x00ff_ffff) | 0x0a00_0000)
-    }
-
-    fn v6(&mut self) -> Ipv6Addr {
-        Ipv6Addr::from((0x2001_0db8u128 << 96) | (self.next() as u128))
-    }
-
-    fn ephemeral(&mut self) -> u16 {
-        32768 + self.below(28232) as u16
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -126,429 +87,67 @@ fn assert_none_dropped(what: &str, frames: &[Vec<u8>]) {
     );
 }
 
-const NAMES: [&str; 8] = [
-    "example.com",
-    "www.debian.org",
-    "a.root-servers.net",
-    "mail.google.com",
-    "cdn.jsdelivr.net",
-    "x.y",
-    "very-long-label-for-a-dns-name-used-in-a-test.subdomain.example.org",
-    "_sip._udp.voip.example.net",
-];
-
-fn endpoints(rng: &mut Rng, v6: bool) -> (IpAddr, IpAddr) {
-    if v6 {
-        (rng.v6().into(), rng.v6().into())
-    } else {
-        (rng.v4().into(), rng.v4().into())
+/// Every group of the corpus (`vpn_filter_tests::corpus`, shared with `cargo xtask accuracy`)
+/// from one generator, none dropped.
+fn assert_generator_none_dropped(generator: corpus::Generator) {
+    for group in generator() {
+        assert_none_dropped(&group.name, &group.frames);
     }
 }
 
 #[test]
 fn dns_queries_and_answers_for_every_id_are_never_dropped() {
-    // A stub resolver: a fresh source port per query. Every 16-bit id, so every first byte
-    // and every WireGuard/OpenVPN-looking head, in both flag variants (RD + EDNS, and the
-    // RD=0 queries recursive resolvers send to authoritative servers).
-    let mut rng = Rng(vpn_filter_tests::rng::seeded(0xd25));
-    let mut frames = Vec::new();
-    for id in 0..=u16::MAX {
-        let v6 = id % 2 == 1;
-        let (client, server) = endpoints(&mut rng, v6);
-        let port = rng.ephemeral();
-        let name = NAMES[(id % 8) as usize];
-        let q = if id % 3 == 0 {
-            dns_query_plain(id, name)
-        } else {
-            dns_query(id, name)
-        };
-        let a = dns_answer(
-            id,
-            name,
-            &[
-                Ipv4Addr::new(93, 184, 215, 14),
-                Ipv4Addr::new(93, 184, 215, 15),
-            ],
-        );
-        frames.push(
-            Frame::eth()
-                .ip(client, server)
-                .udp(port, 53)
-                .payload(&q)
-                .build(),
-        );
-        frames.push(
-            Frame::eth()
-                .ip(server, client)
-                .udp(53, port)
-                .payload(&a)
-                .build(),
-        );
-    }
-    assert_none_dropped("dns, one port per query", &frames);
+    assert_generator_none_dropped(corpus::dns_one_port_per_query);
 }
 
 #[test]
 fn dns_between_two_servers_on_one_five_tuple_is_never_dropped() {
-    // Server-to-server (53 <-> 53) or a forwarder with a fixed port: one long-lived 5-tuple
-    // whose first byte (the id) is random per message and whose bytes 1..9 (flags, counts)
-    // barely change. Queries are pipelined: answers come back out of order.
-    let mut rng = Rng(vpn_filter_tests::rng::seeded(0xd26));
-    for v6 in [false, true] {
-        let (client, server) = endpoints(&mut rng, v6);
-        let mut frames = Vec::new();
-        let mut outstanding: Vec<(u16, &str)> = Vec::new();
-        for i in 0..30_000 {
-            let id = rng.next() as u16;
-            let name = NAMES[rng.below(8) as usize];
-            let q = if i % 2 == 0 {
-                dns_query_plain(id, name)
-            } else {
-                dns_query(id, name)
-            };
-            frames.push(
-                Frame::eth()
-                    .ip(client, server)
-                    .udp(53, 53)
-                    .payload(&q)
-                    .build(),
-            );
-            outstanding.push((id, name));
-            if outstanding.len() > 4 || rng.chance(2) {
-                let k = rng.below(outstanding.len() as u64) as usize;
-                let (id, name) = outstanding.swap_remove(k);
-                let a = dns_answer(id, name, &[Ipv4Addr::new(192, 0, 2, (id & 0xff) as u8)]);
-                frames.push(
-                    Frame::eth()
-                        .ip(server, client)
-                        .udp(53, 53)
-                        .payload(&a)
-                        .build(),
-                );
-            }
-        }
-        assert_none_dropped(
-            if v6 {
-                "dns 53<->53 over ipv6"
-            } else {
-                "dns 53<->53 over ipv4"
-            },
-            &frames,
-        );
-    }
+    assert_generator_none_dropped(corpus::dns_server_to_server);
 }
 
 #[test]
 fn quic_initial_and_handshake_long_headers_are_never_dropped() {
-    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x9c1));
-    let mut frames = Vec::new();
-    for i in 0..5_000 {
-        let (client, server) = endpoints(&mut rng, i % 2 == 0);
-        let port = rng.ephemeral();
-        let dcid = rng.bytes(8);
-        let scid = rng.bytes(if i % 3 == 0 { 0 } else { 8 });
-        frames.push(
-            Frame::eth()
-                .ip(client, server)
-                .udp(port, 443)
-                .payload(&quic_initial(&dcid, &scid, 1200 + (i % 150)))
-                .build(),
-        );
-        let mut reply = quic_initial(&scid, &rng.bytes(8), rng.range(100, 1200));
-        reply[0] = 0xc0 | (rng.next() as u8 & 0x3f); // Initial/0-RTT/Handshake/Retry, any bits
-        frames.push(
-            Frame::eth()
-                .ip(server, client)
-                .udp(443, port)
-                .payload(&reply)
-                .build(),
-        );
-    }
-    assert_none_dropped("quic long headers", &frames);
-}
-
-/// One QUIC connection after the handshake: short-header packets both ways on one 5-tuple.
-/// The first byte is 0x40 (fixed bit) | spin bit | five bits masked by header protection, so
-/// it looks like every OpenVPN opcode from 8 to 15 with every key id; the destination
-/// connection id (`client_cid`/`server_cid` bytes) follows, constant for the connection.
-fn quic_connection(
-    rng: &mut Rng,
-    v6: bool,
-    client_cid: usize,
-    server_cid: usize,
-    packets: usize,
-) -> Vec<Vec<u8>> {
-    let (client, server) = endpoints(rng, v6);
-    let port = rng.ephemeral();
-    let to_server = rng.bytes(server_cid);
-    let to_client = rng.bytes(client_cid);
-    let mut frames = Vec::new();
-    for _ in 0..packets {
-        let from_client = rng.chance(2);
-        let first = 0x40 | (rng.next() as u8 & 0x3f);
-        // ACK-only packets, mid-size, and full-size.
-        let len = match rng.below(3) {
-            0 => rng.range(25, 80),
-            1 => rng.range(80, 1200),
-            _ => rng.range(1200, 1351),
-        };
-        let seed = rng.next();
-        if from_client {
-            let p = quic_short(first, &to_server, len.max(1 + server_cid + 16), seed);
-            frames.push(
-                Frame::eth()
-                    .ip(client, server)
-                    .udp(port, 443)
-                    .payload(&p)
-                    .build(),
-            );
-        } else {
-            let p = quic_short(first, &to_client, len.max(1 + client_cid + 16), seed);
-            frames.push(
-                Frame::eth()
-                    .ip(server, client)
-                    .udp(443, port)
-                    .payload(&p)
-                    .build(),
-            );
-        }
-    }
-    frames
+    assert_generator_none_dropped(corpus::quic_long_headers);
 }
 
 #[test]
 fn quic_short_header_connections_are_never_dropped() {
-    // HTTP/3: connection ids of 0 (common for clients), 8 (common for servers), 16 and 20
-    // bytes; long connections.
-    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x9c2));
-    for (client_cid, server_cid) in [(0, 8), (8, 8), (0, 16), (20, 20), (4, 8)] {
-        let frames = quic_connection(
-            &mut rng,
-            client_cid % 8 == 0,
-            client_cid,
-            server_cid,
-            40_000,
-        );
-        assert_none_dropped(
-            &format!("quic short headers, cids {client_cid}/{server_cid}"),
-            &frames,
-        );
-    }
+    assert_generator_none_dropped(corpus::quic_short_headers);
 }
 
 #[test]
 fn tls_http_and_ssh_on_tcp_are_never_dropped() {
-    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x715));
-    let mut frames = Vec::new();
-    let hosts = [
-        "example.com",
-        "www.google.com",
-        "vpn.example.net",
-        "openvpn.net",
-        "a.b",
-    ];
-    for i in 0..5_000 {
-        let (client, server) = endpoints(&mut rng, i % 2 == 0);
-        let port = rng.ephemeral();
-        let dport = [443u16, 8443, 1194, 1723, 4500][i % 5];
-        let hello = tls_client_hello(hosts[i % hosts.len()]);
-        frames.push(
-            Frame::eth()
-                .ip(client, server)
-                .tcp(port, dport)
-                .tcp_syn_options()
-                .tcp_flags(TCP_SYN)
-                .build(),
-        );
-        frames.push(
-            Frame::eth()
-                .ip(client, server)
-                .tcp(port, dport)
-                .payload(&hello)
-                .build(),
-        );
-        // Application data records and continuation segments of random bytes.
-        let mut record = vec![0x17, 0x03, 0x03];
-        let body = rng.bytes_in(20, 1400);
-        record.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        record.extend_from_slice(&body);
-        frames.push(
-            Frame::eth()
-                .ip(server, client)
-                .tcp(dport, port)
-                .payload(&record)
-                .build(),
-        );
-        frames.push(
-            Frame::eth()
-                .ip(server, client)
-                .tcp(dport, port)
-                .payload(&rng.bytes_in(1, 1448))
-                .build(),
-        );
-    }
-    for p in [
-        &b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"[..],
-        b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n",
-        b"\x00\x00\x00\x1c\x0a\x14",
-    ] {
-        frames.push(
-            Frame::eth()
-                .ipv4(rng.v4(), rng.v4())
-                .tcp(rng.ephemeral(), 80)
-                .payload(p)
-                .build(),
-        );
-    }
-    assert_none_dropped("tls, http, ssh", &frames);
+    assert_generator_none_dropped(corpus::tls_http_ssh);
 }
 
 #[test]
 fn stun_and_webrtc_dtls_are_never_dropped() {
-    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x57));
-    let mut frames = Vec::new();
-    for i in 0..5_000 {
-        let (client, server) = endpoints(&mut rng, i % 2 == 0);
-        let port = rng.ephemeral();
-        let media = [3478u16, 19302, 443, rng.ephemeral(), 10000][i % 5];
-        let tid: [u8; 12] = rng.bytes(12).try_into().unwrap();
-        frames.push(
-            Frame::eth()
-                .ip(client, server)
-                .udp(port, media)
-                .payload(&stun_binding_request(tid))
-                .build(),
-        );
-        // DTLS-SRTP: the ClientHello, then again with the cookie from HelloVerifyRequest; on a
-        // high port and on 443 (media servers that listen there).
-        for cookie in [0u8, 32] {
-            frames.push(
-                Frame::eth()
-                    .ip(client, server)
-                    .udp(port, media)
-                    .payload(&webrtc_dtls_client_hello(cookie))
-                    .build(),
-            );
-        }
-        // The other side may be the DTLS client too.
-        frames.push(
-            Frame::eth()
-                .ip(server, client)
-                .udp(media, port)
-                .payload(&webrtc_dtls_client_hello(0))
-                .build(),
-        );
-    }
-    assert_none_dropped("stun, webrtc dtls", &frames);
+    assert_generator_none_dropped(corpus::stun_webrtc_dtls);
 }
 
 #[test]
 fn rtp_and_ntp_streams_are_never_dropped() {
-    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x47b));
-    let mut frames = Vec::new();
-    for stream in 0..20 {
-        let (a, b) = endpoints(&mut rng, stream % 2 == 0);
-        let (pa, pb) = (rng.ephemeral(), rng.ephemeral());
-        let ssrc = rng.next() as u32;
-        let pt = [0u8, 8, 9, 96, 111, 120][stream % 6];
-        let len = [172usize, 172, 92, 1200, 80, 60][stream % 6];
-        for seq in 0..2_000u16 {
-            let p = rtp(
-                pt,
-                seq.wrapping_add(stream as u16 * 977),
-                seq as u32 * 160,
-                ssrc,
-                len,
-            );
-            frames.push(Frame::eth().ip(a, b).udp(pa, pb).payload(&p).build());
-        }
-    }
-    for i in 0..5_000 {
-        let (c, s) = endpoints(&mut rng, i % 2 == 0);
-        let port = if i % 2 == 0 { 123 } else { rng.ephemeral() };
-        frames.push(
-            Frame::eth()
-                .ip(c, s)
-                .udp(port, 123)
-                .payload(&ntp_request())
-                .build(),
-        );
-        let mut reply = ntp_request();
-        reply[0] = 0x24;
-        reply[1] = 2;
-        frames.push(Frame::eth().ip(s, c).udp(123, port).payload(&reply).build());
-    }
-    assert_none_dropped("rtp, ntp", &frames);
+    assert_generator_none_dropped(corpus::rtp_ntp);
 }
-
-/// OpenVPN's reset sizes (client and server, every wrap and digest, UDP and TCP framing).
-const OVPN_SIZES: [usize; 16] = [
-    14, 26, 38, 42, 50, 54, 62, 66, 70, 72, 82, 86, 98, 353, 359, 400,
-];
 
 #[test]
 fn encrypted_udp_flows_with_openvpn_sized_packets_are_never_dropped() {
-    // Fully encrypted protocols (obfuscated proxies, games, VoIP over proprietary crypto):
-    // every byte random, on one 5-tuple for a long time, both ways, and half the packets
-    // exactly the size of an OpenVPN reset.
-    let mut rng = Rng(vpn_filter_tests::rng::seeded(0x6a3e));
-    for v6 in [false, true] {
-        let (a, b) = endpoints(&mut rng, v6);
-        let (pa, pb) = (rng.ephemeral(), 27015);
-        let mut frames = Vec::new();
-        for _ in 0..60_000 {
-            let len = if rng.chance(2) {
-                OVPN_SIZES[rng.below(16) as usize]
-            } else {
-                rng.range(14, 1400)
-            };
-            let p = rng.bytes(len);
-            frames.push(if rng.chance(2) {
-                Frame::eth().ip(a, b).udp(pa, pb).payload(&p).build()
-            } else {
-                Frame::eth().ip(b, a).udp(pb, pa).payload(&p).build()
-            });
-        }
-        assert_none_dropped(
-            if v6 {
-                "encrypted udp over ipv6"
-            } else {
-                "encrypted udp over ipv4"
-            },
-            &frames,
-        );
-    }
+    assert_generator_none_dropped(corpus::encrypted_udp);
 }
 
 #[test]
 fn dtls_1_3_records_with_connection_ids_are_never_dropped() {
-    // RFC 9147 unified header: 001CSLEE, here with C (an 8-byte connection id, constant for the
-    // connection), so 0x30..0x3f: OpenVPN's data v1 and client reset v2 opcodes. The sequence
-    // number is encrypted.
-    let mut rng = Rng(vpn_filter_tests::rng::seeded(0xd713));
-    for v6 in [false, true] {
-        let (a, b) = endpoints(&mut rng, v6);
-        let (pa, pb) = (rng.ephemeral(), 4433);
-        let (cid_a, cid_b) = (rng.bytes(8), rng.bytes(8));
-        let mut frames = Vec::new();
-        for _ in 0..40_000 {
-            let first = 0x30 | (rng.next() as u8 & 0x0f);
-            let len = if rng.chance(2) {
-                OVPN_SIZES[rng.below(16) as usize]
-            } else {
-                rng.range(30, 1300)
-            };
-            let to_b = rng.chance(2);
-            let mut p = vec![first];
-            p.extend_from_slice(if to_b { &cid_b } else { &cid_a });
-            p.extend_from_slice(&rng.bytes(len - 9));
-            frames.push(if to_b {
-                Frame::eth().ip(a, b).udp(pa, pb).payload(&p).build()
-            } else {
-                Frame::eth().ip(b, a).udp(pb, pa).payload(&p).build()
-            });
-        }
-        assert_none_dropped("dtls 1.3 with connection ids", &frames);
+    assert_generator_none_dropped(corpus::dtls13_connection_ids);
+}
+
+#[test]
+fn every_corpus_generator_is_asserted_here() {
+    let source = include_str!("false_positives.rs");
+    for (name, _) in corpus::GENERATORS {
+        assert!(
+            source.contains(&format!("(corpus::{name})")),
+            "corpus::{name} has no never-dropped test in tests/false_positives.rs"
+        );
     }
 }
 

@@ -1,4 +1,4 @@
-//! `cargo xtask`: the project's build, run, test, dist, demo and bench entry points.
+//! `cargo xtask`: the project's build, run, test, dist, demo, bench and accuracy entry points.
 //!
 //! Everything that needs the eBPF toolchain first runs [`bootstrap`], which makes sure the
 //! nightly toolchain has `rust-src` and that `bpf-linker` is built against the nightly
@@ -22,7 +22,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
-    about = "vpn-filter build, run, test, dist, demo and bench"
+    about = "vpn-filter build, run, test, dist, demo, bench and accuracy"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -65,6 +65,16 @@ enum Cmd {
         #[arg(long)]
         hold: bool,
     },
+    /// Accuracy report: recall per VPN family on every fixture capture (tests/fixtures, and
+    /// tests/fixtures/consumer when present) and the false positives of each protocol's rules
+    /// on the false-positive corpus, through the real program (root required). Prints markdown
+    /// tables; fails on an unreadable capture, a program that does not load, or any drop of
+    /// corpus traffic under the default policy (never on recall below 100%).
+    Accuracy {
+        /// Also write the tables into BENCHMARKS.md (between its accuracy markers).
+        #[arg(long)]
+        write: bool,
+    },
     /// Benchmarks (results go to BENCHMARKS.md): in-kernel cost per packet, throughput across
     /// veth against count-and-drop, xdp-filter and nftables, registry sync. Root required.
     Bench {
@@ -87,6 +97,7 @@ fn main() -> ExitCode {
         Cmd::Dist => dist(),
         Cmd::Demo { hold } => demo(hold),
         Cmd::Bench { quick, args } => bench(quick, &args),
+        Cmd::Accuracy { write } => accuracy(write),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -563,6 +574,25 @@ fn demo(hold: bool) -> Result<()> {
         .arg(root().join("target/debug/vpn-filter"));
     if hold {
         cmd.arg("--hold");
+    }
+    sh(&mut cmd)
+}
+
+fn accuracy(write: bool) -> Result<()> {
+    bootstrap()?;
+    require_root("cargo xtask accuracy")?;
+    // The debug build the tests use (build.rs builds the XDP object into it); the run is
+    // syscall-bound, so an optimised build would buy little and cost a second full build.
+    sh(cargo().args([
+        "build",
+        "--package",
+        "vpn-filter-tests",
+        "--bin",
+        "vpn-filter-accuracy",
+    ]))?;
+    let mut cmd = Command::new(root().join("target/debug/vpn-filter-accuracy"));
+    if write {
+        cmd.arg("--write").arg(root().join("BENCHMARKS.md"));
     }
     sh(&mut cmd)
 }

@@ -277,17 +277,20 @@ fn run() -> Result<()> {
         md.push_str("## 5. `vpn-filter replay`\n\n");
         md.push_str(&replay_md);
     }
-    // The fleet section is measured by the fleet test (tests/tests/fleet.rs) at full size, not
-    // by this run: carried over from the file as it was.
+    // The fleet section is measured by the fleet test (tests/tests/fleet.rs) at full size, and
+    // the accuracy section by `cargo xtask accuracy`, not by this run: carried over from the
+    // file as they were.
     if let Ok(old) = std::fs::read_to_string(&args.out) {
-        if let Some(start) = old.find(FLEET_SECTION) {
-            let rest = &old[start..];
-            let end = rest[FLEET_SECTION.len()..]
-                .find("\n## ")
-                .map_or(rest.len(), |i| i + FLEET_SECTION.len() + 1);
-            md.push('\n');
-            md.push_str(rest[..end].trim_end());
-            md.push_str("\n\n");
+        for heading in KEPT_SECTIONS {
+            if let Some(start) = old.find(heading) {
+                let rest = &old[start..];
+                let end = rest[heading.len()..]
+                    .find("\n## ")
+                    .map_or(rest.len(), |i| i + heading.len() + 1);
+                md.push('\n');
+                md.push_str(rest[..end].trim_end());
+                md.push_str("\n\n");
+            }
         }
     }
     std::fs::write(&args.out, &md).with_context(|| format!("writing {}", args.out.display()))?;
@@ -309,8 +312,12 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Heading of the section written from the fleet test's output, kept across runs.
-const FLEET_SECTION: &str = "## Fleet: one feed server, many gateways";
+/// Headings of the sections other programs write (the fleet test, `cargo xtask accuracy`),
+/// kept across runs.
+const KEPT_SECTIONS: [&str; 2] = [
+    "## Fleet: one feed server, many gateways",
+    "## Accuracy: recall and false positives",
+];
 
 /// Sections that stopped with an error.
 static FAILED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
