@@ -145,6 +145,16 @@ wire_enum! {
         /// FortiClient's DTLS tunnel, OpenConnect's new sessions, but also Citrix HDX (EDT)
         /// and any WebRTC peer on 443. Monitor by default.
         Dtls443 = 16 => "dtls_443",
+        /// A flow whose first client payload looks fully encrypted (Shadowsocks, VMess,
+        /// obfs4, Psiphon OSSH): the published rule set (bits per byte, printable shares,
+        /// TLS/HTTP exemptions). A heuristic: monitor by default.
+        FullyEncrypted = 17 => "fully_encrypted",
+        /// A TLS ClientHello whose SNI is in the operator's VPN domain list (by suffix).
+        TlsSni = 18 => "tls_sni",
+        /// Any traffic between a client and a server after a VPN handshake between the two
+        /// was dropped: the fallbacks (OpenConnect's TLS channel, Tailscale's DERP,
+        /// SoftEther's TCP) cannot carry the tunnel.
+        Fallback = 19 => "fallback",
     }
 }
 
@@ -197,6 +207,12 @@ wire_enum! {
         OvpnObfuscated = 32 => "openvpn_obfuscated",
         /// A DTLS ClientHello to UDP 443 without a resumed 32-byte session id.
         DtlsClientHello443 = 33 => "dtls_client_hello_443",
+        /// The first client payload of a flow, fully encrypted by the rule set.
+        EncryptedFirstPayload = 34 => "encrypted_first_payload",
+        /// A TLS ClientHello naming a listed domain.
+        TlsClientHelloSni = 35 => "tls_client_hello_sni",
+        /// A packet between a client and a server whose VPN handshake was dropped.
+        FallbackPair = 36 => "fallback_pair",
     }
 }
 
@@ -248,6 +264,9 @@ wire_enum! {
         Revoked = 5 => "revoked",
         /// The destination is in the endpoint lists ([`Protocol::Endpoints`]).
         ListedEndpoint = 6 => "listed_endpoint",
+        /// The client's VPN handshake to this server was dropped moments ago: the rest of
+        /// their traffic is too ([`Protocol::Fallback`]).
+        Fallback = 7 => "fallback",
     }
 }
 

@@ -175,6 +175,10 @@ impl Default for Policy {
         // A DTLS handshake to 443 is FortiClient's or OpenConnect's tunnel, but also Citrix's
         // remote desktop and, rarely, a WebRTC peer: reported, not dropped.
         modes[Protocol::Dtls443 as usize] = PolicyMode::Monitor;
+        modes[Protocol::FullyEncrypted as usize] = PolicyMode::Monitor;
+        // A listed domain means the app was opened, not that a tunnel runs (its API, its
+        // updates): reported until the operator decides.
+        modes[Protocol::TlsSni as usize] = PolicyMode::Monitor;
         Policy(modes)
     }
 }
