@@ -52,7 +52,10 @@ use std::{
 
 use serde_json::Value;
 use vpn_filter_tests::{
-    gateway_lab::{controller_path, GatewayLab, TempDir, REGISTERED, SERVER, UNREGISTERED},
+    gateway_lab::{
+        controller_path, GatewayLab, TempDir, REGISTERED, REGISTERED6, SERVER, SERVER6,
+        UNREGISTERED, UNREGISTERED6,
+    },
     lab::registry_json,
     netns::{NetNs, Process},
     require_root,
@@ -454,6 +457,15 @@ trait Vpn {
     fn blocked_note(&self, _side: Side) -> String {
         String::new()
     }
+    /// The address a client's VPN traffic comes from, as events name it (by default the
+    /// client's IPv4 address).
+    fn client_addr(&self, side: Side) -> &'static str {
+        side.addr()
+    }
+    /// The server's address the clients talk to (by default its IPv4 address).
+    fn server_addr(&self) -> &'static str {
+        SERVER
+    }
     /// The mode of the controller's default policy for [`Vpn::protocol`], for the summary.
     fn default_mode(&self) -> &'static str {
         "enforce"
@@ -513,7 +525,9 @@ fn only_the_registered_client_gets_through(vpn: impl Vpn) {
 /// The same under a policy given as controller arguments (`extra`; `mode` names it in the
 /// summary): for a protocol monitored by default, its `--policy <protocol>=enforce`.
 fn blocked_unless_registered(mut vpn: impl Vpn, extra: &[&str], mode: &str) {
-    let env = Env::new(&[REGISTERED], extra);
+    let reg_addr = vpn.client_addr(Side::Registered);
+    let unreg_addr = vpn.client_addr(Side::Unregistered);
+    let env = Env::new(&[reg_addr], extra);
     let dir = env.dir.path();
     vpn.start_server(&env.lab, dir);
     let started = Instant::now();
@@ -528,7 +542,7 @@ fn blocked_unless_registered(mut vpn: impl Vpn, extra: &[&str], mode: &str) {
     });
     assert!(
         came_up.is_none(),
-        "{}: the unregistered client got through (up means: {}) although the registry allows only {REGISTERED}\nevents: {:?}\n{}",
+        "{}: the unregistered client got through (up means: {}) although the registry allows only {reg_addr}\nevents: {:?}\n{}",
         vpn.name(),
         vpn.up_means(),
         env.controller.stdout_lines(),
@@ -548,17 +562,17 @@ fn blocked_unless_registered(mut vpn: impl Vpn, extra: &[&str], mode: &str) {
     }
 
     let events = env.events();
-    let drops: Vec<_> = naming(&events, UNREGISTERED)
+    let drops: Vec<_> = naming(&events, unreg_addr)
         .into_iter()
         .filter(|e| is(e, vpn.protocol(), "dropped"))
         .collect();
     assert!(
         !drops.is_empty(),
-        "{}: no `dropped` event with protocol {} naming {UNREGISTERED}; events: {events:?}",
+        "{}: no `dropped` event with protocol {} naming {unreg_addr}; events: {events:?}",
         vpn.name(),
         vpn.protocol()
     );
-    let about_reg = naming(&events, REGISTERED);
+    let about_reg = naming(&events, reg_addr);
     assert!(
         about_reg.is_empty(),
         "{}: events name the registered client: {about_reg:?}",
@@ -579,7 +593,7 @@ fn blocked_unless_registered(mut vpn: impl Vpn, extra: &[&str], mode: &str) {
 
 /// Registry = the server: both clients' tunnels come up and nothing is reported.
 fn both_get_through_when_the_server_is_registered(mut vpn: impl Vpn) {
-    let env = Env::new(&[SERVER], &[]);
+    let env = Env::new(&[vpn.server_addr()], &[]);
     let dir = env.dir.path();
     vpn.start_server(&env.lab, dir);
     let started = Instant::now();
@@ -608,7 +622,9 @@ fn monitor_mode_reports_but_lets_through(vpn: impl Vpn) {
 /// The same under a policy given as controller arguments (`extra`; `mode` names it in the
 /// summary): none, for a protocol monitored by default.
 fn reported_but_let_through(mut vpn: impl Vpn, extra: &[&str], mode: &str) {
-    let env = Env::new(&[REGISTERED], extra);
+    let reg_addr = vpn.client_addr(Side::Registered);
+    let unreg_addr = vpn.client_addr(Side::Unregistered);
+    let env = Env::new(&[reg_addr], extra);
     let dir = env.dir.path();
     vpn.start_server(&env.lab, dir);
     let started = Instant::now();
@@ -618,7 +634,7 @@ fn reported_but_let_through(mut vpn: impl Vpn, extra: &[&str], mode: &str) {
     let unreg = expect_up(&vpn, &env, Side::Unregistered, started);
     // Events travel through a ring buffer: give the last ones a moment.
     let monitored = |events: &[Value]| {
-        naming(events, UNREGISTERED)
+        naming(events, unreg_addr)
             .into_iter()
             .filter(|e| is(e, vpn.protocol(), "monitored"))
             .count()
@@ -628,7 +644,7 @@ fn reported_but_let_through(mut vpn: impl Vpn, extra: &[&str], mode: &str) {
     let n = monitored(&events);
     assert!(
         n > 0,
-        "{}: {mode}: no `monitored` event with protocol {} naming {UNREGISTERED}; events: {events:?}",
+        "{}: {mode}: no `monitored` event with protocol {} naming {unreg_addr}; events: {events:?}",
         vpn.name(),
         vpn.protocol()
     );
@@ -641,7 +657,7 @@ fn reported_but_let_through(mut vpn: impl Vpn, extra: &[&str], mode: &str) {
         "{}: {mode} dropped something: {dropped:?}",
         vpn.name()
     );
-    let about_reg = naming(&events, REGISTERED);
+    let about_reg = naming(&events, reg_addr);
     assert!(
         about_reg.is_empty(),
         "{}: events name the registered client: {about_reg:?}",
@@ -1449,9 +1465,12 @@ impl Vpn for L2tp {
 /// byte is salt or ciphertext, which the `fully_encrypted` heuristic judges (monitor by
 /// default). There is no tunnel interface either, so "up" is traffic through the relay: an
 /// HTTP GET through the SOCKS5 proxy (curl --socks5-hostname) to the server's HTTP server and
-/// a datagram through ss-tunnel that the server's UDP echo returns.
+/// a datagram through ss-tunnel that the server's UDP echo returns. Over IPv4 or IPv6 (the
+/// relay's own connections; the HTTP server and the echo behind ss-server are on the server's
+/// IPv4 address, which the filter never sees).
 #[derive(Default)]
 struct Shadowsocks {
+    ipv6: bool,
     procs: Procs,
     config: Option<PathBuf>,
     http: Option<HttpServer>,
@@ -1468,6 +1487,13 @@ const SS_HTTP_PORT: u16 = 8080;
 const SS_ECHO_PORT: u16 = 7007;
 
 impl Shadowsocks {
+    fn ipv6() -> Shadowsocks {
+        Shadowsocks {
+            ipv6: true,
+            ..Shadowsocks::default()
+        }
+    }
+
     /// An HTTP GET through the client's SOCKS5 proxy returns the page.
     fn tcp_works(&self, lab: &GatewayLab, side: Side) -> bool {
         let out = side.ns(lab).exec(
@@ -1510,7 +1536,27 @@ impl Shadowsocks {
 
 impl Vpn for Shadowsocks {
     fn name(&self) -> &'static str {
-        "shadowsocks"
+        if self.ipv6 {
+            "shadowsocks-ipv6"
+        } else {
+            "shadowsocks"
+        }
+    }
+
+    fn client_addr(&self, side: Side) -> &'static str {
+        match (self.ipv6, side) {
+            (false, _) => side.addr(),
+            (true, Side::Registered) => REGISTERED6,
+            (true, Side::Unregistered) => UNREGISTERED6,
+        }
+    }
+
+    fn server_addr(&self) -> &'static str {
+        if self.ipv6 {
+            SERVER6
+        } else {
+            SERVER
+        }
     }
 
     fn protocol(&self) -> &'static str {
@@ -1522,6 +1568,9 @@ impl Vpn for Shadowsocks {
     }
 
     fn start_server(&mut self, lab: &GatewayLab, dir: &Path) {
+        if self.ipv6 {
+            lab.add_ipv6();
+        }
         let mut raw = [0u8; 18];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
@@ -1532,7 +1581,7 @@ impl Vpn for Shadowsocks {
         write_secret(
             &config,
             &serde_json::json!({
-                "server": SERVER,
+                "server": self.server_addr(),
                 "server_port": SS_PORT,
                 "password": password,
                 "method": SS_METHOD,
@@ -1693,6 +1742,7 @@ vpn_tests! {
 
 heuristic_vpn_tests! {
     shadowsocks => Shadowsocks::default();
+    shadowsocks_ipv6 => Shadowsocks::ipv6();
 }
 
 // ----------------------------------------------------------------------------- ordinary traffic
