@@ -32,8 +32,9 @@
 //! PPTP and L2TP stop after their control connections here (the kernel has no PPP): "up" means
 //! the client's own report of the control connection (pptp starting pppd once the server
 //! accepted the call; xl2tpd's `Connection established`), and there is no ping. For
-//! OpenConnect the judged channel is DTLS: the TLS (CSTP) connection on TCP 443 is
-//! indistinguishable from HTTPS and is never blocked, so the client falls back to it. The
+//! OpenConnect the judged channel is DTLS: the TLS (CSTP) connection on TCP 443 looks like
+//! HTTPS, but once the server answers the DTLS handshake and that answer is dropped, the
+//! client-server pair is closed (fallback) and the CSTP connection carries nothing more. The
 //! README's "Covered end to end" section has the table of results and these limits.
 
 use std::{
@@ -448,8 +449,8 @@ trait Vpn {
     fn ping(&self, lab: &GatewayLab, side: Side) -> Option<Ping>;
     fn procs(&self) -> &Procs;
     /// Whether blocking the handshake also leaves the client without any tunnel (so a ping
-    /// through it must fail). Not for OpenConnect: only its DTLS channel is judged, and the
-    /// client keeps carrying traffic over its TLS (CSTP) connection.
+    /// through it must fail). OpenConnect too: once its DTLS handshake is dropped, the
+    /// fallback closure drops its TLS (CSTP) connection with the server.
     fn blocks_data_plane(&self) -> bool {
         true
     }
@@ -1356,13 +1357,9 @@ impl Vpn for OpenConnect {
         &self.procs
     }
 
-    fn blocks_data_plane(&self) -> bool {
-        false
-    }
-
     fn blocked_note(&self, side: Side) -> String {
         if self.procs.said(side.label(), "CSTP connected") {
-            "; its TLS (CSTP) channel on TCP 443 is up: not judged".into()
+            "; its TLS (CSTP) channel came up, then was closed with the pair (fallback)".into()
         } else {
             String::new()
         }

@@ -45,6 +45,7 @@ fn timeless() -> Config {
         blocked_flow_timeout_ns: 3_600_000_000_000,
         allowed_flow_timeout_ns: 3_600_000_000_000,
         pending_flow_timeout_ns: 3_600_000_000_000,
+        fallback_timeout_ns: 3_600_000_000_000,
         ..Config::default()
     }
 }
@@ -348,6 +349,9 @@ struct Model {
     port_marks: HashMap<u16, u64>,
     /// Protocols the default policy monitors.
     monitored: HashSet<u8>,
+    /// Closed (client, server) pairs, lower address first (the program's `FALLBACK_PAIRS`):
+    /// armed by a confirmed flow's drop; every later packet between the two is dropped.
+    closed_pairs: HashSet<([u8; 16], [u8; 16])>,
 }
 
 /// What the model says about one frame.
@@ -375,6 +379,18 @@ impl Model {
             return Judgement {
                 action: XDP_DROP,
                 tiny_fragment: true,
+                ..pass
+            };
+        }
+        let pair = if p.src <= p.dst {
+            (p.src, p.dst)
+        } else {
+            (p.dst, p.src)
+        };
+        if self.closed_pairs.contains(&pair) {
+            return Judgement {
+                action: XDP_DROP,
+                known_flow: true,
                 ..pass
             };
         }
@@ -459,6 +475,10 @@ impl Model {
             self.gates.insert(protocol);
             self.flows.insert(key, state);
             return pass;
+        }
+        if known_flow && !monitored {
+            // A confirmed handshake dropped: the pair is closed (fallback.rs).
+            self.closed_pairs.insert(pair);
         }
         if known_flow {
             state.status = FlowStatus::Blocked as u8;

@@ -435,10 +435,36 @@ fn pptp_registered_endpoints_pass() {
 }
 
 #[test]
-fn openconnect_dtls_client_hello_is_dropped_while_the_tls_channel_passes() {
+fn openconnect_dtls_is_dropped_at_the_server_hello_and_then_the_pair_is_closed() {
     // 1-20 the CSTP channel: TLS on TCP 443, not a detection. 21 the DTLS ClientHello (record
-    // FE FF, client_version FE FD, 32-byte session id, TLS_PSK suites) to UDP 443.
-    recognised("openconnect.pcap", Protocol::OpenConnectDtls, 21, &[]);
+    // FE FF, client_version FE FD, 32-byte session id, TLS_PSK suites) to UDP 443: weak,
+    // passed. 22 the server's DTLS ServerHello confirms it and is dropped; from then on the
+    // pair is closed (fallback): every later frame between the two, DTLS and the CSTP
+    // channel alike, is dropped as `fallback`.
+    let name = "openconnect.pcap";
+    let (actions, stats) = replay(name, &[]);
+    let first = actions.iter().position(|a| *a == XDP_DROP).map(|i| i + 1);
+    assert_eq!(
+        first,
+        Some(22),
+        "{name}: first drop; replay: {}",
+        show(&actions)
+    );
+    assert!(
+        actions[21..].iter().all(|a| *a == XDP_DROP),
+        "{name}: everything after the ServerHello is dropped; replay: {}",
+        show(&actions)
+    );
+    assert_eq!(
+        stats.verdict(Protocol::OpenConnectDtls, Verdict::Dropped),
+        1,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.verdict(Protocol::Fallback, Verdict::Dropped),
+        (actions.len() - 22) as u64,
+        "{stats:?}"
+    );
 }
 
 #[test]

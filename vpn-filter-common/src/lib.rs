@@ -213,6 +213,9 @@ wire_enum! {
         TlsClientHelloSni = 35 => "tls_client_hello_sni",
         /// A packet between a client and a server whose VPN handshake was dropped.
         FallbackPair = 36 => "fallback_pair",
+        /// A server's DTLS handshake record (ServerHello, HelloVerifyRequest) from UDP 443:
+        /// confirms a pending OpenConnect ClientHello.
+        DtlsServerHello = 37 => "dtls_server_hello",
     }
 }
 
@@ -437,7 +440,18 @@ pub struct Config {
     pub ext_header_overflow: u8,
     /// Reserved, zero.
     pub _reserved: [u8; 3],
+    /// How long a client and a server stay closed to each other after a VPN handshake
+    /// between them was dropped ([`Protocol::Fallback`]; 0 means
+    /// [`DEFAULT_FALLBACK_TIMEOUT_NS`]).
+    pub fallback_timeout_ns: u64,
 }
+
+/// Default [`Config::fallback_timeout_ns`]: three minutes, longer than the fallbacks' own
+/// retries (OpenConnect reconnects within seconds; SoftEther within a minute).
+pub const DEFAULT_FALLBACK_TIMEOUT_NS: u64 = 180_000_000_000;
+
+/// Capacity of the fallback-pair map (client, server): an LRU.
+pub const FALLBACK_PAIR_ENTRIES: u32 = 65_536;
 
 wire_enum! {
     /// [`Config::ext_header_overflow`]: the policy for IPv6 extension header chains longer

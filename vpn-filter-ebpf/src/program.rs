@@ -17,15 +17,16 @@ use vpn_filter_common::{
     DEFAULT_ALLOWED_FLOW_TIMEOUT_NS, DEFAULT_ALLOWLIST_LOOKUP, DEFAULT_ALLOW_V4_ENTRIES,
     DEFAULT_ALLOW_V6_ENTRIES, DEFAULT_BLOCKED_FLOW_TIMEOUT_NS, DEFAULT_EVENTS_PER_CPU_PER_SEC,
     DEFAULT_EVENTS_PER_SOURCE_PER_SEC, DEFAULT_EVENT_LIMIT_ENTRIES, DEFAULT_EVENT_RING_BYTES,
-    DEFAULT_FLOW_ENTRIES, DEFAULT_PENDING_FLOW_TIMEOUT_NS, ENCAP_VLAN_STACK, FAMILY_V4, FAMILY_V6,
-    FAST_BITMAP_V4_LONG, FAST_BITMAP_V6, FAST_BITMAP_WORDS, FAST_V6_MAX_LENGTHS, FAST_V6_USE_TRIE,
-    FLOW_CLASS_DATA, REPEAT_REPORT_WINDOWS, REPEAT_RESERVE_PER_SEC, REPEAT_SLOTS, REPEAT_WINDOW_NS,
-    STATS_LEN,
+    DEFAULT_FALLBACK_TIMEOUT_NS, DEFAULT_FLOW_ENTRIES, DEFAULT_PENDING_FLOW_TIMEOUT_NS,
+    ENCAP_VLAN_STACK, FALLBACK_PAIR_ENTRIES, FAMILY_V4, FAMILY_V6, FAST_BITMAP_V4_LONG,
+    FAST_BITMAP_V6, FAST_BITMAP_WORDS, FAST_V6_MAX_LENGTHS, FAST_V6_USE_TRIE, FLOW_CLASS_DATA,
+    REPEAT_REPORT_WINDOWS, REPEAT_RESERVE_PER_SEC, REPEAT_SLOTS, REPEAT_WINDOW_NS, STATS_LEN,
 };
 mod allowlist;
 mod detect;
 mod endpoints;
 mod events;
+mod fallback;
 mod flow;
 mod frame;
 mod tcp_stream;
@@ -70,6 +71,9 @@ struct Candidate {
     /// of a UDP conversation (`u32::MAX`: none).
     fet_n: u32,
     fet_udp_slot: u32,
+    /// Set by `decide` when a confirmed flow was dropped: the top level closes the pair
+    /// ([`fallback::arm`]) in its own frame.
+    arm_fallback: u32,
 }
 
 #[map(name = "STATS")]
@@ -106,7 +110,18 @@ fn filter(ctx: &XdpContext, ip_start: bool) -> u32 {
             }
             None => XDP_PASS,
         },
-        Ok(action) => action,
+        Ok(action) => {
+            if let Some(c) = SCRATCH.get_ptr_mut(0) {
+                // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+                let c = unsafe { &mut *c };
+                if c.arm_fallback != 0 {
+                    c.arm_fallback = 0;
+                    // SAFETY: helper without arguments.
+                    fallback::arm(&c.pkt, unsafe { bpf_ktime_get_ns() });
+                }
+            }
+            action
+        }
         Err(Counter::TinyFragment) => {
             count(counter_index(Counter::TinyFragment));
             XDP_DROP
@@ -163,6 +178,11 @@ fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Coun
 #[inline(always)]
 fn try_vpn_filter(ctx: &XdpContext, ip_start: bool) -> Result<u32, Counter> {
     parse(ctx, ip_start)?;
+    // A closed pair first: every packet between the two is judged under `fallback`,
+    // whatever it carries.
+    if fallback::closed(ctx) == XDP_DROP {
+        return Ok(XDP_DROP);
+    }
     let head = stream_head(ctx)?;
     // Three frames called one after the other, never nested: their stacks never add up.
     let mut found = detect(ctx, head)?;

@@ -235,7 +235,7 @@ pub fn classify_udp_on(
         return l2tp(w, len);
     }
     if dtls::is_head(head) {
-        return dtls(dport, w, len);
+        return dtls(sport, dport, w, len);
     }
     if softether::is_head(head) {
         return softether(w, len);
@@ -432,6 +432,8 @@ pub fn advance(state: &mut FlowState, det: &Detection, same_direction: bool) -> 
                 && (det.token == state.token || any_token)
                 && (state.aux == [0; 4] || det.aux == state.aux || any_token)
         }
+        // OpenConnect: the server answers the ClientHello with a DTLS handshake record.
+        (Some(Message::DtlsClientHello), Message::DtlsServerHello) => reply,
         (Some(Message::EspUdp), Message::EspUdp) => {
             esp_progress(state, det, same_direction);
             state.flags & (flow_flags::ESP_REVERSE | flow_flags::ESP_ADVANCED)

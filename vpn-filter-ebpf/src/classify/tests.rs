@@ -667,14 +667,32 @@ fn l2tpv3_control_with_a_matching_length_is_strong() {
 }
 
 #[test]
-fn real_openconnect_dtls_client_hello_to_443_is_strong() {
+fn real_openconnect_dtls_client_hello_to_443_is_weak_and_the_server_hello_confirms_it() {
     let d = udp(39019, 443, &openconnect_client_hello());
     assert_detects(
         d,
         Protocol::OpenConnectDtls,
         Message::DtlsClientHello,
-        Strength::Strong,
+        Strength::Weak,
     );
+    // The server's answer: a handshake record of type ServerHello (2) from 443.
+    let mut reply = openconnect_client_hello();
+    reply[13] = 2;
+    let r = udp(443, 39019, &reply);
+    let r = assert_detects(
+        r,
+        Protocol::OpenConnectDtls,
+        Message::DtlsServerHello,
+        Strength::FollowUp,
+    );
+    let mut state = FlowState {
+        status: FlowStatus::Pending as u8,
+        protocol: Protocol::OpenConnectDtls as u8,
+        message: Message::DtlsClientHello as u8,
+        token: d.unwrap().token,
+        ..Default::default()
+    };
+    assert_eq!(advance(&mut state, &r, false), Confirmation::Confirmed);
 }
 
 #[test]

@@ -70,7 +70,7 @@ fn udp_first(pkt: &Packet) -> Option<u32> {
 
 /// Whether `protocol` has live flow entries (follow-up packets are looked up only then).
 #[inline(always)]
-fn gate_open(protocol: Protocol) -> bool {
+pub(super) fn gate_open(protocol: Protocol) -> bool {
     let gate = FLOW_GATE.get(protocol as u32).copied().unwrap_or(0);
     // SAFETY: helper without arguments.
     gate != 0 && unsafe { bpf_ktime_get_ns() } <= gate

@@ -167,7 +167,17 @@ pub(super) fn decide(ctx: &XdpContext, c: &Candidate) -> u32 {
             Reason::Signature
         }
     };
-    report(ctx, pkt, det, protocol, reason, now, &cfg)
+    let action = report(ctx, pkt, det, protocol, reason, now, &cfg);
+    if action == XDP_DROP && matches!(reason, Reason::Confirmed | Reason::Revoked) {
+        // The server answered this client in the VPN's protocol (or the two ran a tunnel
+        // while registered): close the pair's other traffic, so the tunnel cannot fall back
+        // (done by the top level, in its own frame).
+        if let Some(slot) = SCRATCH.get_ptr_mut(0) {
+            // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+            unsafe { (*slot).arm_fallback = 1 };
+        }
+    }
+    action
 }
 
 /// Applies the flow entry of the packet's protocol (keys carry the protocol, so the entry is

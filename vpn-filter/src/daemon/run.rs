@@ -65,6 +65,11 @@ pub struct RunArgs {
     /// Seconds a flow judged an unregistered VPN keeps being dropped after its last packet.
     #[arg(long, default_value_t = vpn_filter_common::DEFAULT_BLOCKED_FLOW_TIMEOUT_NS / 1_000_000_000)]
     pub blocked_flow_timeout: u64,
+    /// Seconds a client and a server stay closed to each other (any port and protocol) after
+    /// a VPN handshake between them was confirmed and dropped: the tunnel cannot fall back
+    /// to TLS on 443 (OpenConnect) or TCP (SoftEther). Policy slot `fallback`.
+    #[arg(long, default_value_t = vpn_filter_common::DEFAULT_FALLBACK_TIMEOUT_NS / 1_000_000_000)]
+    pub fallback_timeout: u64,
     /// Events per source address per second before the kernel suppresses (and counts) them.
     #[arg(long, default_value_t = vpn_filter_common::DEFAULT_EVENTS_PER_SOURCE_PER_SEC)]
     pub events_per_source: u32,
@@ -117,6 +122,7 @@ impl RunArgs {
     fn kernel_config(&self) -> Config {
         Config {
             blocked_flow_timeout_ns: self.blocked_flow_timeout.saturating_mul(1_000_000_000),
+            fallback_timeout_ns: self.fallback_timeout.saturating_mul(1_000_000_000),
             events_per_source_per_sec: self.events_per_source,
             events_per_cpu_per_sec: self.events_per_cpu,
             ext_header_overflow: match self.ext_header_overflow {

@@ -1,0 +1,203 @@
+//! Issue 16, item 3: closing the fallbacks. After a VPN handshake between an unregistered
+//! client and a server was confirmed by the server's answer and dropped, every packet between
+//! the two (any port, any protocol, both directions) is dropped under the `fallback` policy
+//! for `--fallback-timeout`: OpenConnect's TLS channel on 443 cannot carry the tunnel once its
+//! DTLS was dropped. Keyed by the pair: the client's traffic to other servers and other
+//! clients' traffic to the server pass. A handshake nobody answered (a spoofed one) closes
+//! nothing.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use vpn_filter::kernel::{Filter, FrameStart, Policy};
+use vpn_filter_common::{Config, PolicyMode, Protocol, Verdict};
+use vpn_filter_tests::{
+    judge::{client, expect, load, load_with, server, Failures, Outcome, XDP_DROP, XDP_PASS},
+    packet::*,
+};
+
+const OC: Protocol = Protocol::OpenConnectDtls;
+const FB: Protocol = Protocol::Fallback;
+
+fn other_server(v6: bool) -> IpAddr {
+    if v6 {
+        Ipv6Addr::new(0x2001, 0xdb8, 0x400, 0, 0, 0, 0, 9).into()
+    } else {
+        Ipv4Addr::new(203, 0, 113, 99).into()
+    }
+}
+
+fn other_client(v6: bool) -> IpAddr {
+    if v6 {
+        Ipv6Addr::new(0x2001, 0xdb8, 0x500, 0, 0, 0, 0, 8).into()
+    } else {
+        Ipv4Addr::new(203, 0, 113, 88).into()
+    }
+}
+
+fn udp(from: IpAddr, to: IpAddr, fport: u16, tport: u16, p: &[u8]) -> Vec<u8> {
+    Frame::eth()
+        .ip(from, to)
+        .udp(fport, tport)
+        .payload(p)
+        .build()
+}
+
+fn tls(from: IpAddr, to: IpAddr, fport: u16, tport: u16) -> Vec<u8> {
+    let mut p = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+    p.extend((0..64u8).map(|i| i.wrapping_mul(37)));
+    Frame::eth()
+        .ip(from, to)
+        .tcp(fport, tport)
+        .tcp_flags(TCP_ACK | TCP_PSH)
+        .tcp_seq(1000, 2000)
+        .payload(&p)
+        .build()
+}
+
+fn server_hello() -> Vec<u8> {
+    let mut p = openconnect_dtls_client_hello();
+    p[13] = 2; // ServerHello
+    p
+}
+
+fn nothing() -> Outcome {
+    expect(XDP_PASS, None, &[])
+}
+
+/// The DTLS channel of an unregistered OpenConnect client: its ClientHello waits for the
+/// server's answer, which confirms it and is dropped.
+fn dtls_dropped(filter: &Filter, failures: &mut Failures, c: IpAddr, s: IpAddr, cport: u16) {
+    failures.check(
+        filter,
+        &format!("{c} DTLS ClientHello"),
+        &udp(c, s, cport, 443, &openconnect_dtls_client_hello()),
+        &expect(XDP_PASS, Some((OC, Verdict::Pending)), &[]),
+    );
+    failures.check(
+        filter,
+        &format!("{s} DTLS ServerHello to {c}"),
+        &udp(s, c, 443, cport, &server_hello()),
+        &expect(XDP_DROP, Some((OC, Verdict::Dropped)), &[]),
+    );
+}
+
+#[test]
+fn after_a_dropped_dtls_handshake_the_pair_is_closed_on_every_port() {
+    let filter = load();
+    let mut failures = Failures::default();
+    for v6 in [false, true] {
+        let (c, s) = (client(v6, false), server(v6));
+        let base = 44000 + 100 * v6 as u16;
+        dtls_dropped(&filter, &mut failures, c, s, base);
+        let closed = expect(XDP_DROP, Some((FB, Verdict::Dropped)), &[]);
+        for (what, frame) in [
+            ("TLS to 443 (the fallback)", tls(c, s, base + 1, 443)),
+            ("TLS from 443", tls(s, c, 443, base + 1)),
+            ("TLS to 8443", tls(c, s, base + 2, 8443)),
+            (
+                "UDP to 53",
+                udp(c, s, base + 3, 53, &[1, 2, 3, 4, 5, 6, 7, 8]),
+            ),
+        ] {
+            failures.check(&filter, &format!("{c} <-> {s}: {what}"), &frame, &closed);
+        }
+        // The pair, not the server or the client alone.
+        failures.check(
+            &filter,
+            &format!("{c} to another server"),
+            &tls(c, other_server(v6), base + 4, 443),
+            &nothing(),
+        );
+        failures.check(
+            &filter,
+            &format!("another client to {s}"),
+            &tls(other_client(v6), s, base + 5, 443),
+            &nothing(),
+        );
+    }
+    failures.assert_none();
+}
+
+#[test]
+fn an_unanswered_handshake_closes_nothing() {
+    let filter = load();
+    let mut failures = Failures::default();
+    for v6 in [false, true] {
+        let (c, s) = (client(v6, false), server(v6));
+        let base = 45000 + 100 * v6 as u16;
+        // A spoofed ClientHello (no answer ever comes): pending, and nothing closed.
+        failures.check(
+            &filter,
+            "ClientHello",
+            &udp(c, s, base, 443, &openconnect_dtls_client_hello()),
+            &expect(XDP_PASS, Some((OC, Verdict::Pending)), &[]),
+        );
+        failures.check(
+            &filter,
+            "TLS after it",
+            &tls(c, s, base + 1, 443),
+            &nothing(),
+        );
+    }
+    failures.assert_none();
+}
+
+#[test]
+fn registered_clients_close_nothing() {
+    let filter = load();
+    let mut failures = Failures::default();
+    for v6 in [false, true] {
+        let (c, s) = (client(v6, true), server(v6));
+        let base = 46000 + 100 * v6 as u16;
+        failures.check(
+            &filter,
+            "registered ClientHello",
+            &udp(c, s, base, 443, &openconnect_dtls_client_hello()),
+            &expect(XDP_PASS, Some((OC, Verdict::Allowed)), &[]),
+        );
+        failures.check(
+            &filter,
+            "registered ServerHello",
+            &udp(s, c, 443, base, &server_hello()),
+            &expect(XDP_PASS, Some((OC, Verdict::Allowed)), &[]),
+        );
+        failures.check(
+            &filter,
+            "TLS after it",
+            &tls(c, s, base + 1, 443),
+            &nothing(),
+        );
+    }
+    failures.assert_none();
+}
+
+#[test]
+fn the_fallback_policy_and_timeout_are_the_operators() {
+    // Monitor: reported, passed.
+    let mut policy = Policy::default();
+    policy.set(FB, PolicyMode::Monitor);
+    let filter = load_with(FrameStart::Ethernet, &policy, &Config::default());
+    let mut failures = Failures::default();
+    let (c, s) = (client(false, false), server(false));
+    dtls_dropped(&filter, &mut failures, c, s, 47000);
+    failures.check(
+        &filter,
+        "TLS under fallback=monitor",
+        &tls(c, s, 47001, 443),
+        &expect(XDP_PASS, Some((FB, Verdict::Monitored)), &[]),
+    );
+    // A closure of one nanosecond is over by the next packet.
+    let config = Config {
+        fallback_timeout_ns: 1,
+        ..Config::default()
+    };
+    let filter = load_with(FrameStart::Ethernet, &Policy::default(), &config);
+    dtls_dropped(&filter, &mut failures, c, s, 47100);
+    failures.check(
+        &filter,
+        "TLS after the closure",
+        &tls(c, s, 47101, 443),
+        &nothing(),
+    );
+    failures.assert_none();
+}
