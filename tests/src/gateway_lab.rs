@@ -11,6 +11,8 @@
 //! no ARP races. XDP sees ingress only: a client's packets are judged on its `g-*` interface,
 //! the server's replies on `g-srv`.
 //!
+//! [`GatewayLab::add_ipv6`] adds the same plan in IPv6 (`fd81:N::2`, gateway `fd81:N::1`).
+//!
 //! Dropping a [`GatewayLab`] first kills (by pid, TERM then KILL) every process still living
 //! in its namespaces, then deletes the namespaces, so a failing test leaves nothing behind.
 
@@ -25,6 +27,11 @@ use crate::netns::{neigh, unique, veth, NetNs, Process};
 pub const REGISTERED: &str = "10.81.1.2";
 pub const UNREGISTERED: &str = "10.81.2.2";
 pub const SERVER: &str = "10.81.3.2";
+/// The same hosts' IPv6 addresses, once [`GatewayLab::add_ipv6`] has added them (gateway
+/// `fd81:N::1`).
+pub const REGISTERED6: &str = "fd81:1::2";
+pub const UNREGISTERED6: &str = "fd81:2::2";
+pub const SERVER6: &str = "fd81:3::2";
 
 /// The gateway's interfaces towards the registered client, the unregistered client and the
 /// server, in that order.
@@ -67,6 +74,50 @@ impl GatewayLab {
         }
         lab.gw.sysctl("net.ipv4.ip_forward", "1");
         lab
+    }
+
+    /// Adds IPv6 to the lab: `fd81:N::2/64` on each client and the server, `fd81:N::1/64`
+    /// on the gateway, default routes and static neighbour entries as for IPv4, and IPv6
+    /// forwarding on the gateway. No duplicate address detection, so the addresses are usable
+    /// at once. Not done by [`GatewayLab::new`]: the tests that want IPv6 ask for it.
+    pub fn add_ipv6(&self) {
+        for (i, (ns, gif)) in [&self.reg, &self.unreg, &self.server]
+            .into_iter()
+            .zip(GATEWAY_IFACES)
+            .enumerate()
+        {
+            let net = i + 1;
+            let cif = format!("c{i}");
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("fd81:{net}::2/64"),
+                "dev",
+                &cif,
+                "nodad",
+            ]);
+            self.gw.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("fd81:{net}::1/64"),
+                "dev",
+                gif,
+                "nodad",
+            ]);
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd81:{net}::1"),
+            ]);
+            neigh(ns, &cif, &format!("fd81:{net}::1"), &self.gw.mac(gif));
+            neigh(&self.gw, gif, &format!("fd81:{net}::2"), &ns.mac(&cif));
+        }
+        self.gw.sysctl("net.ipv6.conf.all.forwarding", "1");
     }
 
     /// Starts `controller run` in the gateway namespace, attached to all three gateway

@@ -14,6 +14,12 @@
 //! - registry = the server: both tunnels come up, nothing is reported;
 //! - `--policy all=monitor`: both tunnels come up and the unregistered one is reported.
 //!
+//! A protocol without a wire signature, judged by a heuristic that is monitored by default
+//! (Shadowsocks: `fully_encrypted`), gets the same three adapted: under the default policy
+//! both clients get through and the unregistered one is reported; under `--policy
+//! fully_encrypted=enforce` only the registered one gets through and the other's drops are
+//! reported; with the server registered both get through and nothing is reported.
+//!
 //! Plus ordinary traffic (HTTP, DNS over UDP, TLS, iperf3) through the same gateway: it works
 //! for both clients and nothing is dropped.
 //!
@@ -46,7 +52,10 @@ use std::{
 
 use serde_json::Value;
 use vpn_filter_tests::{
-    gateway_lab::{controller_path, GatewayLab, TempDir, REGISTERED, SERVER, UNREGISTERED},
+    gateway_lab::{
+        controller_path, GatewayLab, TempDir, REGISTERED, REGISTERED6, SERVER, SERVER6,
+        UNREGISTERED, UNREGISTERED6,
+    },
     lab::registry_json,
     netns::{NetNs, Process},
     require_root,
@@ -448,6 +457,29 @@ trait Vpn {
     fn blocked_note(&self, _side: Side) -> String {
         String::new()
     }
+    /// The address a client's VPN traffic comes from, as events name it (by default the
+    /// client's IPv4 address).
+    fn client_addr(&self, side: Side) -> &'static str {
+        side.addr()
+    }
+    /// The server's address the clients talk to (by default its IPv4 address).
+    fn server_addr(&self) -> &'static str {
+        SERVER
+    }
+    /// The mode of the controller's default policy for [`Vpn::protocol`], for the summary.
+    fn default_mode(&self) -> &'static str {
+        "enforce"
+    }
+    /// For the summary, where [`Vpn::ping`] is `None`: what "up" proved instead.
+    fn without_ping(&self) -> &'static str {
+        "no data plane here"
+    }
+    /// For a client that must stay blocked: does anything of it get through? By default,
+    /// whether its tunnel is up; where "up" needs several channels (Shadowsocks: TCP and
+    /// UDP), whether any one of them works.
+    fn gets_anything_through(&self, lab: &GatewayLab, side: Side) -> bool {
+        self.is_up(lab, side)
+    }
 }
 
 /// Waits for `side`'s tunnel to come up and carry a ping; panics with the logs otherwise.
@@ -465,7 +497,7 @@ fn expect_up(vpn: &dyn Vpn, env: &Env, side: Side, started: Instant) -> String {
     });
     let took = started.elapsed();
     let ping = match vpn.ping(&env.lab, side) {
-        None => "no data plane here".to_string(),
+        None => vpn.without_ping().to_string(),
         Some(p) => {
             let ok = wait_until(Duration::from_secs(10), || {
                 ping_once(side.ns(&env.lab), p.src.as_deref(), &p.dst)
@@ -486,8 +518,16 @@ fn expect_up(vpn: &dyn Vpn, env: &Env, side: Side, started: Instant) -> String {
 
 /// Registry = the registered client: only its tunnel comes up; the other is blocked and
 /// reported.
-fn only_the_registered_client_gets_through(mut vpn: impl Vpn) {
-    let env = Env::new(&[REGISTERED], &[]);
+fn only_the_registered_client_gets_through(vpn: impl Vpn) {
+    blocked_unless_registered(vpn, &[], "enforce");
+}
+
+/// The same under a policy given as controller arguments (`extra`; `mode` names it in the
+/// summary): for a protocol monitored by default, its `--policy <protocol>=enforce`.
+fn blocked_unless_registered(mut vpn: impl Vpn, extra: &[&str], mode: &str) {
+    let reg_addr = vpn.client_addr(Side::Registered);
+    let unreg_addr = vpn.client_addr(Side::Unregistered);
+    let env = Env::new(&[reg_addr], extra);
     let dir = env.dir.path();
     vpn.start_server(&env.lab, dir);
     let started = Instant::now();
@@ -497,10 +537,12 @@ fn only_the_registered_client_gets_through(mut vpn: impl Vpn) {
     let reg = expect_up(&vpn, &env, Side::Registered, started);
 
     let rest = BLOCK_WINDOW.saturating_sub(started.elapsed());
-    let came_up = wait_until(rest, || vpn.is_up(&env.lab, Side::Unregistered));
+    let came_up = wait_until(rest, || {
+        vpn.gets_anything_through(&env.lab, Side::Unregistered)
+    });
     assert!(
         came_up.is_none(),
-        "{}: the unregistered client's tunnel came up ({}) although the registry allows only {REGISTERED}\nevents: {:?}\n{}",
+        "{}: the unregistered client got through (up means: {}) although the registry allows only {reg_addr}\nevents: {:?}\n{}",
         vpn.name(),
         vpn.up_means(),
         env.controller.stdout_lines(),
@@ -520,17 +562,17 @@ fn only_the_registered_client_gets_through(mut vpn: impl Vpn) {
     }
 
     let events = env.events();
-    let drops: Vec<_> = naming(&events, UNREGISTERED)
+    let drops: Vec<_> = naming(&events, unreg_addr)
         .into_iter()
         .filter(|e| is(e, vpn.protocol(), "dropped"))
         .collect();
     assert!(
         !drops.is_empty(),
-        "{}: no `dropped` event with protocol {} naming {UNREGISTERED}; events: {events:?}",
+        "{}: no `dropped` event with protocol {} naming {unreg_addr}; events: {events:?}",
         vpn.name(),
         vpn.protocol()
     );
-    let about_reg = naming(&events, REGISTERED);
+    let about_reg = naming(&events, reg_addr);
     assert!(
         about_reg.is_empty(),
         "{}: events name the registered client: {about_reg:?}",
@@ -539,7 +581,7 @@ fn only_the_registered_client_gets_through(mut vpn: impl Vpn) {
     let messages: std::collections::BTreeSet<&str> =
         drops.iter().filter_map(|e| e["message"].as_str()).collect();
     summary(&format!(
-        "{:<24} registry=client  enforce  registered: ALLOWED ({reg})  unregistered: BLOCKED (down for {:.1} s, {} drop events: {} {:?}{})",
+        "{:<24} registry=client  {mode}  registered: ALLOWED ({reg})  unregistered: BLOCKED (down for {:.1} s, {} drop events: {} {:?}{})",
         vpn.name(),
         down_for.as_secs_f64(),
         drops.len(),
@@ -551,7 +593,7 @@ fn only_the_registered_client_gets_through(mut vpn: impl Vpn) {
 
 /// Registry = the server: both clients' tunnels come up and nothing is reported.
 fn both_get_through_when_the_server_is_registered(mut vpn: impl Vpn) {
-    let env = Env::new(&[SERVER], &[]);
+    let env = Env::new(&[vpn.server_addr()], &[]);
     let dir = env.dir.path();
     vpn.start_server(&env.lab, dir);
     let started = Instant::now();
@@ -566,14 +608,23 @@ fn both_get_through_when_the_server_is_registered(mut vpn: impl Vpn) {
         vpn.name()
     );
     summary(&format!(
-        "{:<24} registry=server  enforce  registered: ALLOWED ({reg})  unregistered: ALLOWED ({unreg}), 0 events",
-        vpn.name()
+        "{:<24} registry=server  {}  registered: ALLOWED ({reg})  unregistered: ALLOWED ({unreg}), 0 events",
+        vpn.name(),
+        vpn.default_mode()
     ));
 }
 
 /// `--policy all=monitor`: the unregistered tunnel comes up too, and is reported.
-fn monitor_mode_reports_but_lets_through(mut vpn: impl Vpn) {
-    let env = Env::new(&[REGISTERED], &["--policy", "all=monitor"]);
+fn monitor_mode_reports_but_lets_through(vpn: impl Vpn) {
+    reported_but_let_through(vpn, &["--policy", "all=monitor"], "monitor");
+}
+
+/// The same under a policy given as controller arguments (`extra`; `mode` names it in the
+/// summary): none, for a protocol monitored by default.
+fn reported_but_let_through(mut vpn: impl Vpn, extra: &[&str], mode: &str) {
+    let reg_addr = vpn.client_addr(Side::Registered);
+    let unreg_addr = vpn.client_addr(Side::Unregistered);
+    let env = Env::new(&[reg_addr], extra);
     let dir = env.dir.path();
     vpn.start_server(&env.lab, dir);
     let started = Instant::now();
@@ -583,7 +634,7 @@ fn monitor_mode_reports_but_lets_through(mut vpn: impl Vpn) {
     let unreg = expect_up(&vpn, &env, Side::Unregistered, started);
     // Events travel through a ring buffer: give the last ones a moment.
     let monitored = |events: &[Value]| {
-        naming(events, UNREGISTERED)
+        naming(events, unreg_addr)
             .into_iter()
             .filter(|e| is(e, vpn.protocol(), "monitored"))
             .count()
@@ -593,7 +644,7 @@ fn monitor_mode_reports_but_lets_through(mut vpn: impl Vpn) {
     let n = monitored(&events);
     assert!(
         n > 0,
-        "{}: monitor mode: no `monitored` event with protocol {} naming {UNREGISTERED}; events: {events:?}",
+        "{}: {mode}: no `monitored` event with protocol {} naming {unreg_addr}; events: {events:?}",
         vpn.name(),
         vpn.protocol()
     );
@@ -603,17 +654,17 @@ fn monitor_mode_reports_but_lets_through(mut vpn: impl Vpn) {
         .collect();
     assert!(
         dropped.is_empty(),
-        "{}: monitor mode dropped something: {dropped:?}",
+        "{}: {mode} dropped something: {dropped:?}",
         vpn.name()
     );
-    let about_reg = naming(&events, REGISTERED);
+    let about_reg = naming(&events, reg_addr);
     assert!(
         about_reg.is_empty(),
         "{}: events name the registered client: {about_reg:?}",
         vpn.name()
     );
     summary(&format!(
-        "{:<24} registry=client  monitor  registered: ALLOWED ({reg})  unregistered: PASSED+REPORTED ({unreg}, {n} monitored events)",
+        "{:<24} registry=client  {mode}  registered: ALLOWED ({reg})  unregistered: PASSED+REPORTED ({unreg}, {n} monitored events)",
         vpn.name()
     ));
 }
@@ -1406,6 +1457,221 @@ impl Vpn for L2tp {
     }
 }
 
+// ----------------------------------------------------------------------------- Shadowsocks
+
+/// shadowsocks-libev with an AEAD cipher: ss-server (TCP and UDP relay) in the server
+/// namespace; in a client namespace ss-local (SOCKS5 on 127.0.0.1, TCP) and ss-tunnel (UDP
+/// only, a local port forwarded to the server's UDP echo). There is no wire signature: every
+/// byte is salt or ciphertext, which the `fully_encrypted` heuristic judges (monitor by
+/// default). There is no tunnel interface either, so "up" is traffic through the relay: an
+/// HTTP GET through the SOCKS5 proxy (curl --socks5-hostname) to the server's HTTP server and
+/// a datagram through ss-tunnel that the server's UDP echo returns. Over IPv4 or IPv6 (the
+/// relay's own connections; the HTTP server and the echo behind ss-server are on the server's
+/// IPv4 address, which the filter never sees).
+#[derive(Default)]
+struct Shadowsocks {
+    ipv6: bool,
+    procs: Procs,
+    config: Option<PathBuf>,
+    http: Option<HttpServer>,
+    echo: Option<UdpEcho>,
+}
+
+const SS_METHOD: &str = "chacha20-ietf-poly1305";
+const SS_PORT: u16 = 8388;
+/// ss-local's SOCKS5 port and ss-tunnel's UDP port, on 127.0.0.1 of each client namespace.
+const SS_SOCKS_PORT: u16 = 1080;
+const SS_TUNNEL_PORT: u16 = 5300;
+/// The HTTP server and the UDP echo behind ss-server, in the server namespace.
+const SS_HTTP_PORT: u16 = 8080;
+const SS_ECHO_PORT: u16 = 7007;
+
+impl Shadowsocks {
+    fn ipv6() -> Shadowsocks {
+        Shadowsocks {
+            ipv6: true,
+            ..Shadowsocks::default()
+        }
+    }
+
+    /// An HTTP GET through the client's SOCKS5 proxy returns the page.
+    fn tcp_works(&self, lab: &GatewayLab, side: Side) -> bool {
+        let out = side.ns(lab).exec(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "2",
+                "--socks5-hostname",
+                &format!("127.0.0.1:{SS_SOCKS_PORT}"),
+                &format!("http://{SERVER}:{SS_HTTP_PORT}/"),
+            ],
+        );
+        out.status.success() && out.stdout == HTTP_BODY.as_bytes()
+    }
+
+    /// A datagram sent to the client's ss-tunnel comes back from the server's echo within a
+    /// second. A fresh socket each time: ss-tunnel relays it from a fresh socket too, so the
+    /// filter sees a new flow.
+    fn udp_works(&self, lab: &GatewayLab, side: Side) -> bool {
+        let sock = side.ns(lab).enter(|| {
+            std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket on 127.0.0.1")
+        });
+        sock.set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("read timeout");
+        let payload = format!(
+            "vpn-filter e2e: UDP through Shadowsocks from the {} client",
+            side.label()
+        );
+        if sock
+            .send_to(payload.as_bytes(), ("127.0.0.1", SS_TUNNEL_PORT))
+            .is_err()
+        {
+            return false;
+        }
+        let mut buf = [0u8; 512];
+        matches!(sock.recv_from(&mut buf), Ok((n, _)) if buf[..n] == *payload.as_bytes())
+    }
+}
+
+impl Vpn for Shadowsocks {
+    fn name(&self) -> &'static str {
+        if self.ipv6 {
+            "shadowsocks-ipv6"
+        } else {
+            "shadowsocks"
+        }
+    }
+
+    fn client_addr(&self, side: Side) -> &'static str {
+        match (self.ipv6, side) {
+            (false, _) => side.addr(),
+            (true, Side::Registered) => REGISTERED6,
+            (true, Side::Unregistered) => UNREGISTERED6,
+        }
+    }
+
+    fn server_addr(&self) -> &'static str {
+        if self.ipv6 {
+            SERVER6
+        } else {
+            SERVER
+        }
+    }
+
+    fn protocol(&self) -> &'static str {
+        "fully_encrypted"
+    }
+
+    fn up_means(&self) -> &'static str {
+        "an HTTP GET through ss-local's SOCKS5 proxy and a UDP datagram through ss-tunnel, both answered through ss-server"
+    }
+
+    fn start_server(&mut self, lab: &GatewayLab, dir: &Path) {
+        if self.ipv6 {
+            lab.add_ipv6();
+        }
+        let mut raw = [0u8; 18];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
+            .expect("random bytes for the password");
+        let password: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        // The password in a file readable by root only, not on any command line.
+        let config = dir.join("shadowsocks.json");
+        write_secret(
+            &config,
+            &serde_json::json!({
+                "server": self.server_addr(),
+                "server_port": SS_PORT,
+                "password": password,
+                "method": SS_METHOD,
+                "timeout": 60,
+            })
+            .to_string(),
+        );
+        self.http = Some(HttpServer::start(
+            &lab.server,
+            &format!("{SERVER}:{SS_HTTP_PORT}"),
+        ));
+        self.echo = Some(UdpEcho::start(
+            &lab.server,
+            &format!("{SERVER}:{SS_ECHO_PORT}"),
+        ));
+        let mut cmd = lab.server.command("ss-server");
+        cmd.arg("-c").arg(&config).args(["-u", "-v"]);
+        self.procs.add("ss-server", Process::spawn(cmd));
+        self.config = Some(config);
+        let ready = wait_until(Duration::from_secs(10), || {
+            listening(&lab.server, "-tln", SS_PORT) && listening(&lab.server, "-uln", SS_PORT)
+        });
+        assert!(
+            ready.is_some(),
+            "ss-server is not listening on TCP and UDP {SS_PORT}\n{}",
+            self.procs.logs()
+        );
+    }
+
+    fn start_client(&mut self, lab: &GatewayLab, _dir: &Path, side: Side) {
+        let config = self.config.clone().expect("server started first");
+        let ns = side.ns(lab);
+        let mut local = ns.command("ss-local");
+        local.arg("-c").arg(&config).args([
+            "-b",
+            "127.0.0.1",
+            "-l",
+            &SS_SOCKS_PORT.to_string(),
+            "-v",
+        ]);
+        self.procs
+            .add(format!("ss-local-{}", side.label()), Process::spawn(local));
+        let mut tunnel = ns.command("ss-tunnel");
+        tunnel
+            .arg("-c")
+            .arg(&config)
+            .args(["-b", "127.0.0.1", "-l", &SS_TUNNEL_PORT.to_string()])
+            .args(["-L", &format!("{SERVER}:{SS_ECHO_PORT}"), "-U", "-v"]);
+        self.procs.add(
+            format!("ss-tunnel-{}", side.label()),
+            Process::spawn(tunnel),
+        );
+        // Listening before "up" or "blocked" is judged: a client that never started must not
+        // pass for a blocked one.
+        let ready = wait_until(Duration::from_secs(10), || {
+            listening(ns, "-tln", SS_SOCKS_PORT) && listening(ns, "-uln", SS_TUNNEL_PORT)
+        });
+        assert!(
+            ready.is_some(),
+            "the {} client's ss-local (TCP {SS_SOCKS_PORT}) or ss-tunnel (UDP {SS_TUNNEL_PORT}) is not listening\n{}",
+            side.label(),
+            self.procs.logs()
+        );
+    }
+
+    fn is_up(&self, lab: &GatewayLab, side: Side) -> bool {
+        self.tcp_works(lab, side) && self.udp_works(lab, side)
+    }
+
+    fn gets_anything_through(&self, lab: &GatewayLab, side: Side) -> bool {
+        self.tcp_works(lab, side) || self.udp_works(lab, side)
+    }
+
+    fn ping(&self, _lab: &GatewayLab, _side: Side) -> Option<Ping> {
+        None
+    }
+
+    fn default_mode(&self) -> &'static str {
+        "monitor"
+    }
+
+    fn without_ping(&self) -> &'static str {
+        "HTTP over TCP and a UDP echo through the relay"
+    }
+
+    fn procs(&self) -> &Procs {
+        &self.procs
+    }
+}
+
 // ----------------------------------------------------------------------------- the tests
 
 macro_rules! vpn_tests {
@@ -1431,6 +1697,36 @@ macro_rules! vpn_tests {
     )*};
 }
 
+/// The same three for a protocol monitored by default (a heuristic), adapted: reported
+/// under the default policy, blocked under `--policy <protocol>=enforce`, untouched when the
+/// server is registered.
+macro_rules! heuristic_vpn_tests {
+    ($($module:ident => $make:expr;)*) => {$(
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn unregistered_tunnel_works_and_is_reported_under_the_default_policy() {
+                let vpn = $make;
+                let mode = vpn.default_mode();
+                reported_but_let_through(vpn, &[], mode);
+            }
+
+            #[test]
+            fn enforce_blocks_only_the_unregistered_client() {
+                let vpn = $make;
+                let policy = format!("{}=enforce", vpn.protocol());
+                blocked_unless_registered(vpn, &["--policy", &policy], &policy);
+            }
+
+            #[test]
+            fn both_tunnels_work_when_the_server_is_registered() {
+                both_get_through_when_the_server_is_registered($make);
+            }
+        }
+    )*};
+}
+
 vpn_tests! {
     openvpn_udp_tls_auth => OpenVpn::new(Transport::Udp, Wrap::TlsAuth);
     openvpn_udp_tls_crypt => OpenVpn::new(Transport::Udp, Wrap::TlsCrypt);
@@ -1442,6 +1738,11 @@ vpn_tests! {
     pptp => Pptp::default();
     openconnect_dtls => OpenConnect::default();
     l2tp => L2tp::default();
+}
+
+heuristic_vpn_tests! {
+    shadowsocks => Shadowsocks::default();
+    shadowsocks_ipv6 => Shadowsocks::ipv6();
 }
 
 // ----------------------------------------------------------------------------- ordinary traffic
@@ -1495,6 +1796,47 @@ impl HttpServer {
 }
 
 impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A UDP echo server on a thread, its socket in the server namespace.
+struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    fn start(ns: &NetNs, addr: &str) -> UdpEcho {
+        let sock = ns.enter(|| {
+            std::net::UdpSocket::bind(addr)
+                .unwrap_or_else(|e| panic!("bind UDP {addr} in {}: {e}", ns.name()))
+        });
+        // Wakes the loop to see the stop flag.
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        UdpEcho {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpEcho {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {

@@ -33,9 +33,9 @@ mod tcp_stream;
 use vpn_filter_ebpf::{
     classify::{
         advance, belongs, classify_gre, classify_ip_proto, classify_tcp, classify_udp_on,
-        is_standard_ike_port, ovpn_packet, tcp_prefilter, udp_prefilter, udp_second_look,
-        wg_follow, Confirmation, Detection, Prefilter, SecondLook, Strength, OVPN_OBFS_MARK,
-        PORT_MARK_IKE, PORT_MARK_OVPN_OBFS, WINDOW,
+        encrypted, is_standard_ike_port, ovpn_packet, tcp_prefilter, udp_prefilter,
+        udp_second_look, wg_follow, Confirmation, Detection, Prefilter, SecondLook, Strength,
+        OVPN_OBFS_MARK, PORT_MARK_IKE, PORT_MARK_OVPN_OBFS, WINDOW,
     },
     parse::{
         self, Frame, Packet, FRAG_FIRST, FRAG_LATER, FRAG_NONE, IPPROTO_AH, IPPROTO_ESP,
@@ -66,6 +66,10 @@ const JUDGE_ENDPOINT: u32 = u32::MAX;
 struct Candidate {
     pkt: Packet,
     det: Detection,
+    /// For [`encrypted_stage`]: bytes held by the payload window, and the `UDP_FIRST` slot
+    /// of a UDP conversation (`u32::MAX`: none).
+    fet_n: u32,
+    fet_udp_slot: u32,
 }
 
 #[map(name = "STATS")]
@@ -160,13 +164,18 @@ fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Coun
 fn try_vpn_filter(ctx: &XdpContext, ip_start: bool) -> Result<u32, Counter> {
     parse(ctx, ip_start)?;
     let head = stream_head(ctx)?;
-    judge(ctx, head)
+    // Three frames called one after the other, never nested: their stacks never add up.
+    let mut found = detect(ctx, head)?;
+    if found == DETECT_ENCRYPTED_CANDIDATE {
+        found = encrypted_stage();
+    }
+    judge(ctx, head, found)
 }
 
 /// Judges the packet [`parse`] left in the scratch slot. Not inlined: its stack frame and
 /// the parser's are never on the stack at the same time.
 #[inline(never)]
-fn judge(ctx: &XdpContext, head: u32) -> Result<u32, Counter> {
+fn judge(ctx: &XdpContext, head: u32, found: u32) -> Result<u32, Counter> {
     let slot = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
     // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
     let pkt = unsafe { (*slot).pkt };
@@ -181,21 +190,17 @@ fn judge(ctx: &XdpContext, head: u32) -> Result<u32, Counter> {
     if pkt.frag == FRAG_LATER {
         return Err(later_fragment(&pkt));
     }
-    if head == HEAD_HELD {
+    if head & !HEAD_FIRST_CLIENT == HEAD_HELD && found == 0 {
         count(counter_index(Counter::TcpStreamBuffered));
         return Ok(XDP_PASS);
     }
-    let found = if head == HEAD_DETECTED {
-        // SAFETY: stream_head stored it in the per-CPU slot.
-        Some(unsafe { (*slot).det })
-    } else {
-        detect(ctx, &pkt)?
-    };
-    let det = match found {
-        Some(d) => d,
+    // SAFETY: a per-CPU slot, only this CPU touches it while the program runs; `detect` and
+    // `stream_head` leave their detection there.
+    let det = match found != 0 {
+        true => unsafe { (*slot).det },
         // No signature: judged only if it goes to a listed VPN endpoint (endpoints.rs), by
         // the caller, from the scratch slot.
-        None => {
+        false => {
             if !endpoints::candidate(&pkt) {
                 return Ok(XDP_PASS);
             }
@@ -212,8 +217,6 @@ fn judge(ctx: &XdpContext, head: u32) -> Result<u32, Counter> {
     if det.protocol == Protocol::Ike && pkt.ip_proto == IPPROTO_UDP {
         mark_ports(pkt.sport, pkt.dport, PORT_MARK_IKE);
     }
-    // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
-    unsafe { (*slot).det = det };
     // SAFETY: reads the local pointer; volatile so the stores above are not forwarded.
     let slot = unsafe { ptr::read_volatile(&slot) };
     // SAFETY: as above.

@@ -18,6 +18,7 @@ use vpn_filter_common::{flow_flags, FlowState, FlowStatus, Message, Protocol};
 const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 
 mod dtls;
+pub mod encrypted;
 mod ike_esp;
 mod l2tp;
 mod lightway;

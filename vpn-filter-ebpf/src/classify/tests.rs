@@ -2292,3 +2292,95 @@ fn on_a_port_that_carried_ike_ike_stays_ike_and_esp_shapes_are_weak_esp() {
     // Without the mark, the same bytes on that port are nothing.
     assert!(classify_udp_on(40000, 51000, esp.len(), &win(&esp), false).is_none());
 }
+
+// ---------------------------------------------------------------------------------------
+// The fully-encrypted rule (encrypted.rs)
+// ---------------------------------------------------------------------------------------
+
+fn fet(p: &[u8]) -> bool {
+    encrypted::fully_encrypted(&win(p), p.len().min(WINDOW))
+}
+
+#[test]
+fn random_first_payloads_are_fully_encrypted() {
+    let mut rng = Rng(0x5eed_fe70);
+    let mut flagged = 0;
+    for _ in 0..10_000 {
+        let len = 24 + rng.below(400) as usize;
+        let p: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+        flagged += fet(&p) as u32;
+    }
+    // Random bytes fail an exemption only by chance (a printable first six bytes: 1 in
+    // 4,700; a popcount outside 3.4..4.6 on short payloads).
+    assert!(
+        flagged > 9_800,
+        "{flagged} of 10000 random payloads flagged"
+    );
+}
+
+#[test]
+fn each_exemption_of_the_rule_holds() {
+    let mut rng = Rng(0x5eed_fe71);
+    let random: Vec<u8> = (0..96).map(|_| rng.below(256) as u8).collect();
+    let mut base = random.clone();
+    base[0] = 0x9c; // not printable, not TLS
+    assert!(fet(&base), "the base payload is flagged");
+    // Ex1: too few or too many set bits.
+    assert!(!fet(&[0x01; 96]));
+    assert!(!fet(&[0xef; 96]));
+    // Ex2: six printable bytes first.
+    let mut p = base.clone();
+    p[..6].copy_from_slice(b"abcdef");
+    assert!(!fet(&p));
+    // Ex3: more than half printable.
+    let p: Vec<u8> = (0..96)
+        .map(|i| {
+            if i % 3 == 0 {
+                0x9c
+            } else {
+                b'k' + (i % 7) as u8
+            }
+        })
+        .collect();
+    assert!(!fet(&p));
+    // Ex4: a printable run of 21.
+    let mut p = base.clone();
+    p[30..51].copy_from_slice(b"ABCDEFGHIJKLMNOPQRSTU");
+    assert!(!fet(&p));
+    // Ex5: TLS records, HTTP requests.
+    let mut p = base.clone();
+    p[..3].copy_from_slice(&[0x16, 0x03, 0x01]);
+    assert!(!fet(&p));
+    let mut p = base.clone();
+    p[..4].copy_from_slice(b"POST");
+    assert!(!fet(&p));
+    // STUN's cookie; too short.
+    let mut p = base.clone();
+    p[4..8].copy_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    assert!(!fet(&p));
+    assert!(!fet(&base[..23]));
+}
+
+#[test]
+fn udp_candidates_leave_out_dns_quic_rtp_and_short_datagrams() {
+    assert!(encrypted::udp_candidate(40000, 8388, 100, [0x3c, 1, 2, 3]));
+    for port in [53u16, 123, 443, 500, 4500, 3478] {
+        assert!(
+            !encrypted::udp_candidate(40000, port, 100, [0x3c, 1, 2, 3]),
+            "port {port}"
+        );
+    }
+    assert!(!encrypted::udp_candidate(40000, 8388, 23, [0x3c, 1, 2, 3]));
+    assert!(
+        !encrypted::udp_candidate(40000, 8388, 100, [0x80, 0x60, 1, 2]),
+        "RTP"
+    );
+    assert!(
+        !encrypted::udp_candidate(40000, 8388, 1200, [0xc3, 0, 0, 0]),
+        "QUIC v1"
+    );
+    assert!(
+        !encrypted::udp_candidate(40000, 8388, 1200, [0xd1, 0x6b, 0x33, 0x43]),
+        "QUIC v2"
+    );
+}

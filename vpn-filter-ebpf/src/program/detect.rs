@@ -34,6 +34,40 @@ pub(super) fn mark_ports(sport: u16, dport: u16, mark: u64) {
     }
 }
 
+/// Slots of `UDP_FIRST` (a power of two).
+const UDP_FIRST_SLOTS: u32 = 1 << 18;
+
+/// A UDP conversation is judged again after this many ~1.07 s ticks.
+const UDP_FIRST_TICKS: u32 = 60;
+
+/// UDP conversations seen lately, one u32 per slot (a 16-bit tag of the conversation's
+/// seeded hash, the tick it was seen): the fully-encrypted rule judges a conversation's
+/// first datagram only. Collisions only make a datagram count as first again (judged once
+/// more) or as seen (not judged).
+#[map(name = "UDP_FIRST")]
+pub(super) static UDP_FIRST: Array<u32> = Array::with_max_entries(UDP_FIRST_SLOTS, 0);
+
+/// The conversation's slot if this datagram is its first (the slot now records it).
+#[inline(always)]
+fn udp_first(pkt: &Packet) -> Option<u32> {
+    // Either direction: the conversation, not the direction, is new.
+    let h = endpoint_hash(&pkt.src, pkt.sport) ^ endpoint_hash(&pkt.dst, pkt.dport);
+    let h = (h ^ (h >> 15)).wrapping_mul(0x2c1b_3c6d);
+    let idx = h & (UDP_FIRST_SLOTS - 1);
+    let slot = UDP_FIRST.get_ptr_mut(idx)?;
+    let tag = h >> 16;
+    // SAFETY: helper without arguments.
+    let tick = ((unsafe { bpf_ktime_get_ns() } >> 30) & 0xffff) as u32;
+    // SAFETY: an array slot; a racing writer on another CPU writes a whole u32 too.
+    let v = unsafe { *slot };
+    if v >> 16 == tag && v != 0 && (tick.wrapping_sub(v & 0xffff) & 0xffff) <= UDP_FIRST_TICKS {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { *slot = tag << 16 | tick };
+    Some(idx)
+}
+
 /// Whether `protocol` has live flow entries (follow-up packets are looked up only then).
 #[inline(always)]
 fn gate_open(protocol: Protocol) -> bool {
@@ -42,17 +76,127 @@ fn gate_open(protocol: Protocol) -> bool {
     gate != 0 && unsafe { bpf_ktime_get_ns() } <= gate
 }
 
+/// Classifies the packet in the scratch slot and leaves the detection there: 1 when there
+/// is one, 0 when not. `head` is [`stream_head`]'s answer. Not inlined, and called before
+/// [`judge`] rather than from it: its stack frame and `decide`'s are never on the stack
+/// together (512 bytes for a call chain).
+#[inline(never)]
+pub(super) fn detect(ctx: &XdpContext, head: u32) -> Result<u32, Counter> {
+    let first_client = head & HEAD_FIRST_CLIENT != 0;
+    let head = head & !HEAD_FIRST_CLIENT;
+    if head == HEAD_DETECTED {
+        // stream_head left it in the slot.
+        return Ok(1);
+    }
+    if head == HEAD_HELD && !first_client {
+        return Ok(0);
+    }
+    let slot = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
+    // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+    let pkt = unsafe { &(*slot).pkt };
+    // Values read from a map are unknown to the verifier: bound them again before they
+    // become packet offsets.
+    if pkt.payload_off > MAX_PAYLOAD_OFFSET
+        || pkt.payload_len > 0xffff
+        || pkt.captured > pkt.payload_len
+    {
+        return Err(Counter::Malformed);
+    }
+    if pkt.frag == FRAG_LATER {
+        // No L4 header: `judge` accounts for it.
+        return Ok(0);
+    }
+    let found = if head == HEAD_HELD {
+        // Held for a signature split over segments: the client's first payload is still
+        // judged alone by the fully-encrypted rule, as it arrived.
+        match load_window(ctx, pkt)? {
+            Some((_, n)) if n >= encrypted::FET_MIN_LEN => Found::Encrypted {
+                n,
+                udp_slot: u32::MAX,
+            },
+            _ => Found::None,
+        }
+    } else {
+        detect_packet(ctx, pkt, first_client)?
+    };
+    match found {
+        Found::Det(det) => {
+            // SAFETY: as above.
+            unsafe { (*slot).det = det };
+            Ok(DETECT_FOUND)
+        }
+        Found::Encrypted { n, udp_slot } => {
+            // SAFETY: as above.
+            unsafe {
+                (*slot).fet_n = n as u32;
+                (*slot).fet_udp_slot = udp_slot;
+            }
+            Ok(DETECT_ENCRYPTED_CANDIDATE)
+        }
+        Found::None => Ok(DETECT_NONE),
+    }
+}
+
+/// [`detect`]'s answers.
+pub(super) const DETECT_NONE: u32 = 0;
+pub(super) const DETECT_FOUND: u32 = 1;
+/// No signature, and the payload window (loaded) is for the fully-encrypted rule:
+/// [`encrypted_stage`] judges it.
+pub(super) const DETECT_ENCRYPTED_CANDIDATE: u32 = 2;
+
+/// What [`detect_packet`] found.
+enum Found {
+    None,
+    Det(Detection),
+    /// The window holds `n` bytes for the fully-encrypted rule; `udp_slot` is the UDP
+    /// conversation's `UDP_FIRST` slot (`u32::MAX`: a TCP stream).
+    Encrypted {
+        n: usize,
+        udp_slot: u32,
+    },
+}
+
+/// The fully-encrypted rule on the window [`detect`] loaded. Its own frame, called from the
+/// top level: every path of the classifier reaches it in one verifier state, so its loop
+/// is walked once rather than once per classifier path.
+#[inline(never)]
+pub(super) fn encrypted_stage() -> u32 {
+    let Some(slot) = SCRATCH.get_ptr_mut(0) else {
+        return DETECT_NONE;
+    };
+    let Some(w) = PAYLOAD_WINDOW.get(0) else {
+        return DETECT_NONE;
+    };
+    // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+    let (n, udp_slot) = unsafe { ((*slot).fet_n as usize, (*slot).fet_udp_slot) };
+    if !encrypted::fully_encrypted(w, n) {
+        return DETECT_NONE;
+    }
+    if udp_slot != u32::MAX && policy(Protocol::FullyEncrypted) == PolicyMode::Enforce as u8 {
+        // Dropped: the conversation's next datagram is judged again.
+        if let Some(s) = UDP_FIRST.get_ptr_mut(udp_slot) {
+            // SAFETY: an array slot.
+            unsafe { *s = 0 };
+        }
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).det = encrypted::detection() };
+    DETECT_FOUND
+}
+
 /// Header checks first; the payload window is copied only for candidates.
 #[inline(always)]
-pub(super) fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>, Counter> {
+fn detect_packet(ctx: &XdpContext, pkt: &Packet, first_client: bool) -> Result<Found, Counter> {
     match pkt.ip_proto {
         IPPROTO_UDP | IPPROTO_TCP => {}
         IPPROTO_GRE => {
             let head: [u8; 4] = read(ctx, pkt.payload_off)?;
-            return Ok(classify_gre(head));
+            return Ok(classify_gre(head).map_or(Found::None, Found::Det));
         }
-        IPPROTO_ESP | IPPROTO_AH => return Ok(classify_ip_proto(pkt.ip_proto)),
-        _ => return Ok(None),
+        IPPROTO_ESP | IPPROTO_AH => {
+            return Ok(classify_ip_proto(pkt.ip_proto).map_or(Found::None, Found::Det))
+        }
+        _ => return Ok(Found::None),
     }
     // A TCP first fragment holds the start of a segment whose length no header states: the
     // rules are told the segment goes on (they then judge the bytes present), the
@@ -65,10 +209,14 @@ pub(super) fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>
     // Every VPN message recognised is at least four bytes long (and a first fragment must
     // hold the first four).
     if len < 4 || pkt.captured < 4 {
-        return Ok(None);
+        return Ok(Found::None);
     }
     let head: [u8; 4] = read(ctx, pkt.payload_off)?;
     let mut ike_port = false;
+    // The window is also judged by the fully-encrypted rule: a TCP stream's first client
+    // payload, a UDP conversation's first datagram.
+    let mut fet = first_client;
+    let mut fet_slot: Option<u32> = None;
     let pre = if pkt.ip_proto == IPPROTO_UDP {
         let mut pre = udp_prefilter(pkt.sport, pkt.dport, len, head);
         if let Prefilter::FollowUp(protocol, _) = pre {
@@ -87,7 +235,17 @@ pub(super) fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>
                     h = read(ctx, pkt.payload_off + 8)?;
                 }
                 match udp_second_look(pkt.sport, pkt.dport, len, marks, &h) {
-                    SecondLook::No => Prefilter::No,
+                    SecondLook::No => {
+                        if encrypted::udp_candidate(pkt.sport, pkt.dport, len, head) {
+                            fet_slot = udp_first(pkt);
+                        }
+                        if fet_slot.is_some() {
+                            fet = true;
+                            Prefilter::Inspect
+                        } else {
+                            Prefilter::No
+                        }
+                    }
                     SecondLook::Inspect { ike_port: p } => {
                         ike_port = p;
                         Prefilter::Inspect
@@ -100,17 +258,20 @@ pub(super) fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>
             p => p,
         }
     } else {
-        tcp_prefilter(len, head)
+        match tcp_prefilter(len, head) {
+            Prefilter::No if first_client => Prefilter::Inspect,
+            p => p,
+        }
     };
     match pre {
-        Prefilter::No => Ok(None),
+        Prefilter::No => Ok(Found::None),
         Prefilter::FollowUp(protocol, message) => {
             // Meaningful only while this protocol has live flows.
             if !gate_open(protocol) {
-                return Ok(None);
+                return Ok(Found::None);
             }
             if protocol == Protocol::OpenVpnObfuscated {
-                return Ok(Some(ovpn_packet(len, head, Strength::FollowUp)));
+                return Ok(Found::Det(ovpn_packet(len, head, Strength::FollowUp)));
             }
             let mut token = [0u8; 8];
             // Control packets: the tls-crypt packet-id time at [13..17]; data packets: the
@@ -126,7 +287,7 @@ pub(super) fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>
                 let h: [u8; 9] = read(ctx, pkt.payload_off)?;
                 token.copy_from_slice(&h[1..9]);
             }
-            Ok(Some(Detection {
+            Ok(Found::Det(Detection {
                 protocol,
                 message,
                 strength: Strength::FollowUp,
@@ -137,40 +298,61 @@ pub(super) fn detect(ctx: &XdpContext, pkt: &Packet) -> Result<Option<Detection>
         }
         Prefilter::Inspect => {
             count(counter_index(Counter::Candidates));
-            // The window lives in a per-CPU map slot, not on the BPF stack (512 bytes for a
-            // whole call chain).
-            let w = match PAYLOAD_WINDOW.get_ptr_mut(0) {
-                // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
-                Some(p) => unsafe { &mut *p },
-                None => return Err(Counter::InternalError),
+            let Some((w, n)) = load_window(ctx, pkt)? else {
+                return Ok(Found::None);
             };
-            *w = [0u8; WINDOW];
-            // A first fragment may hold fewer bytes than the datagram: the rest stays zero.
-            let n = if pkt.captured < WINDOW {
-                pkt.captured
-            } else {
-                WINDOW
-            };
-            if n == 0 || n > WINDOW {
-                return Ok(None);
-            }
-            // SAFETY: `w` has WINDOW >= n bytes; the helper bounds-checks the packet side.
-            let rc = unsafe {
-                bpf_xdp_load_bytes(
-                    ctx.ctx as *mut _,
-                    pkt.payload_off as u32,
-                    w.as_mut_ptr() as *mut c_void,
-                    n as u32,
-                )
-            };
-            if rc != 0 {
-                return Err(Counter::Truncated);
-            }
-            Ok(if pkt.ip_proto == IPPROTO_UDP {
+            let found = if pkt.ip_proto == IPPROTO_UDP {
                 classify_udp_on(pkt.sport, pkt.dport, len, w, ike_port)
             } else {
                 classify_tcp(len, w)
+            };
+            Ok(match found {
+                Some(d) => Found::Det(d),
+                None if fet && n >= encrypted::FET_MIN_LEN => Found::Encrypted {
+                    n,
+                    udp_slot: fet_slot.unwrap_or(u32::MAX),
+                },
+                None => Found::None,
             })
         }
     }
+}
+
+/// Copies the first [`WINDOW`] payload bytes (fewer if the packet holds fewer; zero beyond)
+/// into the per-CPU window: the window and how many bytes it holds.
+#[inline(always)]
+fn load_window(
+    ctx: &XdpContext,
+    pkt: &Packet,
+) -> Result<Option<(&'static mut [u8; WINDOW], usize)>, Counter> {
+    // The window lives in a per-CPU map slot, not on the BPF stack (512 bytes for a whole
+    // call chain).
+    let w = match PAYLOAD_WINDOW.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+        Some(p) => unsafe { &mut *p },
+        None => return Err(Counter::InternalError),
+    };
+    *w = [0u8; WINDOW];
+    // A first fragment may hold fewer bytes than the datagram: the rest stays zero.
+    let n = if pkt.captured < WINDOW {
+        pkt.captured
+    } else {
+        WINDOW
+    };
+    if n == 0 || n > WINDOW {
+        return Ok(None);
+    }
+    // SAFETY: `w` has WINDOW >= n bytes; the helper bounds-checks the packet side.
+    let rc = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx as *mut _,
+            pkt.payload_off as u32,
+            w.as_mut_ptr() as *mut c_void,
+            n as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(Counter::Truncated);
+    }
+    Ok(Some((w, n)))
 }

@@ -12,6 +12,13 @@ pub(super) const HEAD_HELD: u32 = 1;
 /// The stream's first bytes, reassembled, matched: the detection is in the scratch slot.
 pub(super) const HEAD_DETECTED: u32 = 2;
 
+/// Flag on the answers above: the segment starts the stream of the side that sent the SYN
+/// (the client's first payload), which the fully-encrypted rule judges.
+pub(super) const HEAD_FIRST_CLIENT: u32 = 0x100;
+
+/// Bit of a `TCP_HEADS` slot's tag: the ISN came from a SYN (the client), not a SYN-ACK.
+const SLOT_CLIENT: u64 = 1 << 16;
+
 /// Bytes of a TCP stream's start that are reassembled: the classifier's window.
 pub(super) const HEAD_BYTES: usize = WINDOW;
 
@@ -79,6 +86,21 @@ pub(super) fn tcp_hash(pkt: &Packet) -> u32 {
     h ^ (h >> 15)
 }
 
+/// Seeded hash of one endpoint (address, port), for conversation slots that either
+/// direction must find (`UDP_FIRST`).
+#[inline(always)]
+pub(super) fn endpoint_hash(addr: &[u8; 16], port: u16) -> u32 {
+    let mut h: u32 = TCP_HEAD_SEED.get(0).copied().unwrap_or(0) ^ 0x9e37_79b9;
+    let mut i = 0;
+    while i < 16 {
+        let a = u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+        h = (h ^ a).wrapping_mul(0x0100_0193).rotate_left(13);
+        i += 4;
+    }
+    h = (h ^ port as u32).wrapping_mul(0x85eb_ca6b);
+    h ^ (h >> 13)
+}
+
 /// Seed of [`tcp_hash`], written by the controller at load (random per boot), so that
 /// nobody can aim SYNs at another connection's slot.
 #[map(name = "TCP_HEAD_SEED")]
@@ -104,13 +126,19 @@ pub(super) fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
     }
     let h = tcp_hash(pkt);
     let idx = h & (TCP_HEAD_SLOTS - 1);
-    let tag = (h >> 16) as u64;
+    // 15 bits of tag; the lowest bit of the field says which side the slot belongs to.
+    let tag = (h >> 16) as u64 & 0xfffe;
     // SAFETY: helper without arguments.
     let tick = (unsafe { bpf_ktime_get_ns() } >> 30) & 0xffff;
     if pkt.tcp_flags & TCP_SYN != 0 {
+        let client = if pkt.tcp_flags & TCP_ACK == 0 {
+            SLOT_CLIENT
+        } else {
+            0
+        };
         if let Some(slot) = TCP_HEADS.get_ptr_mut(idx) {
             // SAFETY: an array slot; a racing writer on another CPU writes a whole u64 too.
-            unsafe { *slot = (pkt.tcp_seq as u64) << 32 | tag << 16 | tick };
+            unsafe { *slot = (pkt.tcp_seq as u64) << 32 | tag << 16 | client | tick };
         }
         // A SYN's own data (TCP Fast Open) starts the stream: judged alone, as before.
         return Ok(HEAD_ORDINARY);
@@ -125,7 +153,7 @@ pub(super) fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
     // SAFETY: as above.
     let v = unsafe { *slot };
     if v == 0
-        || (v >> 16) & 0xffff != tag
+        || (v >> 16) & 0xfffe != tag
         || (tick.wrapping_sub(v & 0xffff) & 0xffff) > TCP_HEAD_TICKS
     {
         return Ok(HEAD_ORDINARY);
@@ -136,6 +164,13 @@ pub(super) fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
         // Beyond the head (or before the ISN): nothing to reassemble.
         return Ok(HEAD_ORDINARY);
     }
+    // The client's first payload: the fully-encrypted rule judges it (a retransmission is
+    // judged again, so an enforced verdict holds).
+    let first = if rel == 0 && v & SLOT_CLIENT != 0 {
+        HEAD_FIRST_CLIENT
+    } else {
+        0
+    };
     let key = StreamKey {
         src: pkt.src,
         dst: pkt.dst,
@@ -147,24 +182,27 @@ pub(super) fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
     let mut entry = TCP_STREAMS.get_ptr_mut(&key);
     if entry.is_none() {
         if rel == 0 && len >= HEAD_BYTES {
-            // The usual case: the first segment holds the whole head. Judged alone; the slot
-            // is released so that the rest of the stream skips this.
-            // SAFETY: as above.
-            unsafe { *slot = 0 };
-            return Ok(HEAD_ORDINARY);
+            // The usual case: the first segment holds the whole head. Judged alone; the
+            // server's slot is released so that the rest of its stream skips this (the
+            // client's stays: a retransmission of its first payload is judged again).
+            if first == 0 {
+                // SAFETY: as above.
+                unsafe { *slot = 0 };
+            }
+            return Ok(HEAD_ORDINARY | first);
         }
         // Inserted from a zeroed map slot: 232 bytes would not fit on the stack.
         let Some(fresh) = STREAM_TEMPLATE.get(0) else {
-            return Ok(HEAD_ORDINARY);
+            return Ok(HEAD_ORDINARY | first);
         };
         if TCP_STREAMS.insert(&key, fresh, 0).is_err() {
             count(counter_index(Counter::InternalError));
-            return Ok(HEAD_ORDINARY);
+            return Ok(HEAD_ORDINARY | first);
         }
         entry = TCP_STREAMS.get_ptr_mut(&key);
     }
     let Some(e) = entry else {
-        return Ok(HEAD_ORDINARY);
+        return Ok(HEAD_ORDINARY | first);
     };
     // SAFETY: a pointer into the LRU map's value, valid for this program run. Concurrent
     // segments of one direction on two CPUs could interleave here; the worst outcome is a
@@ -208,7 +246,7 @@ pub(super) fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
     let contig = e.contig as usize;
     // Judge once everything seen is contiguous, or the whole head is.
     if contig == 0 || (contig < HEAD_BYTES && e.ooo_end != 0) {
-        return Ok(HEAD_HELD);
+        return Ok(HEAD_HELD | first);
     }
     let stream_len = if (e.end as usize) > contig {
         e.end as usize
@@ -217,23 +255,23 @@ pub(super) fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
     };
     let w: &[u8; WINDOW] = match e.buf.first_chunk::<WINDOW>() {
         Some(w) => w,
-        None => return Ok(HEAD_ORDINARY),
+        None => return Ok(HEAD_ORDINARY | first),
     };
     if let Some(det) = classify_tcp(stream_len, w) {
         // SAFETY: as above.
         unsafe { (*scratch).det = det };
         // Kept: a retransmission of any of its segments is judged again (and dropped with the
         // flow).
-        return Ok(HEAD_DETECTED);
+        return Ok(HEAD_DETECTED | first);
     }
     if contig >= HEAD_BYTES {
         // The head is complete and is no VPN: forget the stream.
         // SAFETY: as above.
         unsafe { *slot = 0 };
         let _ = TCP_STREAMS.remove(&key);
-        return Ok(HEAD_ORDINARY);
+        return Ok(HEAD_ORDINARY | first);
     }
-    Ok(HEAD_HELD)
+    Ok(HEAD_HELD | first)
 }
 
 /// Copies `n` bytes of the segment's payload, from `from` on, into the head at `at`.
@@ -274,3 +312,4 @@ pub(super) fn copy_segment(
 }
 
 pub(super) const TCP_SYN: u8 = 0x02;
+pub(super) const TCP_ACK: u8 = 0x10;
