@@ -871,7 +871,7 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus < 2 {
         out.push_str("Not measured: the method needs two CPUs (generator and receiver).\n\n");
-        return Ok(());
+        bail!("vpn-filter was not measured: the method needs two CPUs (generator and receiver)");
     }
     install_sigusr1();
     let (n4, n6) = split(s.prefixes);
@@ -1089,6 +1089,9 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
     if !failures.is_empty() {
         out.push('\n');
     }
+    // The tables above are written either way; a section whose own rows are missing fails.
+    let measured = |v: Variant, ki: usize| samples[v as usize][ki].len();
+    check_own_rows_measured(measured, &failures)?;
     let t = |v: Variant| med(v, 0, |x| x.napi_ns);
     let over_pass = |ki: usize| -> Vec<f64> {
         samples[Variant::VpnFilter as usize][ki]
@@ -1106,4 +1109,86 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
         nftables: t(Variant::Nftables),
     });
     Ok(())
+}
+
+/// The variants without which the section says nothing about vpn-filter: vpn-filter itself
+/// and the baselines its cost is taken against. The peers (xdp-filter, nftables) may be
+/// missing on a machine without the tools; their absence is reported, not failed.
+const OWN_ROWS: [Variant; 4] = [
+    Variant::NoProgram,
+    Variant::PassThrough,
+    Variant::CountDrop,
+    Variant::VpnFilter,
+];
+
+/// Fails, naming the variant, the packet kind and why, when one of [`OWN_ROWS`] has no sample
+/// for some packet kind (a failed measurement would otherwise be a NaN median in the tables
+/// and in the targets, with the section still passing).
+fn check_own_rows_measured(
+    measured: impl Fn(Variant, usize) -> usize,
+    failures: &[(Variant, String)],
+) -> Result<()> {
+    for v in OWN_ROWS {
+        for (ki, kind) in Kind::ALL.iter().enumerate() {
+            if measured(v, ki) == 0 {
+                let why = failures
+                    .iter()
+                    .filter(|(f, _)| *f == v)
+                    .map(|(_, why)| why.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                bail!(
+                    "{} was not measured on {:?} frames: {}",
+                    v.name(),
+                    kind,
+                    if why.is_empty() { "no sample" } else { &why }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_vpn_filter_variant_fails_the_section_and_names_it() {
+        let failures = vec![(
+            Variant::VpnFilter,
+            "attaching vpn-filter in native mode: EBUSY".to_string(),
+        )];
+        let err = check_own_rows_measured(|v, _| usize::from(v != Variant::VpnFilter), &failures)
+            .expect_err("a section without vpn-filter's rows must fail");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("vpn-filter was not measured"), "{msg}");
+        assert!(msg.contains("EBUSY"), "{msg}");
+    }
+
+    #[test]
+    fn a_baseline_missing_one_packet_kind_fails_the_section() {
+        let err = check_own_rows_measured(
+            |v, ki| usize::from(!(v == Variant::CountDrop && ki == 2)),
+            &[],
+        )
+        .expect_err("count-and-drop without a TCP sample must fail");
+        assert!(format!("{err:#}").contains("count-and-drop"), "{err:#}");
+    }
+
+    #[test]
+    fn missing_peers_do_not_fail_the_section() {
+        let failures = vec![
+            (
+                Variant::XdpFilter,
+                "`xdp-filter` is not installed".to_string(),
+            ),
+            (Variant::Nftables, "`nft` is not installed".to_string()),
+        ];
+        check_own_rows_measured(
+            |v, _| usize::from(!matches!(v, Variant::XdpFilter | Variant::Nftables)),
+            &failures,
+        )
+        .expect("peers may be missing");
+    }
 }

@@ -7,6 +7,7 @@
 //! 3. Registry sync time through the controller's API.
 //! 4. Events: records per second from the kernel to the events file, controller CPU.
 //! 5. `vpn-filter replay` packets per second.
+//! 6. The verifier's budget: instructions, processed instructions, stack per call chain.
 //!
 //! Method: ../shared/perf-method.md of the project notes, summarised in the output file.
 //! Nothing here asserts a speed: slow numbers are reported, never failed.
@@ -23,6 +24,9 @@ mod replay;
 mod sync;
 #[path = "../bench/util.rs"]
 mod util;
+#[cfg(target_arch = "x86_64")]
+#[path = "../verifier_stats.rs"]
+mod verifier_stats;
 #[path = "../bench/veth.rs"]
 mod veth;
 
@@ -45,6 +49,8 @@ enum Section {
     Events,
     /// `vpn-filter replay` throughput.
     Replay,
+    /// The verifier's figures for both program variants.
+    Verifier,
 }
 
 #[derive(Parser)]
@@ -89,6 +95,8 @@ fn run() -> Result<()> {
     let mut sync_md = String::new();
     let mut events_md = String::new();
     let mut replay_md = String::new();
+    let mut verifier_md = String::new();
+    let mut verifier_targets = String::new();
     let mut khl = kernel::Highlights::default();
     let mut vhl = veth::Highlights::default();
     let mut shl = sync::Highlights::default();
@@ -159,6 +167,11 @@ fn run() -> Result<()> {
             rounds: 3,
         };
         section("replay", &mut replay_md, |md| replay::run(&s, md))?;
+    }
+    if want(Section::Verifier) {
+        section("verifier budget", &mut verifier_md, |md| {
+            verifier(md, &mut verifier_targets)
+        })?;
     }
 
     let mut md = String::new();
@@ -254,6 +267,7 @@ fn run() -> Result<()> {
             c * 1000.0
         ));
     }
+    md.push_str(&verifier_targets);
     md.push('\n');
 
     md.push_str(METHOD);
@@ -276,6 +290,10 @@ fn run() -> Result<()> {
     if !replay_md.is_empty() {
         md.push_str("## 5. `vpn-filter replay`\n\n");
         md.push_str(&replay_md);
+    }
+    if !verifier_md.is_empty() {
+        md.push_str("## Verifier budget\n\n");
+        md.push_str(&verifier_md);
     }
     // The fleet section is measured by the fleet test (tests/tests/fleet.rs) at full size, and
     // the accuracy section by `cargo xtask accuracy`, not by this run: carried over from the
@@ -312,9 +330,64 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Headings of the sections other programs write (the fleet test, `cargo xtask accuracy`),
-/// kept across runs.
-const KEPT_SECTIONS: [&str; 2] = [
+/// The verifier's figures for both program variants (tests/tests/verifier_budget.rs holds
+/// the same limits).
+#[cfg(target_arch = "x86_64")]
+fn verifier(md: &mut String, targets: &mut String) -> Result<()> {
+    let stats = verifier_stats::measure()?;
+    md.push_str(
+        "Both program variants loaded through this kernel's verifier with `BPF_LOG_STATS`. \
+         \"xlated\" is the program after the verifier's rewrites; \"processed\" is the \
+         verifier's own work (its limit is 1,000,000); the frames are each subprogram's \
+         stack, in the program's order; the deepest chain adds the frames along the call \
+         path with the most stack, rounded as the verifier rounds them (its limit is 512 \
+         bytes). `cargo xtask test` fails above 448 bytes or above its ceiling on processed \
+         instructions (tests/tests/verifier_budget.rs).\n\n\
+         | program | xlated insns | processed insns | verification time | subprogram frames (bytes) | deepest chain (subprograms) |\n\
+         |---|---:|---:|---:|---|---:|\n",
+    );
+    for s in &stats {
+        let frames: Vec<String> = s.stack_depths.iter().map(|d| d.to_string()).collect();
+        md.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} | {} bytes (subprograms {}) |\n",
+            s.program,
+            util::count(s.xlated_insns as usize),
+            util::count(s.processed_insns as usize),
+            s.verification_us
+                .map_or("—".into(), |us| format!("{:.2} s", us as f64 / 1e6)),
+            frames.join("+"),
+            s.deepest_chain,
+            s.chain
+                .iter()
+                .map(|i| format!("#{i}, {} insns", s.lengths[*i]))
+                .collect::<Vec<_>>()
+                .join(" → ")
+        ));
+        targets.push_str(&format!(
+            "| `{}`: stack along any call chain at most 448 bytes | {} bytes{} |\n",
+            s.program,
+            s.deepest_chain,
+            if s.deepest_chain > 448 {
+                " (missed)"
+            } else {
+                ""
+            }
+        ));
+    }
+    md.push('\n');
+    Ok(())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn verifier(md: &mut String, _targets: &mut String) -> Result<()> {
+    md.push_str("Not measured: the verifier log capture works on x86_64 only.\n\n");
+    Ok(())
+}
+
+/// Headings of the sections other programs write (the fleet test, `cargo xtask accuracy`)
+/// or that were measured by hand, kept across runs.
+const KEPT_SECTIONS: [&str; 3] = [
+    "## Issue 18: start-up and memory, measured by hand",
     "## Fleet: one feed server, many gateways",
     "## Accuracy: recall and false positives",
 ];

@@ -34,6 +34,7 @@ use vpn_filter_common::{
 
 use super::{
     allowlist::Applied,
+    batch,
     diff::{self, Op},
     map_shapes::{map, map_mut},
 };
@@ -268,15 +269,7 @@ impl Plan {
         if self.grown != self.have_lengths {
             write_lengths(ebpf, &self.grown)?;
         }
-        {
-            let mut bitmap: Array<&mut MapData, u64> =
-                Array::try_from(map_mut(ebpf, maps::FAST_BITMAPS)?)?;
-            for (i, union, _) in &self.words {
-                bitmap
-                    .set(*i, union, 0)
-                    .with_context(|| format!("writing word {i} of the IPv4 fast-path bitmap"))?;
-            }
-        }
+        write_words(ebpf, self.words.iter().map(|(i, union, _)| (*i, *union)))?;
         let v4_ops = self.v4.removals[..self.v4_early]
             .iter()
             .map(|k| Op::Remove(*k))
@@ -299,17 +292,13 @@ impl Plan {
             .iter()
             .map(|k| Op::Remove(*k));
         apply(ebpf, maps::FAST_V6, v6_ops)?;
-        {
-            let mut bitmap: Array<&mut MapData, u64> =
-                Array::try_from(map_mut(ebpf, maps::FAST_BITMAPS)?)?;
-            for (i, union, new) in &self.words {
-                if union != new {
-                    bitmap.set(*i, new, 0).with_context(|| {
-                        format!("writing word {i} of the IPv4 fast-path bitmap")
-                    })?;
-                }
-            }
-        }
+        write_words(
+            ebpf,
+            self.words
+                .iter()
+                .filter(|(_, union, new)| union != new)
+                .map(|(i, _, new)| (*i, *new)),
+        )?;
         if self.want_lengths != self.grown {
             write_lengths(ebpf, &self.want_lengths)?;
         }
@@ -324,28 +313,56 @@ fn write_lengths(ebpf: &mut Ebpf, lengths: &FastLengths) -> Result<()> {
         .context("writing the fast-path prefix lengths")
 }
 
+/// Applies `ops` to the hash `name` in order, in batches (a run of removals, then a run of
+/// additions, ...).
 fn apply<K: aya::Pod + std::fmt::Debug>(
     ebpf: &mut Ebpf,
     name: &str,
     ops: impl Iterator<Item = Op<K>>,
 ) -> Result<()> {
-    let mut map: HashMap<&mut MapData, K, u8> = HashMap::try_from(map_mut(ebpf, name)?)?;
+    let data = batch::map_data(map(ebpf, name)?)?;
+    let mut upserts: Vec<K> = Vec::new();
+    let mut removals: Vec<K> = Vec::new();
+    let flush = |upserts: &mut Vec<K>, removals: &mut Vec<K>| -> Result<()> {
+        if !removals.is_empty() {
+            batch::delete(data, removals)
+                .with_context(|| format!("removing {} key(s) from {name}", removals.len()))?;
+            removals.clear();
+        }
+        if !upserts.is_empty() {
+            let present = vec![PRESENT; upserts.len()];
+            batch::update(data, upserts, &present)
+                .with_context(|| format!("adding {} key(s) to {name}", upserts.len()))?;
+            upserts.clear();
+        }
+        Ok(())
+    };
     for op in ops {
         match op {
-            Op::Upsert(k, _) => map
-                .insert(k, PRESENT, 0)
-                .with_context(|| format!("adding {k:?} to {name}"))?,
-            Op::Remove(k) => match map.remove(&k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => {
-                    return Err(anyhow::Error::new(e).context(format!("removing {k:?} from {name}")))
+            Op::Upsert(k, _) => upserts.push(k),
+            Op::Remove(k) => {
+                if !upserts.is_empty() {
+                    flush(&mut upserts, &mut removals)?;
                 }
-            },
+                removals.push(k);
+            }
         }
     }
-    Ok(())
+    flush(&mut upserts, &mut removals)
+}
+
+/// Writes bitmap words `(index, value)` in batches.
+fn write_words(ebpf: &mut Ebpf, words: impl Iterator<Item = (u32, u64)>) -> Result<()> {
+    let (idx, vals): (Vec<u32>, Vec<u64>) = words.unzip();
+    if idx.is_empty() {
+        return Ok(());
+    }
+    batch::update(
+        batch::map_data(map(ebpf, maps::FAST_BITMAPS)?)?,
+        &idx,
+        &vals,
+    )
+    .with_context(|| format!("writing {} word(s) of the fast-path bitmaps", idx.len()))
 }
 
 #[cfg(test)]

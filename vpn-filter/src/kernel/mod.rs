@@ -1,6 +1,7 @@
 //! Loading the XDP object, attaching it, and the controller's view of its maps.
 
 mod allowlist;
+mod batch;
 pub mod endpoints;
 pub mod events;
 pub mod fastpath;
@@ -718,13 +719,13 @@ impl Filter {
         let result = (|| -> Result<()> {
             let (first_v4, rest_v4) = plan_v4.removals.split_at(early_v4);
             let (first_v6, rest_v6) = plan_v6.removals.split_at(early_v6);
-            self.write_v4(|t| remove_all(t, first_v4))?;
-            self.write_v6(|t| remove_all(t, first_v6))?;
-            self.write_v4(|t| upsert_all(t, &plan_v4.upserts))?;
-            self.write_v6(|t| upsert_all(t, &plan_v6.upserts))?;
+            remove_all(self.map(maps::ALLOW_V4)?, first_v4, v4_key)?;
+            remove_all(self.map(maps::ALLOW_V6)?, first_v6, v6_key)?;
+            upsert_all(self.map(maps::ALLOW_V4)?, &plan_v4.upserts, v4_key)?;
+            upsert_all(self.map(maps::ALLOW_V6)?, &plan_v6.upserts, v6_key)?;
             fast_plan.grow(&mut self.ebpf)?;
-            self.write_v4(|t| remove_all(t, rest_v4))?;
-            self.write_v6(|t| remove_all(t, rest_v6))?;
+            remove_all(self.map(maps::ALLOW_V4)?, rest_v4, v4_key)?;
+            remove_all(self.map(maps::ALLOW_V6)?, rest_v6, v6_key)?;
             fast_plan.shrink(&mut self.ebpf)?;
             Ok(())
         })();
@@ -748,22 +749,6 @@ impl Filter {
         let next = map.get(&0, 0).context("reading ALLOW_GEN")?.wrapping_add(1);
         map.set(0, next, 0).context("writing ALLOW_GEN")?;
         Ok(next)
-    }
-
-    fn write_v4(
-        &mut self,
-        f: impl FnOnce(&mut LpmTrie<&mut MapData, [u8; 4], AllowValue>) -> Result<()>,
-    ) -> Result<()> {
-        let mut t = LpmTrie::try_from(self.map_mut(maps::ALLOW_V4)?)?;
-        f(&mut t)
-    }
-
-    fn write_v6(
-        &mut self,
-        f: impl FnOnce(&mut LpmTrie<&mut MapData, [u8; 16], AllowValue>) -> Result<()>,
-    ) -> Result<()> {
-        let mut t = LpmTrie::try_from(self.map_mut(maps::ALLOW_V6)?)?;
-        f(&mut t)
     }
 
     /// What the kernel's allowlist tries hold, sorted (reads every entry: slow at a million).
@@ -861,41 +846,36 @@ fn read_trie<T: std::borrow::Borrow<MapData>, K: aya::Pod>(
     Ok(out)
 }
 
+/// Adds or re-tags `upserts` in the trie `map`, in batches.
 fn upsert_all<K: aya::Pod>(
-    trie: &mut LpmTrie<&mut MapData, K, AllowValue>,
+    map: &aya::maps::Map,
     upserts: &[(Prefix, u64)],
-) -> Result<()>
-where
-    Prefix: TrieKey<K>,
-{
-    for (p, tag) in upserts {
-        trie.insert(&p.trie_key(), AllowValue { entry_tag: *tag }, 0)
-            .with_context(|| format!("adding {p} to the allowlist"))?;
+    key: fn(&Prefix) -> Key<K>,
+) -> Result<()> {
+    if upserts.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let keys: Vec<Key<K>> = upserts.iter().map(|(p, _)| key(p)).collect();
+    let values: Vec<AllowValue> = upserts
+        .iter()
+        .map(|(_, tag)| AllowValue { entry_tag: *tag })
+        .collect();
+    batch::update(batch::map_data(map)?, &keys, &values)
+        .with_context(|| format!("adding {} prefix(es) to the allowlist", upserts.len()))
 }
 
+/// Removes `removals` from the trie `map`, in batches; prefixes already gone are skipped.
 fn remove_all<K: aya::Pod>(
-    trie: &mut LpmTrie<&mut MapData, K, AllowValue>,
+    map: &aya::maps::Map,
     removals: &[Prefix],
-) -> Result<()>
-where
-    Prefix: TrieKey<K>,
-{
-    for p in removals {
-        match trie.remove(&p.trie_key()) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            // Already gone: what the removal was for.
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => {
-                return Err(
-                    anyhow::Error::new(e).context(format!("removing {p} from the allowlist"))
-                )
-            }
-        }
+    key: fn(&Prefix) -> Key<K>,
+) -> Result<()> {
+    if removals.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let keys: Vec<Key<K>> = removals.iter().map(key).collect();
+    batch::delete(batch::map_data(map)?, &keys)
+        .with_context(|| format!("removing {} prefix(es) from the allowlist", removals.len()))
 }
 
 /// A prefix as the key of its family's trie.
