@@ -74,6 +74,17 @@ struct Candidate {
     /// Set by `decide` when a confirmed flow was dropped: the top level closes the pair
     /// ([`fallback::arm`]) in its own frame.
     arm_fallback: u32,
+    /// The classifier's inputs, passed through the slot (see `detect`).
+    laundry: Laundry,
+}
+
+#[derive(Clone, Copy)]
+struct Laundry {
+    len: u32,
+    sport: u16,
+    dport: u16,
+    ike_port: u32,
+    udp: u32,
 }
 
 #[map(name = "STATS")]

@@ -301,8 +301,26 @@ fn detect_packet(ctx: &XdpContext, pkt: &Packet, first_client: bool) -> Result<F
             let Some((w, n)) = load_window(ctx, pkt)? else {
                 return Ok(Found::None);
             };
-            let found = if pkt.ip_proto == IPPROTO_UDP {
-                classify_udp_on(pkt.sport, pkt.dport, len, w, ike_port)
+            // The prefilters narrowed `len`, the ports and the flags differently on every
+            // path that leads here (exact handshake sizes, reset sizes, port checks): met in
+            // those states, the classifier would be verified once per path. Laundered through
+            // the scratch slot, they are unknown to the verifier and every path meets in one
+            // state (classification is correct for any value).
+            let slot = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
+            // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+            let l = unsafe {
+                (*slot).laundry = Laundry {
+                    len: len as u32,
+                    sport: pkt.sport,
+                    dport: pkt.dport,
+                    ike_port: ike_port as u32,
+                    udp: (pkt.ip_proto == IPPROTO_UDP) as u32,
+                };
+                ptr::read_volatile(&(*slot).laundry)
+            };
+            let len = (l.len & 0xffff) as usize;
+            let found = if l.udp != 0 {
+                classify_udp_on(l.sport, l.dport, len, w, l.ike_port != 0)
             } else {
                 classify_tcp(len, w)
             };
