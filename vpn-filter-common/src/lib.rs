@@ -837,7 +837,7 @@ mod tests {
         assert_eq!(size_of::<FlowState>(), 48);
         assert_eq!(size_of::<Event>(), 72);
         assert_eq!(size_of::<EndpointValue>(), 8);
-        assert_eq!(size_of::<Config>(), 40);
+        assert_eq!(size_of::<Config>(), 48);
         assert_eq!(size_of::<FastKeyV4>(), 8);
         assert_eq!(size_of::<FastKeyV6>(), 20);
         assert_eq!(size_of::<FastLengths>(), 24);
