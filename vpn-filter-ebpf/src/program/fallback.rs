@@ -69,6 +69,10 @@ fn addr_marked(addr: &[u8; 16]) -> bool {
     reason = "passing map keys by value copies them onto the 512-byte BPF stack"
 )]
 pub(super) fn arm(pkt: &Packet, now: u64) {
+    // Under policy off nothing is closed (and nothing is counted for it).
+    if policy(Protocol::Fallback) == PolicyMode::Off as u8 {
+        return;
+    }
     let cfg_timeout = CONFIG.get(0).map_or(0, |c| c.fallback_timeout_ns);
     let timeout = if cfg_timeout == 0 {
         DEFAULT_FALLBACK_TIMEOUT_NS
