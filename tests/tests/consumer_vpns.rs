@@ -436,9 +436,6 @@ fn awg_flow(
         let want = match (registered, n) {
             (true, _) => allowed(AWG),
             (false, 0..=4) => pending(AWG),
-            (false, 5) => confirmed.clone(),
-            // Dropped at its confirmation, the flow closed the pair: the rest is `fallback`.
-            (false, _) if confirmed.action == XDP_DROP => dropped(Protocol::Fallback),
             (false, _) => confirmed.clone(),
         };
         failures.check(
@@ -556,9 +553,6 @@ fn scrambled_flow(
         let want = match (registered, n) {
             (true, _) => allowed(OBFS),
             (false, 0..=6) => pending(OBFS),
-            (false, 7) => confirmed.clone(),
-            // Dropped at its confirmation, the flow closed the pair: the rest is `fallback`.
-            (false, _) if confirmed.action == XDP_DROP => dropped(Protocol::Fallback),
             (false, _) => confirmed.clone(),
         };
         failures.check(

@@ -3,8 +3,9 @@
 //! the two (any port, any protocol, both directions) is dropped under the `fallback` policy
 //! for `--fallback-timeout`: OpenConnect's TLS channel on 443 cannot carry the tunnel once its
 //! DTLS was dropped. Keyed by the pair: the client's traffic to other servers and other
-//! clients' traffic to the server pass. A handshake nobody answered (a spoofed one) closes
-//! nothing.
+//! clients' traffic to the server pass. A handshake nobody answered closes nothing. Off by
+//! default (a spoofer who forges both directions could close someone's pair): the operator
+//! opts in with `--policy fallback=enforce`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -60,6 +61,13 @@ fn server_hello() -> Vec<u8> {
     p
 }
 
+/// The default policy with the closure enforced (it is off by default: see README).
+fn enforcing() -> Filter {
+    let mut policy = Policy::default();
+    policy.set(FB, PolicyMode::Enforce);
+    load_with(FrameStart::Ethernet, &policy, &Config::default())
+}
+
 fn nothing() -> Outcome {
     expect(XDP_PASS, None, &[])
 }
@@ -83,7 +91,7 @@ fn dtls_dropped(filter: &Filter, failures: &mut Failures, c: IpAddr, s: IpAddr, 
 
 #[test]
 fn after_a_dropped_dtls_handshake_the_pair_is_closed_on_every_port() {
-    let filter = load();
+    let filter = enforcing();
     let mut failures = Failures::default();
     for v6 in [false, true] {
         let (c, s) = (client(v6, false), server(v6));
@@ -120,7 +128,7 @@ fn after_a_dropped_dtls_handshake_the_pair_is_closed_on_every_port() {
 
 #[test]
 fn an_unanswered_handshake_closes_nothing() {
-    let filter = load();
+    let filter = enforcing();
     let mut failures = Failures::default();
     for v6 in [false, true] {
         let (c, s) = (client(v6, false), server(v6));
@@ -144,7 +152,7 @@ fn an_unanswered_handshake_closes_nothing() {
 
 #[test]
 fn registered_clients_close_nothing() {
-    let filter = load();
+    let filter = enforcing();
     let mut failures = Failures::default();
     for v6 in [false, true] {
         let (c, s) = (client(v6, true), server(v6));
@@ -172,6 +180,21 @@ fn registered_clients_close_nothing() {
 }
 
 #[test]
+fn off_by_default_the_pair_stays_open() {
+    let filter = load();
+    let mut failures = Failures::default();
+    let (c, s) = (client(false, false), server(false));
+    dtls_dropped(&filter, &mut failures, c, s, 48000);
+    failures.check(
+        &filter,
+        "TLS after the drop",
+        &tls(c, s, 48001, 443),
+        &nothing(),
+    );
+    failures.assert_none();
+}
+
+#[test]
 fn the_fallback_policy_and_timeout_are_the_operators() {
     // Monitor: reported, passed.
     let mut policy = Policy::default();
@@ -191,7 +214,9 @@ fn the_fallback_policy_and_timeout_are_the_operators() {
         fallback_timeout_ns: 1,
         ..Config::default()
     };
-    let filter = load_with(FrameStart::Ethernet, &Policy::default(), &config);
+    let mut policy = Policy::default();
+    policy.set(FB, PolicyMode::Enforce);
+    let filter = load_with(FrameStart::Ethernet, &policy, &config);
     dtls_dropped(&filter, &mut failures, c, s, 47100);
     failures.check(
         &filter,

@@ -352,6 +352,8 @@ struct Model {
     /// Closed (client, server) pairs, lower address first (the program's `FALLBACK_PAIRS`):
     /// armed by a confirmed flow's drop; every later packet between the two is dropped.
     closed_pairs: HashSet<([u8; 16], [u8; 16])>,
+    /// The `fallback` policy is enforce (it is off by default).
+    fallback_enforced: bool,
 }
 
 /// What the model says about one frame.
@@ -476,7 +478,7 @@ impl Model {
             self.flows.insert(key, state);
             return pass;
         }
-        if known_flow && !monitored {
+        if known_flow && !monitored && self.fallback_enforced {
             // A confirmed handshake dropped: the pair is closed (fallback.rs).
             self.closed_pairs.insert(pair);
         }
@@ -973,13 +975,21 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn random_and_mutated_frames_are_dropped_only_when_they_are_vpn_candidates() {
-    let filter = load(&timeless());
+    // The default policy with the fallback closure enforced (it is off by default), so the
+    // model checks the closure too: after a confirmed drop every frame between the two
+    // addresses is dropped, and nothing else is.
+    let mut policy = Policy::default();
+    policy.set(Protocol::Fallback, PolicyMode::Enforce);
+    vpn_filter_tests::require_root();
+    let filter = Filter::load(LoadOptions::default(), &policy, &timeless())
+        .expect("the program loads through the verifier");
     let mut model = Model {
         monitored: Protocol::ALL
             .iter()
-            .filter(|&&p| Policy::default().mode(p) == PolicyMode::Monitor)
+            .filter(|&&p| policy.mode(p) == PolicyMode::Monitor)
             .map(|&p| p as u8)
             .collect(),
+        fallback_enforced: true,
         ..Model::default()
     };
     let mut rng = Rng(vpn_filter_tests::rng::seeded(0x5eed_f00d));

@@ -257,6 +257,11 @@ fn judge(ctx: &XdpContext, head: u32, found: u32) -> Result<u32, Counter> {
         let p = &c.pkt;
         remember_dropped_fragment(p.family, p.ip_proto, &p.src, &p.dst, p.frag_id);
     }
+    if action == XDP_PASS && endpoints::candidate(&c.pkt) {
+        // Passed (pending, monitored, allowed): a listed endpoint is still judged, so a
+        // monitored heuristic's report never shadows the endpoint list's verdict.
+        return Ok(JUDGE_ENDPOINT);
+    }
     Ok(action)
 }
 

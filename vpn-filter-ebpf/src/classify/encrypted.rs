@@ -84,6 +84,12 @@ pub fn fully_encrypted(w: &[u8; WINDOW], n: usize) -> bool {
 /// a flow is then judged (see the program's `udp_first`).
 #[inline(always)]
 pub fn udp_candidate(sport: u16, dport: u16, len: usize, head: [u8; 4]) -> bool {
+    udp_conversation_candidate(sport, dport, len) && !exempt_udp_head(head)
+}
+
+/// The ports and sizes whose conversations the rule follows at all.
+#[inline(always)]
+pub fn udp_conversation_candidate(sport: u16, dport: u16, len: usize) -> bool {
     if len < FET_MIN_LEN {
         return false;
     }
@@ -92,9 +98,17 @@ pub fn udp_candidate(sport: u16, dport: u16, len: usize, head: [u8; 4]) -> bool 
             return false;
         }
     }
+    true
+}
+
+/// First bytes the rule leaves alone: RTP/SRTP/RTCP (version 2) and QUIC long headers of a
+/// known version. (A conversation already dropped by the rule is dropped whatever its next
+/// datagram starts with: see the program's `udp_first`.)
+#[inline(always)]
+pub fn exempt_udp_head(head: [u8; 4]) -> bool {
     // RTP/SRTP and RTCP.
     if head[0] & 0xc0 == 0x80 {
-        return false;
+        return true;
     }
     // QUIC long headers: version 1, 2 (0x6b3343cf), drafts (0xff0000xx).
     if head[0] & 0xc0 == 0xc0
@@ -102,9 +116,9 @@ pub fn udp_candidate(sport: u16, dport: u16, len: usize, head: [u8; 4]) -> bool 
             || (head[1] == 0x6b && head[2] == 0x33 && head[3] == 0x43)
             || (head[1] == 0xff && head[2] == 0 && head[3] == 0))
     {
-        return false;
+        return true;
     }
-    true
+    false
 }
 
 /// The detection for a fully encrypted first payload: conclusive for the rule (monitored

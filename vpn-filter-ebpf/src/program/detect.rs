@@ -47,9 +47,22 @@ const UDP_FIRST_TICKS: u32 = 60;
 #[map(name = "UDP_FIRST")]
 pub(super) static UDP_FIRST: Array<u32> = Array::with_max_entries(UDP_FIRST_SLOTS, 0);
 
-/// The conversation's slot if this datagram is its first (the slot now records it).
+/// Bit of a `UDP_FIRST` slot: the rule dropped this conversation (enforce); its datagrams
+/// are dropped whatever they start with until the slot goes stale.
+const UDP_FIRST_BLOCKED: u32 = 0x8000;
+
+/// What `UDP_FIRST` knows of a datagram's conversation.
+enum Conversation {
+    /// Not seen lately: the slot index (not written yet).
+    New(u32),
+    Seen,
+    /// Dropped by the fully-encrypted rule; the slot's tick was refreshed.
+    Blocked,
+}
+
+/// Looks the datagram's conversation up in `UDP_FIRST`.
 #[inline(always)]
-fn udp_first(pkt: &Packet) -> Option<u32> {
+fn udp_conversation(pkt: &Packet) -> Option<Conversation> {
     // Either direction: the conversation, not the direction, is new.
     let h = endpoint_hash(&pkt.src, pkt.sport) ^ endpoint_hash(&pkt.dst, pkt.dport);
     let h = (h ^ (h >> 15)).wrapping_mul(0x2c1b_3c6d);
@@ -57,15 +70,31 @@ fn udp_first(pkt: &Packet) -> Option<u32> {
     let slot = UDP_FIRST.get_ptr_mut(idx)?;
     let tag = h >> 16;
     // SAFETY: helper without arguments.
-    let tick = ((unsafe { bpf_ktime_get_ns() } >> 30) & 0xffff) as u32;
+    let tick = ((unsafe { bpf_ktime_get_ns() } >> 30) & 0x7fff) as u32;
     // SAFETY: an array slot; a racing writer on another CPU writes a whole u32 too.
     let v = unsafe { *slot };
-    if v >> 16 == tag && v != 0 && (tick.wrapping_sub(v & 0xffff) & 0xffff) <= UDP_FIRST_TICKS {
-        return None;
+    if v >> 16 == tag && v != 0 && (tick.wrapping_sub(v & 0x7fff) & 0x7fff) <= UDP_FIRST_TICKS {
+        if v & UDP_FIRST_BLOCKED != 0 {
+            // SAFETY: as above.
+            unsafe { *slot = tag << 16 | UDP_FIRST_BLOCKED | tick };
+            return Some(Conversation::Blocked);
+        }
+        return Some(Conversation::Seen);
     }
-    // SAFETY: as above.
-    unsafe { *slot = tag << 16 | tick };
-    Some(idx)
+    Some(Conversation::New(idx))
+}
+
+/// Records a conversation's first datagram in its slot.
+#[inline(always)]
+fn udp_seen(pkt: &Packet, idx: u32) {
+    let h = endpoint_hash(&pkt.src, pkt.sport) ^ endpoint_hash(&pkt.dst, pkt.dport);
+    let h = (h ^ (h >> 15)).wrapping_mul(0x2c1b_3c6d);
+    // SAFETY: helper without arguments.
+    let tick = ((unsafe { bpf_ktime_get_ns() } >> 30) & 0x7fff) as u32;
+    if let Some(slot) = UDP_FIRST.get_ptr_mut(idx) {
+        // SAFETY: an array slot; a racing writer on another CPU writes a whole u32 too.
+        unsafe { *slot = (h >> 16) << 16 | tick };
+    }
 }
 
 /// Whether `protocol` has live flow entries (follow-up packets are looked up only then).
@@ -173,10 +202,10 @@ pub(super) fn encrypted_stage() -> u32 {
         return DETECT_NONE;
     }
     if udp_slot != u32::MAX && policy(Protocol::FullyEncrypted) == PolicyMode::Enforce as u8 {
-        // Dropped: the conversation's next datagram is judged again.
+        // Dropped: the conversation's later datagrams are dropped too (see udp_conversation).
         if let Some(s) = UDP_FIRST.get_ptr_mut(udp_slot) {
             // SAFETY: an array slot.
-            unsafe { *s = 0 };
+            unsafe { *s |= UDP_FIRST_BLOCKED };
         }
     }
     // SAFETY: as above.
@@ -236,8 +265,21 @@ fn detect_packet(ctx: &XdpContext, pkt: &Packet, first_client: bool) -> Result<F
                 }
                 match udp_second_look(pkt.sport, pkt.dport, len, marks, &h) {
                     SecondLook::No => {
-                        if encrypted::udp_candidate(pkt.sport, pkt.dport, len, head) {
-                            fet_slot = udp_first(pkt);
+                        if encrypted::udp_conversation_candidate(pkt.sport, pkt.dport, len) {
+                            match udp_conversation(pkt) {
+                                // Dropped before by the rule: dropped again, whatever it
+                                // starts with (an encrypted datagram may look like RTP).
+                                Some(Conversation::Blocked) => {
+                                    return Ok(Found::Det(encrypted::detection()));
+                                }
+                                Some(Conversation::New(idx))
+                                    if !encrypted::exempt_udp_head(head) =>
+                                {
+                                    udp_seen(pkt, idx);
+                                    fet_slot = Some(idx);
+                                }
+                                _ => {}
+                            }
                         }
                         if fet_slot.is_some() {
                             fet = true;

@@ -180,6 +180,11 @@ impl Default for Policy {
         // A listed domain means the app was opened, not that a tunnel runs (its API, its
         // updates): reported until the operator decides.
         modes[Protocol::TlsSni as usize] = PolicyMode::Monitor;
+        // Closing a client-server pair rests on the two directions of a handshake seen at
+        // the gateway. Where source addresses can be forged on both sides of it (no ingress
+        // filtering), a spoofer could close someone's pair: the operator opts in
+        // (`--policy fallback=enforce` or `monitor`) once that is ruled out.
+        modes[Protocol::Fallback as usize] = PolicyMode::Off;
         Policy(modes)
     }
 }
