@@ -92,7 +92,7 @@ fn tcp_conversation(filter: &Filter, enforce: bool) {
     for v6 in [false, true] {
         for registered in [false, true] {
             let (c, s) = (client(v6, registered), server(v6));
-            for (len, what) in [(300usize, "whole head"), (60, "shorter than the head")] {
+            for (len, what) in [(300usize, "whole head"), (80, "shorter than the head")] {
                 let cport = 41000 + k;
                 k += 1;
                 let first = shadowsocks_like(cport as u64, len);

@@ -501,7 +501,8 @@ fn messages() -> Vec<Msg> {
             "openconnect DTLS ClientHello to 443",
             true,
             |f, p| f.udp(p, 443).payload(&openconnect_dtls_client_hello()),
-            Drop(Protocol::OpenConnectDtls),
+            // Weak since issue 16: the server's DTLS answer confirms it (and is dropped).
+            Pending(Protocol::OpenConnectDtls),
         ),
         msg(
             "anyconnect Cisco DTLS 0x0100 ClientHello",

@@ -138,8 +138,10 @@ pub(super) fn detect(ctx: &XdpContext, head: u32) -> Result<u32, Counter> {
     let found = if head == HEAD_HELD {
         // Held for a signature split over segments: the client's first payload is still
         // judged alone by the fully-encrypted rule, as it arrived.
+        // Pieces shorter than FET_MIN_HELD are not judged: a split VPN handshake's first
+        // piece (an HMAC: random bytes) is no first payload of its own.
         match load_window(ctx, pkt)? {
-            Some((_, n)) if n >= encrypted::FET_MIN_LEN => Found::Encrypted {
+            Some((_, n)) if n >= FET_MIN_HELD => Found::Encrypted {
                 n,
                 udp_slot: u32::MAX,
             },
@@ -165,6 +167,9 @@ pub(super) fn detect(ctx: &XdpContext, head: u32) -> Result<u32, Counter> {
         Found::None => Ok(DETECT_NONE),
     }
 }
+
+/// Shortest held (split) first client segment the fully-encrypted rule judges.
+const FET_MIN_HELD: usize = 64;
 
 /// [`detect`]'s answers.
 pub(super) const DETECT_NONE: u32 = 0;
