@@ -675,6 +675,10 @@ fn measure(
             dropped,
         })
     };
+    // Set before the generator is signalled: an interruption before that (any signal the
+    // process catches may land on the generator's thread) is not the end of the run.
+    let stopping = AtomicBool::new(false);
+    let stopping = &stopping;
     std::thread::scope(|scope| -> Result<Sample> {
         let handle = scope.spawn(move || -> Result<()> {
             let file = File::open(&gen_path).with_context(|| format!("open {gen_path}"))?;
@@ -686,19 +690,21 @@ fn measure(
             raise_priority(0)?;
             // SAFETY: pthread_self has no preconditions.
             let _ = tid_tx.send(unsafe { libc::pthread_self() });
-            let mut opts = TestRunOptions::new();
-            opts.data_in = Some(frame);
-            opts.repeat = u32::MAX;
-            opts.attrs = TestRunAttrs::new().xdp_live_frames(64);
-            match prog.test_run(opts) {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    // EINTR is how the run ends.
-                    if format!("{e:?}").contains("Interrupted") {
-                        Ok(())
-                    } else {
-                        Err(anyhow::Error::new(e).context("generator BPF_PROG_TEST_RUN"))
+            loop {
+                let mut opts = TestRunOptions::new();
+                opts.data_in = Some(frame);
+                opts.repeat = u32::MAX;
+                opts.attrs = TestRunAttrs::new().xdp_live_frames(64);
+                match prog.test_run(opts) {
+                    // EINTR is how the run ends; a call that ran out of repeats goes on.
+                    Ok(_) => {}
+                    Err(e) if format!("{e:?}").contains("Interrupted") => {}
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context("generator BPF_PROG_TEST_RUN"));
                     }
+                }
+                if stopping.load(Ordering::SeqCst) {
+                    return Ok(());
                 }
             }
         });
@@ -706,6 +712,7 @@ fn measure(
             .recv_timeout(Duration::from_secs(5))
             .map_err(|_| anyhow!("the generator thread did not start"))?;
         let stop_gen = || {
+            stopping.store(true, Ordering::SeqCst);
             // Repeat until the thread has left the syscall (a signal between batches).
             for _ in 0..200 {
                 if handle.is_finished() {
@@ -719,7 +726,8 @@ fn measure(
         let result = (|| -> Result<Sample> {
             sleep(Duration::from_secs_f64(s.warmup))?;
             if handle.is_finished() {
-                bail!("the generator stopped early");
+                // The thread's own error (joined below) says why; this names when.
+                bail!("the generator stopped during the warm-up");
             }
             let a = snap(installed.dropped()?)?;
             sleep(Duration::from_secs_f64(s.seconds))?;
@@ -747,9 +755,12 @@ fn measure(
         let joined = handle
             .join()
             .map_err(|_| anyhow!("the generator thread panicked"))?;
-        let sample = result?;
-        joined?;
-        Ok(sample)
+        // The generator's error first: it is the cause when the measurement failed too.
+        match (result, joined) {
+            (Err(m), Err(g)) => Err(g.context(format!("{m:#}"))),
+            (_, Err(g)) => Err(g),
+            (r, Ok(())) => r,
+        }
     })
 }
 
