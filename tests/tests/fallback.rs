@@ -9,6 +9,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use aya::maps::HashMap;
+
 use vpn_filter::kernel::{Filter, FrameStart, Policy};
 use vpn_filter_common::{Config, PolicyMode, Protocol, Verdict};
 use vpn_filter_tests::{
@@ -66,6 +68,31 @@ fn enforcing() -> Filter {
     let mut policy = Policy::default();
     policy.set(FB, PolicyMode::Enforce);
     load_with(FrameStart::Ethernet, &policy, &Config::default())
+}
+
+/// The size of the kernel's `PairKey`: two addresses, the family, padding.
+const PAIR_KEY_LEN: usize = 40;
+
+/// The closed pairs in the kernel: (key, deadline in kernel ns).
+fn closed_pairs(filter: &Filter) -> Vec<([u8; PAIR_KEY_LEN], u64)> {
+    let pairs: HashMap<_, [u8; PAIR_KEY_LEN], u64> =
+        HashMap::try_from(filter.map("FALLBACK_PAIRS").expect("FALLBACK_PAIRS"))
+            .expect("FALLBACK_PAIRS is a hash map");
+    pairs
+        .iter()
+        .collect::<Result<_, _>>()
+        .expect("read FALLBACK_PAIRS")
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) }, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn nothing() -> Outcome {
@@ -209,19 +236,42 @@ fn the_fallback_policy_and_timeout_are_the_operators() {
         &tls(c, s, 47001, 443),
         &expect(XDP_PASS, Some((FB, Verdict::Monitored)), &[]),
     );
-    // A closure of one nanosecond is over by the next packet.
+    // The operator's timeout: the closure's deadline is the arming packet's kernel time
+    // (CLOCK_MONOTONIC, read around it here) plus the configured timeout, not the default.
+    const HOUR_NS: u64 = 3_600_000_000_000;
     let config = Config {
-        fallback_timeout_ns: 1,
+        fallback_timeout_ns: HOUR_NS,
         ..Config::default()
     };
     let mut policy = Policy::default();
     policy.set(FB, PolicyMode::Enforce);
-    let filter = load_with(FrameStart::Ethernet, &policy, &config);
+    let mut filter = load_with(FrameStart::Ethernet, &policy, &config);
+    let before = monotonic_ns();
     dtls_dropped(&filter, &mut failures, c, s, 47100);
+    let after = monotonic_ns();
+    let closures = closed_pairs(&filter);
+    assert_eq!(closures.len(), 1, "one closed pair: {closures:?}");
+    let (key, until) = closures[0];
+    assert!(
+        (before + HOUR_NS..=after + HOUR_NS).contains(&until),
+        "the closure lasts the configured hour: until {until}, armed between {before} and {after}"
+    );
+    failures.check(
+        &filter,
+        "TLS during the closure",
+        &tls(c, s, 47101, 443),
+        &expect(XDP_DROP, Some((FB, Verdict::Dropped)), &[]),
+    );
+    // A closure whose deadline has passed closes nothing: move the deadline to before the
+    // arming packet, as the clock would after the timeout.
+    let mut pairs: HashMap<_, [u8; PAIR_KEY_LEN], u64> =
+        HashMap::try_from(filter.map_mut("FALLBACK_PAIRS").expect("FALLBACK_PAIRS"))
+            .expect("FALLBACK_PAIRS is a hash map");
+    pairs.insert(key, before, 0).expect("rewrite the deadline");
     failures.check(
         &filter,
         "TLS after the closure",
-        &tls(c, s, 47101, 443),
+        &tls(c, s, 47102, 443),
         &nothing(),
     );
     failures.assert_none();
