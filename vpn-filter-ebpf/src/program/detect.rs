@@ -53,8 +53,9 @@ const UDP_FIRST_BLOCKED: u32 = 0x8000;
 
 /// What `UDP_FIRST` knows of a datagram's conversation.
 enum Conversation {
-    /// Not seen lately: the slot index (not written yet).
-    New(u32),
+    /// Not seen lately: the slot index and the value that records it there (not written
+    /// yet: [`udp_seen`] does, once the datagram is judged).
+    New(u32, u32),
     Seen,
     /// Dropped by the fully-encrypted rule; the slot's tick was refreshed.
     Blocked,
@@ -81,19 +82,16 @@ fn udp_conversation(pkt: &Packet) -> Option<Conversation> {
         }
         return Some(Conversation::Seen);
     }
-    Some(Conversation::New(idx))
+    Some(Conversation::New(idx, tag << 16 | tick))
 }
 
-/// Records a conversation's first datagram in its slot.
+/// Records a conversation's first datagram in its slot (the value `udp_conversation` made:
+/// the conversation is hashed once).
 #[inline(always)]
-fn udp_seen(pkt: &Packet, idx: u32) {
-    let h = endpoint_hash(&pkt.src, pkt.sport) ^ endpoint_hash(&pkt.dst, pkt.dport);
-    let h = (h ^ (h >> 15)).wrapping_mul(0x2c1b_3c6d);
-    // SAFETY: helper without arguments.
-    let tick = ((unsafe { bpf_ktime_get_ns() } >> 30) & 0x7fff) as u32;
+fn udp_seen(idx: u32, seen: u32) {
     if let Some(slot) = UDP_FIRST.get_ptr_mut(idx) {
         // SAFETY: an array slot; a racing writer on another CPU writes a whole u32 too.
-        unsafe { *slot = (h >> 16) << 16 | tick };
+        unsafe { *slot = seen };
     }
 }
 
@@ -277,10 +275,10 @@ fn detect_packet(ctx: &XdpContext, pkt: &Packet, first_client: bool) -> Result<F
                                 Some(Conversation::Blocked) => {
                                     return Ok(Found::Det(encrypted::detection()));
                                 }
-                                Some(Conversation::New(idx))
+                                Some(Conversation::New(idx, seen))
                                     if !encrypted::exempt_udp_head(head) =>
                                 {
-                                    udp_seen(pkt, idx);
+                                    udp_seen(idx, seen);
                                     fet_slot = Some(idx);
                                 }
                                 _ => {}
