@@ -10,7 +10,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::HashMap;
-
 use vpn_filter::kernel::{Filter, FrameStart, Policy};
 use vpn_filter_common::{Config, PolicyMode, Protocol, Verdict};
 use vpn_filter_tests::{
@@ -91,7 +90,10 @@ fn monotonic_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: a valid timespec to fill.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) }, 0);
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
