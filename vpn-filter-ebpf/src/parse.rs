@@ -90,8 +90,10 @@ pub const MAX_L4_OFFSET: usize = 4400;
 /// The L4 payload starts at most a TCP header (60 bytes) after [`MAX_L4_OFFSET`].
 pub const MAX_PAYLOAD_OFFSET: usize = MAX_L4_OFFSET + 60;
 
-/// Everything the decision needs from the headers.
+/// Everything the decision needs from the headers. `repr(C)`: the two addresses come first,
+/// so they are 4-byte aligned and hashes read them a word at a time ([`Packet::words`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct Packet {
     pub src: [u8; 16],
     pub dst: [u8; 16],
@@ -119,6 +121,27 @@ pub struct Packet {
     pub tcp_seq: u32,
     /// The outermost network layer's family (what the `ipv4`/`ipv6` counters count).
     pub outer_family: u8,
+}
+
+impl Packet {
+    /// The source and destination addresses as eight native-endian words (one load each: a
+    /// byte-array read would be four byte loads per word in BPF).
+    #[inline(always)]
+    pub fn words(&self) -> ([u32; 4], [u32; 4]) {
+        const {
+            assert!(core::mem::offset_of!(Packet, src) % 4 == 0);
+            assert!(core::mem::offset_of!(Packet, dst) % 4 == 0);
+            assert!(core::mem::align_of::<Packet>() >= 4);
+        }
+        // SAFETY: `src` and `dst` are 16 bytes at 4-aligned offsets of a struct aligned to at
+        // least 4 (checked above), and any bit pattern is a valid u32.
+        unsafe {
+            (
+                core::ptr::read(self.src.as_ptr() as *const [u32; 4]),
+                core::ptr::read(self.dst.as_ptr() as *const [u32; 4]),
+            )
+        }
+    }
 }
 
 /// Ethernet header, then up to three VLAN tags (0x8100, 0x88a8, 0x9100 in any order), then

@@ -65,7 +65,8 @@ enum Conversation {
 #[inline(always)]
 fn udp_conversation(pkt: &Packet) -> Option<Conversation> {
     // Either direction: the conversation, not the direction, is new.
-    let h = endpoint_hash(&pkt.src, pkt.sport) ^ endpoint_hash(&pkt.dst, pkt.dport);
+    let (src, dst) = pkt.words();
+    let h = endpoint_hash(&src, pkt.sport) ^ endpoint_hash(&dst, pkt.dport);
     let h = (h ^ (h >> 15)).wrapping_mul(0x2c1b_3c6d);
     let idx = h & (UDP_FIRST_SLOTS - 1);
     let slot = UDP_FIRST.get_ptr_mut(idx)?;
@@ -268,7 +269,13 @@ fn detect_packet(ctx: &XdpContext, pkt: &Packet, first_client: bool) -> Result<F
                 }
                 match udp_second_look(pkt.sport, pkt.dport, len, marks, &h) {
                     SecondLook::No => {
-                        if encrypted::udp_conversation_candidate(pkt.sport, pkt.dport, len) {
+                        // An exempt first bytes (RTP, QUIC) need the slot only where the rule
+                        // enforces: to drop a blocked conversation's next datagram whatever
+                        // it starts with. Under monitor (the default) they skip the lookup.
+                        if encrypted::udp_conversation_candidate(pkt.sport, pkt.dport, len)
+                            && (!encrypted::exempt_udp_head(head)
+                                || policy(Protocol::FullyEncrypted) == PolicyMode::Enforce as u8)
+                        {
                             match udp_conversation(pkt) {
                                 // Dropped before by the rule: dropped again, whatever it
                                 // starts with (an encrypted datagram may look like RTP).

@@ -50,13 +50,13 @@ fn pair_key(pkt: &Packet) -> PairKey {
 
 /// The bit of `addr` in `FALLBACK_ADDRS`: (word, mask).
 #[inline(always)]
-fn addr_bit(addr: &[u8; 16]) -> (u32, u64) {
+fn addr_bit(addr: &[u32; 4]) -> (u32, u64) {
     let h = endpoint_hash(addr, 0);
     ((h >> 6) & (FALLBACK_ADDR_WORDS - 1), 1u64 << (h & 63))
 }
 
 #[inline(always)]
-fn addr_marked(addr: &[u8; 16]) -> bool {
+fn addr_marked(addr: &[u32; 4]) -> bool {
     let (word, mask) = addr_bit(addr);
     FALLBACK_ADDRS.get(word).is_some_and(|w| w & mask != 0)
 }
@@ -85,7 +85,8 @@ pub(super) fn arm(pkt: &Packet, now: u64) {
         count(counter_index(Counter::FlowInsertFailed));
         return;
     }
-    for addr in [&pkt.src, &pkt.dst] {
+    let (src, dst) = pkt.words();
+    for addr in [&src, &dst] {
         let (word, mask) = addr_bit(addr);
         if let Some(w) = FALLBACK_ADDRS.get_ptr_mut(word) {
             // SAFETY: an array slot; a lost race only leaves a bit unset until the next arm.
@@ -106,7 +107,12 @@ pub(super) fn closed(ctx: &XdpContext) -> u32 {
     };
     let pkt = &c.pkt;
     // Later fragments follow their first fragment (FRAGS_DROPPED).
-    if pkt.frag == FRAG_LATER || !addr_marked(&pkt.src) || !addr_marked(&pkt.dst) {
+    // Nothing is armed under policy off (the default): ordinary packets pay one array read.
+    if policy(Protocol::Fallback) == PolicyMode::Off as u8 {
+        return XDP_PASS;
+    }
+    let (src, dst) = pkt.words();
+    if pkt.frag == FRAG_LATER || !addr_marked(&src) || !addr_marked(&dst) {
         return XDP_PASS;
     }
     match judge(ctx, pkt) {

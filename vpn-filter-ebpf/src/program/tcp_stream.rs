@@ -74,28 +74,26 @@ pub(super) struct StreamHead {
 #[inline(always)]
 pub(super) fn tcp_hash(pkt: &Packet) -> u32 {
     let mut h: u32 = TCP_HEAD_SEED.get(0).copied().unwrap_or(0) ^ 0x811c_9dc5;
+    let (src, dst) = pkt.words();
     let mut i = 0;
-    while i < 16 {
-        let a = u32::from_ne_bytes([pkt.src[i], pkt.src[i + 1], pkt.src[i + 2], pkt.src[i + 3]]);
-        let b = u32::from_ne_bytes([pkt.dst[i], pkt.dst[i + 1], pkt.dst[i + 2], pkt.dst[i + 3]]);
-        h = (h ^ a).wrapping_mul(0x0100_0193).rotate_left(13);
-        h = (h ^ b).wrapping_mul(0x0100_0193).rotate_left(13);
-        i += 4;
+    while i < 4 {
+        h = (h ^ src[i]).wrapping_mul(0x0100_0193).rotate_left(13);
+        h = (h ^ dst[i]).wrapping_mul(0x0100_0193).rotate_left(13);
+        i += 1;
     }
     h = (h ^ ((pkt.sport as u32) << 16 | pkt.dport as u32)).wrapping_mul(0x85eb_ca6b);
     h ^ (h >> 15)
 }
 
-/// Seeded hash of one endpoint (address, port), for conversation slots that either
-/// direction must find (`UDP_FIRST`).
+/// Seeded hash of one endpoint (address as [`Packet::words`], port), for conversation slots
+/// that either direction finds.
 #[inline(always)]
-pub(super) fn endpoint_hash(addr: &[u8; 16], port: u16) -> u32 {
+pub(super) fn endpoint_hash(addr: &[u32; 4], port: u16) -> u32 {
     let mut h: u32 = TCP_HEAD_SEED.get(0).copied().unwrap_or(0) ^ 0x9e37_79b9;
     let mut i = 0;
-    while i < 16 {
-        let a = u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
-        h = (h ^ a).wrapping_mul(0x0100_0193).rotate_left(13);
-        i += 4;
+    while i < 4 {
+        h = (h ^ addr[i]).wrapping_mul(0x0100_0193).rotate_left(13);
+        i += 1;
     }
     h = (h ^ port as u32).wrapping_mul(0x85eb_ca6b);
     h ^ (h >> 13)
@@ -128,9 +126,13 @@ pub(super) fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
     let idx = h & (TCP_HEAD_SLOTS - 1);
     // 15 bits of tag; the lowest bit of the field says which side the slot belongs to.
     let tag = (h >> 16) as u64 & 0xfffe;
-    // SAFETY: helper without arguments.
-    let tick = (unsafe { bpf_ktime_get_ns() } >> 30) & 0xffff;
+    // The clock is read only where a slot is written or matched: not for ordinary segments.
+    let now_tick = || {
+        // SAFETY: helper without arguments.
+        (unsafe { bpf_ktime_get_ns() } >> 30) & 0xffff
+    };
     if pkt.tcp_flags & TCP_SYN != 0 {
+        let tick = now_tick();
         let client = if pkt.tcp_flags & TCP_ACK == 0 {
             SLOT_CLIENT
         } else {
@@ -152,10 +154,11 @@ pub(super) fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
     };
     // SAFETY: as above.
     let v = unsafe { *slot };
-    if v == 0
-        || (v >> 16) & 0xfffe != tag
-        || (tick.wrapping_sub(v & 0xffff) & 0xffff) > TCP_HEAD_TICKS
-    {
+    if v == 0 || (v >> 16) & 0xfffe != tag {
+        return Ok(HEAD_ORDINARY);
+    }
+    let tick = now_tick();
+    if (tick.wrapping_sub(v & 0xffff) & 0xffff) > TCP_HEAD_TICKS {
         return Ok(HEAD_ORDINARY);
     }
     let isn = (v >> 32) as u32;
