@@ -21,24 +21,6 @@ use vpn_filter_tests::{
 
 const WG: Protocol = Protocol::WireGuard;
 
-fn udp(c: IpAddr, s: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    Frame::eth()
-        .ip(c, s)
-        .udp(sport, dport)
-        .payload(payload)
-        .build()
-}
-
-fn tcp(c: IpAddr, s: IpAddr, sport: u16, dport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-    Frame::eth()
-        .ip(c, s)
-        .tcp(sport, dport)
-        .tcp_flags(TCP_ACK | TCP_PSH)
-        .tcp_seq(seq, 1)
-        .payload(payload)
-        .build()
-}
-
 fn pending(p: Protocol) -> Outcome {
     expect(XDP_PASS, Some((p, Verdict::Pending)), &[])
 }
@@ -206,14 +188,14 @@ fn wireguard_over_tcp_is_dropped_whole_and_split() {
         failures.check(
             filter,
             &format!("udp-over-tcp initiation {c}"),
-            &tcp(c, s, cport, 443, 1, &init),
+            &tcp_segment(c, s, cport, 443, 1, &init),
             &signature(registered, WG),
         );
         let reply = framed(&wireguard_response(0x7777_0000, 0x6666_0000));
         failures.check(
             filter,
             &format!("udp-over-tcp response to {c}"),
-            &tcp(s, c, 443, cport + 1, 1, &reply),
+            &tcp_segment(s, c, 443, cport + 1, 1, &reply),
             &signature(registered, WG),
         );
         // Split after 1, 2, 3 and 7 bytes, after the handshake was seen.
@@ -232,13 +214,13 @@ fn wireguard_over_tcp_is_dropped_whole_and_split() {
             failures.check(
                 filter,
                 &format!("first {cut} bytes"),
-                &tcp(c, s, port, 5001, isn + 1, &init[..cut]),
+                &tcp_segment(c, s, port, 5001, isn + 1, &init[..cut]),
                 &buffered,
             );
             failures.check(
                 filter,
                 &format!("the rest after {cut}"),
-                &tcp(c, s, port, 5001, isn + 1 + cut as u32, &init[cut..]),
+                &tcp_segment(c, s, port, 5001, isn + 1 + cut as u32, &init[cut..]),
                 &signature(registered, WG),
             );
         }
@@ -256,7 +238,7 @@ fn dns_over_tcp_that_starts_like_wireguard_over_tcp_passes() {
             failures,
             filter,
             "dns over tcp",
-            &tcp(c, s, 34000 + k, 53, 1, &dns),
+            &tcp_segment(c, s, 34000 + k, 53, 1, &dns),
         );
     });
 }
@@ -345,7 +327,7 @@ fn tinc_id_lines_are_dropped() {
             failures.check(
                 filter,
                 &format!("tinc {line:?} from {c}"),
-                &tcp(c, s, cport + i as u16, 655, 1, line.as_bytes()),
+                &tcp_segment(c, s, cport + i as u16, 655, 1, line.as_bytes()),
                 &signature(registered, Protocol::Tinc),
             );
         }
@@ -362,7 +344,7 @@ fn tinc_id_lines_are_dropped() {
                 failures,
                 filter,
                 &format!("not tinc: {line:?}"),
-                &tcp(c, s, cport + 4 + i as u16, 655, 1, line.as_bytes()),
+                &tcp_segment(c, s, cport + 4 + i as u16, 655, 1, line.as_bytes()),
             );
         }
     });
@@ -383,7 +365,7 @@ fn softether_http_connect_requests_are_dropped() {
             failures.check(
                 filter,
                 &format!("softether {req:.24} from {c}"),
-                &tcp(c, s, cport + i as u16, 443, 1, req.as_bytes()),
+                &tcp_segment(c, s, cport + i as u16, 443, 1, req.as_bytes()),
                 &signature(registered, Protocol::SoftEther),
             );
         }
@@ -392,14 +374,14 @@ fn softether_http_connect_requests_are_dropped() {
             failures,
             filter,
             "another POST",
-            &tcp(c, s, cport + 2, 80, 1, post.as_bytes()),
+            &tcp_segment(c, s, cport + 2, 80, 1, post.as_bytes()),
         );
         let post = "POST /api/v1/upload HTTP/1.1\r\nHost: example\r\n\r\n";
         require_ignored(
             failures,
             filter,
             "an ordinary POST",
-            &tcp(c, s, cport + 3, 80, 1, post.as_bytes()),
+            &tcp_segment(c, s, cport + 3, 80, 1, post.as_bytes()),
         );
     });
 }

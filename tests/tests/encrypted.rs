@@ -52,24 +52,6 @@ fn syn_ack(c: IpAddr, s: IpAddr, cport: u16, sport: u16) -> Vec<u8> {
         .build()
 }
 
-fn segment(from: IpAddr, to: IpAddr, fport: u16, tport: u16, seq: u32, p: &[u8]) -> Vec<u8> {
-    Frame::eth()
-        .ip(from, to)
-        .tcp(fport, tport)
-        .tcp_flags(TCP_ACK | TCP_PSH)
-        .tcp_seq(seq, 1)
-        .payload(p)
-        .build()
-}
-
-fn udp(from: IpAddr, to: IpAddr, fport: u16, tport: u16, p: &[u8]) -> Vec<u8> {
-    Frame::eth()
-        .ip(from, to)
-        .udp(fport, tport)
-        .payload(p)
-        .build()
-}
-
 fn judged(registered: bool, enforce: bool) -> Outcome {
     match (registered, enforce) {
         (true, _) => expect(XDP_PASS, Some((FE, Verdict::Allowed)), &[]),
@@ -99,7 +81,7 @@ fn tcp_conversation(filter: &Filter, enforce: bool) {
                 let _ = run(filter, &syn(c, s, cport, 8388));
                 let _ = run(filter, &syn_ack(c, s, cport, 8388));
                 let name = format!("{c}:{cport} first payload, {what}");
-                let first_frame = segment(c, s, cport, 8388, CLIENT_ISN + 1, &first);
+                let first_frame = tcp_segment(c, s, cport, 8388, CLIENT_ISN + 1, &first);
                 // (A first payload shorter than the head is also held for reassembly: the
                 // counters may move; the action and the verdict are what matter.)
                 let want = judged(registered, enforce);
@@ -121,13 +103,13 @@ fn tcp_conversation(filter: &Filter, enforce: bool) {
                         &mut failures,
                         filter,
                         &format!("{name}: the server's first payload"),
-                        &segment(s, c, 8388, cport, SERVER_ISN + 1, &reply),
+                        &tcp_segment(s, c, 8388, cport, SERVER_ISN + 1, &reply),
                     );
                     require_ignored(
                         &mut failures,
                         filter,
                         &format!("{name}: the client's next segment"),
-                        &segment(c, s, cport, 8388, CLIENT_ISN + 1 + len as u32, &reply),
+                        &tcp_segment(c, s, cport, 8388, CLIENT_ISN + 1 + len as u32, &reply),
                     );
                 }
             }
@@ -212,7 +194,7 @@ fn tls_http_and_exempt_ports_are_not_judged_even_under_enforce() {
             &mut failures,
             &filter,
             what,
-            &segment(c, s, cport, 443, CLIENT_ISN + 1, &p),
+            &tcp_segment(c, s, cport, 443, CLIENT_ISN + 1, &p),
         );
     }
     // QUIC on 443, RTP's first byte, DNS.

@@ -10,7 +10,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::HashMap;
-
 use vpn_filter::kernel::{Filter, FrameStart, Policy};
 use vpn_filter_common::{Config, PolicyMode, Protocol, Verdict};
 use vpn_filter_tests::{
@@ -35,14 +34,6 @@ fn other_client(v6: bool) -> IpAddr {
     } else {
         Ipv4Addr::new(203, 0, 113, 88).into()
     }
-}
-
-fn udp(from: IpAddr, to: IpAddr, fport: u16, tport: u16, p: &[u8]) -> Vec<u8> {
-    Frame::eth()
-        .ip(from, to)
-        .udp(fport, tport)
-        .payload(p)
-        .build()
 }
 
 fn tls(from: IpAddr, to: IpAddr, fport: u16, tport: u16) -> Vec<u8> {
@@ -91,7 +82,10 @@ fn monotonic_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: a valid timespec to fill.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) }, 0);
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
