@@ -12,10 +12,13 @@
 
 use std::net::IpAddr;
 
-use vpn_filter::kernel::{Filter, FrameStart, Policy};
-use vpn_filter_common::{Config, Counter, PolicyMode, Protocol, Verdict};
+use vpn_filter::kernel::Filter;
+use vpn_filter_common::{Counter, PolicyMode, Protocol, Verdict};
 use vpn_filter_tests::{
-    judge::{client, expect, load, load_with, run, server, Failures, Outcome, XDP_DROP, XDP_PASS},
+    judge::{
+        each_client, expect, load, load_policy, require_ignored, run, Failures, Outcome, XDP_DROP,
+        XDP_PASS,
+    },
     packet::*,
 };
 
@@ -45,34 +48,6 @@ fn signature(registered: bool, p: Protocol) -> Outcome {
     }
 }
 
-/// Every family and registration: `f(filter, failures, client, server, port_offset)`.
-fn each(filter: &Filter, mut f: impl FnMut(&Filter, &mut Failures, IpAddr, IpAddr, bool, u16)) {
-    let mut failures = Failures::default();
-    let mut k = 0;
-    for v6 in [false, true] {
-        for registered in [false, true] {
-            f(
-                filter,
-                &mut failures,
-                client(v6, registered),
-                server(v6),
-                registered,
-                k,
-            );
-            k += 1;
-        }
-    }
-    failures.assert_none();
-}
-
-/// A passed frame with no verdict (parse counters may move).
-fn require_ignored(failures: &mut Failures, filter: &Filter, what: &str, frame: &[u8]) {
-    let got = run(filter, frame);
-    failures.require(got.action == XDP_PASS && got.verdicts.is_empty(), || {
-        format!("{what}: got {got}, want XDP_PASS and no verdict")
-    });
-}
-
 // ---------------------------------------------------------------------------------------
 // WireGuard with a client id (WARP)
 // ---------------------------------------------------------------------------------------
@@ -85,15 +60,13 @@ fn with_id(mut p: Vec<u8>, id: [u8; 3]) -> Vec<u8> {
 /// The default policy with the fallback closure off: several handshakes between one client
 /// and one server, each judged on its own (tests/tests/fallback.rs covers the closure).
 fn without_fallback() -> Filter {
-    let mut policy = Policy::default();
-    policy.set(Protocol::Fallback, PolicyMode::Off);
-    load_with(FrameStart::Ethernet, &policy, &Config::default())
+    load_policy(Protocol::Fallback, PolicyMode::Off)
 }
 
 #[test]
 fn warp_handshakes_are_confirmed_by_the_echoed_index_on_each_warp_port() {
     let filter = without_fallback();
-    each(&filter, |filter, failures, c, s, registered, k| {
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         for (i, port) in [2408u16, 500, 1701, 4500].into_iter().enumerate() {
             let cport = 30000 + k * 16 + i as u16;
             let sender = 0x1111_0000 + cport as u32;
@@ -140,7 +113,7 @@ fn warp_handshakes_are_confirmed_by_the_echoed_index_on_each_warp_port() {
 #[test]
 fn client_id_lookalikes_pass() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, _, k| {
+    each_client(&filter, |filter, failures, c, s, _, k| {
         let cport = 32000 + k * 8;
         // Other sizes, DNS's port, STUN's cookie.
         let mut p = with_id(wireguard_initiation(7), [9, 9, 9]);
@@ -182,7 +155,7 @@ fn framed(p: &[u8]) -> Vec<u8> {
 #[test]
 fn wireguard_over_tcp_is_dropped_whole_and_split() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, registered, k| {
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         let cport = 33000 + k * 16;
         let init = framed(&wireguard_initiation(0x6666_0000 + cport as u32));
         failures.check(
@@ -230,7 +203,7 @@ fn wireguard_over_tcp_is_dropped_whole_and_split() {
 #[test]
 fn dns_over_tcp_that_starts_like_wireguard_over_tcp_passes() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, _, k| {
+    each_client(&filter, |filter, failures, c, s, _, k| {
         // Length 148, id 0x0100, flags 0, one question.
         let mut dns = vec![0u8; 150];
         dns[..8].copy_from_slice(&[0x00, 0x94, 0x01, 0x00, 0x00, 0x00, 0x00, 0x01]);
@@ -260,7 +233,7 @@ fn lightway(session: u64, record: u8, body: usize) -> Vec<u8> {
 #[test]
 fn lightway_datagrams_are_dropped_in_both_directions() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, registered, k| {
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         let cport = 35000 + k;
         let hello = lightway(0, 22, 180);
         failures.check(
@@ -282,7 +255,7 @@ fn lightway_datagrams_are_dropped_in_both_directions() {
 #[test]
 fn lightway_lookalikes_pass() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, _, k| {
+    each_client(&filter, |filter, failures, c, s, _, k| {
         let cport = 36000 + k * 4;
         let mut p = lightway(0, 22, 100);
         p[16] = 0x30; // not a DTLS content type
@@ -313,7 +286,7 @@ fn lightway_lookalikes_pass() {
 #[test]
 fn tinc_id_lines_are_dropped() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, registered, k| {
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         let cport = 37000 + k * 8;
         for (i, line) in [
             "0 alice 17\n",
@@ -353,7 +326,7 @@ fn tinc_id_lines_are_dropped() {
 #[test]
 fn softether_http_connect_requests_are_dropped() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, registered, k| {
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         let cport = 38000 + k * 4;
         for (i, req) in [
             "POST /vpnsvc/connect.cgi HTTP/1.1\r\nHost: 203.0.113.1\r\nContent-Type: image/jpeg\r\n\r\n",
@@ -432,7 +405,7 @@ fn awg_flow(
 #[test]
 fn amneziawg_transport_is_monitored_after_six_consistent_packets() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, registered, k| {
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         awg_flow(
             filter,
             failures,
@@ -447,20 +420,16 @@ fn amneziawg_transport_is_monitored_after_six_consistent_packets() {
 
 #[test]
 fn amneziawg_transport_is_dropped_when_the_operator_enforces_it() {
-    let mut policy = Policy::default();
-    policy.set(AWG, PolicyMode::Enforce);
-    let filter = load_with(FrameStart::Ethernet, &policy, &Config::default());
-    each(&filter, |filter, failures, c, s, registered, k| {
+    let filter = load_policy(AWG, PolicyMode::Enforce);
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         awg_flow(filter, failures, c, s, 39100 + k, registered, dropped(AWG));
     });
 }
 
 #[test]
 fn constant_or_random_headers_never_confirm_as_amneziawg() {
-    let mut policy = Policy::default();
-    policy.set(AWG, PolicyMode::Enforce);
-    let filter = load_with(FrameStart::Ethernet, &policy, &Config::default());
-    each(&filter, |filter, failures, c, s, registered, k| {
+    let filter = load_policy(AWG, PolicyMode::Enforce);
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         if registered {
             return;
         }
@@ -549,7 +518,7 @@ fn scrambled_flow(
 #[test]
 fn scrambled_openvpn_is_monitored_after_its_opcode_pattern() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, registered, k| {
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         scrambled_flow(
             filter,
             failures,
@@ -564,10 +533,8 @@ fn scrambled_openvpn_is_monitored_after_its_opcode_pattern() {
 
 #[test]
 fn scrambled_openvpn_is_dropped_when_the_operator_enforces_it() {
-    let mut policy = Policy::default();
-    policy.set(OBFS, PolicyMode::Enforce);
-    let filter = load_with(FrameStart::Ethernet, &policy, &Config::default());
-    each(&filter, |filter, failures, c, s, registered, k| {
+    let filter = load_policy(OBFS, PolicyMode::Enforce);
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         scrambled_flow(
             filter,
             failures,
@@ -582,10 +549,8 @@ fn scrambled_openvpn_is_dropped_when_the_operator_enforces_it() {
 
 #[test]
 fn request_reply_traffic_of_reset_sizes_never_confirms_as_scrambled_openvpn() {
-    let mut policy = Policy::default();
-    policy.set(OBFS, PolicyMode::Enforce);
-    let filter = load_with(FrameStart::Ethernet, &policy, &Config::default());
-    each(&filter, |filter, failures, c, s, registered, k| {
+    let filter = load_policy(OBFS, PolicyMode::Enforce);
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         if registered {
             return;
         }

@@ -13,7 +13,9 @@ use aya::maps::HashMap;
 use vpn_filter::kernel::{Filter, FrameStart, Policy};
 use vpn_filter_common::{Config, PolicyMode, Protocol, Verdict};
 use vpn_filter_tests::{
-    judge::{client, expect, load, load_with, server, Failures, Outcome, XDP_DROP, XDP_PASS},
+    judge::{
+        client, expect, load, load_policy, load_with, server, Failures, Outcome, XDP_DROP, XDP_PASS,
+    },
     packet::*,
 };
 
@@ -56,9 +58,7 @@ fn server_hello() -> Vec<u8> {
 
 /// The default policy with the closure enforced (it is off by default: see README).
 fn enforcing() -> Filter {
-    let mut policy = Policy::default();
-    policy.set(FB, PolicyMode::Enforce);
-    load_with(FrameStart::Ethernet, &policy, &Config::default())
+    load_policy(FB, PolicyMode::Enforce)
 }
 
 /// The size of the kernel's `PairKey`: two addresses, the family, padding.
@@ -218,9 +218,7 @@ fn off_by_default_the_pair_stays_open() {
 #[test]
 fn the_fallback_policy_and_timeout_are_the_operators() {
     // Monitor: reported, passed.
-    let mut policy = Policy::default();
-    policy.set(FB, PolicyMode::Monitor);
-    let filter = load_with(FrameStart::Ethernet, &policy, &Config::default());
+    let filter = load_policy(FB, PolicyMode::Monitor);
     let mut failures = Failures::default();
     let (c, s) = (client(false, false), server(false));
     dtls_dropped(&filter, &mut failures, c, s, 47000);
