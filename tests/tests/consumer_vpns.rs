@@ -360,6 +360,45 @@ fn softether_http_connect_requests_are_dropped() {
 }
 
 // ---------------------------------------------------------------------------------------
+// The heuristics (AmneziaWG, scrambled OpenVPN): monitored by default
+// ---------------------------------------------------------------------------------------
+
+/// A heuristic's packets from one client, as `flow(filter, failures, c, s, cport,
+/// registered, confirmed)`: `confirmed` is what the packets from the confirming one on do.
+type Flow = fn(&Filter, &mut Failures, IpAddr, IpAddr, u16, bool, &Outcome);
+
+/// What packet `n` of a heuristic's flow does: allowed from a registered client; from an
+/// unregistered one pending before packet `confirming`, `confirmed` from it on.
+fn heuristic_step(
+    p: Protocol,
+    registered: bool,
+    n: usize,
+    confirming: usize,
+    confirmed: &Outcome,
+) -> Outcome {
+    if registered {
+        allowed(p)
+    } else if n < confirming {
+        pending(p)
+    } else {
+        confirmed.clone()
+    }
+}
+
+/// `flow` from every client (ports from `port`), confirming as monitored under the default
+/// policy, as dropped when the operator enforces `p`.
+fn heuristic_confirms(flow: Flow, p: Protocol, enforce: bool, port: u16) {
+    let (filter, confirmed) = if enforce {
+        (load_policy(p, PolicyMode::Enforce), dropped(p))
+    } else {
+        (load(), monitored(p))
+    };
+    each_client(&filter, |filter, failures, c, s, registered, k| {
+        flow(filter, failures, c, s, port + k, registered, &confirmed);
+    });
+}
+
+// ---------------------------------------------------------------------------------------
 // WireGuard with rewritten headers (AmneziaWG): a heuristic, monitored by default
 // ---------------------------------------------------------------------------------------
 
@@ -372,6 +411,7 @@ fn awg_data(h4: u32, receiver: u32, counter: u64, len: usize) -> Vec<u8> {
     p
 }
 
+/// Eight transport packets of one flow: the sixth confirms it.
 fn awg_flow(
     filter: &Filter,
     failures: &mut Failures,
@@ -379,7 +419,7 @@ fn awg_flow(
     s: IpAddr,
     cport: u16,
     registered: bool,
-    confirmed: Outcome,
+    confirmed: &Outcome,
 ) {
     for n in 0..8u64 {
         let p = awg_data(
@@ -388,42 +428,23 @@ fn awg_flow(
             100 + n,
             128 + 16 * (n as usize % 3),
         );
-        let want = match (registered, n) {
-            (true, _) => allowed(AWG),
-            (false, 0..=4) => pending(AWG),
-            (false, _) => confirmed.clone(),
-        };
         failures.check(
             filter,
             &format!("awg packet {n} from {c}"),
             &udp(c, s, cport, 51820, &p),
-            &want,
+            &heuristic_step(AWG, registered, n as usize, 5, confirmed),
         );
     }
 }
 
 #[test]
 fn amneziawg_transport_is_monitored_after_six_consistent_packets() {
-    let filter = load();
-    each_client(&filter, |filter, failures, c, s, registered, k| {
-        awg_flow(
-            filter,
-            failures,
-            c,
-            s,
-            39000 + k,
-            registered,
-            monitored(AWG),
-        );
-    });
+    heuristic_confirms(awg_flow, AWG, false, 39000);
 }
 
 #[test]
 fn amneziawg_transport_is_dropped_when_the_operator_enforces_it() {
-    let filter = load_policy(AWG, PolicyMode::Enforce);
-    each_client(&filter, |filter, failures, c, s, registered, k| {
-        awg_flow(filter, failures, c, s, 39100 + k, registered, dropped(AWG));
-    });
+    heuristic_confirms(awg_flow, AWG, true, 39100);
 }
 
 #[test]
@@ -484,6 +505,7 @@ fn ovpn_exchange() -> Vec<(bool, Vec<u8>)> {
     ]
 }
 
+/// The exchange scrambled, both directions: the eighth packet confirms it.
 fn scrambled_flow(
     filter: &Filter,
     failures: &mut Failures,
@@ -501,50 +523,23 @@ fn scrambled_flow(
         } else {
             udp(s, c, 1194, cport, &p)
         };
-        let want = match (registered, n) {
-            (true, _) => allowed(OBFS),
-            (false, 0..=6) => pending(OBFS),
-            (false, _) => confirmed.clone(),
-        };
         failures.check(
             filter,
             &format!("scrambled openvpn packet {n} ({} bytes) {c}", p.len()),
             &frame,
-            &want,
+            &heuristic_step(OBFS, registered, n, 7, confirmed),
         );
     }
 }
 
 #[test]
 fn scrambled_openvpn_is_monitored_after_its_opcode_pattern() {
-    let filter = load();
-    each_client(&filter, |filter, failures, c, s, registered, k| {
-        scrambled_flow(
-            filter,
-            failures,
-            c,
-            s,
-            40000 + k,
-            registered,
-            &monitored(OBFS),
-        );
-    });
+    heuristic_confirms(scrambled_flow, OBFS, false, 40000);
 }
 
 #[test]
 fn scrambled_openvpn_is_dropped_when_the_operator_enforces_it() {
-    let filter = load_policy(OBFS, PolicyMode::Enforce);
-    each_client(&filter, |filter, failures, c, s, registered, k| {
-        scrambled_flow(
-            filter,
-            failures,
-            c,
-            s,
-            40100 + k,
-            registered,
-            &dropped(OBFS),
-        );
-    });
+    heuristic_confirms(scrambled_flow, OBFS, true, 40100);
 }
 
 #[test]
