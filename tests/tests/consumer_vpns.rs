@@ -398,6 +398,23 @@ fn heuristic_confirms(flow: Flow, p: Protocol, enforce: bool, port: u16) {
     });
 }
 
+/// Traffic that must never confirm as heuristic `p`, though the operator enforces it:
+/// `f(filter, failures, c, s, k)` from each unregistered client.
+fn never_confirms(p: Protocol, mut f: impl FnMut(&Filter, &mut Failures, IpAddr, IpAddr, u16)) {
+    let filter = load_policy(p, PolicyMode::Enforce);
+    each_client(&filter, |filter, failures, c, s, registered, k| {
+        if !registered {
+            f(filter, failures, c, s, k);
+        }
+    });
+}
+
+/// Records a failure unless `frame` passes (a verdict may move: a heuristic's pending).
+fn require_passed(failures: &mut Failures, filter: &Filter, what: &str, frame: &[u8]) {
+    let got = run(filter, frame);
+    failures.require(got.action == XDP_PASS, || format!("{what}: {got}"));
+}
+
 // ---------------------------------------------------------------------------------------
 // WireGuard with rewritten headers (AmneziaWG): a heuristic, monitored by default
 // ---------------------------------------------------------------------------------------
@@ -449,25 +466,17 @@ fn amneziawg_transport_is_dropped_when_the_operator_enforces_it() {
 
 #[test]
 fn constant_or_random_headers_never_confirm_as_amneziawg() {
-    let filter = load_policy(AWG, PolicyMode::Enforce);
-    each_client(&filter, |filter, failures, c, s, registered, k| {
-        if registered {
-            return;
-        }
+    never_confirms(AWG, |filter, failures, c, s, k| {
         // A constant "counter" (a fixed-layout protocol), then random first bytes.
         for n in 0..12 {
             let p = awg_data(0x0000_0123, 0x0000_0456, 7, 64);
-            let got = run(filter, &udp(c, s, 39200 + k, 9000, &p));
-            failures.require(got.action == XDP_PASS, || {
-                format!("constant counter {n}: {got}")
-            });
+            let frame = udp(c, s, 39200 + k, 9000, &p);
+            require_passed(failures, filter, &format!("constant counter {n}"), &frame);
         }
         for n in 0..12u64 {
             let p = awg_data((n * 0x9e37_79b9) as u32, 0x1357_0000 + n as u32, n, 64);
-            let got = run(filter, &udp(c, s, 39300 + k, 9000, &p));
-            failures.require(got.action == XDP_PASS, || {
-                format!("random header {n}: {got}")
-            });
+            let frame = udp(c, s, 39300 + k, 9000, &p);
+            require_passed(failures, filter, &format!("random header {n}"), &frame);
         }
     });
 }
@@ -544,11 +553,7 @@ fn scrambled_openvpn_is_dropped_when_the_operator_enforces_it() {
 
 #[test]
 fn request_reply_traffic_of_reset_sizes_never_confirms_as_scrambled_openvpn() {
-    let filter = load_policy(OBFS, PolicyMode::Enforce);
-    each_client(&filter, |filter, failures, c, s, registered, k| {
-        if registered {
-            return;
-        }
+    never_confirms(OBFS, |filter, failures, c, s, k| {
         let cport = 40200 + k * 4;
         // A DNS-like exchange on another port: 42-byte queries, 58-byte answers.
         for n in 0..12u8 {
@@ -558,8 +563,7 @@ fn request_reply_traffic_of_reset_sizes_never_confirms_as_scrambled_openvpn() {
                 (udp(c, s, cport, 5300, &q), "query"),
                 (udp(s, c, 5300, cport, &a), "answer"),
             ] {
-                let got = run(filter, &frame);
-                failures.require(got.action == XDP_PASS, || format!("{what} {n}: {got}"));
+                require_passed(failures, filter, &format!("{what} {n}"), &frame);
             }
         }
         // The reset sizes answered, then a game's many first bytes.
@@ -569,8 +573,8 @@ fn request_reply_traffic_of_reset_sizes_never_confirms_as_scrambled_openvpn() {
         let _ = run(filter, &udp(s, c, 27015, cport + 1, &a));
         for n in 0..16u8 {
             let p = vec![0x30 + n; 70 + n as usize];
-            let got = run(filter, &udp(c, s, cport + 1, 27015, &p));
-            failures.require(got.action == XDP_PASS, || format!("game packet {n}: {got}"));
+            let frame = udp(c, s, cport + 1, 27015, &p);
+            require_passed(failures, filter, &format!("game packet {n}"), &frame);
         }
     });
 }
