@@ -8,7 +8,7 @@ use vpn_filter::{
     kernel::{Filter, FrameStart, LoadOptions, Policy, Stats},
     registry::Feed,
 };
-use vpn_filter_common::{Config, Counter, Protocol, Verdict};
+use vpn_filter_common::{Config, Counter, PolicyMode, Protocol, Verdict};
 
 use crate::lab::registry_json;
 
@@ -64,6 +64,13 @@ pub fn load_with(frame_start: FrameStart, policy: &Policy, config: &Config) -> F
 /// Ethernet frames, policy enforce, default configuration.
 pub fn load() -> Filter {
     load_with(FrameStart::Ethernet, &Policy::default(), &Config::default())
+}
+
+/// Ethernet frames, the default policy but `mode` for `protocol`, default configuration.
+pub fn load_policy(protocol: Protocol, mode: PolicyMode) -> Filter {
+    let mut policy = Policy::default();
+    policy.set(protocol, mode);
+    load_with(FrameStart::Ethernet, &policy, &Config::default())
 }
 
 pub fn action_name(a: u32) -> &'static str {
@@ -162,6 +169,39 @@ pub fn expect(action: u32, verdict: Option<(Protocol, Verdict)>, counters: &[Cou
         verdicts: verdict.iter().map(|(p, v)| (*p, *v, 1)).collect(),
         counters,
     }
+}
+
+/// Every family (IPv4, IPv6) and registration (unregistered, registered):
+/// `f(filter, failures, client, server, registered, k)`, where `k` counts the four calls from
+/// 0 (for distinct ports). Fails once at the end, listing every check that failed.
+pub fn each_client(
+    filter: &Filter,
+    mut f: impl FnMut(&Filter, &mut Failures, IpAddr, IpAddr, bool, u16),
+) {
+    let mut failures = Failures::default();
+    let mut k = 0;
+    for v6 in [false, true] {
+        for registered in [false, true] {
+            f(
+                filter,
+                &mut failures,
+                client(v6, registered),
+                server(v6),
+                registered,
+                k,
+            );
+            k += 1;
+        }
+    }
+    failures.assert_none();
+}
+
+/// Records a failure unless `frame` passes with no verdict (parse counters may move).
+pub fn require_ignored(failures: &mut Failures, filter: &Filter, what: &str, frame: &[u8]) {
+    let got = run(filter, frame);
+    failures.require(got.action == XDP_PASS && got.verdicts.is_empty(), || {
+        format!("{what}: got {got}, want XDP_PASS and no verdict")
+    });
 }
 
 /// Collects the rows of a table that did not behave, then fails once listing all of them.

@@ -710,6 +710,34 @@ impl Frame {
     }
 }
 
+/// The common UDP frame: Ethernet, `from:fport` to `to:tport`, carrying `payload`.
+pub fn udp(from: IpAddr, to: IpAddr, fport: u16, tport: u16, payload: &[u8]) -> Vec<u8> {
+    Frame::eth()
+        .ip(from, to)
+        .udp(fport, tport)
+        .payload(payload)
+        .build()
+}
+
+/// The common TCP data segment: Ethernet, `from:fport` to `to:tport`, ACK|PSH, sequence
+/// number `seq` (acknowledging 1), carrying `payload`.
+pub fn tcp_segment(
+    from: IpAddr,
+    to: IpAddr,
+    fport: u16,
+    tport: u16,
+    seq: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    Frame::eth()
+        .ip(from, to)
+        .tcp(fport, tport)
+        .tcp_flags(TCP_ACK | TCP_PSH)
+        .tcp_seq(seq, 1)
+        .payload(payload)
+        .build()
+}
+
 enum PseudoHeader {
     V4(Ipv4Addr, Ipv4Addr),
     V6(Ipv6Addr, Ipv6Addr),

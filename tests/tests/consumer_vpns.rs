@@ -12,32 +12,17 @@
 
 use std::net::IpAddr;
 
-use vpn_filter::kernel::{Filter, FrameStart, Policy};
-use vpn_filter_common::{Config, Counter, PolicyMode, Protocol, Verdict};
+use vpn_filter::kernel::Filter;
+use vpn_filter_common::{Counter, PolicyMode, Protocol, Verdict};
 use vpn_filter_tests::{
-    judge::{client, expect, load, load_with, run, server, Failures, Outcome, XDP_DROP, XDP_PASS},
+    judge::{
+        each_client, expect, load, load_policy, require_ignored, run, Failures, Outcome, XDP_DROP,
+        XDP_PASS,
+    },
     packet::*,
 };
 
 const WG: Protocol = Protocol::WireGuard;
-
-fn udp(c: IpAddr, s: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    Frame::eth()
-        .ip(c, s)
-        .udp(sport, dport)
-        .payload(payload)
-        .build()
-}
-
-fn tcp(c: IpAddr, s: IpAddr, sport: u16, dport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-    Frame::eth()
-        .ip(c, s)
-        .tcp(sport, dport)
-        .tcp_flags(TCP_ACK | TCP_PSH)
-        .tcp_seq(seq, 1)
-        .payload(payload)
-        .build()
-}
 
 fn pending(p: Protocol) -> Outcome {
     expect(XDP_PASS, Some((p, Verdict::Pending)), &[])
@@ -63,34 +48,6 @@ fn signature(registered: bool, p: Protocol) -> Outcome {
     }
 }
 
-/// Every family and registration: `f(filter, failures, client, server, port_offset)`.
-fn each(filter: &Filter, mut f: impl FnMut(&Filter, &mut Failures, IpAddr, IpAddr, bool, u16)) {
-    let mut failures = Failures::default();
-    let mut k = 0;
-    for v6 in [false, true] {
-        for registered in [false, true] {
-            f(
-                filter,
-                &mut failures,
-                client(v6, registered),
-                server(v6),
-                registered,
-                k,
-            );
-            k += 1;
-        }
-    }
-    failures.assert_none();
-}
-
-/// A passed frame with no verdict (parse counters may move).
-fn require_ignored(failures: &mut Failures, filter: &Filter, what: &str, frame: &[u8]) {
-    let got = run(filter, frame);
-    failures.require(got.action == XDP_PASS && got.verdicts.is_empty(), || {
-        format!("{what}: got {got}, want XDP_PASS and no verdict")
-    });
-}
-
 // ---------------------------------------------------------------------------------------
 // WireGuard with a client id (WARP)
 // ---------------------------------------------------------------------------------------
@@ -103,15 +60,13 @@ fn with_id(mut p: Vec<u8>, id: [u8; 3]) -> Vec<u8> {
 /// The default policy with the fallback closure off: several handshakes between one client
 /// and one server, each judged on its own (tests/tests/fallback.rs covers the closure).
 fn without_fallback() -> Filter {
-    let mut policy = Policy::default();
-    policy.set(Protocol::Fallback, PolicyMode::Off);
-    load_with(FrameStart::Ethernet, &policy, &Config::default())
+    load_policy(Protocol::Fallback, PolicyMode::Off)
 }
 
 #[test]
 fn warp_handshakes_are_confirmed_by_the_echoed_index_on_each_warp_port() {
     let filter = without_fallback();
-    each(&filter, |filter, failures, c, s, registered, k| {
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         for (i, port) in [2408u16, 500, 1701, 4500].into_iter().enumerate() {
             let cport = 30000 + k * 16 + i as u16;
             let sender = 0x1111_0000 + cport as u32;
@@ -158,7 +113,7 @@ fn warp_handshakes_are_confirmed_by_the_echoed_index_on_each_warp_port() {
 #[test]
 fn client_id_lookalikes_pass() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, _, k| {
+    each_client(&filter, |filter, failures, c, s, _, k| {
         let cport = 32000 + k * 8;
         // Other sizes, DNS's port, STUN's cookie.
         let mut p = with_id(wireguard_initiation(7), [9, 9, 9]);
@@ -200,20 +155,20 @@ fn framed(p: &[u8]) -> Vec<u8> {
 #[test]
 fn wireguard_over_tcp_is_dropped_whole_and_split() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, registered, k| {
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         let cport = 33000 + k * 16;
         let init = framed(&wireguard_initiation(0x6666_0000 + cport as u32));
         failures.check(
             filter,
             &format!("udp-over-tcp initiation {c}"),
-            &tcp(c, s, cport, 443, 1, &init),
+            &tcp_segment(c, s, cport, 443, 1, &init),
             &signature(registered, WG),
         );
         let reply = framed(&wireguard_response(0x7777_0000, 0x6666_0000));
         failures.check(
             filter,
             &format!("udp-over-tcp response to {c}"),
-            &tcp(s, c, 443, cport + 1, 1, &reply),
+            &tcp_segment(s, c, 443, cport + 1, 1, &reply),
             &signature(registered, WG),
         );
         // Split after 1, 2, 3 and 7 bytes, after the handshake was seen.
@@ -232,13 +187,13 @@ fn wireguard_over_tcp_is_dropped_whole_and_split() {
             failures.check(
                 filter,
                 &format!("first {cut} bytes"),
-                &tcp(c, s, port, 5001, isn + 1, &init[..cut]),
+                &tcp_segment(c, s, port, 5001, isn + 1, &init[..cut]),
                 &buffered,
             );
             failures.check(
                 filter,
                 &format!("the rest after {cut}"),
-                &tcp(c, s, port, 5001, isn + 1 + cut as u32, &init[cut..]),
+                &tcp_segment(c, s, port, 5001, isn + 1 + cut as u32, &init[cut..]),
                 &signature(registered, WG),
             );
         }
@@ -248,7 +203,7 @@ fn wireguard_over_tcp_is_dropped_whole_and_split() {
 #[test]
 fn dns_over_tcp_that_starts_like_wireguard_over_tcp_passes() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, _, k| {
+    each_client(&filter, |filter, failures, c, s, _, k| {
         // Length 148, id 0x0100, flags 0, one question.
         let mut dns = vec![0u8; 150];
         dns[..8].copy_from_slice(&[0x00, 0x94, 0x01, 0x00, 0x00, 0x00, 0x00, 0x01]);
@@ -256,7 +211,7 @@ fn dns_over_tcp_that_starts_like_wireguard_over_tcp_passes() {
             failures,
             filter,
             "dns over tcp",
-            &tcp(c, s, 34000 + k, 53, 1, &dns),
+            &tcp_segment(c, s, 34000 + k, 53, 1, &dns),
         );
     });
 }
@@ -278,7 +233,7 @@ fn lightway(session: u64, record: u8, body: usize) -> Vec<u8> {
 #[test]
 fn lightway_datagrams_are_dropped_in_both_directions() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, registered, k| {
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         let cport = 35000 + k;
         let hello = lightway(0, 22, 180);
         failures.check(
@@ -300,7 +255,7 @@ fn lightway_datagrams_are_dropped_in_both_directions() {
 #[test]
 fn lightway_lookalikes_pass() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, _, k| {
+    each_client(&filter, |filter, failures, c, s, _, k| {
         let cport = 36000 + k * 4;
         let mut p = lightway(0, 22, 100);
         p[16] = 0x30; // not a DTLS content type
@@ -331,7 +286,7 @@ fn lightway_lookalikes_pass() {
 #[test]
 fn tinc_id_lines_are_dropped() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, registered, k| {
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         let cport = 37000 + k * 8;
         for (i, line) in [
             "0 alice 17\n",
@@ -345,7 +300,7 @@ fn tinc_id_lines_are_dropped() {
             failures.check(
                 filter,
                 &format!("tinc {line:?} from {c}"),
-                &tcp(c, s, cport + i as u16, 655, 1, line.as_bytes()),
+                &tcp_segment(c, s, cport + i as u16, 655, 1, line.as_bytes()),
                 &signature(registered, Protocol::Tinc),
             );
         }
@@ -362,7 +317,7 @@ fn tinc_id_lines_are_dropped() {
                 failures,
                 filter,
                 &format!("not tinc: {line:?}"),
-                &tcp(c, s, cport + 4 + i as u16, 655, 1, line.as_bytes()),
+                &tcp_segment(c, s, cport + 4 + i as u16, 655, 1, line.as_bytes()),
             );
         }
     });
@@ -371,7 +326,7 @@ fn tinc_id_lines_are_dropped() {
 #[test]
 fn softether_http_connect_requests_are_dropped() {
     let filter = load();
-    each(&filter, |filter, failures, c, s, registered, k| {
+    each_client(&filter, |filter, failures, c, s, registered, k| {
         let cport = 38000 + k * 4;
         for (i, req) in [
             "POST /vpnsvc/connect.cgi HTTP/1.1\r\nHost: 203.0.113.1\r\nContent-Type: image/jpeg\r\n\r\n",
@@ -383,7 +338,7 @@ fn softether_http_connect_requests_are_dropped() {
             failures.check(
                 filter,
                 &format!("softether {req:.24} from {c}"),
-                &tcp(c, s, cport + i as u16, 443, 1, req.as_bytes()),
+                &tcp_segment(c, s, cport + i as u16, 443, 1, req.as_bytes()),
                 &signature(registered, Protocol::SoftEther),
             );
         }
@@ -392,16 +347,72 @@ fn softether_http_connect_requests_are_dropped() {
             failures,
             filter,
             "another POST",
-            &tcp(c, s, cport + 2, 80, 1, post.as_bytes()),
+            &tcp_segment(c, s, cport + 2, 80, 1, post.as_bytes()),
         );
         let post = "POST /api/v1/upload HTTP/1.1\r\nHost: example\r\n\r\n";
         require_ignored(
             failures,
             filter,
             "an ordinary POST",
-            &tcp(c, s, cport + 3, 80, 1, post.as_bytes()),
+            &tcp_segment(c, s, cport + 3, 80, 1, post.as_bytes()),
         );
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// The heuristics (AmneziaWG, scrambled OpenVPN): monitored by default
+// ---------------------------------------------------------------------------------------
+
+/// A heuristic's packets from one client, as `flow(filter, failures, c, s, cport,
+/// registered, confirmed)`: `confirmed` is what the packets from the confirming one on do.
+type Flow = fn(&Filter, &mut Failures, IpAddr, IpAddr, u16, bool, &Outcome);
+
+/// What packet `n` of a heuristic's flow does: allowed from a registered client; from an
+/// unregistered one pending before packet `confirming`, `confirmed` from it on.
+fn heuristic_step(
+    p: Protocol,
+    registered: bool,
+    n: usize,
+    confirming: usize,
+    confirmed: &Outcome,
+) -> Outcome {
+    if registered {
+        allowed(p)
+    } else if n < confirming {
+        pending(p)
+    } else {
+        confirmed.clone()
+    }
+}
+
+/// `flow` from every client (ports from `port`), confirming as monitored under the default
+/// policy, as dropped when the operator enforces `p`.
+fn heuristic_confirms(flow: Flow, p: Protocol, enforce: bool, port: u16) {
+    let (filter, confirmed) = if enforce {
+        (load_policy(p, PolicyMode::Enforce), dropped(p))
+    } else {
+        (load(), monitored(p))
+    };
+    each_client(&filter, |filter, failures, c, s, registered, k| {
+        flow(filter, failures, c, s, port + k, registered, &confirmed);
+    });
+}
+
+/// Traffic that must never confirm as heuristic `p`, though the operator enforces it:
+/// `f(filter, failures, c, s, k)` from each unregistered client.
+fn never_confirms(p: Protocol, mut f: impl FnMut(&Filter, &mut Failures, IpAddr, IpAddr, u16)) {
+    let filter = load_policy(p, PolicyMode::Enforce);
+    each_client(&filter, |filter, failures, c, s, registered, k| {
+        if !registered {
+            f(filter, failures, c, s, k);
+        }
+    });
+}
+
+/// Records a failure unless `frame` passes (a verdict may move: a heuristic's pending).
+fn require_passed(failures: &mut Failures, filter: &Filter, what: &str, frame: &[u8]) {
+    let got = run(filter, frame);
+    failures.require(got.action == XDP_PASS, || format!("{what}: {got}"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -417,6 +428,7 @@ fn awg_data(h4: u32, receiver: u32, counter: u64, len: usize) -> Vec<u8> {
     p
 }
 
+/// Eight transport packets of one flow: the sixth confirms it.
 fn awg_flow(
     filter: &Filter,
     failures: &mut Failures,
@@ -424,7 +436,7 @@ fn awg_flow(
     s: IpAddr,
     cport: u16,
     registered: bool,
-    confirmed: Outcome,
+    confirmed: &Outcome,
 ) {
     for n in 0..8u64 {
         let p = awg_data(
@@ -433,69 +445,38 @@ fn awg_flow(
             100 + n,
             128 + 16 * (n as usize % 3),
         );
-        let want = match (registered, n) {
-            (true, _) => allowed(AWG),
-            (false, 0..=4) => pending(AWG),
-            (false, _) => confirmed.clone(),
-        };
         failures.check(
             filter,
             &format!("awg packet {n} from {c}"),
             &udp(c, s, cport, 51820, &p),
-            &want,
+            &heuristic_step(AWG, registered, n as usize, 5, confirmed),
         );
     }
 }
 
 #[test]
 fn amneziawg_transport_is_monitored_after_six_consistent_packets() {
-    let filter = load();
-    each(&filter, |filter, failures, c, s, registered, k| {
-        awg_flow(
-            filter,
-            failures,
-            c,
-            s,
-            39000 + k,
-            registered,
-            monitored(AWG),
-        );
-    });
+    heuristic_confirms(awg_flow, AWG, false, 39000);
 }
 
 #[test]
 fn amneziawg_transport_is_dropped_when_the_operator_enforces_it() {
-    let mut policy = Policy::default();
-    policy.set(AWG, PolicyMode::Enforce);
-    let filter = load_with(FrameStart::Ethernet, &policy, &Config::default());
-    each(&filter, |filter, failures, c, s, registered, k| {
-        awg_flow(filter, failures, c, s, 39100 + k, registered, dropped(AWG));
-    });
+    heuristic_confirms(awg_flow, AWG, true, 39100);
 }
 
 #[test]
 fn constant_or_random_headers_never_confirm_as_amneziawg() {
-    let mut policy = Policy::default();
-    policy.set(AWG, PolicyMode::Enforce);
-    let filter = load_with(FrameStart::Ethernet, &policy, &Config::default());
-    each(&filter, |filter, failures, c, s, registered, k| {
-        if registered {
-            return;
-        }
+    never_confirms(AWG, |filter, failures, c, s, k| {
         // A constant "counter" (a fixed-layout protocol), then random first bytes.
         for n in 0..12 {
             let p = awg_data(0x0000_0123, 0x0000_0456, 7, 64);
-            let got = run(filter, &udp(c, s, 39200 + k, 9000, &p));
-            failures.require(got.action == XDP_PASS, || {
-                format!("constant counter {n}: {got}")
-            });
+            let frame = udp(c, s, 39200 + k, 9000, &p);
+            require_passed(failures, filter, &format!("constant counter {n}"), &frame);
         }
         for n in 0..12u64 {
             let p = awg_data((n * 0x9e37_79b9) as u32, 0x1357_0000 + n as u32, n, 64);
-            let got = run(filter, &udp(c, s, 39300 + k, 9000, &p));
-            failures.require(got.action == XDP_PASS, || {
-                format!("random header {n}: {got}")
-            });
+            let frame = udp(c, s, 39300 + k, 9000, &p);
+            require_passed(failures, filter, &format!("random header {n}"), &frame);
         }
     });
 }
@@ -533,6 +514,7 @@ fn ovpn_exchange() -> Vec<(bool, Vec<u8>)> {
     ]
 }
 
+/// The exchange scrambled, both directions: the eighth packet confirms it.
 fn scrambled_flow(
     filter: &Filter,
     failures: &mut Failures,
@@ -550,63 +532,28 @@ fn scrambled_flow(
         } else {
             udp(s, c, 1194, cport, &p)
         };
-        let want = match (registered, n) {
-            (true, _) => allowed(OBFS),
-            (false, 0..=6) => pending(OBFS),
-            (false, _) => confirmed.clone(),
-        };
         failures.check(
             filter,
             &format!("scrambled openvpn packet {n} ({} bytes) {c}", p.len()),
             &frame,
-            &want,
+            &heuristic_step(OBFS, registered, n, 7, confirmed),
         );
     }
 }
 
 #[test]
 fn scrambled_openvpn_is_monitored_after_its_opcode_pattern() {
-    let filter = load();
-    each(&filter, |filter, failures, c, s, registered, k| {
-        scrambled_flow(
-            filter,
-            failures,
-            c,
-            s,
-            40000 + k,
-            registered,
-            &monitored(OBFS),
-        );
-    });
+    heuristic_confirms(scrambled_flow, OBFS, false, 40000);
 }
 
 #[test]
 fn scrambled_openvpn_is_dropped_when_the_operator_enforces_it() {
-    let mut policy = Policy::default();
-    policy.set(OBFS, PolicyMode::Enforce);
-    let filter = load_with(FrameStart::Ethernet, &policy, &Config::default());
-    each(&filter, |filter, failures, c, s, registered, k| {
-        scrambled_flow(
-            filter,
-            failures,
-            c,
-            s,
-            40100 + k,
-            registered,
-            &dropped(OBFS),
-        );
-    });
+    heuristic_confirms(scrambled_flow, OBFS, true, 40100);
 }
 
 #[test]
 fn request_reply_traffic_of_reset_sizes_never_confirms_as_scrambled_openvpn() {
-    let mut policy = Policy::default();
-    policy.set(OBFS, PolicyMode::Enforce);
-    let filter = load_with(FrameStart::Ethernet, &policy, &Config::default());
-    each(&filter, |filter, failures, c, s, registered, k| {
-        if registered {
-            return;
-        }
+    never_confirms(OBFS, |filter, failures, c, s, k| {
         let cport = 40200 + k * 4;
         // A DNS-like exchange on another port: 42-byte queries, 58-byte answers.
         for n in 0..12u8 {
@@ -616,8 +563,7 @@ fn request_reply_traffic_of_reset_sizes_never_confirms_as_scrambled_openvpn() {
                 (udp(c, s, cport, 5300, &q), "query"),
                 (udp(s, c, 5300, cport, &a), "answer"),
             ] {
-                let got = run(filter, &frame);
-                failures.require(got.action == XDP_PASS, || format!("{what} {n}: {got}"));
+                require_passed(failures, filter, &format!("{what} {n}"), &frame);
             }
         }
         // The reset sizes answered, then a game's many first bytes.
@@ -627,8 +573,8 @@ fn request_reply_traffic_of_reset_sizes_never_confirms_as_scrambled_openvpn() {
         let _ = run(filter, &udp(s, c, 27015, cport + 1, &a));
         for n in 0..16u8 {
             let p = vec![0x30 + n; 70 + n as usize];
-            let got = run(filter, &udp(c, s, cport + 1, 27015, &p));
-            failures.require(got.action == XDP_PASS, || format!("game packet {n}: {got}"));
+            let frame = udp(c, s, cport + 1, 27015, &p);
+            require_passed(failures, filter, &format!("game packet {n}"), &frame);
         }
     });
 }

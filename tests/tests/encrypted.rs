@@ -6,10 +6,13 @@
 
 use std::net::IpAddr;
 
-use vpn_filter::kernel::{Filter, FrameStart, Policy};
-use vpn_filter_common::{Config, PolicyMode, Protocol, Verdict};
+use vpn_filter::kernel::Filter;
+use vpn_filter_common::{PolicyMode, Protocol, Verdict};
 use vpn_filter_tests::{
-    judge::{client, expect, load, load_with, run, server, Failures, Outcome, XDP_DROP, XDP_PASS},
+    judge::{
+        client, each_client, expect, load, load_policy, require_ignored, run, server, Failures,
+        Outcome, XDP_DROP, XDP_PASS,
+    },
     packet::*,
 };
 
@@ -27,9 +30,7 @@ fn shadowsocks_like(seed: u64, len: usize) -> Vec<u8> {
 }
 
 fn enforcing() -> Filter {
-    let mut policy = Policy::default();
-    policy.set(FE, PolicyMode::Enforce);
-    load_with(FrameStart::Ethernet, &policy, &Config::default())
+    load_policy(FE, PolicyMode::Enforce)
 }
 
 fn syn(c: IpAddr, s: IpAddr, cport: u16, sport: u16) -> Vec<u8> {
@@ -52,24 +53,6 @@ fn syn_ack(c: IpAddr, s: IpAddr, cport: u16, sport: u16) -> Vec<u8> {
         .build()
 }
 
-fn segment(from: IpAddr, to: IpAddr, fport: u16, tport: u16, seq: u32, p: &[u8]) -> Vec<u8> {
-    Frame::eth()
-        .ip(from, to)
-        .tcp(fport, tport)
-        .tcp_flags(TCP_ACK | TCP_PSH)
-        .tcp_seq(seq, 1)
-        .payload(p)
-        .build()
-}
-
-fn udp(from: IpAddr, to: IpAddr, fport: u16, tport: u16, p: &[u8]) -> Vec<u8> {
-    Frame::eth()
-        .ip(from, to)
-        .udp(fport, tport)
-        .payload(p)
-        .build()
-}
-
 fn judged(registered: bool, enforce: bool) -> Outcome {
     match (registered, enforce) {
         (true, _) => expect(XDP_PASS, Some((FE, Verdict::Allowed)), &[]),
@@ -78,62 +61,51 @@ fn judged(registered: bool, enforce: bool) -> Outcome {
     }
 }
 
-fn require_ignored(failures: &mut Failures, filter: &Filter, what: &str, frame: &[u8]) {
-    let got = run(filter, frame);
-    failures.require(got.action == XDP_PASS && got.verdicts.is_empty(), || {
-        format!("{what}: got {got}, want XDP_PASS and no verdict")
-    });
-}
-
 /// A TCP connection whose client sends `first` (its first payload), then more.
 fn tcp_conversation(filter: &Filter, enforce: bool) {
-    let mut failures = Failures::default();
-    let mut k = 0u16;
-    for v6 in [false, true] {
-        for registered in [false, true] {
-            let (c, s) = (client(v6, registered), server(v6));
-            for (len, what) in [(300usize, "whole head"), (80, "shorter than the head")] {
-                let cport = 41000 + k;
-                k += 1;
-                let first = shadowsocks_like(cport as u64, len);
-                let _ = run(filter, &syn(c, s, cport, 8388));
-                let _ = run(filter, &syn_ack(c, s, cport, 8388));
-                let name = format!("{c}:{cport} first payload, {what}");
-                let first_frame = segment(c, s, cport, 8388, CLIENT_ISN + 1, &first);
-                // (A first payload shorter than the head is also held for reassembly: the
-                // counters may move; the action and the verdict are what matter.)
-                let want = judged(registered, enforce);
+    each_client(filter, |filter, failures, c, s, registered, k| {
+        for (i, (len, what)) in [(300usize, "whole head"), (80, "shorter than the head")]
+            .into_iter()
+            .enumerate()
+        {
+            let cport = 41000 + 2 * k + i as u16;
+            let first = shadowsocks_like(cport as u64, len);
+            let _ = run(filter, &syn(c, s, cport, 8388));
+            let _ = run(filter, &syn_ack(c, s, cport, 8388));
+            let name = format!("{c}:{cport} first payload, {what}");
+            let first_frame = tcp_segment(c, s, cport, 8388, CLIENT_ISN + 1, &first);
+            // (A first payload shorter than the head is also held for reassembly: the
+            // counters may move; the action and the verdict are what matter.)
+            let want = judged(registered, enforce);
+            let got = run(filter, &first_frame);
+            failures.require(
+                got.action == want.action && got.verdicts == want.verdicts,
+                || format!("{name}: got {got}, want {want}"),
+            );
+            if enforce && !registered {
                 let got = run(filter, &first_frame);
-                failures.require(
-                    got.action == want.action && got.verdicts == want.verdicts,
-                    || format!("{name}: got {got}, want {want}"),
+                failures.require(got.action == XDP_DROP, || {
+                    format!("{name}, retransmitted: got {got}, want XDP_DROP")
+                });
+            }
+            // The server's first payload and the client's next segment are not judged.
+            let reply = shadowsocks_like(cport as u64 ^ 0xff, 200);
+            if !registered {
+                require_ignored(
+                    failures,
+                    filter,
+                    &format!("{name}: the server's first payload"),
+                    &tcp_segment(s, c, 8388, cport, SERVER_ISN + 1, &reply),
                 );
-                if enforce && !registered {
-                    let got = run(filter, &first_frame);
-                    failures.require(got.action == XDP_DROP, || {
-                        format!("{name}, retransmitted: got {got}, want XDP_DROP")
-                    });
-                }
-                // The server's first payload and the client's next segment are not judged.
-                let reply = shadowsocks_like(cport as u64 ^ 0xff, 200);
-                if !registered {
-                    require_ignored(
-                        &mut failures,
-                        filter,
-                        &format!("{name}: the server's first payload"),
-                        &segment(s, c, 8388, cport, SERVER_ISN + 1, &reply),
-                    );
-                    require_ignored(
-                        &mut failures,
-                        filter,
-                        &format!("{name}: the client's next segment"),
-                        &segment(c, s, cport, 8388, CLIENT_ISN + 1 + len as u32, &reply),
-                    );
-                }
+                require_ignored(
+                    failures,
+                    filter,
+                    &format!("{name}: the client's next segment"),
+                    &tcp_segment(c, s, cport, 8388, CLIENT_ISN + 1 + len as u32, &reply),
+                );
             }
         }
-    }
-    failures.assert_none();
+    });
 }
 
 #[test]
@@ -147,43 +119,31 @@ fn a_fully_encrypted_tcp_first_payload_is_dropped_under_enforce_also_when_retran
 }
 
 fn udp_conversation(filter: &Filter, enforce: bool) {
-    let mut failures = Failures::default();
-    let mut k = 0u16;
-    for v6 in [false, true] {
-        for registered in [false, true] {
-            let (c, s) = (client(v6, registered), server(v6));
-            let cport = 42000 + k;
-            k += 1;
-            let name = format!("udp {c}:{cport}");
-            let first = udp(c, s, cport, 8388, &shadowsocks_like(cport as u64, 120));
+    each_client(filter, |filter, failures, c, s, registered, k| {
+        let cport = 42000 + k;
+        let name = format!("udp {c}:{cport}");
+        let first = udp(c, s, cport, 8388, &shadowsocks_like(cport as u64, 120));
+        failures.check(
+            filter,
+            &format!("{name} first datagram"),
+            &first,
+            &judged(registered, enforce),
+        );
+        let reply = udp(s, c, 8388, cport, &shadowsocks_like(cport as u64 ^ 1, 120));
+        let next = udp(c, s, cport, 8388, &shadowsocks_like(cport as u64 ^ 2, 120));
+        if enforce && !registered {
+            // Dropped datagrams leave the conversation unseen: each one is judged.
             failures.check(
                 filter,
-                &format!("{name} first datagram"),
-                &first,
-                &judged(registered, enforce),
+                &format!("{name} next datagram"),
+                &next,
+                &judged(false, true),
             );
-            let reply = udp(s, c, 8388, cport, &shadowsocks_like(cport as u64 ^ 1, 120));
-            let next = udp(c, s, cport, 8388, &shadowsocks_like(cport as u64 ^ 2, 120));
-            if enforce && !registered {
-                // Dropped datagrams leave the conversation unseen: each one is judged.
-                failures.check(
-                    filter,
-                    &format!("{name} next datagram"),
-                    &next,
-                    &judged(false, true),
-                );
-            } else if !registered {
-                require_ignored(&mut failures, filter, &format!("{name} reply"), &reply);
-                require_ignored(
-                    &mut failures,
-                    filter,
-                    &format!("{name} next datagram"),
-                    &next,
-                );
-            }
+        } else if !registered {
+            require_ignored(failures, filter, &format!("{name} reply"), &reply);
+            require_ignored(failures, filter, &format!("{name} next datagram"), &next);
         }
-    }
-    failures.assert_none();
+    });
 }
 
 #[test]
@@ -212,7 +172,7 @@ fn tls_http_and_exempt_ports_are_not_judged_even_under_enforce() {
             &mut failures,
             &filter,
             what,
-            &segment(c, s, cport, 443, CLIENT_ISN + 1, &p),
+            &tcp_segment(c, s, cport, 443, CLIENT_ISN + 1, &p),
         );
     }
     // QUIC on 443, RTP's first byte, DNS.

@@ -5,8 +5,6 @@
 //! keep passing. (OpenConnect's standard-DTLS ClientHello is still judged on 443 only: see
 //! README.)
 
-use std::net::IpAddr;
-
 use vpn_filter::kernel::{Filter, FrameStart, Policy};
 use vpn_filter_common::{Config, PolicyMode, Protocol, Verdict};
 use vpn_filter_tests::{
@@ -16,14 +14,6 @@ use vpn_filter_tests::{
 
 const IKE: Protocol = Protocol::Ike;
 const ESP: Protocol = Protocol::Esp;
-
-fn udp(c: IpAddr, s: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    Frame::eth()
-        .ip(c, s)
-        .udp(sport, dport)
-        .payload(payload)
-        .build()
-}
 
 fn judged(registered: bool, p: Protocol) -> Outcome {
     if registered {

@@ -23,14 +23,6 @@ fn family(v6: bool) -> &'static str {
     }
 }
 
-fn udp(c: IpAddr, s: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    Frame::eth()
-        .ip(c, s)
-        .udp(sport, dport)
-        .payload(payload)
-        .build()
-}
-
 /// A TCP segment with 12 bytes of options (32-byte header), so that header + 64 bytes of
 /// payload is a multiple of 8.
 fn tcp(c: IpAddr, s: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {

@@ -1,4 +1,5 @@
-//! Batch map writes (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`) through raw bpf(2):
+//! Batch map calls (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`, and the
+//! `BPF_MAP_LOOKUP_BATCH` that [`super::stats`] reads counters with) through raw bpf(2):
 //! aya 0.14 has no batch calls. One system call writes a chunk of entries instead of one call
 //! per entry, which is most of the cost of loading a million prefixes. The kernel's generic
 //! batch (LPM tries, arrays, hashes since 5.6) does per entry exactly what a single update or
@@ -12,6 +13,7 @@ use std::{
 use anyhow::{anyhow, Result};
 use aya::maps::{Map, MapData};
 
+pub(super) const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
@@ -19,18 +21,19 @@ const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// inside a batch, but signals wait for the call to return).
 const CHUNK: usize = 16_384;
 
-/// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
+/// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h), for every
+/// BPF_MAP_*_BATCH command.
 #[repr(C)]
 #[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+pub(super) struct BatchAttr {
+    pub in_batch: u64,
+    pub out_batch: u64,
+    pub keys: u64,
+    pub values: u64,
+    pub count: u32,
+    pub map_fd: u32,
+    pub elem_flags: u64,
+    pub flags: u64,
 }
 
 /// The data of a map of any kind.
@@ -46,10 +49,15 @@ pub(super) fn map_data(map: &Map) -> Result<&MapData> {
 }
 
 /// One batch call; returns how many entries the kernel processed and the error, if any.
-fn call(cmd: libc::c_long, attr: &mut BatchAttr) -> (usize, Option<io::Error>) {
-    // SAFETY: `attr` is a valid `batch` attr whose keys/values point at `count` entries that
-    // outlive the call; the kernel reads at most size_of::<BatchAttr>() bytes and writes
-    // `count` back.
+///
+/// # Safety
+///
+/// `attr.map_fd` is an open map fd, and every pointer in `attr` (`in_batch`, `out_batch`,
+/// `keys`, `values`; 0 where unused) points at memory that is valid for what `cmd` reads or
+/// writes there for `attr.count` entries of that map.
+pub(super) unsafe fn call(cmd: libc::c_long, attr: &mut BatchAttr) -> (usize, Option<io::Error>) {
+    // SAFETY: the caller's guarantee covers what `attr` points at; the kernel reads at most
+    // size_of::<BatchAttr>() bytes of `attr` and writes `count` (and `out_batch`) back.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -82,7 +90,9 @@ pub(super) fn update<K: aya::Pod, V: aya::Pod>(
             map_fd: fd,
             ..Default::default()
         };
-        if let (_, Some(e)) = call(BPF_MAP_UPDATE_BATCH, &mut attr) {
+        // SAFETY: `fd` is the map's; keys and values point at `count` entries each, of the
+        // map's key and value types (the caller's `K` and `V`), that outlive the call.
+        if let (_, Some(e)) = unsafe { call(BPF_MAP_UPDATE_BATCH, &mut attr) } {
             return Err(e);
         }
     }
@@ -102,7 +112,9 @@ pub(super) fn delete<K: aya::Pod>(map: &MapData, keys: &[K]) -> io::Result<()> {
             map_fd: fd,
             ..Default::default()
         };
-        match call(BPF_MAP_DELETE_BATCH, &mut attr) {
+        // SAFETY: `fd` is the map's; keys points at `count` keys of the map's key type (the
+        // caller's `K`) that outlive the call.
+        match unsafe { call(BPF_MAP_DELETE_BATCH, &mut attr) } {
             (_, None) => rest = &rest[n..],
             (done, Some(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
                 // Entry `done` was absent: what its removal was for.

@@ -14,23 +14,11 @@ use vpn_filter_common::{
     counter_index, maps, verdict_counter_index, Counter, Protocol, Verdict, STATS_LEN,
 };
 
-use super::{endpoints::read_endpoint_stats, Filter};
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// The `batch` member of the kernel's `union bpf_attr` (BPF_MAP_*_BATCH commands).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
+use super::{
+    batch::{self, BatchAttr, BPF_MAP_LOOKUP_BATCH},
+    endpoints::read_endpoint_stats,
+    Filter,
+};
 
 /// An independent handle on the kernel's `STATS` and `ENDPOINT_STATS` maps (its own fds), so
 /// counters can be read from any task while the daemon loop owns the [`Filter`].
@@ -111,23 +99,14 @@ impl StatsReader {
             map_fd: self.stats.as_raw_fd() as u32,
             ..Default::default()
         };
-        // SAFETY: `attr` is the kernel's batch attribute layout (the size passed covers
-        // exactly these fields; the kernel zero-fills the rest of its union). `keys` has room
-        // for STATS_LEN u32 keys and `raw` for STATS_LEN values of 8 bytes per possible CPU,
-        // at least what the kernel writes for `count` elements of a per-CPU u64 array;
-        // `in_batch` and `out_batch` point to 4-byte keys. The map fd is this reader's own.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
-        if rc < 0 {
-            let err = std::io::Error::last_os_error();
+        // SAFETY: the map fd is this reader's own. `keys` has room for STATS_LEN u32 keys and
+        // `raw` for STATS_LEN values of 8 bytes per possible CPU, at least what the kernel
+        // writes for `count` elements of a per-CPU u64 array; `in_batch` and `out_batch`
+        // point to 4-byte keys.
+        let (done, err) = unsafe { batch::call(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        if let Some(err) = err {
             // ENOENT means the end of the map was reached; complete if every slot came.
-            if err.raw_os_error() != Some(libc::ENOENT) || attr.count != count {
+            if err.raw_os_error() != Some(libc::ENOENT) || done != count as usize {
                 return Err(err).context("reading the STATS counters (BPF_MAP_LOOKUP_BATCH)");
             }
         }
