@@ -935,7 +935,10 @@ mod tests {
         // FNV-1a 64 of the reversed, lowercased bytes.
         assert_eq!(domain_hash(b"A"), entry_tag(b"a"));
         assert_eq!(domain_hash(b"ab"), entry_tag(b"ba"));
-        assert_ne!(domain_hash(b"notwindscribe.com"), domain_hash(b"windscribe.com"));
+        assert_ne!(
+            domain_hash(b"notwindscribe.com"),
+            domain_hash(b"windscribe.com")
+        );
     }
 
     #[test]

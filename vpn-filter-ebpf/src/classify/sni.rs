@@ -151,8 +151,8 @@ fn server_name<B: Bytes>(b: &B, seg_len: usize, at: usize, len: usize, end: usiz
     };
     let list = u16::from_be_bytes([x[0], x[1]]) as usize;
     let name_len = u16::from_be_bytes([x[3], x[4]]) as usize;
-    // The first entry of the list is a host_name filling it (clients send one name).
-    if list + 2 > len || x[2] != 0 || name_len + 3 > list {
+    // The list fills the extension; its first entry is a host_name (clients send one).
+    if list + 2 != len || x[2] != 0 || name_len + 3 > list {
         return Walk::None;
     }
     if name_len == 0 || name_len > SNI_MAX_NAME || at + 5 + name_len > seg_len {
@@ -210,5 +210,9 @@ pub fn name_listed(name: &Name, listed: impl Fn(u64) -> bool) -> bool {
 /// `tls_sni` policy (monitored by default).
 #[inline(always)]
 pub fn detection() -> Detection {
-    Detection::new(Protocol::TlsSni, Message::TlsClientHelloSni, Strength::Strong)
+    Detection::new(
+        Protocol::TlsSni,
+        Message::TlsClientHelloSni,
+        Strength::Strong,
+    )
 }

@@ -2510,10 +2510,16 @@ mod sni_walk {
             panic!("the first segment must leave the walk for the second");
         };
         let w = sni::walk_extensions(&Seg(b), b.len(), skip, end);
-        assert_eq!(name_of(b, w).as_deref(), Some("engage.cloudflareclient.com"));
+        assert_eq!(
+            name_of(b, w).as_deref(),
+            Some("engage.cloudflareclient.com")
+        );
         // Whole, in one (GRO or jumbo) segment.
         let w = sni::client_hello(&Seg(&p), p.len());
-        assert_eq!(name_of(&p, w).as_deref(), Some("engage.cloudflareclient.com"));
+        assert_eq!(
+            name_of(&p, w).as_deref(),
+            Some("engage.cloudflareclient.com")
+        );
     }
 
     #[test]
