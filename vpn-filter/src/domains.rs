@@ -106,10 +106,9 @@ fn check_domain(d: &str) -> Result<(), String> {
             d.len()
         ));
     }
-    if d.starts_with("*.") {
+    if let Some(rest) = d.strip_prefix("*.") {
         return Err(format!(
-            "no wildcards: write `{}`, which matches its subdomains too",
-            &d[2..]
+            "no wildcards: write `{rest}`, which matches its subdomains too"
         ));
     }
     if d.contains("://") || d.contains('/') || d.contains(':') {

@@ -87,7 +87,7 @@ pub fn client_hello<B: Bytes>(b: &B, seg_len: usize) -> Walk {
         return Walk::None;
     };
     let cs_len = u16::from_be_bytes(cs) as usize;
-    if cs_len < 2 || cs_len % 2 != 0 {
+    if cs_len < 2 || cs_len & 1 != 0 {
         return Walk::None;
     }
     let at = at + 2 + cs_len;

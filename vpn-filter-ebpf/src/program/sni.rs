@@ -232,6 +232,6 @@ fn name_stage(ctx: &XdpContext) -> bool {
     }
     sni::name_listed(&buf.name, |h| {
         // SAFETY: a hash map lookup by value; the value is not kept.
-        unsafe { TLS_SNI_DOMAINS.get(&h) }.is_some()
+        unsafe { TLS_SNI_DOMAINS.get(h) }.is_some()
     })
 }
