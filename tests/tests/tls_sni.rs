@@ -439,3 +439,93 @@ fn malformed_client_hellos_never_abort_the_program_and_pass() {
     }
     failures.assert_none();
 }
+
+/// The controller itself: `--vpn-domains FILE` is enforced on real TCP connections through
+/// the lab's veth, re-read on SIGHUP, and a bad list is refused with the one in force kept.
+#[test]
+fn the_controller_reloads_its_vpn_domain_list_on_sighup_and_keeps_it_when_a_new_one_is_bad() {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{TcpListener, TcpStream},
+        time::Duration,
+    };
+
+    use vpn_filter_tests::{
+        gateway_lab::{controller_path, TempDir},
+        lab::{registry_json, sa, FilterLab, FILTER_V4, REGISTERED_V4, UNREGISTERED_V4},
+        netns::{BpfFsDir, Process},
+    };
+
+    let lab = FilterLab::new();
+    // The client connects from its unregistered address.
+    lab.client.ip(&[
+        "route",
+        "replace",
+        "10.77.0.0/24",
+        "dev",
+        &lab.client_if,
+        "src",
+        UNREGISTERED_V4,
+    ]);
+    let pins = BpfFsDir::new("sni");
+    let tmp = TempDir::new("sni");
+    let registry = tmp.path().join("registry.json");
+    std::fs::write(&registry, registry_json(1, &[("REG-1", &[REGISTERED_V4])])).unwrap();
+    let domains = tmp.path().join("vpn-domains.txt");
+    std::fs::write(&domains, "# source: test\nwindscribe.com\n").unwrap();
+    let p = |p: &std::path::Path| p.display().to_string();
+    let mut cmd = lab.filter.command_keep_mounts(controller_path());
+    cmd.args(["run", "--iface", &lab.filter_if, "--registry"])
+        .arg(&registry)
+        .args(["--vpn-domains", &p(&domains), "--policy", "tls_sni=enforce"])
+        .args(["--bpffs-dir", &p(&pins.path().join("vpn-filter"))])
+        .args(["--lock-file", &p(&tmp.path().join("lock"))])
+        .args(["--state-dir", &p(&tmp.path().join("state"))])
+        .args(["--control-socket", &p(&tmp.path().join("control.sock"))])
+        .arg("--detach-on-exit");
+    let ctl = Process::spawn(cmd);
+    ctl.wait_ready(Duration::from_secs(20));
+    let listener = lab
+        .filter
+        .enter(|| TcpListener::bind(sa(FILTER_V4, 443)).expect("listen"));
+    // Whether a connection whose ClientHello names `host` delivers it to the server.
+    let delivered = |host: &str| -> bool {
+        let hello = tls_client_hello(host);
+        let client = lab.client.enter(|| {
+            let mut s = TcpStream::connect_timeout(&sa(FILTER_V4, 443), Duration::from_secs(3))
+                .expect("the handshake is never judged");
+            s.write_all(&hello).expect("write");
+            s
+        });
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let got = matches!(conn.read(&mut buf), Ok(n) if n > 0);
+        drop(client);
+        got
+    };
+    assert!(!delivered("api.windscribe.com"), "a listed name is dropped");
+    assert!(delivered("www.example.org"), "an unlisted name passes");
+
+    std::fs::write(&domains, "# source: test\nexample.org\n").unwrap();
+    ctl.signal(libc::SIGHUP);
+    ctl.wait_stderr("reloaded: 1 domains (+1 -1)", Duration::from_secs(5));
+    assert!(delivered("api.windscribe.com"), "no longer listed: passes");
+    assert!(!delivered("www.example.org"), "newly listed: dropped");
+
+    std::fs::write(&domains, "example.org\n*.windscribe.com\n").unwrap();
+    ctl.signal(libc::SIGHUP);
+    ctl.wait_stderr("refused, the list in force stays", Duration::from_secs(5));
+    let err = ctl.stderr_lines().join("\n");
+    assert!(
+        err.contains("line 2: `*.windscribe.com`: no wildcards"),
+        "the refusal names the line and the problem: {err}"
+    );
+    assert!(!delivered("www.example.org"), "the list in force stays");
+    assert!(
+        delivered("api.windscribe.com"),
+        "the refused list did not apply"
+    );
+    let _ = ctl.terminate(Duration::from_secs(10));
+}
