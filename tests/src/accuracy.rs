@@ -268,8 +268,10 @@ pub struct Runner {
 
 impl Runner {
     pub fn load(policy: &Policy) -> Result<Runner> {
-        let filter = Filter::load(LoadOptions::default(), policy, &Config::default())
+        let mut filter = Filter::load(LoadOptions::default(), policy, &Config::default())
             .context("loading the XDP program")?;
+        // The controller's default VPN domain list, as `vpn-filter run` loads it.
+        filter.sync_vpn_domains(&vpn_filter::domains::DomainList::builtin())?;
         let stats = StatsReader::new(&filter)?;
         Ok(Runner {
             filter,

@@ -325,18 +325,23 @@ pub fn tls_http_ssh() -> Vec<Group> {
         let port = rng.ephemeral();
         let dport = [443u16, 8443, 1194, 1723, 4500][i % 5];
         let hello = tls_client_hello(hosts[i % hosts.len()]);
+        // The ClientHello is the client's first payload (ISN + 1), as the stream-head rules
+        // (fully_encrypted, tls_sni) see it.
+        let isn = rng.next() as u32;
         frames.push(
             Frame::eth()
                 .ip(client, server)
                 .tcp(port, dport)
                 .tcp_syn_options()
                 .tcp_flags(TCP_SYN)
+                .tcp_seq(isn, 0)
                 .build(),
         );
         frames.push(
             Frame::eth()
                 .ip(client, server)
                 .tcp(port, dport)
+                .tcp_seq(isn.wrapping_add(1), 1)
                 .payload(&hello)
                 .build(),
         );
@@ -373,7 +378,81 @@ pub fn tls_http_ssh() -> Vec<Group> {
                 .build(),
         );
     }
-    vec![Group::new("tls, http, ssh", frames)]
+    vec![
+        Group::new("tls, http, ssh", frames),
+        browser_client_hellos(),
+    ]
+}
+
+/// Hosts browsers and apps name in ClientHellos that are no VPN service's: shared fronts of
+/// listed providers (cloudflare.com, proton.me) and names that merely end like or contain a
+/// listed one.
+pub const BROWSER_HOSTS: &[&str] = &[
+    "www.google.com",
+    "github.com",
+    "cloudflare.com",
+    "www.cloudflare.com",
+    "one.one.one.one",
+    "dash.cloudflare.com",
+    "proton.me",
+    "mail.proton.me",
+    "www.wikipedia.org",
+    "notwindscribe.com",
+    "windscribe.com.example.net",
+    "nordvpn-review.example.org",
+    "api.github.com",
+    "fonts.gstatic.com",
+];
+
+/// Browser-like ClientHellos with post-quantum key shares (~1.8 KB) after a SYN, each cut at
+/// a 1,448-byte MSS into two segments, the server name in the first or the second (Chrome
+/// permutes extensions); and the server's first answer.
+pub fn browser_client_hellos() -> Group {
+    let mut rng = Rng::seeded(0xb40);
+    let mut frames = Vec::new();
+    for i in 0..2_000 {
+        let (client, server) = endpoints(&mut rng, i % 2 == 1);
+        let port = rng.ephemeral();
+        let host = BROWSER_HOSTS[i % BROWSER_HOSTS.len()];
+        let hello = tls_client_hello_pq(host, i % 3 != 0, rng.next());
+        let isn = rng.next() as u32;
+        frames.push(
+            Frame::eth()
+                .ip(client, server)
+                .tcp(port, 443)
+                .tcp_syn_options()
+                .tcp_flags(TCP_SYN)
+                .tcp_seq(isn, 0)
+                .build(),
+        );
+        let mut seq = isn.wrapping_add(1);
+        for chunk in hello.chunks(1448) {
+            frames.push(
+                Frame::eth()
+                    .ip(client, server)
+                    .tcp(port, 443)
+                    .tcp_seq(seq, 1)
+                    .payload(chunk)
+                    .build(),
+            );
+            seq = seq.wrapping_add(chunk.len() as u32);
+        }
+        let mut answer = vec![0x16, 0x03, 0x03];
+        let body = rng.bytes_in(90, 1400);
+        answer.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        answer.extend_from_slice(&body);
+        frames.push(
+            Frame::eth()
+                .ip(server, client)
+                .tcp(443, port)
+                .payload(&answer)
+                .build(),
+        );
+    }
+    Group::new(
+        "browser tls, post-quantum ClientHellos in two segments",
+        frames,
+    )
 }
 
 /// STUN binding requests and WebRTC DTLS-SRTP ClientHellos (with and without the cookie,

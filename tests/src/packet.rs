@@ -1589,6 +1589,80 @@ pub fn tls_client_hello(host: &str) -> Vec<u8> {
     rec
 }
 
+/// A TLS extension: type, 2-byte length, data.
+pub fn tls_extension(ty: u16, data: &[u8]) -> Vec<u8> {
+    let mut e = ty.to_be_bytes().to_vec();
+    e.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    e.extend_from_slice(data);
+    e
+}
+
+/// The server_name extension (RFC 6066) naming `host`.
+pub fn tls_sni_extension(host: &str) -> Vec<u8> {
+    let n = host.as_bytes();
+    let mut d = ((n.len() + 3) as u16).to_be_bytes().to_vec();
+    d.push(0);
+    d.extend_from_slice(&(n.len() as u16).to_be_bytes());
+    d.extend_from_slice(n);
+    tls_extension(0, &d)
+}
+
+/// A TLS 1.3 ClientHello record (record version 03 01, 32-byte session id, the three TLS
+/// 1.3 suites) carrying `extensions` (whole, in order).
+pub fn tls_client_hello_with(extensions: &[Vec<u8>], seed: u64) -> Vec<u8> {
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&random_bytes(32, seed));
+    body.push(32);
+    body.extend_from_slice(&random_bytes(32, seed ^ 1));
+    body.extend_from_slice(&[0, 6, 0x13, 0x01, 0x13, 0x02, 0x13, 0x03, 1, 0]);
+    let all = extensions.concat();
+    body.extend_from_slice(&(all.len() as u16).to_be_bytes());
+    body.extend_from_slice(&all);
+    let blen = (body.len() as u32).to_be_bytes();
+    let mut hs = vec![1, blen[1], blen[2], blen[3]];
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// A browser-like ClientHello with a post-quantum key share (X25519MLKEM768: 1,216 bytes of
+/// ML-KEM key beside the X25519 share), as Chrome and Firefox send since 2024: about 1.8 KB,
+/// two TCP segments at a 1,460-byte MSS. `sni_last`: the server_name extension comes after
+/// the key share (in the second segment once split), else first (Chrome permutes them).
+pub fn tls_client_hello_pq(host: &str, sni_last: bool, seed: u64) -> Vec<u8> {
+    let mut ks = vec![0x04, 0xc4, 0x11, 0xec, 0x04, 0xc0];
+    ks.extend_from_slice(&random_bytes(1216, seed ^ 2));
+    ks.extend_from_slice(&[0x00, 0x1d, 0x00, 0x20]);
+    ks.extend_from_slice(&random_bytes(32, seed ^ 3));
+    let mut exts = vec![
+        tls_extension(0x0a0a, &[]),
+        tls_extension(0x0017, &[]),
+        tls_extension(0xff01, &[0]),
+        tls_extension(0x000a, &[0, 8, 0x11, 0xec, 0, 0x1d, 0, 0x17, 0, 0x18]),
+        tls_extension(0x000b, &[1, 0]),
+        tls_extension(0x0023, &[]),
+        tls_extension(0x0010, b"\x00\x0c\x02h2\x08http/1.1"),
+        tls_extension(0x0005, &[1, 0, 0, 0, 0]),
+        tls_extension(0x000d, &[0, 8, 4, 3, 8, 4, 4, 1, 5, 3]),
+        tls_extension(0x0012, &[]),
+        tls_extension(0x0033, &ks),
+        tls_extension(0x002d, &[1, 1]),
+        tls_extension(0x002b, &[6, 0x2a, 0x2a, 3, 4, 3, 3]),
+        tls_extension(0x001b, &[2, 0, 2]),
+        tls_extension(0x4469, &[0, 3, 2, b'h', b'2']),
+        tls_extension(0xfe0d, &random_bytes(300, seed ^ 4)),
+    ];
+    if sni_last {
+        exts.push(tls_sni_extension(host));
+    } else {
+        exts.insert(1, tls_sni_extension(host));
+    }
+    exts.push(tls_extension(0x1a1a, &[0]));
+    tls_client_hello_with(&exts, seed)
+}
+
 /// A STUN binding request (RFC 5389) with transaction id `tid`, USERNAME and FINGERPRINT
 /// attributes as ICE sends it.
 pub fn stun_binding_request(tid: [u8; 12]) -> Vec<u8> {

@@ -52,8 +52,12 @@ fn timeless() -> Config {
 
 fn load(config: &Config) -> Filter {
     vpn_filter_tests::require_root();
-    Filter::load(LoadOptions::default(), &Policy::default(), config)
-        .expect("the program loads through the verifier")
+    let mut f = Filter::load(LoadOptions::default(), &Policy::default(), config)
+        .expect("the program loads through the verifier");
+    // The shipped VPN domain list, as `vpn-filter run` loads it without --vpn-domains.
+    f.sync_vpn_domains(&vpn_filter::domains::DomainList::builtin())
+        .expect("sync the VPN domain list");
+    f
 }
 
 // ---------------------------------------------------------------------------------------
@@ -77,6 +81,17 @@ fn assert_none_dropped(what: &str, frames: &[Vec<u8>]) {
     let filter = load(&Config::default());
     let dropped = drops(&filter, frames);
     let stats = filter.stats().unwrap();
+    // tls_sni is monitored by default, so a false match would pass: it must not match at
+    // all (the corpus holds browser ClientHellos, whole and split, naming unlisted hosts).
+    let sni: u64 = vpn_filter_common::Verdict::ALL
+        .iter()
+        .map(|v| stats.verdict(Protocol::TlsSni, *v))
+        .sum();
+    assert_eq!(
+        sni, 0,
+        "{what}: {sni} tls_sni verdicts: {:?}",
+        stats.verdicts
+    );
     assert!(
         dropped.is_empty(),
         "{what}: {} of {} frames dropped, first: #{} {:02x?}\n{:?}",

@@ -90,6 +90,8 @@ fn exported_sample_names() -> BTreeSet<String> {
             }],
         }),
         registry,
+        // The VPN domain list's series too.
+        vpn_domains: Some(Default::default()),
         counters: KernelCounters::from_stats(&Stats::default()),
         events: EventsStatus::default(),
     };

@@ -16,13 +16,16 @@ const MAX_STACK_CHAIN: u32 = 496;
 /// Ceiling on the verifier's "processed N insns" for each program variant. It was set at
 /// about 1.5x the largest measured (`vpn_filter`, 423,343 on 2026-12-06, before the consumer
 /// VPN rules, the fully-encrypted rule and the fallback closure); those took it to 684,316
-/// (871,746 before the classifier's inputs were laundered, see `detect`). The ceiling is now
-/// about 1.1x that, well below the kernel's 1,000,000: growth shows here first.
+/// (871,746 before the classifier's inputs were laundered, see `detect`). The ClientHello
+/// stage (`tls_sni`, sni.rs) took it to 821,691: its extension walk (32 steps) and name
+/// hash (128 steps) are verified once per state `stream_head` reaches its two call sites
+/// in. The ceiling is about 1.05x that, 14% below the kernel's 1,000,000: growth shows
+/// here first.
 /// The kernel refuses a program at 1,000,000, and verification time and memory grow well
 /// before that. To raise it after the program grew on purpose: run this test with
 /// `--nocapture`, read the figures it prints, set this to about 1.5x the larger one, and
 /// say in the commit what grew and why.
-const MAX_PROCESSED_INSNS: u32 = 760_000;
+const MAX_PROCESSED_INSNS: u32 = 860_000;
 
 #[cfg(target_arch = "x86_64")]
 #[test]

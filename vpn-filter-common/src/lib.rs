@@ -46,6 +46,9 @@ pub mod maps {
     pub const ENDPOINT_BITMAP: &str = "ENDPOINT_BITMAP";
     /// Per-provider verdict counters (see [`super::endpoint_counter_index`]).
     pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
+    /// Listed VPN domains: [`domain_hash`] of each domain -> 1 (see [`SNI_DOMAIN_ENTRIES`]).
+    /// Not pinned: a controller fills it from its own list before it attaches.
+    pub const TLS_SNI_DOMAINS: &str = "TLS_SNI_DOMAINS";
 }
 
 /// Version of the pinned map layout (`<bpffs>/vpn-filter/v<N>/maps`). Bump it whenever a map's
@@ -361,6 +364,40 @@ pub const fn entry_tag(id: &[u8]) -> u64 {
         i += 1;
     }
     hash
+}
+
+/// Capacity of the listed-domain map ([`maps::TLS_SNI_DOMAINS`]).
+pub const SNI_DOMAIN_ENTRIES: u32 = 16_384;
+
+/// Longest server name the kernel reads (longer names are not matched).
+pub const SNI_MAX_NAME: usize = 128;
+
+/// Seed of [`domain_hash`] (FNV-1a 64's offset basis).
+pub const DOMAIN_HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// One step of [`domain_hash`]: folds in byte `b`, lowercased (ASCII).
+#[inline(always)]
+pub const fn domain_hash_step(h: u64, b: u8) -> u64 {
+    // Branch-free lowercasing: the kernel's loop stays free of data-dependent branches.
+    let upper = (b.wrapping_sub(b'A') < 26) as u8;
+    let b = b | (upper << 5);
+    (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// Hash of a domain name: FNV-1a 64 over its bytes **from the last to the first**, ASCII
+/// lowercased. Read backwards, every dot-suffix of a name is a prefix of the walk: the kernel
+/// hashes a server name once, from its end, and looks the running hash up at every dot
+/// (`a.b.example.com` -> `com`, `example.com`, `b.example.com`, `a.b.example.com`), so a
+/// listed domain matches itself and its subdomains, and never a name that merely ends with
+/// its letters (`notwindscribe.com`: the walk meets no dot where `windscribe.com` ends).
+pub const fn domain_hash(name: &[u8]) -> u64 {
+    let mut h = DOMAIN_HASH_SEED;
+    let mut i = name.len();
+    while i > 0 {
+        i -= 1;
+        h = domain_hash_step(h, name[i]);
+    }
+    h
 }
 
 /// Most providers the endpoint lists can name (ids `1..MAX_PROVIDERS`; 0 is "none").
@@ -872,6 +909,36 @@ mod tests {
             _pad: [0; 3],
         };
         assert_eq!(EndpointValue::from_tag(v.tag()), v);
+    }
+
+    #[test]
+    fn domain_hash_walks_suffixes_from_the_end() {
+        let name = b"A.b.Example.COM";
+        // The running hash where the walk meets each dot is the hash of the suffix after it.
+        let mut h = DOMAIN_HASH_SEED;
+        let mut at_dots = [0u64; 3];
+        let mut dots = 0;
+        let mut i = name.len();
+        while i > 0 {
+            i -= 1;
+            if name[i] == b'.' {
+                at_dots[dots] = h;
+                dots += 1;
+            }
+            h = domain_hash_step(h, name[i]);
+        }
+        assert_eq!(dots, 3);
+        assert_eq!(at_dots[0], domain_hash(b"com"));
+        assert_eq!(at_dots[1], domain_hash(b"example.com"));
+        assert_eq!(at_dots[2], domain_hash(b"b.example.com"));
+        assert_eq!(h, domain_hash(b"a.b.example.com"));
+        // FNV-1a 64 of the reversed, lowercased bytes.
+        assert_eq!(domain_hash(b"A"), entry_tag(b"a"));
+        assert_eq!(domain_hash(b"ab"), entry_tag(b"ba"));
+        assert_ne!(
+            domain_hash(b"notwindscribe.com"),
+            domain_hash(b"windscribe.com")
+        );
     }
 
     #[test]

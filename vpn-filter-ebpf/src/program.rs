@@ -29,6 +29,7 @@ mod events;
 mod fallback;
 mod flow;
 mod frame;
+mod sni;
 mod tcp_stream;
 
 use vpn_filter_ebpf::{

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod domains;
 pub mod endpoints;
 pub mod kernel;
 pub mod registry;

@@ -432,11 +432,14 @@ fn corpus_section(md: &mut String, problems: &mut Vec<String>) -> Result<()> {
     md.push_str(&format!(
         "The false-positive corpus (`tests/src/corpus.rs`, fixed seeds; the same frames \
          `tests/tests/false_positives.rs` asserts are never dropped): {} groups, {} flows, {} \
-         packets, {} bytes of DNS, QUIC, TLS/HTTP/SSH, STUN and WebRTC DTLS, RTP, NTP, fully \
-         encrypted UDP and DTLS 1.3. Each group replayed in a freshly loaded program with every \
+         packets, {} bytes of DNS, QUIC, TLS/HTTP/SSH (browser ClientHellos with post-quantum \
+         key shares, whole and split over two segments, included), STUN and WebRTC DTLS, RTP, \
+         NTP, fully encrypted UDP and DTLS 1.3. Each group replayed in a freshly loaded program with every \
          protocol set to monitor, so rules that are off or monitor by default are measured too. \
          A packet is flagged when the program reported it as that protocol; rates are of the \
-         whole corpus. No endpoint list is loaded (`endpoints` cannot flag anything here).\n\n",
+         whole corpus. No endpoint list is loaded (`endpoints` cannot flag anything here); the \
+         shipped VPN domain list (packaging/vpn-domains.txt) is, as `vpn-filter run` loads it \
+         (`tls_sni`).\n\n",
         group_rows.len(),
         num(monitor.flows),
         num(monitor.packets),

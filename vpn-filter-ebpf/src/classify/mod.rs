@@ -25,6 +25,7 @@ mod lightway;
 mod obfuscated;
 mod openvpn;
 mod pptp;
+pub mod sni;
 mod softether;
 mod tailscale;
 mod tinc;

@@ -2402,3 +2402,196 @@ fn udp_candidates_leave_out_dns_quic_rtp_and_short_datagrams() {
         "QUIC v2"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// TLS ClientHello server names (sni.rs)
+// ---------------------------------------------------------------------------------------
+
+mod sni_walk {
+    use std::collections::HashSet;
+
+    use vpn_filter_common::{domain_hash, SNI_MAX_NAME};
+
+    use crate::classify::sni::{self, Bytes, Name, Walk};
+
+    /// A segment as the kernel reads it: bytes beyond it are not there.
+    struct Seg<'a>(&'a [u8]);
+
+    impl Bytes for Seg<'_> {
+        fn load<const N: usize>(&self, at: usize) -> Option<[u8; N]> {
+            self.0.get(at..at + N)?.try_into().ok()
+        }
+    }
+
+    fn ext(ty: u16, data: &[u8]) -> Vec<u8> {
+        let mut e = ty.to_be_bytes().to_vec();
+        e.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        e.extend_from_slice(data);
+        e
+    }
+
+    fn sni_ext(host: &str) -> Vec<u8> {
+        let n = host.as_bytes();
+        let mut d = ((n.len() + 3) as u16).to_be_bytes().to_vec();
+        d.push(0);
+        d.extend_from_slice(&(n.len() as u16).to_be_bytes());
+        d.extend_from_slice(n);
+        ext(0, &d)
+    }
+
+    /// A ClientHello record: 32-byte session id, three suites, the extensions in order.
+    fn hello(exts: &[Vec<u8>]) -> Vec<u8> {
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[0x5a; 32]);
+        body.push(32);
+        body.extend_from_slice(&[0xa5; 32]);
+        body.extend_from_slice(&[0, 6, 0x13, 1, 0x13, 2, 0x13, 3, 1, 0]);
+        let all: Vec<u8> = exts.concat();
+        body.extend_from_slice(&(all.len() as u16).to_be_bytes());
+        body.extend_from_slice(&all);
+        let l = (body.len() as u32).to_be_bytes();
+        let mut hs = vec![1, l[1], l[2], l[3]];
+        hs.extend_from_slice(&body);
+        let mut rec = vec![0x16, 3, 1];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    /// Chrome-like: GREASE, supported_versions, a post-quantum key share (X25519MLKEM768,
+    /// 1,216 bytes of key material), then the SNI last: about 1.8 KB.
+    fn pq_hello(host: &str) -> Vec<u8> {
+        let mut ks = vec![0x04, 0xc6, 0x11, 0xec, 0x04, 0xc0];
+        ks.extend_from_slice(&vec![0x77; 1216]);
+        ks.extend_from_slice(&[0, 0x1d, 0, 32]);
+        ks.extend_from_slice(&[0x33; 32]);
+        hello(&[
+            ext(0x0a0a, &[]),
+            ext(0x002b, &[4, 3, 4, 3, 3]),
+            ext(0x0033, &ks),
+            ext(0x0010, b"\x00\x0c\x02h2\x08http/1.1"),
+            ext(0x0015, &[0; 300]),
+            sni_ext(host),
+        ])
+    }
+
+    fn name_of(seg: &[u8], w: Walk) -> Option<String> {
+        match w {
+            Walk::Name { off, len } => Some(String::from_utf8_lossy(&seg[off..off + len]).into()),
+            _ => None,
+        }
+    }
+
+    fn listed(list: &[&str], host: &str) -> bool {
+        let set: HashSet<u64> = list.iter().map(|d| domain_hash(d.as_bytes())).collect();
+        let mut name = Name {
+            len: host.len() as u64,
+            bytes: [0; SNI_MAX_NAME],
+        };
+        let n = host.len().min(SNI_MAX_NAME);
+        name.bytes[..n].copy_from_slice(&host.as_bytes()[..n]);
+        sni::name_listed(&name, |h| set.contains(&h))
+    }
+
+    #[test]
+    fn the_server_name_is_found_in_a_whole_client_hello() {
+        let p = hello(&[ext(0x002b, &[2, 3, 4]), sni_ext("api.windscribe.com")]);
+        let w = sni::client_hello(&Seg(&p), p.len());
+        assert_eq!(name_of(&p, w).as_deref(), Some("api.windscribe.com"));
+    }
+
+    #[test]
+    fn a_split_client_hello_continues_in_the_next_segment() {
+        let p = pq_hello("engage.cloudflareclient.com");
+        assert!(p.len() > 1700, "{}", p.len());
+        let cut = 1448;
+        let (a, b) = p.split_at(cut);
+        let Walk::Continue { skip, end } = sni::client_hello(&Seg(a), a.len()) else {
+            panic!("the first segment must leave the walk for the second");
+        };
+        let w = sni::walk_extensions(&Seg(b), b.len(), skip, end);
+        assert_eq!(
+            name_of(b, w).as_deref(),
+            Some("engage.cloudflareclient.com")
+        );
+        // Whole, in one (GRO or jumbo) segment.
+        let w = sni::client_hello(&Seg(&p), p.len());
+        assert_eq!(
+            name_of(&p, w).as_deref(),
+            Some("engage.cloudflareclient.com")
+        );
+    }
+
+    #[test]
+    fn a_server_name_straddling_the_boundary_is_a_miss() {
+        let p = pq_hello("engage.cloudflareclient.com");
+        let at = p.len() - 10;
+        let (a, b) = p.split_at(at);
+        // The extension header is in `a`, its name crosses into `b`.
+        assert_eq!(sni::client_hello(&Seg(a), a.len()), Walk::None);
+        let _ = b;
+    }
+
+    #[test]
+    fn malformed_client_hellos_are_left_alone() {
+        let good = hello(&[sni_ext("a.windscribe.com")]);
+        // Not a handshake record, not a ClientHello, a record version out of range.
+        for (i, v) in [(0, 0x17u8), (5, 2), (2, 4)] {
+            let mut p = good.clone();
+            p[i] = v;
+            assert_eq!(sni::client_hello(&Seg(&p), p.len()), Walk::None, "{i}");
+        }
+        // Truncated anywhere: never a name read beyond the bytes present, never a panic.
+        for cut in 0..good.len() {
+            let p = &good[..cut];
+            match sni::client_hello(&Seg(p), p.len()) {
+                Walk::Name { off, len } => assert!(off + len <= p.len()),
+                Walk::None | Walk::Continue { .. } => {}
+            }
+        }
+        // Lengths that lie: extensions longer than the handshake, a session id over 32.
+        let mut p = good.clone();
+        let el = 5 + 4 + 2 + 32 + 1 + 32 + 2 + 6 + 2;
+        p[el - 2] = 0xff;
+        assert_eq!(sni::client_hello(&Seg(&p), p.len()), Walk::None);
+        let mut p = good.clone();
+        p[43] = 33;
+        assert_eq!(sni::client_hello(&Seg(&p), p.len()), Walk::None);
+        // An empty name, a name over 128 bytes.
+        let p = hello(&[sni_ext("")]);
+        assert_eq!(sni::client_hello(&Seg(&p), p.len()), Walk::None);
+        let long = format!("{}.windscribe.com", "a".repeat(120));
+        let p = hello(&[sni_ext(&long)]);
+        assert_eq!(sni::client_hello(&Seg(&p), p.len()), Walk::None);
+    }
+
+    #[test]
+    fn at_most_32_extensions_are_walked() {
+        let mut exts: Vec<Vec<u8>> = (0..32).map(|i| ext(0x1000 + i, &[])).collect();
+        exts.push(sni_ext("a.windscribe.com"));
+        let p = hello(&exts);
+        assert_eq!(sni::client_hello(&Seg(&p), p.len()), Walk::None);
+        exts.remove(0);
+        let p = hello(&exts);
+        let w = sni::client_hello(&Seg(&p), p.len());
+        assert_eq!(name_of(&p, w).as_deref(), Some("a.windscribe.com"));
+    }
+
+    #[test]
+    fn names_match_listed_domains_and_their_subdomains_only() {
+        let list = ["windscribe.com", "cloudflareclient.com"];
+        assert!(listed(&list, "windscribe.com"));
+        assert!(listed(&list, "api.windscribe.com"));
+        assert!(listed(&list, "A.B.WindScribe.COM"));
+        assert!(listed(&list, "engage.cloudflareclient.com"));
+        assert!(!listed(&list, "notwindscribe.com"));
+        assert!(!listed(&list, "windscribe.com.evil.example"));
+        assert!(!listed(&list, "com"));
+        assert!(!listed(&list, ".com"));
+        assert!(!listed(&list, "cloudflare.com"));
+        assert!(!listed(&list, "www.google.com"));
+        // A name longer than the kernel reads is not matched.
+        let long = format!("{}.windscribe.com", "a".repeat(SNI_MAX_NAME));
+        assert!(!listed(&list, &long));
+    }
+}

@@ -164,7 +164,12 @@ pub(super) fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
     let isn = (v >> 32) as u32;
     let rel = pkt.tcp_seq.wrapping_sub(isn.wrapping_add(1)) as usize;
     if rel >= HEAD_BYTES {
-        // Beyond the head (or before the ISN): nothing to reassemble.
+        // Beyond the head (or before the ISN): nothing to reassemble. A client segment of a
+        // young stream may continue a ClientHello split over two segments (sni.rs: one
+        // array read unless its stream left the walk for it).
+        if v & SLOT_CLIENT != 0 && sni::sni_stage(ctx, false) == DETECT_FOUND {
+            return Ok(HEAD_DETECTED);
+        }
         return Ok(HEAD_ORDINARY);
     }
     // The client's first payload: the fully-encrypted rule judges it (a retransmission is
@@ -191,6 +196,12 @@ pub(super) fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
             if first == 0 {
                 // SAFETY: as above.
                 unsafe { *slot = 0 };
+                return Ok(HEAD_ORDINARY);
+            }
+            // The client's first payload: a ClientHello naming a listed domain (sni.rs; a
+            // six-byte compare for anything else).
+            if sni::sni_stage(ctx, true) == DETECT_FOUND {
+                return Ok(HEAD_DETECTED | first);
             }
             return Ok(HEAD_ORDINARY | first);
         }

@@ -39,6 +39,9 @@ pub struct ReplayArgs {
     pub registry: Option<PathBuf>,
     #[command(flatten)]
     pub endpoints: crate::endpoints::EndpointArgs,
+    /// VPN domains of the `tls_sni` rule, as for `run` (default: the built-in list).
+    #[arg(long, value_name = "FILE")]
+    pub vpn_domains: Option<PathBuf>,
     /// Per-protocol policy override, PROTOCOL=enforce|monitor|off (repeatable; PROTOCOL may
     /// be `all`), as for `run`. Default: enforce for all, except endpoints=monitor.
     #[arg(long = "policy", value_name = "PROTOCOL=MODE")]
@@ -151,10 +154,12 @@ pub fn main(args: ReplayArgs) -> Result<()> {
         blocked_ns: args.blocked_flow_timeout.saturating_mul(1_000_000_000),
         ..Timeouts::default()
     };
+    let vpn_domains = crate::domains::DomainSource::new(args.vpn_domains.as_deref()).load()?;
     let settings = ReplaySettings {
         policy: base,
         allowlist,
         endpoints,
+        vpn_domains,
         flow_entries: args.flow_entries,
         timeouts,
         keep_dropped: args.show_dropped,

@@ -114,6 +114,20 @@ pub fn render_text(r: &StatusReport) -> String {
             );
         }
     }
+    if let Some(d) = &r.vpn_domains {
+        let _ = writeln!(
+            o,
+            "vpn domains: {}: {} domains in force, loaded {}; {} ok / {} refused",
+            d.source,
+            d.domains,
+            time_text(d.loaded_at),
+            d.loads_ok,
+            d.loads_failed
+        );
+        if let Some(e) = &d.last_error {
+            let _ = writeln!(o, "  last refused ({}): {e}", time_text(d.last_error_at));
+        }
+    }
     let modes: Vec<String> = r.policy.iter().map(|(p, m)| format!("{p}={m}")).collect();
     let _ = writeln!(o, "policy: {}", modes.join(" "));
     let c = &r.counters;
@@ -230,6 +244,7 @@ mod tests {
             policy: [("wireguard".to_string(), "enforce".to_string())].into(),
             registry,
             endpoints: None,
+            vpn_domains: None,
             counters: KernelCounters::from_stats(&stats),
             events: EventsStatus {
                 output: "stdout".into(),

@@ -651,6 +651,7 @@ mod tests {
             policy: Default::default(),
             registry: RegistryStatus::default(),
             endpoints: None,
+            vpn_domains: None,
             counters: KernelCounters::from_stats(&stats),
             events: EventsStatus::default(),
         }

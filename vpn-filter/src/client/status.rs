@@ -25,6 +25,9 @@ pub struct StatusReport {
     /// The endpoint feed and per-provider verdicts; absent without `--endpoints`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<EndpointsReport>,
+    /// The VPN domain list of the `tls_sni` rule; absent from daemons older than it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpn_domains: Option<DomainsStatus>,
     pub counters: KernelCounters,
     pub events: EventsStatus,
 }
@@ -36,6 +39,39 @@ pub struct EndpointsReport {
     #[serde(flatten)]
     pub feed: RegistryStatus,
     pub providers: Vec<ProviderCounts>,
+}
+
+/// The VPN domain list in force (`--vpn-domains`, or the built-in list) and how its last
+/// load went.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainsStatus {
+    /// The file, or `built-in (packaging/vpn-domains.txt)`.
+    pub source: String,
+    /// Domains in the kernel's map.
+    pub domains: u64,
+    /// Time the list in force was loaded.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub loaded_at: Option<OffsetDateTime>,
+    pub loads_ok: u64,
+    pub loads_failed: u64,
+    /// The last refused list's problems (kept after later successes, with its time).
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_error_at: Option<OffsetDateTime>,
+}
+
+impl DomainsStatus {
+    pub fn loaded(&mut self, domains: usize) {
+        self.domains = domains as u64;
+        self.loaded_at = Some(OffsetDateTime::now_utc());
+        self.loads_ok += 1;
+    }
+
+    pub fn failed(&mut self, error: &dyn std::fmt::Display) {
+        self.last_error = Some(format!("{error:#}"));
+        self.last_error_at = Some(OffsetDateTime::now_utc());
+        self.loads_failed += 1;
+    }
 }
 
 /// Packets to one provider's listed endpoints from unregistered clients.

@@ -12,6 +12,7 @@ use crate::{
         observe::{self, ObserveArgs},
         status::{self, DaemonStatus, SharedStatus},
     },
+    domains::{DomainSource, DomainSync, Reloaded},
     endpoints::{EndpointArgs, EndpointSync},
     kernel::{events::EventRing, pin::ControllerLock, AttachMode, Filter, LoadOptions, Policy},
     registry::{
@@ -41,13 +42,22 @@ pub struct RunArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub endpoints: EndpointArgs,
+    /// VPN domains for the `tls_sni` rule: a ClientHello naming one of them or a subdomain
+    /// is reported (policy `tls_sni`, monitor by default). One domain per line, `#` comments
+    /// (the shipped list, packaging/vpn-domains.txt, names a source for each). Default: that
+    /// list, built into the binary. Re-read when the file changes and on SIGHUP; a list with
+    /// any error is refused (line numbers in the log and `status`) and the one in force stays.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub vpn_domains: Option<std::path::PathBuf>,
     /// XDP attach mode: auto tries native and falls back to generic with a warning.
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: AttachMode,
     /// Per-protocol policy override, PROTOCOL=enforce|monitor|off (repeatable; PROTOCOL may
     /// be `all`). Protocols: wireguard, openvpn, ike, esp, ah, l2tp, pptp, tailscale_disco,
-    /// openconnect_dtls, softether, endpoints (flows to listed VPN servers, --endpoints).
-    /// Default: enforce for all, except endpoints=monitor.
+    /// openconnect_dtls, softether, endpoints (flows to listed VPN servers, --endpoints),
+    /// tls_sni (ClientHellos naming a --vpn-domains domain), the heuristics.
+    /// Default: enforce for the signatures; monitor for endpoints, tls_sni and the heuristics.
     #[arg(long = "policy", value_name = "PROTOCOL=MODE")]
     pub policy: Vec<String>,
     /// Print per-protocol counters to stderr every SECS seconds (0: never).
@@ -166,6 +176,34 @@ fn record_endpoints(status: &SharedStatus, outcome: &Outcome) {
     }
 }
 
+/// Re-reads the VPN domain list (when its file changed, or always with `force`) and writes
+/// the kernel map; a refused list is logged and recorded, and the one in force stays.
+fn reload_domains(
+    domains: &mut DomainSync,
+    filter: &mut Filter,
+    status: &SharedStatus,
+    force: bool,
+) {
+    let source = domains.source.describe();
+    match domains.reload(force, |list| {
+        filter.sync_vpn_domains(list).map(|r| {
+            log::info!(
+                "VPN domain list {source} reloaded: {} domains (+{} -{})",
+                r.domains,
+                r.added,
+                r.removed
+            );
+        })
+    }) {
+        Reloaded::Applied(n) => status::lock(status).vpn_domains.loaded(n),
+        Reloaded::Unchanged => {}
+        Reloaded::Failed(e) => {
+            log::error!("VPN domain list {source} refused, the list in force stays: {e:#}");
+            status::lock(status).vpn_domains.failed(&e);
+        }
+    }
+}
+
 /// What `run` needs to re-read `--config` on SIGHUP: the command line as given.
 pub struct Reload {
     pub reloader: Reloader,
@@ -183,6 +221,7 @@ struct Started {
     filter: Filter,
     registry: RegistrySync,
     endpoint_sync: Option<EndpointSync>,
+    domains: DomainSync,
     status: SharedStatus,
     bound: observe::Bound,
     ring: EventRing,
@@ -252,6 +291,8 @@ async fn start(args: RunArgs) -> Result<Started> {
     };
     let mut registry = RegistrySync::new(&args.registry)?;
     let mut endpoint_sync = EndpointSync::new(&args.endpoints, &args.registry)?;
+    // A bad list stops the start: there is no list in force yet to keep.
+    let domains = DomainSync::start(DomainSource::new(args.vpn_domains.as_deref()))?;
     let mut daemon_status = DaemonStatus::new(&policy, registry.source());
     if let Some(e) = &endpoint_sync {
         daemon_status.endpoints = Some(crate::client::status::RegistryStatus {
@@ -287,6 +328,18 @@ async fn start(args: RunArgs) -> Result<Started> {
             }
         }
     }
+    // The map is the controller's own (not pinned): filled before any link runs this program.
+    let r = filter.sync_vpn_domains(&domains.in_force)?;
+    log::info!(
+        "VPN domain list {}: {} domains",
+        domains.source.describe(),
+        r.domains
+    );
+    {
+        let mut s = status::lock(&status);
+        s.vpn_domains.source = domains.source.describe();
+        s.vpn_domains.loaded(r.domains);
+    }
     let ring = filter.take_event_ring()?;
     attach(&args, &mut filter)?;
     observe::record_attachments(&status, &filter);
@@ -295,6 +348,7 @@ async fn start(args: RunArgs) -> Result<Started> {
         filter,
         registry,
         endpoint_sync,
+        domains,
         status,
         bound,
         ring,
@@ -352,6 +406,7 @@ async fn serve(started: Started, reload: Option<Reload>) -> Result<()> {
         mut filter,
         mut registry,
         mut endpoint_sync,
+        mut domains,
         status,
         bound,
         ring,
@@ -381,6 +436,13 @@ async fn serve(started: Started, reload: Option<Reload>) -> Result<()> {
                         Err(e) => log::error!("configuration not reloaded, the running one stays in force: {e:#}"),
                     }
                 }
+                // The domain list is re-read on every SIGHUP (and its file may have moved).
+                let source = DomainSource::new(args.vpn_domains.as_deref());
+                if source != domains.source {
+                    domains.source = source;
+                    status::lock(&status).vpn_domains.source = domains.source.describe();
+                }
+                reload_domains(&mut domains, &mut filter, &status, true);
             }
             r = &mut events_task => {
                 match r {
@@ -398,6 +460,7 @@ async fn serve(started: Started, reload: Option<Reload>) -> Result<()> {
                         record_endpoints(&status, &outcome);
                     }
                 }
+                reload_domains(&mut domains, &mut filter, &status, false);
             }
             _ = reattach.tick() => {
                 match filter.reattach_lost(args.xdp_mode) {
@@ -640,6 +703,30 @@ mod tests {
         assert_eq!(
             policy.mode(Protocol::WireGuard),
             vpn_filter_common::PolicyMode::Enforce
+        );
+    }
+
+    #[test]
+    fn vpn_domains_is_a_flag_and_a_config_key_defaulting_to_the_built_in_list() {
+        let a = run_args(&["x", "--iface", "eth0", "--registry", "f.json"], "").unwrap();
+        assert_eq!(a.vpn_domains, None);
+        let b = run_args(
+            &["x", "--config", "c.toml"],
+            "vpn-domains = \"/etc/vpn-filter/vpn-domains.txt\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            b.vpn_domains.as_deref(),
+            Some(std::path::Path::new("/etc/vpn-filter/vpn-domains.txt"))
+        );
+        let c = run_args(
+            &["x", "--config", "c.toml", "--vpn-domains", "mine.txt"],
+            "vpn-domains = \"/etc/vpn-filter/vpn-domains.txt\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.vpn_domains.as_deref(),
+            Some(std::path::Path::new("mine.txt"))
         );
     }
 

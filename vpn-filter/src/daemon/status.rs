@@ -18,8 +18,8 @@ use vpn_filter_common::{Counter, Protocol, Verdict};
 
 use crate::{
     client::status::{
-        EndpointsReport, EventsStatus, InterfaceStatus, KernelCounters, ProviderCounts,
-        RegistryStatus, StatusReport,
+        DomainsStatus, EndpointsReport, EventsStatus, InterfaceStatus, KernelCounters,
+        ProviderCounts, RegistryStatus, StatusReport,
     },
     daemon::observe::events::{EventHub, PipelineCounters},
     kernel::{Policy, Stats, StatsReader},
@@ -38,6 +38,8 @@ pub struct DaemonStatus {
     pub registry: RegistryStatus,
     /// The endpoint feed (`None` without `--endpoints`).
     pub endpoints: Option<RegistryStatus>,
+    /// The VPN domain list of the `tls_sni` rule.
+    pub vpn_domains: DomainsStatus,
     /// Where events are written (`stdout` or the file path).
     pub events_output: String,
 }
@@ -57,6 +59,7 @@ impl DaemonStatus {
                 ..Default::default()
             },
             endpoints: None,
+            vpn_domains: DomainsStatus::default(),
             events_output: "stdout".into(),
         }
     }
@@ -121,6 +124,7 @@ impl Sources {
                 }),
                 None => None,
             },
+            vpn_domains: Some(status.vpn_domains),
             counters: KernelCounters::from_stats(&stats),
             events: EventsStatus {
                 output: status.events_output,

@@ -2,6 +2,7 @@
 
 mod allowlist;
 mod batch;
+pub mod domains;
 pub mod endpoints;
 pub mod events;
 pub mod fastpath;

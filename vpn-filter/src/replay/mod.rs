@@ -97,6 +97,8 @@ pub struct ReplaySettings {
     pub allowlist: Allowlist,
     /// The known VPN endpoints (empty: none listed).
     pub endpoints: crate::endpoints::EndpointSet,
+    /// The VPN domains of the `tls_sni` rule (default: the built-in list, as `run`).
+    pub vpn_domains: crate::domains::DomainList,
     /// Capacity of the flow-state LRU map (as `run --flow-entries`).
     pub flow_entries: u32,
     pub timeouts: Timeouts,
@@ -110,6 +112,7 @@ impl Default for ReplaySettings {
             policy: Policy::default(),
             allowlist: Allowlist::default(),
             endpoints: Default::default(),
+            vpn_domains: crate::domains::DomainList::builtin(),
             flow_entries: DEFAULT_FLOW_ENTRIES,
             timeouts: Timeouts::default(),
             keep_dropped: false,
@@ -705,6 +708,9 @@ fn load(settings: &ReplaySettings) -> anyhow::Result<Filter> {
     filter
         .sync_endpoints(&settings.endpoints)
         .context("loading the endpoint lists")?;
+    filter
+        .sync_vpn_domains(&settings.vpn_domains)
+        .context("loading the VPN domain list")?;
     Ok(filter)
 }
 

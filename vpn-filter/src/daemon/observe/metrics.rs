@@ -248,6 +248,7 @@ impl Collector for ReportCollector {
         let e = &mut enc;
         encode_build_and_process(e, r)?;
         encode_known_endpoints(e, r)?;
+        encode_vpn_domains(e, r)?;
         encode_verdicts(e, r)?;
         encode_kernel_counters(e, r)?;
         encode_event_pipeline(e, r)?;
@@ -324,6 +325,26 @@ fn encode_known_endpoints(
                 ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// The VPN domain list of the `tls_sni` rule.
+fn encode_vpn_domains(e: &mut DescriptorEncoder, r: &StatusReport) -> Result<(), std::fmt::Error> {
+    if let Some(d) = &r.vpn_domains {
+        gauge(
+            e,
+            "vpn_filter_vpn_domains",
+            "Domains of the VPN domain list in force (tls_sni rule).",
+            d.domains as i64,
+        )?;
+        counters_by(
+            e,
+            "vpn_filter_vpn_domain_loads",
+            "Loads of the VPN domain list by outcome (ok, error: refused, the list in force stayed).",
+            "outcome",
+            &[("ok", d.loads_ok), ("error", d.loads_failed)],
+        )?;
     }
     Ok(())
 }
@@ -556,6 +577,7 @@ mod tests {
             policy: BTreeMap::new(),
             registry,
             endpoints: None,
+            vpn_domains: None,
             counters: KernelCounters::from_stats(&stats),
             events: EventsStatus {
                 suppressed: 5,

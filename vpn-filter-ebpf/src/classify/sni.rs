@@ -1,0 +1,218 @@
+//! TLS-carried VPNs by the server name of a ClientHello (issue 16, item 1).
+//!
+//! WARP's API, Psiphon, Windscribe, Opera VPN and the other consumer apps that tunnel in TLS
+//! on 443 show one thing in clear: the ClientHello's `server_name` (RFC 6066, section 3). The
+//! operator's list of VPN domains is matched by suffix: the name's hash is walked from its end
+//! ([`vpn_filter_common::domain_hash`]) and looked up at every dot, so `a.b.example.com`
+//! matches a listed `example.com` and `notexample.com` does not.
+//!
+//! Layout walked (RFC 8446 section 4.1.2, RFC 5246 section 7.4.1.2): a handshake record
+//! `16 03 0{1,2,3} len(2)`, handshake type 1 and a 24-bit length, client version (2), random
+//! (32), session id (1 + up to 32), cipher suites (2 + even length), compression methods
+//! (1 + length), extensions (2 + length), each extension `type(2) len(2) data`. The
+//! server_name extension (type 0) holds a list (2), a name type (1, host_name = 0) and the
+//! name (2 + length).
+//!
+//! Every loop is bounded by a constant: at most [`MAX_EXTENSIONS`] extensions per segment
+//! and [`SNI_MAX_NAME`] name bytes. A ClientHello with post-quantum key shares (~1.8 KB)
+//! spans two segments; when the first one ends before server_name, the walk returns where
+//! the next extension header starts in the next segment ([`Walk::Continue`]) and the kernel
+//! continues there. Not caught (misses, never false positives): a server_name extension or
+//! an extension header that straddles the segment boundary, a ClientHello whose fixed fields
+//! (session id, cipher suites, compression) are not all in the first segment, a ClientHello
+//! fragmented over several TLS records, names longer than [`SNI_MAX_NAME`] bytes, ECH (the
+//! outer name is the provider's front: matched only if listed).
+
+use vpn_filter_common::{domain_hash_step, Message, Protocol, DOMAIN_HASH_SEED, SNI_MAX_NAME};
+
+use super::{Detection, Strength};
+
+/// Most extensions walked per segment; a ClientHello with more is not judged beyond them
+/// (browsers send 16-20).
+pub const MAX_EXTENSIONS: usize = 32;
+
+/// Segment offsets beyond this are not read (no frame is longer).
+pub const MAX_OFFSET: usize = 0xffff;
+
+/// Bytes of a segment read at an offset. The kernel reads the packet with
+/// `bpf_xdp_load_bytes`; the host tests read a slice: one parser for both.
+pub trait Bytes {
+    /// `N` bytes at `at`, or `None` when the segment holds fewer.
+    fn load<const N: usize>(&self, at: usize) -> Option<[u8; N]>;
+}
+
+/// Where a walk over a ClientHello (or its continuation) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Walk {
+    /// Not a ClientHello, malformed, no server_name, or a case this parser leaves alone.
+    None,
+    /// The server name is `len` bytes at `off` of this segment (`1..=SNI_MAX_NAME`).
+    Name { off: usize, len: usize },
+    /// The segment ended before server_name: the next extension header starts `skip` bytes
+    /// into the next segment, and the extensions end `end` bytes into it.
+    Continue { skip: usize, end: usize },
+}
+
+/// Cheap check on a first client payload's first six bytes: a TLS handshake record
+/// (versions 1.0-1.2 on the record layer) carrying a ClientHello.
+#[inline(always)]
+pub fn is_client_hello_head(h: [u8; 6]) -> bool {
+    h[0] == 0x16 && h[1] == 0x03 && h[2] >= 0x01 && h[2] <= 0x03 && h[5] == 0x01
+}
+
+/// Walks a TCP stream's first segment (`seg_len` bytes) from the record header to the
+/// extensions, then through them.
+#[inline(always)]
+pub fn client_hello<B: Bytes>(b: &B, seg_len: usize) -> Walk {
+    // Record header, handshake header, version, random, session id length.
+    let Some(h) = b.load::<44>(0) else {
+        return Walk::None;
+    };
+    let head = [h[0], h[1], h[2], h[3], h[4], h[5]];
+    if !is_client_hello_head(head) {
+        return Walk::None;
+    }
+    let rec_len = u16::from_be_bytes([h[3], h[4]]) as usize;
+    let hs_len = (h[6] as usize) << 16 | (h[7] as usize) << 8 | h[8] as usize;
+    // The handshake fits its record (a ClientHello fragmented over records is not judged).
+    if hs_len + 4 > rec_len || hs_len < 38 {
+        return Walk::None;
+    }
+    let sid = h[43] as usize;
+    if sid > 32 {
+        return Walk::None;
+    }
+    let at = 44 + sid;
+    let Some(cs) = b.load::<2>(at) else {
+        return Walk::None;
+    };
+    let cs_len = u16::from_be_bytes(cs) as usize;
+    if cs_len < 2 || cs_len & 1 != 0 {
+        return Walk::None;
+    }
+    let at = at + 2 + cs_len;
+    let Some(comp) = b.load::<1>(at) else {
+        return Walk::None;
+    };
+    let at = at + 1 + comp[0] as usize;
+    let Some(el) = b.load::<2>(at) else {
+        return Walk::None;
+    };
+    let start = at + 2;
+    let end = start + u16::from_be_bytes(el) as usize;
+    // The extensions end inside the handshake message, which ends inside the record.
+    if end > 9 + hs_len {
+        return Walk::None;
+    }
+    walk_extensions(b, seg_len, start, end)
+}
+
+/// Walks extensions from `start` (an extension header) to `end` (may lie beyond the
+/// segment's `seg_len` bytes: the ClientHello goes on in the next segment).
+#[inline(always)]
+pub fn walk_extensions<B: Bytes>(b: &B, seg_len: usize, start: usize, end: usize) -> Walk {
+    let mut off = start;
+    let mut i = 0;
+    while i < MAX_EXTENSIONS {
+        if off + 4 > end || off > MAX_OFFSET || end > MAX_OFFSET + 1 {
+            // No server_name in the extensions (or lengths that overrun them).
+            return Walk::None;
+        }
+        if off >= seg_len {
+            return Walk::Continue {
+                skip: off - seg_len,
+                end: end - seg_len,
+            };
+        }
+        // A header straddling the boundary is a miss (see the module's comment).
+        let Some(x) = b.load::<4>(off) else {
+            return Walk::None;
+        };
+        let len = u16::from_be_bytes([x[2], x[3]]) as usize;
+        if x[0] == 0 && x[1] == 0 {
+            return server_name(b, seg_len, off + 4, len, end);
+        }
+        off += 4 + len;
+        i += 1;
+    }
+    Walk::None
+}
+
+/// The host name in a server_name extension whose `len` bytes of data start at `at`; the
+/// name must lie inside the segment's `seg_len` bytes.
+#[inline(always)]
+fn server_name<B: Bytes>(b: &B, seg_len: usize, at: usize, len: usize, end: usize) -> Walk {
+    if at + len > end || len < 6 {
+        return Walk::None;
+    }
+    // A straddling extension is a miss: `load` fails beyond the segment.
+    let Some(x) = b.load::<5>(at) else {
+        return Walk::None;
+    };
+    let list = u16::from_be_bytes([x[0], x[1]]) as usize;
+    let name_len = u16::from_be_bytes([x[3], x[4]]) as usize;
+    // The list fills the extension; its first entry is a host_name (clients send one).
+    if list + 2 != len || x[2] != 0 || name_len + 3 > list {
+        return Walk::None;
+    }
+    if name_len == 0 || name_len > SNI_MAX_NAME || at + 5 + name_len > seg_len {
+        return Walk::None;
+    }
+    Walk::Name {
+        off: at + 5,
+        len: name_len,
+    }
+}
+
+/// A server name as the kernel holds it (in a per-CPU map slot, not on the BPF stack).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Name {
+    /// Bytes of the name in `bytes` (`1..=SNI_MAX_NAME`).
+    pub len: u64,
+    pub bytes: [u8; SNI_MAX_NAME],
+}
+
+/// Whether the host name or one of its dot-suffixes is listed: the running hash from the
+/// name's end is looked up at every dot and once for the whole name.
+///
+/// The length is read from memory again at every step: the verifier then never narrows one
+/// register's range step by step (which would leave the loop with a different known length
+/// at each step and walk everything after it once per length).
+#[inline(always)]
+pub fn name_listed(name: &Name, listed: impl Fn(u64) -> bool) -> bool {
+    let mut h = DOMAIN_HASH_SEED;
+    let mut hit = false;
+    let mut i = 0;
+    while i < SNI_MAX_NAME {
+        // SAFETY: reads a field of a live reference.
+        let n = unsafe { core::ptr::read_volatile(&name.len) } as usize;
+        if i >= n || n > SNI_MAX_NAME {
+            break;
+        }
+        let b = name.bytes[(n - 1 - i) & (SNI_MAX_NAME - 1)];
+        // A leading dot or an empty label never looks up the empty suffix.
+        if b == b'.' && i > 0 && listed(h) {
+            hit = true;
+        }
+        h = domain_hash_step(h, b);
+        i += 1;
+    }
+    // SAFETY: as above.
+    let n = unsafe { core::ptr::read_volatile(&name.len) } as usize;
+    if n == 0 || n > SNI_MAX_NAME {
+        return false;
+    }
+    hit || listed(h)
+}
+
+/// The detection for a listed server name: conclusive for the list, judged by the
+/// `tls_sni` policy (monitored by default).
+#[inline(always)]
+pub fn detection() -> Detection {
+    Detection::new(
+        Protocol::TlsSni,
+        Message::TlsClientHelloSni,
+        Strength::Strong,
+    )
+}
