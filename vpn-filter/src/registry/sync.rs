@@ -661,6 +661,7 @@ impl<K: FeedKind> FeedSync<K> {
             }
         };
         let checked = checked_start.elapsed();
+        log_sync_start::<K>(&origin);
         let start = Instant::now();
         let report = match filter.apply(&allow) {
             Ok(r) => r,
@@ -796,6 +797,7 @@ impl<K: FeedKind> FeedSync<K> {
             bail!("no {} feed to apply", K::WHAT);
         };
         let now = now_utc();
+        log_sync_start::<K>(&cur.origin);
         let start = Instant::now();
         let report = filter
             .apply(&K::set(&cur.feed, now))
@@ -893,6 +895,18 @@ impl<K: FeedKind> FeedSync<K> {
             ),
         }
     }
+}
+
+/// Said before a sync's kernel writes, whose end the `... applied ...` line reports.
+pub const SYNC_STARTED: &str = "sync started";
+
+/// `registry sync started: writing the allowlist from SOURCE to the kernel`.
+fn log_sync_start<K: FeedKind>(origin: &str) {
+    log::info!(
+        "{} {SYNC_STARTED}: writing the {} from {origin} to the kernel",
+        K::WHAT,
+        K::SET_NAME
+    );
 }
 
 fn log_keys(what: &str, keys: &Keyring, paths: &[PathBuf]) {
