@@ -586,3 +586,95 @@ fn walk(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// Index of the first stderr line at or after `from` that contains `needle`, waiting up to
+/// `timeout` for it.
+fn wait_line_from(p: &Process, from: usize, needle: &str, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let lines = p.stderr_lines();
+        if let Some(i) = lines.iter().skip(from).position(|l| l.contains(needle)) {
+            return from + i;
+        }
+        assert!(
+            Instant::now() < deadline && p.exit_status().is_none(),
+            "no stderr line containing {needle:?} after line {from}; stderr:\n{}",
+            lines.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Index of the first stderr line that contains `needle`, if any.
+fn line_index(lines: &[String], needle: &str) -> Option<usize> {
+    lines.iter().position(|l| l.contains(needle))
+}
+
+#[test]
+fn status_and_sigterm_are_answered_while_a_million_prefix_sync_runs() {
+    let lab = FilterLab::new();
+    let dirs = Dirs::new();
+    let ctl = start(&lab, &dirs, &["--registry-poll-ms", "100"]);
+    let after_ready = ctl.stderr_lines().len();
+    // Serial 2 adds a million host prefixes: seconds of kernel writes, long enough to ask
+    // the controller something in the middle. Published by rename, as documented.
+    const BULK: u32 = 1_000_000;
+    let base = u32::from_be_bytes([100, 64, 0, 0]);
+    let bulk: Vec<String> = (0..BULK)
+        .map(|i| format!("{}/32", std::net::Ipv4Addr::from(base + i)))
+        .collect();
+    let bulk: Vec<&str> = bulk.iter().map(String::as_str).collect();
+    let feed = registry_json(2, &[("REG-1", &[REGISTERED_V4]), ("BULK", &bulk)]);
+    let tmp = dirs.tmp.path().join("registry.json.tmp");
+    std::fs::write(&tmp, feed).unwrap();
+    std::fs::rename(&tmp, dirs.registry()).unwrap();
+
+    // The sync's kernel writes have begun (parsing and checks are behind it).
+    let started = wait_line_from(
+        &ctl,
+        after_ready,
+        "registry sync started",
+        Duration::from_secs(120),
+    );
+    // `status` answers, and what it reports is still serial 1: the answer was made before
+    // the sync of serial 2 was done.
+    let out = std::process::Command::new(controller_path())
+        .args(["status", "--json", "--control-socket"])
+        .arg(dirs.tmp.path().join("control.sock"))
+        .output()
+        .expect("run vpn-filter status");
+    assert!(
+        out.status.success(),
+        "status during the sync: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(
+        status["registry"]["serial"], 1,
+        "the feed in force while serial 2 is written"
+    );
+    // Then SIGTERM, still during the sync: acknowledged before the sync's completion line
+    // (so the status answer, which came before the signal was sent, was too).
+    let code = ctl
+        .terminate(Duration::from_secs(120))
+        .expect("the controller exits after SIGTERM");
+    assert!(code.success(), "exit status {code}");
+    let lines = ctl.stderr_lines();
+    let all = lines.join("\n");
+    let applied = line_index(&lines, "registry serial 2 applied")
+        .unwrap_or_else(|| panic!("the sync finishes before the exit; stderr:\n{all}"));
+    let term = line_index(&lines, "SIGTERM: exiting")
+        .unwrap_or_else(|| panic!("SIGTERM acknowledged; stderr:\n{all}"));
+    assert!(
+        started < term && term < applied,
+        "SIGTERM acknowledged (line {term}) during the sync (lines {started}-{applied}); stderr:\n{all}"
+    );
+    assert!(
+        line_index(
+            &lines[term..applied],
+            "waiting for the feed sync in progress"
+        )
+        .is_some(),
+        "the exit says it waits for the sync; stderr:\n{all}"
+    );
+}
