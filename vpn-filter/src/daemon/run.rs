@@ -398,15 +398,60 @@ fn attach(args: &RunArgs, filter: &mut Filter) -> Result<()> {
     Ok(())
 }
 
+/// What the feeds need to write the kernel: the loaded filter and the feed loops. Owned by
+/// the select loop between polls, and moved onto a blocking thread for each poll (see
+/// [`Feeds::spawn_poll`]).
+struct Feeds {
+    filter: Filter,
+    registry: RegistrySync,
+    endpoint_sync: Option<EndpointSync>,
+    domains: DomainSync,
+}
+
+impl Feeds {
+    /// One poll of both feeds and of the domain list, with whatever kernel writes they bring.
+    async fn poll(&mut self, status: &SharedStatus) {
+        if let Some(outcome) = self.registry.tick(&mut self.filter).await {
+            record_registry(status, &outcome);
+        }
+        if let Some(e) = &mut self.endpoint_sync {
+            if let Some(outcome) = e.tick(&mut self.filter).await {
+                record_endpoints(status, &outcome);
+            }
+        }
+        reload_domains(&mut self.domains, &mut self.filter, status, false);
+    }
+
+    /// Runs [`Feeds::poll`] on a blocking thread and hands `self` back when it is done. A
+    /// sync is CPU and system-call work (parsing and checking a feed, then a million
+    /// prefixes are seconds of it): on the loop it would hold up signals, re-attach and the
+    /// stats tick, and on a 2-thread runtime half of the threads that serve the control
+    /// socket, metrics and events.
+    fn spawn_poll(mut self, status: SharedStatus) -> tokio::task::JoinHandle<Feeds> {
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            handle.block_on(self.poll(&status));
+            self
+        })
+    }
+}
+
 /// The serving phase, on the multi-threaded runtime: observability, then the loop until
 /// SIGINT or SIGTERM, then the exit.
+///
+/// Feed polls (and the kernel writes of a sync) run off the loop, on a blocking thread that
+/// owns the filter meanwhile ([`Feeds`]): signals are answered while a sync runs. What needs
+/// the filter waits for the sync to finish: a SIGHUP is applied right after it, re-attach and
+/// the stats line resume after it. SIGTERM or SIGINT during a sync is acknowledged at once,
+/// and the controller exits when the sync is done: a sync is never cut short, so the kernel
+/// holds either the feed in force or the new one, and what is persisted says which.
 async fn serve(started: Started, reload: Option<Reload>) -> Result<()> {
     let Started {
         mut args,
-        mut filter,
-        mut registry,
-        mut endpoint_sync,
-        mut domains,
+        filter,
+        registry,
+        endpoint_sync,
+        domains,
         status,
         bound,
         ring,
@@ -423,26 +468,41 @@ async fn serve(started: Started, reload: Option<Reload>) -> Result<()> {
     let mut reattach = tokio::time::interval(Duration::from_millis(
         args.lifecycle.reattach_interval_ms.max(100),
     ));
+    // Ticks missed during a sync are not made up in a burst after it.
+    for t in [&mut poll, &mut stats_tick, &mut reattach] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
     let mut missing_logged: Vec<String> = Vec::new();
+    // `Some` between polls; `None` while a poll runs in `polling`, which hands it back.
+    let mut feeds = Some(Feeds {
+        filter,
+        registry,
+        endpoint_sync,
+        domains,
+    });
+    let mut polling: Option<tokio::task::JoinHandle<Feeds>> = None;
+    let mut hup_pending = false;
 
     loop {
         tokio::select! {
             _ = signals.int.recv() => { log::info!("SIGINT: exiting"); break; }
             _ = signals.term.recv() => { log::info!("SIGTERM: exiting"); break; }
             _ = signals.hup.recv() => {
-                if let Some(r) = &reload {
-                    match r.reloader.load(&r.cli).and_then(|new| apply_reload(&mut filter, &mut registry, &args, new)) {
-                        Ok(new) => args = new,
-                        Err(e) => log::error!("configuration not reloaded, the running one stays in force: {e:#}"),
+                match &mut feeds {
+                    Some(f) => sighup(f, &mut args, reload.as_ref(), &status),
+                    None => {
+                        log::info!("SIGHUP: applied when the feed sync in progress is finished");
+                        hup_pending = true;
                     }
                 }
-                // The domain list is re-read on every SIGHUP (and its file may have moved).
-                let source = DomainSource::new(args.vpn_domains.as_deref());
-                if source != domains.source {
-                    domains.source = source;
-                    status::lock(&status).vpn_domains.source = domains.source.describe();
+            }
+            r = async { polling.as_mut().expect("guarded").await }, if polling.is_some() => {
+                polling = None;
+                let mut f = r.context("the feed poll failed")?;
+                if std::mem::take(&mut hup_pending) {
+                    sighup(&mut f, &mut args, reload.as_ref(), &status);
                 }
-                reload_domains(&mut domains, &mut filter, &status, true);
+                feeds = Some(f);
             }
             r = &mut events_task => {
                 match r {
@@ -451,18 +511,12 @@ async fn serve(started: Started, reload: Option<Reload>) -> Result<()> {
                     Err(e) => bail!("event task failed: {e}"),
                 }
             }
-            _ = poll.tick() => {
-                if let Some(outcome) = registry.tick(&mut filter).await {
-                    record_registry(&status, &outcome);
-                }
-                if let Some(e) = &mut endpoint_sync {
-                    if let Some(outcome) = e.tick(&mut filter).await {
-                        record_endpoints(&status, &outcome);
-                    }
-                }
-                reload_domains(&mut domains, &mut filter, &status, false);
+            _ = poll.tick(), if feeds.is_some() => {
+                let f = feeds.take().expect("guarded");
+                polling = Some(f.spawn_poll(status.clone()));
             }
-            _ = reattach.tick() => {
+            _ = reattach.tick(), if feeds.is_some() => {
+                let filter = &mut feeds.as_mut().expect("guarded").filter;
                 match filter.reattach_lost(args.xdp_mode) {
                     Ok((back, missing)) => {
                         for i in back {
@@ -475,24 +529,62 @@ async fn serve(started: Started, reload: Option<Reload>) -> Result<()> {
                                 missing_logged.push(i);
                             }
                         }
-                        observe::record_attachments(&status, &filter);
+                        observe::record_attachments(&status, filter);
                     }
                     Err(e) => log::error!("re-attaching: {e:#}"),
                 }
             }
-            _ = stats_tick.tick(), if args.stats_interval > 0 => {
-                match filter.stats() {
+            _ = stats_tick.tick(), if args.stats_interval > 0 && feeds.is_some() => {
+                match feeds.as_ref().expect("guarded").filter.stats() {
                     Ok(stats) => eprintln!("{}", stats_line(&stats)),
                     Err(e) => log::warn!("reading counters: {e:#}"),
                 }
             }
         }
     }
+    if let Some(p) = polling {
+        if !p.is_finished() {
+            log::info!(
+            "waiting for the feed sync in progress to finish before exiting (a sync is never cut short: the kernel keeps the feed in force or the new one)"
+            );
+        }
+        feeds = Some(p.await.context("the feed poll failed")?);
+    }
+    let Feeds { filter, .. } = feeds.expect("handed back");
     // Give the event task a moment to drain what the kernel already queued.
     tokio::time::sleep(Duration::from_millis(100)).await;
     events_task.abort();
     drop(observability);
     exit(&args, filter)
+}
+
+/// SIGHUP: re-reads `--config` (when given) and the domain list.
+fn sighup(feeds: &mut Feeds, args: &mut RunArgs, reload: Option<&Reload>, status: &SharedStatus) {
+    let Feeds {
+        filter,
+        registry,
+        domains,
+        ..
+    } = feeds;
+    if let Some(r) = reload {
+        match r
+            .reloader
+            .load(&r.cli)
+            .and_then(|new| apply_reload(filter, registry, args, new))
+        {
+            Ok(new) => *args = new,
+            Err(e) => {
+                log::error!("configuration not reloaded, the running one stays in force: {e:#}")
+            }
+        }
+    }
+    // The domain list is re-read on every SIGHUP (and its file may have moved).
+    let source = DomainSource::new(args.vpn_domains.as_deref());
+    if source != domains.source {
+        domains.source = source;
+        status::lock(status).vpn_domains.source = domains.source.describe();
+    }
+    reload_domains(domains, filter, status, true);
 }
 
 /// The `ready` line, and `READY=1` to systemd when it started us (`Type=notify`).
