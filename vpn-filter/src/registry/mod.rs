@@ -252,7 +252,8 @@ impl FromStr for Prefix {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub id: Arc<str>,
-    pub holder: String,
+    /// Shared between the entries of one holder (see [`Interner`]).
+    pub holder: Arc<str>,
     pub category: Category,
     pub prefixes: Vec<Prefix>,
     pub status: Status,
@@ -678,16 +679,38 @@ pub(crate) fn check_prefix(s: &str, opts: ValidateOptions) -> Result<Prefix, Str
     Ok(p)
 }
 
+/// Up to how many prefixes an entry's repeats are found by a linear search (beyond, by a hash
+/// set).
+pub(crate) const PREFIXES_LINEAR: usize = 16;
+
+/// One shared copy of each distinct string (holders: a registry lists many entries per
+/// holder, and a million copies of the same few names cost tens of megabytes).
+#[derive(Default)]
+pub(crate) struct Interner {
+    seen: HashSet<Arc<str>>,
+}
+
+impl Interner {
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.seen.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = s.into();
+        self.seen.insert(a.clone());
+        a
+    }
+}
+
 /// An entry's prefixes in feed order, without repeats: a linear search while short, a hash
 /// set once long (an entry may list thousands).
 #[derive(Debug, Default)]
 pub(crate) struct PrefixSet {
     list: Vec<Prefix>,
-    set: Option<HashSet<Prefix>>,
+    set: Option<Box<HashSet<Prefix>>>,
 }
 
 impl PrefixSet {
-    const LINEAR: usize = 16;
+    const LINEAR: usize = PREFIXES_LINEAR;
 
     pub fn with_capacity(n: usize) -> PrefixSet {
         PrefixSet {
@@ -706,7 +729,7 @@ impl PrefixSet {
             let list = &self.list;
             let set = self
                 .set
-                .get_or_insert_with(|| list.iter().copied().collect());
+                .get_or_insert_with(|| Box::new(list.iter().copied().collect()));
             if !set.insert(p) {
                 return false;
             }
@@ -1069,7 +1092,7 @@ mod tests {
         assert_eq!(f.serial, None);
         assert_eq!(f.entries.len(), 2);
         assert_eq!(&*f.entries[0].id, "REG-1");
-        assert_eq!(f.entries[0].holder, "Acme, Inc.");
+        assert_eq!(&*f.entries[0].holder, "Acme, Inc.");
         assert_eq!(f.entries[0].prefixes.len(), 2);
         assert_eq!(f.entries[1].expires_at, None, "empty expires_at: no expiry");
         assert_eq!(f.allowlist(now()).len(), 3);
