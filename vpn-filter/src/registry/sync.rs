@@ -661,6 +661,17 @@ impl<K: FeedKind> FeedSync<K> {
             }
         };
         let checked = checked_start.elapsed();
+        // The feed's bytes go to the state directory now (not yet named as the last good
+        // feed), so they are not held in memory through the write (88 MB at a million
+        // prefixes). On failure they are kept and written after, as before.
+        let mut fetched = fetched;
+        match self
+            .state
+            .stage_feed(&digest, K::format_name(&feed), &fetched.bytes)
+        {
+            Ok(()) => fetched.bytes = Vec::new(),
+            Err(e) => log::debug!("staging the feed in the state directory: {e}"),
+        }
         let start = Instant::now();
         let report = match filter.apply(&allow) {
             Ok(r) => r,
