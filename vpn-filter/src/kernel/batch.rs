@@ -75,8 +75,14 @@ pub(super) unsafe fn call(cmd: libc::c_long, attr: &mut BatchAttr) -> (usize, Op
 }
 
 /// Every entry of `map` (keys of type `K`, values of type `V`), read a chunk per system call
-/// (BPF_MAP_LOOKUP_BATCH; for an LPM trie the kernel walks it as `get_next_key` would).
+/// (BPF_MAP_LOOKUP_BATCH; for an LPM trie the kernel walks it as `get_next_key` would). The
+/// position token is a key for tries and arrays and a 4-byte bucket index for hashes: `K` is
+/// at least 4 bytes, so a `K` holds either.
 pub(super) fn lookup_all<K: aya::Pod, V: aya::Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
+    assert!(
+        std::mem::size_of::<K>() >= 4,
+        "a key holds the position token"
+    );
     let fd = map.fd().as_fd().as_raw_fd() as u32;
     // SAFETY (both): Pod types are plain data, valid for any bytes the kernel writes.
     let zero_k = || unsafe { std::mem::zeroed::<K>() };
