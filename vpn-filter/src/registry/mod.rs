@@ -706,7 +706,7 @@ impl Interner {
 #[derive(Debug, Default)]
 pub(crate) struct PrefixSet {
     list: Vec<Prefix>,
-    set: Option<Box<HashSet<Prefix>>>,
+    set: Option<HashSet<Prefix>>,
 }
 
 impl PrefixSet {
@@ -729,7 +729,7 @@ impl PrefixSet {
             let list = &self.list;
             let set = self
                 .set
-                .get_or_insert_with(|| Box::new(list.iter().copied().collect()));
+                .get_or_insert_with(|| list.iter().copied().collect());
             if !set.insert(p) {
                 return false;
             }
