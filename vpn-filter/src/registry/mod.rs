@@ -1152,6 +1152,27 @@ mod tests {
         );
     }
 
+    /// Later rows are compared by a hash; a disagreeing one re-reads the first row from the
+    /// bytes (after a byte-order mark, across quoted fields and other ids' rows) to quote it.
+    #[test]
+    fn csv_disagreeing_rows_quote_the_first_row_re_read_from_the_bytes() {
+        let csv = format!(
+            "\u{feff}{HEADER}R,\"Acme, Inc.\",company,192.0.2.1,approved,2026-11-20T08:00:00Z,\n\
+             S,other,bank,192.0.2.9,approved,2026-11-20T08:00:00Z,\n\
+             R,\"Acme, Inc.\",company,192.0.2.2,approved,2026-11-20T08:00:00Z,\n\
+             R,\"Acme Inc\",bank,192.0.2.3,approved,2026-11-20T08:00:00Z,2027-01-01T00:00:00Z\n"
+        );
+        let err = parse_csv(&csv).unwrap_err().to_string();
+        for want in [
+            "line 5, column 2 (holder), id R: \"Acme Inc\" differs from line 2 (\"Acme, Inc.\")",
+            "line 5, column 3 (category), id R: \"bank\" differs from line 2 (\"company\")",
+            "line 5, column 7 (expires_at), id R: \"2027-01-01T00:00:00Z\" differs from line 2 (\"\")",
+        ] {
+            assert!(err.contains(want), "{want} in {err}");
+        }
+        assert_eq!(err.matches("differs from").count(), 3, "{err}");
+    }
+
     #[test]
     fn csv_missing_columns_are_named() {
         let err = parse_csv("id,holder,prefix\nR,h,192.0.2.1\n")
