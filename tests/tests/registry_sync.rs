@@ -1022,10 +1022,9 @@ fn syncing_random_sets_leaves_exactly_them_in_the_kernel_tries() {
     for round in 0..6 {
         let want = random_allowlist(&mut rng, 3000);
         let report = filter.sync_allowlist(&want).expect("sync");
-        assert_eq!(
-            report.read_kernel,
-            round == 0,
-            "only the first sync reads the kernel"
+        assert!(
+            !report.read_kernel,
+            "round {round}: a freshly loaded filter's maps are empty, so no sync reads them back"
         );
         let in_kernel = filter.read_allowlist().expect("read the tries back");
         assert_eq!(

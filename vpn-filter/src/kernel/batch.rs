@@ -74,6 +74,63 @@ pub(super) unsafe fn call(cmd: libc::c_long, attr: &mut BatchAttr) -> (usize, Op
     }
 }
 
+/// Every entry of `map` (keys of type `K`, values of type `V`), read a chunk per system call
+/// (BPF_MAP_LOOKUP_BATCH; for an LPM trie the kernel walks it as `get_next_key` would). The
+/// position token is a key for tries and arrays and a 4-byte bucket index for hashes: `K` is
+/// at least 4 bytes, so a `K` holds either.
+pub(super) fn lookup_all<K: aya::Pod, V: aya::Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
+    assert!(
+        std::mem::size_of::<K>() >= 4,
+        "a key holds the position token"
+    );
+    let fd = map.fd().as_fd().as_raw_fd() as u32;
+    // SAFETY (both): Pod types are plain data, valid for any bytes the kernel writes.
+    let zero_k = || unsafe { std::mem::zeroed::<K>() };
+    let zero_v = || unsafe { std::mem::zeroed::<V>() };
+    let mut keys: Vec<K> = (0..CHUNK).map(|_| zero_k()).collect();
+    let mut values: Vec<V> = (0..CHUNK).map(|_| zero_v()).collect();
+    // The kernel's position tokens (a key, for the generic batch of tries and hashes).
+    let (mut token_in, mut token_out) = (zero_k(), zero_k());
+    let mut out = Vec::new();
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                std::ptr::addr_of_mut!(token_in) as u64
+            },
+            out_batch: std::ptr::addr_of_mut!(token_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: fd,
+            ..Default::default()
+        };
+        // SAFETY: `fd` is the map's; `keys` and `values` have room for CHUNK (`count`) keys
+        // and values of the map's types (the caller's `K` and `V`); both tokens are a key.
+        let (done, err) = unsafe { call(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        let done = done.min(CHUNK);
+        out.extend(
+            keys[..done]
+                .iter()
+                .copied()
+                .zip(values[..done].iter().copied()),
+        );
+        match err {
+            None => {}
+            // The end of the map.
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Some(e) => return Err(e),
+        }
+        if done == 0 {
+            return Ok(out);
+        }
+        token_in = token_out;
+        first = false;
+    }
+}
+
 /// Writes `keys[i] -> values[i]` for every i (BPF_ANY), in order.
 pub(super) fn update<K: aya::Pod, V: aya::Pod>(
     map: &MapData,

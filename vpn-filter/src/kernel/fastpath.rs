@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, MapError},
+    maps::{Array, MapData},
     Ebpf,
 };
 use vpn_filter_common::{
@@ -125,28 +125,27 @@ impl FastState {
 
     /// What the kernel's fast maps hold (262,144 array reads plus the hashes' keys).
     pub fn read(ebpf: &Ebpf) -> Result<FastState> {
-        let bitmap: Array<&MapData, u64> = Array::try_from(map(ebpf, maps::FAST_BITMAPS)?)?;
-        let mut words = Vec::with_capacity(FAST_BITMAP_WORDS as usize);
-        for i in 0..FAST_BITMAP_WORDS {
-            words.push(
-                bitmap
-                    .get(&i, 0)
-                    .context("reading the IPv4 fast-path bitmap")?,
-            );
+        let mut words = vec![0u64; FAST_BITMAP_WORDS as usize];
+        for (i, w) in
+            batch::lookup_all::<u32, u64>(batch::map_data(map(ebpf, maps::FAST_BITMAPS)?)?)
+                .context("reading the IPv4 fast-path bitmap")?
+        {
+            if let Some(slot) = words.get_mut(i as usize) {
+                *slot = w;
+            }
         }
-        let v4: HashMap<&MapData, FastKeyV4, u8> =
-            HashMap::try_from(map(ebpf, maps::FAST_V4_LONG)?)?;
-        let mut v4_long = v4
-            .keys()
-            .map(|k| k.map(|k| (k, 0)))
-            .collect::<Result<Vec<_>, MapError>>()
-            .context("reading the IPv4 fast-path hash")?;
-        let v6m: HashMap<&MapData, FastKeyV6, u8> = HashMap::try_from(map(ebpf, maps::FAST_V6)?)?;
-        let mut v6 = v6m
-            .keys()
-            .map(|k| k.map(|k| (k, 0)))
-            .collect::<Result<Vec<_>, MapError>>()
-            .context("reading the IPv6 fast-path hash")?;
+        let mut v4_long: Vec<(FastKeyV4, u64)> =
+            batch::lookup_all::<FastKeyV4, u8>(batch::map_data(map(ebpf, maps::FAST_V4_LONG)?)?)
+                .context("reading the IPv4 fast-path hash")?
+                .into_iter()
+                .map(|(k, _)| (k, 0))
+                .collect();
+        let mut v6: Vec<(FastKeyV6, u64)> =
+            batch::lookup_all::<FastKeyV6, u8>(batch::map_data(map(ebpf, maps::FAST_V6)?)?)
+                .context("reading the IPv6 fast-path hash")?
+                .into_iter()
+                .map(|(k, _)| (k, 0))
+                .collect();
         v4_long.sort_unstable();
         v4_long.dedup();
         v6.sort_unstable();

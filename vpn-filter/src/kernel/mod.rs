@@ -333,7 +333,7 @@ impl Filter {
     /// `config` written before anything is attached. Nothing is pinned: the filter lives as
     /// long as this value (tests, replay, benchmarks).
     pub fn load(options: LoadOptions, policy: &Policy, config: &Config) -> Result<Self> {
-        Self::load_inner(options, policy, config, None)
+        Self::load_inner(options, policy, config, None, true)
     }
 
     /// Like [`Filter::load`], but every map is pinned under `pins` and reused from there if
@@ -348,7 +348,8 @@ impl Filter {
     ) -> Result<(Self, usize)> {
         pins.prepare()?;
         let reused = pins.check_maps(&options)?;
-        let filter = Self::load_inner(options, policy, config, Some(pins))?;
+        // With no map pinned yet, every map is created by this load, empty, as without pins.
+        let filter = Self::load_inner(options, policy, config, Some(pins), reused == 0)?;
         Ok((filter, reused))
     }
 
@@ -357,8 +358,8 @@ impl Filter {
         policy: &Policy,
         config: &Config,
         pins: Option<PinDir>,
+        fresh: bool,
     ) -> Result<Self> {
-        let pins_none = pins.is_none();
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(maps::ALLOW_V4, options.allow_v4_entries)
@@ -395,10 +396,11 @@ impl Filter {
             options,
             links: Vec::new(),
             pins,
-            // Maps created by this load are empty; pinned ones may hold a predecessor's.
-            fast: pins_none.then(fastpath::FastState::empty),
-            applied: None,
-            endpoints: pins_none.then(endpoints::EndpointsApplied::empty),
+            // Maps created by this load are empty (the first sync then reads nothing back, a
+            // second or two at a million prefixes); pinned ones may hold a predecessor's.
+            fast: fresh.then(fastpath::FastState::empty),
+            applied: fresh.then(Applied::default),
+            endpoints: fresh.then(endpoints::EndpointsApplied::empty),
         };
         filter.set_policy(policy)?;
         filter.set_config(config)?;
@@ -703,8 +705,31 @@ impl Filter {
         let fast_want = fastpath::FastState::from_applied(&want);
         let fast_plan = fastpath::Plan::new(&fast_have, &fast_want, cap_v4, cap_v6);
         drop(fast_have);
-        let plan_v4 = diff::plan(&have.v4, &want.v4);
-        let plan_v6 = diff::plan(&have.v6, &want.v6);
+        // Into empty tries (a first load) every wanted prefix is an upsert: the plan is
+        // `want` itself, not a copy of it.
+        let plan = |have: &[(Prefix, u64)], want: &[(Prefix, u64)]| {
+            if have.is_empty() {
+                diff::Plan {
+                    upserts: Vec::new(),
+                    removals: Vec::new(),
+                    added: want.len(),
+                }
+            } else {
+                diff::plan(have, want)
+            }
+        };
+        let plan_v4 = plan(&have.v4, &want.v4);
+        let plan_v6 = plan(&have.v6, &want.v6);
+        let upserts_v4 = if have.v4.is_empty() {
+            &want.v4
+        } else {
+            &plan_v4.upserts
+        };
+        let upserts_v6 = if have.v6.is_empty() {
+            &want.v6
+        } else {
+            &plan_v6.upserts
+        };
         // Additions of both families before removals of either.
         let early_v4 = diff::early_removals(&plan_v4, have.v4.len(), cap_v4);
         let early_v6 = diff::early_removals(&plan_v6, have.v6.len(), cap_v6);
@@ -719,7 +744,7 @@ impl Filter {
             );
         }
         report.added = plan_v4.added + plan_v6.added;
-        report.changed = plan_v4.changed() + plan_v6.changed();
+        report.changed = (upserts_v4.len() - plan_v4.added) + (upserts_v6.len() - plan_v6.added);
         report.removed = plan_v4.removals.len() + plan_v6.removals.len();
         report.removed_first = early_v4 + early_v6;
         let result = (|| -> Result<()> {
@@ -727,8 +752,8 @@ impl Filter {
             let (first_v6, rest_v6) = plan_v6.removals.split_at(early_v6);
             remove_all(self.map(maps::ALLOW_V4)?, first_v4, v4_key)?;
             remove_all(self.map(maps::ALLOW_V6)?, first_v6, v6_key)?;
-            upsert_all(self.map(maps::ALLOW_V4)?, &plan_v4.upserts, v4_key)?;
-            upsert_all(self.map(maps::ALLOW_V6)?, &plan_v6.upserts, v6_key)?;
+            upsert_all(self.map(maps::ALLOW_V4)?, upserts_v4, v4_key)?;
+            upsert_all(self.map(maps::ALLOW_V6)?, upserts_v6, v6_key)?;
             fast_plan.grow(&mut self.ebpf)?;
             remove_all(self.map(maps::ALLOW_V4)?, rest_v4, v4_key)?;
             remove_all(self.map(maps::ALLOW_V6)?, rest_v6, v6_key)?;
@@ -757,15 +782,16 @@ impl Filter {
         Ok(next)
     }
 
-    /// What the kernel's allowlist tries hold, sorted (reads every entry: slow at a million).
+    /// What the kernel's allowlist tries hold, sorted (reads every entry, in batches).
     pub fn read_allowlist(&self) -> Result<Applied> {
-        let v4: LpmTrie<&MapData, [u8; 4], AllowValue> =
-            LpmTrie::try_from(self.map(maps::ALLOW_V4)?)?;
-        let v6: LpmTrie<&MapData, [u8; 16], AllowValue> =
-            LpmTrie::try_from(self.map(maps::ALLOW_V6)?)?;
         Ok(Applied {
-            v4: read_trie(&v4, |addr, len| Prefix::V4 { addr, len })?,
-            v6: read_trie(&v6, |addr, len| Prefix::V6 { addr, len })?,
+            v4: read_trie(self.map(maps::ALLOW_V4)?, |addr: [u8; 4], len| Prefix::V4 {
+                addr,
+                len,
+            })?,
+            v6: read_trie(self.map(maps::ALLOW_V6)?, |addr: [u8; 16], len| {
+                Prefix::V6 { addr, len }
+            })?,
         })
     }
 
@@ -838,15 +864,16 @@ fn v6_key(p: &Prefix) -> Key<[u8; 16]> {
     }
 }
 
-fn read_trie<T: std::borrow::Borrow<MapData>, K: aya::Pod>(
-    trie: &LpmTrie<T, K, AllowValue>,
+fn read_trie<K: aya::Pod>(
+    map: &aya::maps::Map,
     prefix: impl Fn(K, u8) -> Prefix,
 ) -> Result<Vec<(Prefix, u64)>> {
-    let mut out = Vec::new();
-    for item in trie.iter() {
-        let (k, v) = item.context("reading the allowlist")?;
-        out.push((prefix(k.data(), k.prefix_len() as u8), v.entry_tag));
-    }
+    let entries = batch::lookup_all::<Key<K>, AllowValue>(batch::map_data(map)?)
+        .context("reading the allowlist (BPF_MAP_LOOKUP_BATCH)")?;
+    let mut out: Vec<(Prefix, u64)> = entries
+        .into_iter()
+        .map(|(k, v)| (prefix(k.data(), k.prefix_len() as u8), v.entry_tag))
+        .collect();
     out.sort_unstable_by_key(|(p, _)| *p);
     out.dedup_by_key(|(p, _)| *p);
     Ok(out)

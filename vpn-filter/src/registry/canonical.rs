@@ -47,7 +47,7 @@ pub fn to_json(serial: u64, generated_at: OffsetDateTime, entries: &[Entry]) -> 
     for (i, e) in sorted.iter().enumerate() {
         let line = serde_json::json!({
             "id": &*e.id,
-            "holder": e.holder,
+            "holder": &*e.holder,
             "category": e.category.name(),
             "prefixes": sorted_prefixes(e).iter().map(Prefix::to_string).collect::<Vec<_>>(),
             "status": e.status.name(),

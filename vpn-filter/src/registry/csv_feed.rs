@@ -3,11 +3,14 @@
 //! `prefix`. An empty `expires_at` means no expiry. Columns are found by header name (any
 //! order); extra columns are ignored with a warning. Every problem names its line and column.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use super::{
-    check_fields, check_prefix, Entry, Feed, FeedError, FeedFormat, Fields, PrefixSet, RawFields,
-    ValidateOptions, Warnings, CSV_HEADER,
+    check_fields, check_prefix, Entry, Feed, FeedError, FeedFormat, Interner, Prefix, RawFields,
+    ValidateOptions, Warnings, CSV_HEADER, PREFIXES_LINEAR,
 };
 
 /// The columns, in the documented order.
@@ -21,13 +24,41 @@ const COLUMNS: [&str; 7] = [
     "expires_at",
 ];
 
-/// One entry being assembled from its rows.
-struct Building {
-    first_line: u64,
-    /// The row's text of every column but `prefix` (to compare later rows with).
-    text: [String; 6],
-    fields: Option<Fields>,
-    prefixes: PrefixSet,
+/// What is kept of an entry's first row to check its later rows against: a hash of the
+/// columns that must agree (not their text: six strings per entry cost more than the entry
+/// itself at a million), and where the row starts, to re-read its text when a later row
+/// disagrees and the message has to quote it.
+struct FirstRow {
+    line: u64,
+    byte: u64,
+    hash: u64,
+}
+
+/// The agreeing columns of a row (every column but `id` and `prefix`), hashed.
+fn agreeing_hash(others: &[&str; 6]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    others[1..].hash(&mut h);
+    h.finish()
+}
+
+/// The trimmed text of the agreeing columns of the row starting at `byte` of `body` (a row
+/// read before, so valid UTF-8 with every column).
+fn reread_row(body: &[u8], byte: u64, index: &[usize; 7]) -> [String; 6] {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(1024)
+        .from_reader(&body[byte as usize..]);
+    let mut record = csv::ByteRecord::new();
+    let _ = reader.read_byte_record(&mut record);
+    let col = |k: usize| {
+        record
+            .get(index[k])
+            .map(|b| String::from_utf8_lossy(b).trim().to_string())
+            .unwrap_or_default()
+    };
+    [col(0), col(1), col(2), col(4), col(5), col(6)]
 }
 
 /// The column of each documented column (in [`COLUMNS`] order) in the header row; a
@@ -94,8 +125,15 @@ pub(super) fn parse(
         return Err(fail(problems));
     }
 
-    let mut order: Vec<Arc<str>> = Vec::new();
-    let mut building: HashMap<Arc<str>, Building> = HashMap::new();
+    // Entries in the order of their first row (`None` while an entry's fields are invalid:
+    // then the feed is refused anyway), found by id through `by_id`.
+    let mut entries: Vec<Option<Entry>> = Vec::new();
+    let mut first_rows: Vec<FirstRow> = Vec::new();
+    let mut by_id: HashMap<Arc<str>, usize> = HashMap::new();
+    // Repeat checks for entries with many prefixes (a linear search while few).
+    let mut prefix_sets: HashMap<usize, HashSet<Prefix>> = HashMap::new();
+    let mut holders = Interner::default();
+    let body = super::strip_bom(bytes);
     let mut record = csv::ByteRecord::new();
     loop {
         match reader.read_byte_record(&mut record) {
@@ -113,7 +151,7 @@ pub(super) fn parse(
                 continue;
             }
         }
-        let line = record.position().map_or(0, |p| p.line());
+        let (line, byte) = record.position().map_or((0, 0), |p| (p.line(), p.byte()));
         let mut text: [&str; 7] = [""; 7];
         let mut bad = false;
         for (k, col) in index.iter().enumerate() {
@@ -152,22 +190,38 @@ pub(super) fn parse(
             }
         };
         let others = [id, holder, category, status, approved_at, expires_at];
-        match building.get_mut(id) {
-            Some(b) => {
+        let hash = agreeing_hash(&others);
+        match by_id.get(id) {
+            Some(&i) => {
                 // A further row of a known id: every column but the prefix must agree.
-                for (n, k) in [(1, 1), (2, 2), (3, 4), (4, 5), (5, 6)] {
-                    if b.text[n] != others[n] {
-                        problems.push(format!(
-                            "{}: \"{}\" differs from line {} (\"{}\"); all rows of one id must agree except the prefix",
-                            at(k),
-                            others[n],
-                            b.first_line,
-                            b.text[n]
-                        ));
+                let first = &first_rows[i];
+                if first.hash != hash {
+                    let first_text = reread_row(body, first.byte, &index);
+                    for (n, k) in [(1, 1), (2, 2), (3, 4), (4, 5), (5, 6)] {
+                        if first_text[n] != others[n] {
+                            problems.push(format!(
+                                "{}: \"{}\" differs from line {} (\"{}\"); all rows of one id must agree except the prefix",
+                                at(k),
+                                others[n],
+                                first.line,
+                                first_text[n]
+                            ));
+                        }
                     }
                 }
-                if let Some(p) = prefix {
-                    if !b.prefixes.insert(p) {
+                if let (Some(p), Some(e)) = (prefix, &mut entries[i]) {
+                    let list = &mut e.prefixes;
+                    let fresh = if list.len() < PREFIXES_LINEAR {
+                        !list.contains(&p)
+                    } else {
+                        prefix_sets
+                            .entry(i)
+                            .or_insert_with(|| list.iter().copied().collect())
+                            .insert(p)
+                    };
+                    if fresh {
+                        list.push(p);
+                    } else {
                         warnings.push(format!("{}: \"{p}\" listed twice", at(3)));
                     }
                 }
@@ -184,43 +238,37 @@ pub(super) fn parse(
                     let k = COLUMNS.iter().position(|c| *c == field).unwrap_or(0);
                     at(k)
                 };
-                let fields = check_fields(&raw, &field_at, &mut problems);
-                let mut b = Building {
-                    first_line: line,
-                    text: others.map(str::to_string),
-                    fields,
-                    prefixes: PrefixSet::default(),
-                };
-                if let Some(p) = prefix {
-                    b.prefixes.insert(p);
-                }
                 let id: Arc<str> = id.into();
-                order.push(id.clone());
-                building.insert(id, b);
+                let entry = check_fields(&raw, &field_at, &mut problems).map(|f| Entry {
+                    id: id.clone(),
+                    holder: holders.get(&f.holder),
+                    category: f.category,
+                    // Most entries have one prefix: no room for more until a second comes.
+                    prefixes: prefix.map_or_else(Vec::new, |p| vec![p]),
+                    status: f.status,
+                    approved_at: f.approved_at,
+                    expires_at: f.expires_at,
+                });
+                by_id.insert(id, entries.len());
+                entries.push(entry);
+                first_rows.push(FirstRow { line, byte, hash });
             }
         }
     }
+    drop((by_id, first_rows, prefix_sets, holders));
     if !problems.is_empty() {
         return Err(fail(problems));
     }
-    let mut entries = Vec::with_capacity(order.len());
-    for id in order {
-        let b = building
-            .remove(&id)
-            .expect("every id in order was inserted");
-        let f = b
-            .fields
-            .expect("a row with invalid fields is a problem, checked above");
-        entries.push(Entry {
-            id,
-            holder: f.holder,
-            category: f.category,
-            prefixes: b.prefixes.into_vec(),
-            status: f.status,
-            approved_at: f.approved_at,
-            expires_at: f.expires_at,
-        });
-    }
+    let entries: Vec<Entry> = entries
+        .into_iter()
+        .map(|e| {
+            let mut e = e.expect("an entry with invalid fields is a problem, checked above");
+            if e.prefixes.capacity() > e.prefixes.len() {
+                e.prefixes.shrink_to_fit();
+            }
+            e
+        })
+        .collect();
     Ok((
         Feed {
             format: FeedFormat::Csv,

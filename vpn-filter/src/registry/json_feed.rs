@@ -12,8 +12,8 @@ use serde::{
 };
 
 use super::{
-    check_fields, check_prefix, parse_time, Feed, FeedError, FeedFormat, PrefixSet, RawFields,
-    ValidateOptions, Warnings,
+    check_fields, check_prefix, parse_time, Feed, FeedError, FeedFormat, Interner, PrefixSet,
+    RawFields, ValidateOptions, Warnings,
 };
 
 /// A string borrowed from the feed bytes when it has no escapes (most do): a million entries
@@ -261,8 +261,11 @@ pub(super) fn parse(
     let mut entries = Vec::with_capacity(raw_entries.len());
     // Index in the feed of each valid entry, for the duplicate check.
     let mut index = Vec::with_capacity(raw_entries.len());
+    let mut holders = Interner::default();
     for (i, raw) in raw_entries.into_iter().enumerate() {
-        if let Some(entry) = validate_entry(i, raw, opts, &mut problems, &mut warnings) {
+        if let Some(entry) =
+            validate_entry(i, raw, opts, &mut holders, &mut problems, &mut warnings)
+        {
             entries.push(entry);
             index.push(i);
         }
@@ -310,6 +313,7 @@ fn validate_entry(
     i: usize,
     raw: RawEntry<'_>,
     opts: ValidateOptions,
+    holders: &mut Interner,
     problems: &mut Vec<String>,
     warnings: &mut Warnings,
 ) -> Option<super::Entry> {
@@ -365,7 +369,7 @@ fn validate_entry(
     let f = fields?;
     Some(super::Entry {
         id: id.into(),
-        holder: f.holder,
+        holder: holders.get(&f.holder),
         category: f.category,
         prefixes: prefixes.into_vec(),
         status: f.status,

@@ -252,7 +252,8 @@ impl FromStr for Prefix {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub id: Arc<str>,
-    pub holder: String,
+    /// Shared between the entries of one holder (see [`Interner`]).
+    pub holder: Arc<str>,
     pub category: Category,
     pub prefixes: Vec<Prefix>,
     pub status: Status,
@@ -678,6 +679,28 @@ pub(crate) fn check_prefix(s: &str, opts: ValidateOptions) -> Result<Prefix, Str
     Ok(p)
 }
 
+/// Up to how many prefixes an entry's repeats are found by a linear search (beyond, by a hash
+/// set).
+pub(crate) const PREFIXES_LINEAR: usize = 16;
+
+/// One shared copy of each distinct string (holders: a registry lists many entries per
+/// holder, and a million copies of the same few names cost tens of megabytes).
+#[derive(Default)]
+pub(crate) struct Interner {
+    seen: HashSet<Arc<str>>,
+}
+
+impl Interner {
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.seen.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = s.into();
+        self.seen.insert(a.clone());
+        a
+    }
+}
+
 /// An entry's prefixes in feed order, without repeats: a linear search while short, a hash
 /// set once long (an entry may list thousands).
 #[derive(Debug, Default)]
@@ -687,7 +710,7 @@ pub(crate) struct PrefixSet {
 }
 
 impl PrefixSet {
-    const LINEAR: usize = 16;
+    const LINEAR: usize = PREFIXES_LINEAR;
 
     pub fn with_capacity(n: usize) -> PrefixSet {
         PrefixSet {
@@ -1069,7 +1092,7 @@ mod tests {
         assert_eq!(f.serial, None);
         assert_eq!(f.entries.len(), 2);
         assert_eq!(&*f.entries[0].id, "REG-1");
-        assert_eq!(f.entries[0].holder, "Acme, Inc.");
+        assert_eq!(&*f.entries[0].holder, "Acme, Inc.");
         assert_eq!(f.entries[0].prefixes.len(), 2);
         assert_eq!(f.entries[1].expires_at, None, "empty expires_at: no expiry");
         assert_eq!(f.allowlist(now()).len(), 3);
@@ -1127,6 +1150,27 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// Later rows are compared by a hash; a disagreeing one re-reads the first row from the
+    /// bytes (after a byte-order mark, across quoted fields and other ids' rows) to quote it.
+    #[test]
+    fn csv_disagreeing_rows_quote_the_first_row_re_read_from_the_bytes() {
+        let csv = format!(
+            "\u{feff}{HEADER}R,\"Acme, Inc.\",company,192.0.2.1,approved,2026-11-20T08:00:00Z,\n\
+             S,other,bank,192.0.2.9,approved,2026-11-20T08:00:00Z,\n\
+             R,\"Acme, Inc.\",company,192.0.2.2,approved,2026-11-20T08:00:00Z,\n\
+             R,\"Acme Inc\",bank,192.0.2.3,approved,2026-11-20T08:00:00Z,2027-01-01T00:00:00Z\n"
+        );
+        let err = parse_csv(&csv).unwrap_err().to_string();
+        for want in [
+            "line 5, column 2 (holder), id R: \"Acme Inc\" differs from line 2 (\"Acme, Inc.\")",
+            "line 5, column 3 (category), id R: \"bank\" differs from line 2 (\"company\")",
+            "line 5, column 7 (expires_at), id R: \"2027-01-01T00:00:00Z\" differs from line 2 (\"\")",
+        ] {
+            assert!(err.contains(want), "{want} in {err}");
+        }
+        assert_eq!(err.matches("differs from").count(), 3, "{err}");
     }
 
     #[test]

@@ -175,6 +175,21 @@ impl StateDir {
 
     /// Persists a feed as the last good one. `meta.feed_file` is filled in, and `meta.sha256`
     /// when empty (callers that already hashed the bytes pass the digest).
+    /// Writes the feed file of a feed about to be applied (named by its digest, so the state
+    /// file still names the last good feed until [`StateDir::save`]): its bytes need not be
+    /// held in memory while the feed is applied. A file left by a feed that is then not
+    /// applied is removed by the next save.
+    pub fn stage_feed(&self, sha256: &str, format: &str, bytes: &[u8]) -> Result<(), StateError> {
+        std::fs::create_dir_all(&self.path).map_err(|e| io_err(&self.path, e))?;
+        let name = format!("feed-{sha256}.{format}");
+        if !self.path.join(&name).exists() {
+            write_atomic(&self.path, &name, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Saves `meta` as the last good feed, with `bytes` as its feed file unless that file
+    /// is already there (staged by [`StateDir::stage_feed`]; `bytes` may then be empty).
     pub fn save(&self, mut meta: StateMeta, bytes: &[u8]) -> Result<StateMeta, StateError> {
         std::fs::create_dir_all(&self.path).map_err(|e| io_err(&self.path, e))?;
         meta.version = STATE_VERSION;

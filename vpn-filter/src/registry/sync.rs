@@ -265,6 +265,29 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// A fetched feed that passed every check, not yet written to the kernel.
+struct Checked<K: FeedKind> {
+    fetched: Fetched,
+    feed: K::Feed,
+    digest: String,
+    allow: K::Set,
+    /// The set of the feed in force at `now` (what a failed write is rolled back to).
+    last_set: Option<K::Set>,
+    checked: Duration,
+    now: OffsetDateTime,
+}
+
+/// What [`FeedSync::prepare_start`] found, for [`FeedSync::finish_start`].
+pub struct Prepared<K: FeedKind>(PreparedKind<K>);
+
+enum PreparedKind<K: FeedKind> {
+    /// Apply the persisted feed (the source has nothing newer).
+    Current,
+    Checked(Box<Checked<K>>),
+    /// The source is unusable: why (the persisted feed, if any, is applied).
+    Failed(String),
+}
+
 /// The feed in force (or, at startup before anything is applied, the persisted one).
 struct Current<F> {
     feed: F,
@@ -451,6 +474,13 @@ impl<K: FeedKind> FeedSync<K> {
     /// First load: the source's feed, or else the persisted last good one. Fails only when
     /// neither can be enforced.
     pub async fn start(&mut self, filter: &mut impl Apply<K::Set>) -> Result<Outcome> {
+        let prepared = self.prepare_start().await;
+        self.finish_start(filter, prepared)
+    }
+
+    /// The part of [`FeedSync::start`] that needs no kernel: the persisted feed, the
+    /// source's, and its checks (run while the program is being verified).
+    pub async fn prepare_start(&mut self) -> Prepared<K> {
         self.current = self.load_persisted();
         self.applied = false;
         let origin = self.spec.describe();
@@ -481,15 +511,32 @@ impl<K: FeedKind> FeedSync<K> {
                 }
             }
         };
-        let error = match first {
-            Ok(None) => return self.apply_current(filter, "startup"),
-            Ok(Some(fetched)) => match self.accept(filter, fetched, now_utc()) {
-                Ok(Some(outcome)) => return Ok(outcome),
+        Prepared(match first {
+            Ok(None) => PreparedKind::Current,
+            Ok(Some(fetched)) => match self.accept_check(fetched, now_utc()) {
+                Ok(Some(checked)) => PreparedKind::Checked(Box::new(checked)),
                 // The same bytes as the persisted feed.
-                Ok(None) => return self.apply_current(filter, "startup"),
+                Ok(None) => PreparedKind::Current,
+                Err(e) => PreparedKind::Failed(e),
+            },
+            Err(e) => PreparedKind::Failed(format!("{e:#}")),
+        })
+    }
+
+    /// The rest of [`FeedSync::start`]: writes what [`FeedSync::prepare_start`] found, or
+    /// else the persisted last good feed.
+    pub fn finish_start(
+        &mut self,
+        filter: &mut impl Apply<K::Set>,
+        prepared: Prepared<K>,
+    ) -> Result<Outcome> {
+        let error = match prepared.0 {
+            PreparedKind::Current => return self.apply_current(filter, "startup"),
+            PreparedKind::Checked(checked) => match self.accept_apply(filter, *checked) {
+                Ok(outcome) => return Ok(outcome),
                 Err(e) => e,
             },
-            Err(e) => format!("{e:#}"),
+            PreparedKind::Failed(e) => e,
         };
         let Some(cur) = &self.current else {
             bail!(
@@ -624,6 +671,19 @@ impl<K: FeedKind> FeedSync<K> {
         fetched: Fetched,
         now: OffsetDateTime,
     ) -> Result<Option<Outcome>, String> {
+        match self.accept_check(fetched, now)? {
+            Some(checked) => self.accept_apply(filter, checked).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The checks of [`FeedSync::accept`] (nothing written to the kernel). `Ok(None)`: the
+    /// same bytes as the feed in force.
+    fn accept_check(
+        &mut self,
+        fetched: Fetched,
+        now: OffsetDateTime,
+    ) -> Result<Option<Checked<K>>, String> {
         let origin = self.spec.describe();
         let checked_start = Instant::now();
         // The set in force at `now`, computed once: the guard's baseline and, if the write
@@ -661,6 +721,45 @@ impl<K: FeedKind> FeedSync<K> {
             }
         };
         let checked = checked_start.elapsed();
+        // The feed's bytes go to the state directory now (not yet named as the last good
+        // feed), so they are not held in memory through the write (88 MB at a million
+        // prefixes). On failure they are kept and written after, as before.
+        let mut fetched = fetched;
+        match self
+            .state
+            .stage_feed(&digest, K::format_name(&feed), &fetched.bytes)
+        {
+            Ok(()) => fetched.bytes = Vec::new(),
+            Err(e) => log::debug!("staging the feed in the state directory: {e}"),
+        }
+        Ok(Some(Checked {
+            fetched,
+            feed,
+            digest,
+            allow,
+            last_set,
+            checked,
+            now,
+        }))
+    }
+
+    /// The write of [`FeedSync::accept`]: applies a checked feed, or refuses it (with the
+    /// set in force put back) when the kernel write fails.
+    fn accept_apply(
+        &mut self,
+        filter: &mut impl Apply<K::Set>,
+        checked: Checked<K>,
+    ) -> Result<Outcome, String> {
+        let Checked {
+            fetched,
+            feed,
+            digest,
+            allow,
+            last_set,
+            checked,
+            now,
+        } = checked;
+        let origin = self.spec.describe();
         log_sync_start::<K>(&origin);
         let start = Instant::now();
         let report = match filter.apply(&allow) {
@@ -699,12 +798,12 @@ impl<K: FeedKind> FeedSync<K> {
         self.applied = true;
         self.last_refused = None;
         self.refused_http = None;
-        Ok(Some(Outcome::Applied {
+        Ok(Outcome::Applied {
             serial: self.current.as_ref().and_then(|c| K::serial(&c.feed)),
             generated_at: self.current.as_ref().and_then(|c| K::generated_at(&c.feed)),
             report,
             took,
-        }))
+        })
     }
 
     /// Steps 1-4: the feed, its digest and its allowlist at `now`. `Ok(None)`: unchanged.
