@@ -56,14 +56,16 @@ pub mod maps {
 /// 2: the endpoint maps, the `endpoints` protocol slot (POLICY, FLOW_GATE, STATS) and
 /// [`Event::provider`]; the flow key's protocol, class and VLAN, the flow state's tokens and
 /// allowlist generation, ALLOW_GEN and REPEAT_SOURCES.
-pub const PIN_LAYOUT_VERSION: u32 = 2;
+/// 3: `EVENT_LIMIT` is an array of [`SourceRate`] slots, no longer an LRU hash.
+pub const PIN_LAYOUT_VERSION: u32 = 3;
 
 /// Compile-time map sizes. The allowlist tries are resized at load time from configuration
 /// (`EbpfLoader::set_max_entries`); these are the defaults.
 pub const DEFAULT_ALLOW_V4_ENTRIES: u32 = 1_048_576;
 pub const DEFAULT_ALLOW_V6_ENTRIES: u32 = 262_144;
 pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
-pub const DEFAULT_EVENT_LIMIT_ENTRIES: u32 = 65_536;
+/// Slots of the per-source event limit (`EVENT_LIMIT`, [`SourceRate`] each). A power of two.
+pub const EVENT_LIMIT_SLOTS: u32 = 65_536;
 /// Ring buffer size in bytes (a power of two multiple of the page size).
 pub const DEFAULT_EVENT_RING_BYTES: u32 = 1 << 22;
 
@@ -844,6 +846,17 @@ pub struct RateState {
     pub suppressed: u32,
 }
 
+/// A slot of the per-source event limit (`EVENT_LIMIT`, an array indexed by a hash of the
+/// source): the source's 64-bit tag and its [`RateState`]. A source that finds another's tag
+/// takes the slot over with a fresh state, so a collision can only let an event through
+/// (still within the per-CPU budget), never silence someone else's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SourceRate {
+    pub tag: u64,
+    pub rate: RateState,
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -856,6 +869,7 @@ mod user {
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for RateState {}
+    unsafe impl aya::Pod for SourceRate {}
     unsafe impl aya::Pod for FastKeyV4 {}
     unsafe impl aya::Pod for FastKeyV6 {}
     unsafe impl aya::Pod for FastLengths {}

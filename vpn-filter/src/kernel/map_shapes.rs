@@ -8,7 +8,7 @@ use aya::{
     Ebpf,
 };
 use vpn_filter_common::{
-    maps, AllowValue, Config, FlowKey, FlowState, Protocol, RateState, STATS_LEN,
+    maps, AllowValue, Config, FlowKey, FlowState, Protocol, RateState, SourceRate, STATS_LEN,
 };
 
 use super::{DEFAULT_ALLOW_V4_ENTRIES, DEFAULT_ALLOW_V6_ENTRIES, DEFAULT_FLOW_ENTRIES};
@@ -195,10 +195,10 @@ pub fn expected_maps(options: &LoadOptions) -> Vec<MapShape> {
         },
         MapShape {
             name: maps::EVENT_LIMIT,
-            map_type: MapType::LruHash,
-            key_size: 16,
-            value_size: s(size_of::<RateState>()),
-            max_entries: vpn_filter_common::DEFAULT_EVENT_LIMIT_ENTRIES,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: s(size_of::<SourceRate>()),
+            max_entries: vpn_filter_common::EVENT_LIMIT_SLOTS,
         },
     ]
 }
