@@ -61,7 +61,7 @@ fn enforcing() -> Filter {
     load_policy(FB, PolicyMode::Enforce)
 }
 
-/// The size of the kernel's `PairKey`: two addresses, the family, padding.
+/// The size of the kernel's `PairKey`: two addresses, the family, the VLAN, padding.
 const PAIR_KEY_LEN: usize = 40;
 
 /// The closed pairs in the kernel: (key, deadline in kernel ns).
@@ -260,6 +260,54 @@ fn the_fallback_policy_and_timeout_are_the_operators() {
         &filter,
         "TLS after the closure",
         &tls(c, s, 47102, 443),
+        &nothing(),
+    );
+    failures.assert_none();
+}
+
+/// A closure armed in one VLAN never closes the same pair of addresses in another: tenants
+/// of a shared gateway reuse private addresses (flows in different VLANs never share state).
+#[test]
+fn a_closure_stays_in_its_vlan() {
+    let filter = enforcing();
+    let mut failures = Failures::default();
+    let (c, s) = (client(false, false), server(false));
+    let in_vlan = |vlan: u16, from: IpAddr, to: IpAddr, fport: u16, tport: u16, p: &[u8]| {
+        let f = Frame::eth().vlan(vlan).ip(from, to);
+        if p.first() == Some(&0x17) {
+            f.tcp(fport, tport)
+                .tcp_flags(TCP_ACK | TCP_PSH)
+                .tcp_seq(1000, 2000)
+                .payload(p)
+                .build()
+        } else {
+            f.udp(fport, tport).payload(p).build()
+        }
+    };
+    failures.check(
+        &filter,
+        "VLAN 10: DTLS ClientHello",
+        &in_vlan(10, c, s, 48000, 443, &openconnect_dtls_client_hello()),
+        &expect(XDP_PASS, Some((OC, Verdict::Pending)), &[]),
+    );
+    failures.check(
+        &filter,
+        "VLAN 10: the server's DTLS answer",
+        &in_vlan(10, s, c, 443, 48000, &server_hello()),
+        &expect(XDP_DROP, Some((OC, Verdict::Dropped)), &[]),
+    );
+    let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+    record.extend((0..64u8).map(|i| i.wrapping_mul(37)));
+    failures.check(
+        &filter,
+        "VLAN 10: TLS between the pair (closed)",
+        &in_vlan(10, c, s, 48001, 443, &record),
+        &expect(XDP_DROP, Some((FB, Verdict::Dropped)), &[]),
+    );
+    failures.check(
+        &filter,
+        "VLAN 20: TLS between the same addresses (another tenant)",
+        &in_vlan(20, c, s, 48002, 443, &record),
         &nothing(),
     );
     failures.assert_none();

@@ -23,14 +23,17 @@ pub(super) static FALLBACK_ADDRS: Array<u64> = Array::with_max_entries(FALLBACK_
 
 const FALLBACK_ADDR_WORDS: u32 = 1 << 14;
 
-/// The two addresses, lower first.
+/// The two addresses, lower first, and the VLAN: tenants of a shared gateway reuse
+/// private addresses, and a closure in one VLAN must not close another's pair.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(super) struct PairKey {
     lo: [u8; 16],
     hi: [u8; 16],
     family: u8,
-    _pad: [u8; 7],
+    _pad1: u8,
+    vlan: u16,
+    _pad: [u8; 4],
 }
 
 #[inline(always)]
@@ -44,7 +47,9 @@ fn pair_key(pkt: &Packet) -> PairKey {
         lo,
         hi,
         family: pkt.family,
-        _pad: [0; 7],
+        _pad1: 0,
+        vlan: pkt.vlan,
+        _pad: [0; 4],
     }
 }
 
