@@ -1122,3 +1122,57 @@ fn a_retrying_source_is_reported_while_a_random_source_flood_spends_the_event_bu
             >= 1
     );
 }
+
+/// The per-source event limit never makes two sources share one limit. Its slots were once
+/// chosen and matched by an unseeded hash in which an IPv6 source could be computed to
+/// collide with any IPv4 one (both words of the hash's input are XORed): the attacker's
+/// detections then spent the victim's per-source allowance and the victim's own events were
+/// suppressed. The attacker below is that computed address.
+#[test]
+fn a_source_cannot_spend_another_sources_event_allowance() {
+    let victim = v4(77);
+    // The old hash's input: the first and last 8 bytes of the 16-byte source as
+    // little-endian words, combined as a ^ rotl(b, 31). An IPv4 source is [addr, 0...].
+    let mut v = [0u8; 16];
+    v[..4].copy_from_slice(&victim.octets());
+    let a_victim = u64::from_le_bytes(v[..8].try_into().unwrap());
+    let prefix = [0x20u8, 0x01, 0x0d, 0xb8, 0x00, 0x77, 0x00, 0x00];
+    let a_attacker = u64::from_le_bytes(prefix);
+    let b_attacker = (a_victim ^ a_attacker).rotate_right(31);
+    let mut att = [0u8; 16];
+    att[..8].copy_from_slice(&prefix);
+    att[8..].copy_from_slice(&b_attacker.to_le_bytes());
+    assert_eq!(
+        a_attacker ^ b_attacker.rotate_left(31),
+        a_victim,
+        "the attacker collides under the old hash"
+    );
+    let attacker = Ipv6Addr::from(att);
+    let server6: Ipv6Addr = "2001:db8:ff::80".parse().unwrap();
+
+    let mut filter = load();
+    let mut ring = filter.take_events().unwrap();
+    // Well past the default per-source allowance (5 a second), all within the CPU's budget.
+    let noisy = Udp::new(attacker, 40000, server6, 51820);
+    for i in 0..20u32 {
+        assert_eq!(run(&filter, &noisy.c2s(&wireguard_initiation(i))), XDP_DROP);
+    }
+    let real = Udp::new(victim, 41077, SERVER, 51820);
+    assert_eq!(run(&filter, &real.c2s(&wireguard_initiation(99))), XDP_DROP);
+    let evs = events(&mut ring);
+    let from_attacker = evs.iter().filter(|e| e.src == att).count();
+    let from_victim = evs
+        .iter()
+        .filter(|e| e.src[..4] == victim.octets() && e.src[4..].iter().all(|&b| b == 0))
+        .count();
+    assert!(
+        from_attacker <= 5,
+        "the attacker stays within its own allowance: {from_attacker} events"
+    );
+    assert_eq!(
+        from_victim,
+        1,
+        "the victim's drop is reported ({} events in all)",
+        evs.len()
+    );
+}

@@ -56,7 +56,8 @@ pub mod maps {
 /// 2: the endpoint maps, the `endpoints` protocol slot (POLICY, FLOW_GATE, STATS) and
 /// [`Event::provider`]; the flow key's protocol, class and VLAN, the flow state's tokens and
 /// allowlist generation, ALLOW_GEN and REPEAT_SOURCES.
-/// 3: `EVENT_LIMIT` is an array of [`SourceRate`] slots, no longer an LRU hash.
+/// 3: `EVENT_LIMIT` is an array of [`SourceRate`] slots, no longer an LRU hash; the
+/// fallback closure's key holds the VLAN.
 pub const PIN_LAYOUT_VERSION: u32 = 3;
 
 /// Compile-time map sizes. The allowlist tries are resized at load time from configuration
@@ -846,14 +847,18 @@ pub struct RateState {
     pub suppressed: u32,
 }
 
-/// A slot of the per-source event limit (`EVENT_LIMIT`, an array indexed by a hash of the
-/// source): the source's 64-bit tag and its [`RateState`]. A source that finds another's tag
+/// A slot of the per-source event limit (`EVENT_LIMIT`, an array indexed by a seeded hash of
+/// the source): the source's address (as four native-endian words) and family, then its
+/// [`RateState`]. The address is compared whole: a source that finds another in its slot
 /// takes the slot over with a fresh state, so a collision can only let an event through
-/// (still within the per-CPU budget), never silence someone else's.
+/// (still within the per-CPU budget), never make two sources share one limit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SourceRate {
-    pub tag: u64,
+    pub src: [u32; 4],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`]; 0 in a slot never used.
+    pub family: u32,
+    pub _pad: u32,
     pub rate: RateState,
 }
 

@@ -129,24 +129,19 @@ pub(super) fn emit_event(
 /// as its slot remembers: a source that took the slot over starts afresh).
 #[inline(always)]
 pub(super) fn per_source(pkt: &Packet, now: u64, cfg: &Config) -> Option<u32> {
-    let (w, _) = pkt.words();
-    let a = w[0] as u64 | (w[1] as u64) << 32;
-    let b = w[2] as u64 | (w[3] as u64) << 32;
-    let mut h = a ^ b.rotate_left(31) ^ 0x2545_f491_4f6c_dd1d;
-    h ^= h >> 32;
-    h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
-    h ^= h >> 32;
-    h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
-    h ^= h >> 32;
-    let tag = h | 1;
-    let Some(slot) = EVENT_LIMIT.get_ptr_mut((h as u32) & (EVENT_LIMIT_SLOTS - 1)) else {
+    let (src, _) = pkt.words();
+    // Seeded per load (as the TCP stream slots): nobody can aim a source at another's slot.
+    let idx = endpoint_hash(&src, pkt.family as u16) & (EVENT_LIMIT_SLOTS - 1);
+    let Some(slot) = EVENT_LIMIT.get_ptr_mut(idx) else {
         return Some(0);
     };
     // SAFETY: an array slot; racing writers on other CPUs can only blur the counts.
     let slot = unsafe { &mut *slot };
-    if slot.tag != tag {
+    if slot.src != src || slot.family != pkt.family as u32 {
         *slot = SourceRate {
-            tag,
+            src,
+            family: pkt.family as u32,
+            _pad: 0,
             rate: RateState {
                 window_start_ns: now,
                 emitted: 1,
