@@ -11,18 +11,31 @@ pub struct Applied {
 
 impl Applied {
     /// The allowlist's prefixes and tags split by family (already sorted: IPv4 sorts first).
+    /// One walk of the map: counting the IPv4 prefixes first would walk it twice.
     pub fn from_allowlist(want: &Allowlist) -> Applied {
-        let v4_len = want.v4_count();
+        Self::from_allowlist_sized(want, 0)
+    }
+
+    /// As [`Applied::from_allowlist`], reserving `v4_hint` IPv4 slots up front (the previous
+    /// sync's count, so a small change never regrows the vector).
+    pub fn from_allowlist_sized(want: &Allowlist, v4_hint: usize) -> Applied {
+        let v4_cap = v4_hint.min(want.len());
         let mut out = Applied {
-            v4: Vec::with_capacity(v4_len),
-            v6: Vec::with_capacity(want.len() - v4_len),
+            v4: Vec::with_capacity(v4_cap),
+            v6: Vec::new(),
         };
-        for (p, by) in &want.prefixes {
+        let mut it = want.prefixes.iter();
+        for (p, by) in it.by_ref() {
             match p {
                 Prefix::V4 { .. } => out.v4.push((*p, by.tag)),
-                Prefix::V6 { .. } => out.v6.push((*p, by.tag)),
+                Prefix::V6 { .. } => {
+                    out.v6.reserve_exact(want.len() - out.v4.len());
+                    out.v6.push((*p, by.tag));
+                    break;
+                }
             }
         }
+        out.v6.extend(it.map(|(p, by)| (*p, by.tag)));
         out
     }
 

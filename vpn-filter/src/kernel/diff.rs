@@ -14,6 +14,10 @@ pub struct Plan<K> {
     pub removals: Vec<K>,
     /// Of the upserts, how many keys are new (the rest change tag in place).
     pub added: usize,
+    /// Per upsert, whether its key is new (false: re-tagged in place). Lets a derived
+    /// structure keyed by the same keys (the fast-path hashes) take its own plan from this one
+    /// instead of diffing a million keys again.
+    pub is_new: Vec<bool>,
 }
 
 impl<K> Plan<K> {
@@ -34,6 +38,7 @@ pub fn plan<K: Ord + Copy>(have: &[(K, u64)], want: &[(K, u64)]) -> Plan<K> {
         upserts: Vec::new(),
         removals: Vec::new(),
         added: 0,
+        is_new: Vec::new(),
     };
     let (mut i, mut j) = (0, 0);
     while i < have.len() || j < want.len() {
@@ -41,6 +46,7 @@ pub fn plan<K: Ord + Copy>(have: &[(K, u64)], want: &[(K, u64)]) -> Plan<K> {
             (Some(h), Some(w)) if h.0 == w.0 => {
                 if h.1 != w.1 {
                     p.upserts.push(*w);
+                    p.is_new.push(false);
                 }
                 i += 1;
                 j += 1;
@@ -51,6 +57,7 @@ pub fn plan<K: Ord + Copy>(have: &[(K, u64)], want: &[(K, u64)]) -> Plan<K> {
             }
             (Some(_), Some(w)) | (None, Some(w)) => {
                 p.upserts.push(*w);
+                p.is_new.push(true);
                 p.added += 1;
                 j += 1;
             }
@@ -173,6 +180,10 @@ mod tests {
                 prop_assert!(!want_map.contains_key(k), "wanted key {} removed", k);
             }
             prop_assert_eq!(p.added, want.iter().filter(|(k, _)| !have_map.contains_key(k)).count());
+            prop_assert_eq!(p.is_new.len(), p.upserts.len());
+            for ((k, _), new) in p.upserts.iter().zip(&p.is_new) {
+                prop_assert_eq!(*new, !have_map.contains_key(k), "key {} marked new = {}", k, new);
+            }
             prop_assert_eq!(p.removals.len(), have.iter().filter(|(k, _)| !want_map.contains_key(k)).count());
         }
 

@@ -67,60 +67,38 @@ impl FastState {
 
     /// The fast maps' contents for an allowlist.
     pub fn from_applied(applied: &Applied) -> FastState {
-        let mut s = FastState::empty();
-        let mut v6_lengths = BTreeSet::new();
-        for (p, _) in &applied.v4 {
-            let Prefix::V4 { addr, len } = *p else {
-                continue;
-            };
-            if len <= 24 {
-                let first = u32::from_be_bytes(addr) >> 8;
-                set_bits(&mut s.bitmap, first, 1u32 << (24 - len));
-            } else {
-                s.v4_long.push((
-                    FastKeyV4 {
-                        addr,
-                        len,
-                        _pad: [0; 3],
-                    },
-                    0,
-                ));
-                s.lengths.v4_long |= 1 << (len - 25);
-                let slash24 = u32::from_be_bytes(addr) >> 8;
-                set_bits(&mut s.bitmap, FAST_BITMAP_V4_LONG * 64 + slash24, 1);
-            }
+        let summary = FastSummary::from_applied(applied);
+        let mut v4_long: Vec<(FastKeyV4, u64)> = applied
+            .v4
+            .iter()
+            .filter_map(|(p, _)| v4_long_key(p))
+            .map(|k| (k, 0))
+            .collect();
+        let mut v6: Vec<(FastKeyV6, u64)> = applied
+            .v6
+            .iter()
+            .filter_map(|(p, _)| v6_key(p))
+            .map(|k| (k, 0))
+            .collect();
+        // Already in order (the keys order as the prefixes do); this only checks it.
+        v4_long.sort_unstable();
+        v6.sort_unstable();
+        FastState {
+            bitmap: summary.bitmap,
+            v4_long,
+            v6,
+            lengths: summary.lengths,
         }
-        for (p, _) in &applied.v6 {
-            let Prefix::V6 { addr, len } = *p else {
-                continue;
-            };
-            s.v6.push((
-                FastKeyV6 {
-                    addr,
-                    len,
-                    _pad: [0; 3],
-                },
-                0,
-            ));
-            v6_lengths.insert(len);
-            let top32 = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
-            if len < FAST_V6_FILTER_MIN_LEN {
-                s.lengths.v6_unfiltered = 1;
-            } else {
-                let count = if len >= 32 { 1 } else { 1u32 << (32 - len) };
-                for x in top32..=top32 + (count - 1) {
-                    set_bits(
-                        &mut s.bitmap,
-                        FAST_BITMAP_V6 * 64 + fast_v6_filter_bit(x),
-                        1,
-                    );
-                }
-            }
+    }
+
+    /// What a sync keeps of this state for the next one.
+    pub fn summary(self) -> FastSummary {
+        FastSummary {
+            v4_long: self.v4_long.len(),
+            v6: self.v6.len(),
+            bitmap: self.bitmap,
+            lengths: self.lengths,
         }
-        s.v4_long.sort_unstable();
-        s.v6.sort_unstable();
-        s.lengths.set_v6(&v6_lengths);
-        s
     }
 
     /// What the kernel's fast maps hold (262,144 array reads plus the hashes' keys).
@@ -161,6 +139,142 @@ impl FastState {
             v6,
             lengths,
         })
+    }
+}
+
+/// The fast maps as a sync keeps them between runs: the bitmap words and lengths, and how many
+/// keys each hash holds. The hash keys themselves are the tries' own prefixes (the /25../32
+/// ones for IPv4, all for IPv6), so a sync that knows the trie plan takes the hash plan from it
+/// ([`Plan::from_trie_plans`]) instead of listing and diffing a million keys again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FastSummary {
+    /// [`FAST_BITMAP_WORDS`] words.
+    pub bitmap: Vec<u64>,
+    pub lengths: FastLengths,
+    /// Keys in `FAST_V4_LONG` and in `FAST_V6`.
+    pub v4_long: usize,
+    pub v6: usize,
+}
+
+impl FastSummary {
+    /// The state of freshly created maps.
+    pub fn empty() -> FastSummary {
+        FastState::empty().summary()
+    }
+
+    /// The bitmap words, lengths and hash sizes for an allowlist (one pass, no key lists).
+    pub fn from_applied(applied: &Applied) -> FastSummary {
+        let mut s = FastSummary {
+            bitmap: vec![0; FAST_BITMAP_WORDS as usize],
+            lengths: FastLengths::default(),
+            v4_long: 0,
+            v6: applied.v6.len(),
+        };
+        let mut v6_lengths = [false; 129];
+        for (p, _) in &applied.v4 {
+            let Prefix::V4 { addr, len } = *p else {
+                continue;
+            };
+            if len <= 24 {
+                let first = u32::from_be_bytes(addr) >> 8;
+                set_bits(&mut s.bitmap, first, 1u32 << (24 - len));
+            } else {
+                s.v4_long += 1;
+                s.lengths.v4_long |= 1 << (len - 25);
+                let slash24 = u32::from_be_bytes(addr) >> 8;
+                set_bits(&mut s.bitmap, FAST_BITMAP_V4_LONG * 64 + slash24, 1);
+            }
+        }
+        for (p, _) in &applied.v6 {
+            let Prefix::V6 { addr, len } = *p else {
+                continue;
+            };
+            v6_lengths[len.min(128) as usize] = true;
+            let top32 = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
+            if len < FAST_V6_FILTER_MIN_LEN {
+                s.lengths.v6_unfiltered = 1;
+            } else {
+                let count = if len >= 32 { 1 } else { 1u32 << (32 - len) };
+                for x in top32..=top32 + (count - 1) {
+                    set_bits(
+                        &mut s.bitmap,
+                        FAST_BITMAP_V6 * 64 + fast_v6_filter_bit(x),
+                        1,
+                    );
+                }
+            }
+        }
+        let lengths: BTreeSet<u8> = (0..=128u8).filter(|l| v6_lengths[*l as usize]).collect();
+        s.lengths.set_v6(&lengths);
+        s
+    }
+}
+
+/// The `FAST_V4_LONG` key of an IPv4 prefix longer than /24.
+fn v4_long_key(p: &Prefix) -> Option<FastKeyV4> {
+    match *p {
+        Prefix::V4 { addr, len } if len > 24 => Some(FastKeyV4 {
+            addr,
+            len,
+            _pad: [0; 3],
+        }),
+        _ => None,
+    }
+}
+
+/// The `FAST_V6` key of an IPv6 prefix.
+fn v6_key(p: &Prefix) -> Option<FastKeyV6> {
+    match *p {
+        Prefix::V6 { addr, len } => Some(FastKeyV6 {
+            addr,
+            len,
+            _pad: [0; 3],
+        }),
+        Prefix::V4 { .. } => None,
+    }
+}
+
+/// One family's trie plan, as [`Plan::from_trie_plans`] reads it.
+pub struct TrieChange<'a> {
+    /// The trie's upserts, in key order.
+    pub upserts: &'a [(Prefix, u64)],
+    /// Per upsert, whether the key is new; `None`: all are (a load into empty tries).
+    pub is_new: Option<&'a [bool]>,
+    pub removals: &'a [Prefix],
+}
+
+impl<'a> TrieChange<'a> {
+    /// `plan`'s change, its upserts being `upserts` (`want` itself when `have_empty`: a load
+    /// into empty tries keeps no separate list).
+    pub fn of(
+        plan: &'a diff::Plan<Prefix>,
+        upserts: &'a [(Prefix, u64)],
+        have_empty: bool,
+    ) -> TrieChange<'a> {
+        TrieChange {
+            upserts,
+            is_new: (!have_empty).then_some(&plan.is_new[..]),
+            removals: &plan.removals,
+        }
+    }
+}
+
+/// The plan of a hash keyed by `key` of the trie's prefixes: its new keys and its removed keys
+/// (a re-tagged prefix changes nothing there).
+fn keyed<K: Copy>(c: &TrieChange, key: impl Fn(&Prefix) -> Option<K>) -> diff::Plan<K> {
+    let upserts: Vec<(K, u64)> = c
+        .upserts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| c.is_new.is_none_or(|n| n[*i]))
+        .filter_map(|(_, (p, _))| key(p))
+        .map(|k| (k, 0))
+        .collect();
+    diff::Plan {
+        added: upserts.len(),
+        is_new: vec![true; upserts.len()],
+        upserts,
+        removals: c.removals.iter().filter_map(key).collect(),
     }
 }
 
@@ -210,6 +324,7 @@ fn set_bits(words: &mut [u64], first: u32, count: u32) {
 }
 
 /// The writes turning `have` into `want`, in two halves run around the trie writes.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Plan {
     /// Lengths written before anything is added (old and new together).
     grown: FastLengths,
@@ -225,38 +340,83 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(have: &FastState, want: &FastState, cap_v4: usize, cap_v6: usize) -> Plan {
-        let mut grown = want.lengths;
-        grown.v4_long |= have.lengths.v4_long;
-        grown.v6_unfiltered |= have.lengths.v6_unfiltered;
-        match (have.lengths.v6_lengths(), want.lengths.v6_lengths()) {
+        let v4 = diff::plan(&have.v4_long, &want.v4_long);
+        let v6 = diff::plan(&have.v6, &want.v6);
+        Plan::build(
+            (
+                &have.bitmap,
+                have.lengths,
+                have.v4_long.len(),
+                have.v6.len(),
+            ),
+            (&want.bitmap, want.lengths),
+            v4,
+            v6,
+            cap_v4,
+            cap_v6,
+        )
+    }
+
+    /// The same plan as [`Plan::new`], with the hash plans taken from the tries' plans. Only
+    /// valid when `have` is what the fast maps hold for the tries' current contents (the state
+    /// this controller's previous sync left).
+    pub fn from_trie_plans(
+        have: &FastSummary,
+        want: &FastSummary,
+        v4: &TrieChange,
+        v6: &TrieChange,
+        cap_v4: usize,
+        cap_v6: usize,
+    ) -> Plan {
+        Plan::build(
+            (&have.bitmap, have.lengths, have.v4_long, have.v6),
+            (&want.bitmap, want.lengths),
+            keyed(v4, v4_long_key),
+            keyed(v6, v6_key),
+            cap_v4,
+            cap_v6,
+        )
+    }
+
+    fn build(
+        have: (&[u64], FastLengths, usize, usize),
+        want: (&[u64], FastLengths),
+        v4: diff::Plan<FastKeyV4>,
+        v6: diff::Plan<FastKeyV6>,
+        cap_v4: usize,
+        cap_v6: usize,
+    ) -> Plan {
+        let (have_bitmap, have_lengths, have_v4_long, have_v6) = have;
+        let (want_bitmap, want_lengths) = want;
+        let mut grown = want_lengths;
+        grown.v4_long |= have_lengths.v4_long;
+        grown.v6_unfiltered |= have_lengths.v6_unfiltered;
+        match (have_lengths.v6_lengths(), want_lengths.v6_lengths()) {
             (Some(a), Some(b)) => grown.set_v6(&a.union(&b).copied().collect()),
             _ => {
                 grown.v6_count = FAST_V6_USE_TRIE;
                 grown.v6 = [0; FAST_V6_MAX_LENGTHS];
             }
         }
-        if want.lengths.v6_count == FAST_V6_USE_TRIE {
+        if want_lengths.v6_count == FAST_V6_USE_TRIE {
             log::warn!(
                 "the allowlist uses more than {FAST_V6_MAX_LENGTHS} distinct IPv6 prefix lengths: IPv6 lookups use the LPM trie (slower under a flood)"
             );
         }
-        let words = have
-            .bitmap
+        let words = have_bitmap
             .iter()
-            .zip(&want.bitmap)
+            .zip(want_bitmap)
             .enumerate()
             .filter(|(_, (h, w))| h != w)
             .map(|(i, (h, w))| (i as u32, h | w, *w))
             .collect();
-        let v4 = diff::plan(&have.v4_long, &want.v4_long);
-        let v6 = diff::plan(&have.v6, &want.v6);
         Plan {
             grown,
-            want_lengths: want.lengths,
-            have_lengths: have.lengths,
+            want_lengths,
+            have_lengths,
             words,
-            v4_early: diff::early_removals(&v4, have.v4_long.len(), cap_v4),
-            v6_early: diff::early_removals(&v6, have.v6.len(), cap_v6),
+            v4_early: diff::early_removals(&v4, have_v4_long, cap_v4),
+            v6_early: diff::early_removals(&v6, have_v6, cap_v6),
             v4,
             v6,
         }
@@ -366,7 +526,98 @@ fn write_words(ebpf: &mut Ebpf, words: impl Iterator<Item = (u32, u64)>) -> Resu
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn v4(addr: u32, len: u8) -> Prefix {
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        Prefix::V4 {
+            addr: (addr & mask).to_be_bytes(),
+            len,
+        }
+    }
+
+    fn v6(top: u32, len: u8) -> Prefix {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&top.to_be_bytes());
+        addr[4] = 0x80;
+        let a = u128::from_be_bytes(addr);
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len)
+        };
+        Prefix::V6 {
+            addr: (a & mask).to_be_bytes(),
+            len,
+        }
+    }
+
+    /// An allowlist over a small address space (so old and new overlap), every kind of
+    /// prefix the fast path treats apart: /24 and shorter, /25../32, IPv6 short and long.
+    fn applied() -> impl Strategy<Value = Applied> {
+        let p4 = (0u32..64, 12u8..=32, 0u64..3)
+            .prop_map(|(a, len, tag)| (v4(0x0a00_0000 | (a << 6), len), tag));
+        let p6 = (
+            0u32..16,
+            prop::sample::select(vec![16u8, 32, 33, 48, 64]),
+            0u64..3,
+        )
+            .prop_map(|(a, len, tag)| (v6(0x2001_0000 | a, len), tag));
+        (
+            proptest::collection::btree_map(p4.prop_map(|(p, t)| (p, t)), Just(()), 0..40),
+            proptest::collection::btree_map(p6, Just(()), 0..20),
+        )
+            .prop_map(|(a, b)| {
+                let mut out = Applied::default();
+                let mut m4 = std::collections::BTreeMap::new();
+                for ((p, t), ()) in a {
+                    m4.insert(p, t);
+                }
+                let mut m6 = std::collections::BTreeMap::new();
+                for ((p, t), ()) in b {
+                    m6.insert(p, t);
+                }
+                out.v4 = m4.into_iter().collect();
+                out.v6 = m6.into_iter().collect();
+                out
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn the_plan_from_the_trie_plans_equals_the_full_diff(have in applied(), want in applied()) {
+            let (full_have, full_want) = (FastState::from_applied(&have), FastState::from_applied(&want));
+            let full = Plan::new(&full_have, &full_want, 30, 10);
+            let (sum_have, sum_want) = (FastSummary::from_applied(&have), FastSummary::from_applied(&want));
+            prop_assert_eq!(&sum_have, &full_have.clone().summary());
+            prop_assert_eq!(&sum_want, &full_want.clone().summary());
+            let (p4, p6) = (diff::plan(&have.v4, &want.v4), diff::plan(&have.v6, &want.v6));
+            let quick = Plan::from_trie_plans(
+                &sum_have,
+                &sum_want,
+                &TrieChange::of(&p4, &p4.upserts, false),
+                &TrieChange::of(&p6, &p6.upserts, false),
+                30,
+                10,
+            );
+            prop_assert_eq!(&quick, &full);
+            // A load into empty tries: the upserts are `want` itself.
+            let empty = Applied::default();
+            let full = Plan::new(&FastState::empty(), &full_want, 30, 10);
+            let (e4, e6) = (diff::plan(&empty.v4, &want.v4), diff::plan(&empty.v6, &want.v6));
+            let quick = Plan::from_trie_plans(
+                &FastSummary::empty(),
+                &sum_want,
+                &TrieChange::of(&e4, &want.v4, true),
+                &TrieChange::of(&e6, &want.v6, true),
+                30,
+                10,
+            );
+            prop_assert_eq!(&quick, &full);
+        }
+    }
 
     #[test]
     fn set_bits_covers_exactly_the_range() {

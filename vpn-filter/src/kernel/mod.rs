@@ -257,7 +257,7 @@ pub struct Filter {
     /// controller left in pinned maps).
     applied: Option<Applied>,
     /// What the fast-path maps hold, as last written by this controller (`None`: read them).
-    fast: Option<fastpath::FastState>,
+    fast: Option<fastpath::FastSummary>,
     /// What the endpoint maps hold, as last written by this controller (`None`: read them).
     endpoints: Option<endpoints::EndpointsApplied>,
 }
@@ -398,7 +398,7 @@ impl Filter {
             pins,
             // Maps created by this load are empty (the first sync then reads nothing back, a
             // second or two at a million prefixes); pinned ones may hold a predecessor's.
-            fast: fresh.then(fastpath::FastState::empty),
+            fast: fresh.then(fastpath::FastSummary::empty),
             applied: fresh.then(Applied::default),
             endpoints: fresh.then(endpoints::EndpointsApplied::empty),
         };
@@ -669,7 +669,8 @@ impl Filter {
     /// was removed is judged unregistered from then on (reason `revoked`). O(1) per sync,
     /// one lookup per live flow, no walk of the flow map.
     pub fn sync_allowlist(&mut self, want: &Allowlist) -> Result<SyncReport> {
-        let want = Applied::from_allowlist(want);
+        let hint = self.applied.as_ref().map_or(0, |a| a.v4.len());
+        let want = Applied::from_allowlist_sized(want, hint);
         let (cap_v4, cap_v6) = (
             self.options.allow_v4_entries as usize,
             self.options.allow_v6_entries as usize,
@@ -691,20 +692,23 @@ impl Filter {
             v6: want.v6.len(),
             ..Default::default()
         };
-        let have = match self.applied.take() {
-            Some(a) => a,
+        // The fast maps' plan comes from the tries' plan when both states are this
+        // controller's own from its last sync (they then match by construction); after a
+        // restart or a failed sync both are read back from the kernel and diffed in full.
+        let known = match (self.applied.take(), self.fast.take()) {
+            (Some(a), Some(f)) => Some((a, f)),
+            _ => None,
+        };
+        let (have, fast_have) = match known {
+            Some((a, f)) => (a, Ok(f)),
             None => {
                 report.read_kernel = true;
-                self.read_allowlist()?
+                (
+                    self.read_allowlist()?,
+                    Err(fastpath::FastState::read(&self.ebpf)?),
+                )
             }
         };
-        let fast_have = match self.fast.take() {
-            Some(f) => f,
-            None => fastpath::FastState::read(&self.ebpf)?,
-        };
-        let fast_want = fastpath::FastState::from_applied(&want);
-        let fast_plan = fastpath::Plan::new(&fast_have, &fast_want, cap_v4, cap_v6);
-        drop(fast_have);
         // Into empty tries (a first load) every wanted prefix is an upsert: the plan is
         // `want` itself, not a copy of it.
         let plan = |have: &[(Prefix, u64)], want: &[(Prefix, u64)]| {
@@ -713,6 +717,7 @@ impl Filter {
                     upserts: Vec::new(),
                     removals: Vec::new(),
                     added: want.len(),
+                    is_new: Vec::new(),
                 }
             } else {
                 diff::plan(have, want)
@@ -729,6 +734,25 @@ impl Filter {
             &want.v6
         } else {
             &plan_v6.upserts
+        };
+        let (fast_want, fast_plan) = match fast_have {
+            Ok(fast_have) => {
+                let fast_want = fastpath::FastSummary::from_applied(&want);
+                let fast_plan = fastpath::Plan::from_trie_plans(
+                    &fast_have,
+                    &fast_want,
+                    &fastpath::TrieChange::of(&plan_v4, upserts_v4, have.v4.is_empty()),
+                    &fastpath::TrieChange::of(&plan_v6, upserts_v6, have.v6.is_empty()),
+                    cap_v4,
+                    cap_v6,
+                );
+                (fast_want, fast_plan)
+            }
+            Err(fast_have) => {
+                let fast_want = fastpath::FastState::from_applied(&want);
+                let fast_plan = fastpath::Plan::new(&fast_have, &fast_want, cap_v4, cap_v6);
+                (fast_want.summary(), fast_plan)
+            }
         };
         // Additions of both families before removals of either.
         let early_v4 = diff::early_removals(&plan_v4, have.v4.len(), cap_v4);
