@@ -488,7 +488,10 @@ fn the_controller_reloads_its_vpn_domain_list_on_sighup_and_keeps_it_when_a_new_
     let listener = lab
         .filter
         .enter(|| TcpListener::bind(sa(FILTER_V4, 443)).expect("listen"));
-    // Whether a connection whose ClientHello names `host` delivers it to the server.
+    // Whether a connection whose ClientHello names `host` delivers it to the server. Decided
+    // by what is observed, never by a silence lasting long enough: the ClientHello arriving
+    // at the server, or the controller's `tls_sni` drop event for the connection's port
+    // (after which the server must hold nothing). The deadline is only a hang guard.
     let delivered = |host: &str| -> bool {
         let hello = tls_client_hello(host);
         let client = lab.client.enter(|| {
@@ -497,11 +500,38 @@ fn the_controller_reloads_its_vpn_domain_list_on_sighup_and_keeps_it_when_a_new_
             s.write_all(&hello).expect("write");
             s
         });
+        let port = client.local_addr().expect("client port").port();
         let (mut conn, _) = listener.accept().expect("accept");
-        conn.set_read_timeout(Some(Duration::from_millis(1500)))
-            .unwrap();
+        conn.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 64];
-        let got = matches!(conn.read(&mut buf), Ok(n) if n > 0);
+        let dropped_event = || {
+            ctl.stdout_lines().iter().any(|l| {
+                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|e| {
+                    e["protocol"] == "tls_sni" && e["verdict"] == "dropped" && e["sport"] == port
+                })
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let got = loop {
+            match conn.read(&mut buf) {
+                Ok(n) if n > 0 => break true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                other => panic!("reading the ClientHello for {host}: {other:?}"),
+            }
+            if dropped_event() {
+                assert!(
+                    matches!(conn.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                    "{host}: dropped by the filter, yet bytes reached the server"
+                );
+                break false;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{host} (port {port}): neither delivered nor reported dropped; stdout:\n{}",
+                ctl.stdout_lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
         drop(client);
         got
     };
