@@ -1580,9 +1580,14 @@ pub fn tls_client_hello(host: &str) -> Vec<u8> {
     ext.extend_from_slice(&vec![0u8; pad]);
     body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
     body.extend_from_slice(&ext);
+    client_hello_record(&body)
+}
+
+/// A ClientHello handshake message around `body`, in one TLS record (version 03 01).
+fn client_hello_record(body: &[u8]) -> Vec<u8> {
     let blen = (body.len() as u32).to_be_bytes();
     let mut hs = vec![1, blen[1], blen[2], blen[3]];
-    hs.extend_from_slice(&body);
+    hs.extend_from_slice(body);
     let mut rec = vec![0x16, 0x03, 0x01];
     rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
     rec.extend_from_slice(&hs);
@@ -1618,13 +1623,7 @@ pub fn tls_client_hello_with(extensions: &[Vec<u8>], seed: u64) -> Vec<u8> {
     let all = extensions.concat();
     body.extend_from_slice(&(all.len() as u16).to_be_bytes());
     body.extend_from_slice(&all);
-    let blen = (body.len() as u32).to_be_bytes();
-    let mut hs = vec![1, blen[1], blen[2], blen[3]];
-    hs.extend_from_slice(&body);
-    let mut rec = vec![0x16, 0x03, 0x01];
-    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-    rec.extend_from_slice(&hs);
-    rec
+    client_hello_record(&body)
 }
 
 /// A browser-like ClientHello with a post-quantum key share (X25519MLKEM768: 1,216 bytes of
