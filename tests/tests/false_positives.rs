@@ -364,9 +364,10 @@ struct Model {
     port_marks: HashMap<u16, u64>,
     /// Protocols the default policy monitors.
     monitored: HashSet<u8>,
-    /// Closed (client, server) pairs, lower address first (the program's `FALLBACK_PAIRS`):
-    /// armed by a confirmed flow's drop; every later packet between the two is dropped.
-    closed_pairs: HashSet<([u8; 16], [u8; 16])>,
+    /// Closed (client, server) pairs, lower address first, and their VLAN (the program's
+    /// `FALLBACK_PAIRS`): armed by a confirmed flow's drop; every later packet between the
+    /// two in that VLAN is dropped.
+    closed_pairs: HashSet<([u8; 16], [u8; 16], u16)>,
     /// The `fallback` policy is enforce (it is off by default).
     fallback_enforced: bool,
 }
@@ -400,9 +401,9 @@ impl Model {
             };
         }
         let pair = if p.src <= p.dst {
-            (p.src, p.dst)
+            (p.src, p.dst, p.vlan)
         } else {
-            (p.dst, p.src)
+            (p.dst, p.src, p.vlan)
         };
         if self.closed_pairs.contains(&pair) {
             return Judgement {
