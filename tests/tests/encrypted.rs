@@ -24,7 +24,7 @@ const SERVER_ISN: u32 = 0x6000_0000;
 fn shadowsocks_like(seed: u64, len: usize) -> Vec<u8> {
     let mut p = vec![0u8; len];
     fill_pseudo_random(&mut p, seed);
-    // Not printable (Ex2 exempts 1 in 4,700 random payloads), not RTP-like (0x80..=0xbf).
+    // Not printable (Ex2 exempts 1 in 390 random payloads), not RTP-like.
     p[0] = 0x1c;
     p
 }
@@ -198,4 +198,66 @@ fn tls_http_and_exempt_ports_are_not_judged_even_under_enforce() {
         &udp(c, s, 43012, 53, &random),
     );
     failures.assert_none();
+}
+
+/// A random datagram whose first byte is an OpenVPN opcode is taken by the signatures'
+/// prefilters: a follow-up while OpenVPN flows live (one random first byte in six), a reset
+/// to classify. When no signature and no live flow claims it, the fully-encrypted rule still
+/// judges it, as any other datagram. (Before, it passed unjudged: the unregistered
+/// Shadowsocks client of the IPv6 e2e test got datagrams through while an OpenVPN flow was
+/// live.) Not covered: a datagram of an OpenVPN reset's size (14, 38, 42, 54, 86 bytes) is
+/// the scrambled-OpenVPN heuristic's candidate (pending until the server answers in kind)
+/// and is not judged by this rule; README lists it.
+fn datagrams_the_signatures_do_not_claim(enforce: bool) {
+    let filter = if enforce { enforcing() } else { load() };
+    // A live OpenVPN flow elsewhere (a registered client's session: allowed, stored) opens
+    // OpenVPN's follow-up gate.
+    let reg = client(false, true);
+    let opened = run(
+        &filter,
+        &udp(
+            reg,
+            server(false),
+            40999,
+            1194,
+            &openvpn_client_reset(0x1f2b_1e4e_edf3_db60, TLS_AUTH_SHA1),
+        ),
+    );
+    assert_eq!(
+        opened.verdicts,
+        vec![(Protocol::OpenVpn, Verdict::Allowed, 1)],
+        "the registered OpenVPN session that opens the gate"
+    );
+    each_client(&filter, |filter, failures, c, s, registered, k| {
+        for (i, (first, len, what)) in [
+            (0x21u8, 123usize, "an OpenVPN control opcode (a follow-up)"),
+            (0x2c, 200, "an OpenVPN ack opcode (a follow-up)"),
+            (0x31, 123, "an OpenVPN data opcode (a follow-up)"),
+            (0x4b, 77, "an OpenVPN data v2 opcode (a follow-up)"),
+            (0x38, 123, "an OpenVPN client reset opcode"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let cport = 43000 + 10 * k + i as u16;
+            let mut p = shadowsocks_like(cport as u64, len);
+            p[0] = first;
+            failures.check(
+                filter,
+                &format!("udp {c}:{cport}, {what}"),
+                &udp(c, s, cport, 8388, &p),
+                &judged(registered, enforce),
+            );
+        }
+    });
+}
+
+#[test]
+fn datagrams_shaped_like_openvpn_are_still_judged_by_the_rule() {
+    datagrams_the_signatures_do_not_claim(false);
+}
+
+#[test]
+fn datagrams_shaped_like_openvpn_are_still_dropped_by_the_rule_under_enforce() {
+    datagrams_the_signatures_do_not_claim(true);
 }

@@ -230,6 +230,7 @@ fn host_detect(
     p: &Parsed,
     port_marks: &HashMap<u16, u64>,
     gates: &HashSet<u8>,
+    flows: &HashMap<Key, FlowState>,
 ) -> Option<(Detection, bool)> {
     match p.proto {
         17 | 6 => {}
@@ -253,13 +254,42 @@ fn host_detect(
         return None;
     }
     let head: [u8; 4] = f[p.payload_off..p.payload_off + 4].try_into().unwrap();
-    // As in the program: a follow-up of a protocol without live flows, and a datagram no
-    // first-look rule took, get the second look (port marks, bytes 8..32).
+    // As in the program: a follow-up without a live flow of its protocol on its 5-tuple,
+    // and a datagram no first-look rule took, get the second look (port marks, bytes 8..32).
+    // (The program's `flow_claims`: an allowed flow claims every packet, any other only
+    // those that belong to it.)
+    let claims = |protocol: Protocol, message: vpn_filter_common::Message| {
+        if !gates.contains(&(protocol as u8)) {
+            return false;
+        }
+        let Some(state) = flows.get(&key_of(p, protocol as u8, 0).0) else {
+            return false;
+        };
+        if state.status == FlowStatus::Allowed as u8 {
+            return true;
+        }
+        let mut token = [0u8; 8];
+        if message == vpn_filter_common::Message::OvpnControl {
+            if p.captured < 9 || p.payload_off + 9 > f.len() {
+                return false;
+            }
+            token.copy_from_slice(&f[p.payload_off + 1..p.payload_off + 9]);
+        }
+        let det = Detection {
+            protocol,
+            message,
+            strength: Strength::FollowUp,
+            token,
+            peer_token: [0; 8],
+            aux: head,
+        };
+        belongs(state, &det)
+    };
     let mut ike_port = false;
     let pre = if p.proto == 17 {
         let mut pre = udp_prefilter(p.sport, p.dport, len, head);
-        if let Prefilter::FollowUp(protocol, _) = pre {
-            if !gates.contains(&(protocol as u8)) {
+        if let Prefilter::FollowUp(protocol, message) = pre {
+            if !claims(protocol, message) {
                 pre = Prefilter::No;
             }
         }
@@ -280,9 +310,16 @@ fn host_detect(
                         ike_port = i;
                         Prefilter::Inspect
                     }
-                    SecondLook::OvpnObfuscated => {
+                    SecondLook::OvpnObfuscated
+                        if claims(
+                            Protocol::OpenVpnObfuscated,
+                            vpn_filter_common::Message::OvpnObfuscated,
+                        ) =>
+                    {
                         return Some((ovpn_packet(len, head, Strength::FollowUp), true));
                     }
+                    // (The fully-encrypted rule's look: monitored under this policy.)
+                    SecondLook::OvpnObfuscated => Prefilter::No,
                 }
             }
             pre => pre,
@@ -340,9 +377,13 @@ fn host_detect(
 type Key = ([u8; 16], u16, [u8; 16], u16, u8, u8, (u8, u8), u16);
 
 fn flow_key(p: &Parsed, det: &Detection) -> (Key, bool) {
-    let src_first = (p.src, p.sport) <= (p.dst, p.dport);
     let class = (det.message == vpn_filter_common::Message::WgData) as u8;
-    let pc = (det.protocol as u8, class);
+    key_of(p, det.protocol as u8, class)
+}
+
+fn key_of(p: &Parsed, protocol: u8, class: u8) -> (Key, bool) {
+    let src_first = (p.src, p.sport) <= (p.dst, p.dport);
+    let pc = (protocol, class);
     let key = if src_first {
         (
             p.src, p.sport, p.dst, p.dport, p.proto, p.family, pc, p.vlan,
@@ -412,7 +453,8 @@ impl Model {
                 ..pass
             };
         }
-        let Some((det, gated)) = host_detect(f, &p, &self.port_marks, &self.gates) else {
+        let Some((det, gated)) = host_detect(f, &p, &self.port_marks, &self.gates, &self.flows)
+        else {
             return pass;
         };
         if det.protocol == Protocol::Ike && p.proto == 17 {

@@ -387,7 +387,8 @@ fn a_revoked_registration_stops_its_live_tunnel_on_the_next_packet() {
         "another session's data (peer id 4)",
         &f.c2s(&openvpn_data_v2(4, 2, 108)),
         XDP_PASS,
-        None,
+        // Not the flow's: judged by the fully-encrypted rule (monitored) as any datagram.
+        Some((Protocol::FullyEncrypted, Verdict::Monitored)),
     );
     let evs = events(&mut ring);
     assert_eq!(evs[0].reason, Reason::Revoked as u8, "{evs:?}");
@@ -731,10 +732,17 @@ fn decoys_before_and_between_a_handshakes_packets_never_let_a_dropped_message_pa
         let want: Vec<u32> = conv.iter().map(|(p, _)| run(&base, p)).collect();
         clear_flows(&mut mixed);
         for (k, (p, handshake)) in conv.iter().enumerate() {
+            let mut decoys = Vec::new();
             for _ in 0..rng.next_u32() % 4 {
-                run(&mixed, &random_packet(&mut rng, &f));
+                let d = random_packet(&mut rng, &f);
+                let o = vpn_filter_tests::judge::run(&mixed, &d);
+                decoys.push(format!("{:02x?} -> {o}", &d[42..d.len().min(50)]));
             }
-            let got = run(&mixed, p);
+            let got = vpn_filter_tests::judge::run(&mixed, p);
+            if n == 311 || n == 563 {
+                eprintln!("conv {n} pkt {k}: decoys {decoys:?} got {got}");
+            }
+            let got = got.action;
             if *handshake {
                 checked += 1;
                 if want[k] == XDP_DROP {
@@ -1174,5 +1182,42 @@ fn a_source_cannot_spend_another_sources_event_allowance() {
         1,
         "the victim's drop is reported ({} events in all)",
         evs.len()
+    );
+}
+
+/// A decoy cannot make another protocol's handshake a follow-up: an OpenVPN reset sent first
+/// on a 5-tuple leaves a pending OpenVPN flow there; an IKE_SA_INIT on that 5-tuple whose
+/// SPI starts like an OpenVPN opcode (0x2d: P_ACK_V1, a byte the initiator chooses) was
+/// taken for that flow's follow-up and passed. A pending flow now claims only its own
+/// session's packets; the SA_INIT is classified and dropped as on any 5-tuple.
+#[test]
+fn a_decoys_pending_openvpn_flow_does_not_swallow_an_ike_handshake() {
+    let filter = load();
+    let f = Udp::new(Ipv4Addr::new(10, 14, 9, 9), 41031, SERVER, 51820);
+    let spi = 0x2d6b_69bb_25ff_27af;
+    expect(
+        &filter,
+        "the SA_INIT on a fresh 5-tuple",
+        &f.c2s(&ikev2_sa_init(spi, 352)),
+        XDP_DROP,
+        Some((Protocol::Ike, Verdict::Dropped)),
+    );
+    let g = Udp::new(Ipv4Addr::new(10, 14, 9, 10), 41031, SERVER, 51820);
+    expect(
+        &filter,
+        "the decoy: an OpenVPN client reset",
+        &g.c2s(&openvpn_client_reset(
+            0x5eed_dec0_1111_2222,
+            OvpnWrap::Plain,
+        )),
+        XDP_PASS,
+        Some((OVPN, Verdict::Pending)),
+    );
+    expect(
+        &filter,
+        "the SA_INIT after the decoy, on the decoy's 5-tuple",
+        &g.c2s(&ikev2_sa_init(spi, 352)),
+        XDP_DROP,
+        Some((Protocol::Ike, Verdict::Dropped)),
     );
 }

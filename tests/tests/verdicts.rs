@@ -118,6 +118,9 @@ enum Alone {
     Pending(Protocol),
     /// A follow-up without a known flow, or not a VPN: passed, no counter moves.
     Pass,
+    /// No signature's, but judged by a heuristic monitored by default (`fully_encrypted`
+    /// for an OpenVPN packet that no flow claims): passed, reported.
+    Reported(Protocol),
 }
 
 /// A message: its name, how to add L4 + payload to an IP frame (given a per-row ephemeral
@@ -285,13 +288,14 @@ fn messages() -> Vec<Msg> {
                     300,
                 ))
             },
-            Pass,
+            // No flow claims it: the fully-encrypted rule judges it as any datagram.
+            Reported(Protocol::FullyEncrypted),
         ),
         msg(
             "openvpn data v2 without a flow",
             true,
             |f, p| f.udp(p, 1194).payload(&openvpn_data_v2(0, 1, 108)),
-            Pass,
+            Reported(Protocol::FullyEncrypted),
         ),
         // OpenVPN over TCP
         msg(
@@ -580,6 +584,10 @@ fn protocol_rows(families: &[bool]) -> Vec<Row> {
                     let frame = (m.build)(f.ip(src, dst), 20000 + i as u16).build();
                     let (action, counts) = match (m.alone, reg) {
                         (Alone::Pass, _) => (XDP_PASS, None),
+                        (Alone::Reported(p), Registered::Neither) => {
+                            (XDP_PASS, Some((p, Verdict::Monitored)))
+                        }
+                        (Alone::Reported(p), _) => (XDP_PASS, Some((p, Verdict::Allowed))),
                         (Alone::Drop(p), Registered::Neither) => {
                             (XDP_DROP, Some((p, Verdict::Dropped)))
                         }
@@ -1086,12 +1094,14 @@ fn openvpn_udp_confirmed_by_the_server_reset(v6: bool, wrap: OvpnWrap, i: u32) {
     ));
     // Data packets carry no session id: on a flow that never carried data while allowed they
     // are not the flow's own (an NTP or SIP packet shares their first byte), so they pass; the
-    // tunnel cannot carry anything without its handshake.
+    // tunnel cannot carry anything without its handshake. Not claimed by the flow, the first
+    // is judged by the fully-encrypted rule as its conversation's first datagram (monitored by
+    // default), the second is then its conversation's.
     steps.push((
         "data from the client",
         f.c2s_udp(&openvpn_data_v2(0, 1, 108)),
         XDP_PASS,
-        None,
+        Some((Protocol::FullyEncrypted, Verdict::Monitored)),
     ));
     steps.push((
         "data from the server",
@@ -1224,11 +1234,14 @@ fn openvpn_plain_server_reset_echoing_another_session_does_not_confirm() {
                 XDP_PASS,
                 p,
             ),
+            // Data before the server's reset: no pending flow claims a packet without a
+            // session id (a decoy's pending flow must not swallow another protocol's packet
+            // that starts like OpenVPN data); the fully-encrypted rule judges it.
             (
                 "data: the flow is only pending",
                 f.c2s_udp(&openvpn_data_v2(0, 1, 108)),
                 XDP_PASS,
-                p,
+                Some((Protocol::FullyEncrypted, Verdict::Monitored)),
             ),
         ],
     );
@@ -1643,10 +1656,13 @@ fn a_udp_length_shorter_than_the_ip_payload_judges_only_the_udp_payload() {
     // a 148-byte initiation announced as 100 bytes is not an initiation.
     let filter = enforce();
     let rows = vec![
-        pass_row(
-            "148 bytes announced as 100",
-            wg4(40000).udp_len(108).build(),
-        ),
+        // Not an initiation: random-looking bytes, which the fully-encrypted rule reports.
+        Row {
+            what: "148 bytes announced as 100".into(),
+            frame: wg4(40000).udp_len(108).build(),
+            action: XDP_PASS,
+            counts: Some((Protocol::FullyEncrypted, Verdict::Monitored)),
+        },
         Row {
             what: "an initiation followed by trailing bytes".into(),
             frame: Frame::eth()

@@ -19,13 +19,15 @@ const MAX_STACK_CHAIN: u32 = 496;
 /// (871,746 before the classifier's inputs were laundered, see `detect`). The ClientHello
 /// stage (`tls_sni`, sni.rs) took it to 821,691: its extension walk (32 steps) and name
 /// hash (128 steps) are verified once per state `stream_head` reaches its two call sites
-/// in. The ceiling is about 1.05x that, 14% below the kernel's 1,000,000: growth shows
-/// here first.
+/// in. The fully-encrypted rule's look at datagrams the signatures' prefilters took but no
+/// signature matched, and the follow-ups' check that a flow claims them (detect.rs,
+/// `conversation_look`, `flow_claims`), took it to 842,302. The ceiling is about 1.07x that,
+/// 10% below the kernel's 1,000,000: growth shows here first.
 /// The kernel refuses a program at 1,000,000, and verification time and memory grow well
 /// before that. To raise it after the program grew on purpose: run this test with
 /// `--nocapture`, read the figures it prints, set this to about 1.5x the larger one, and
 /// say in the commit what grew and why.
-const MAX_PROCESSED_INSNS: u32 = 860_000;
+const MAX_PROCESSED_INSNS: u32 = 900_000;
 
 #[cfg(target_arch = "x86_64")]
 #[test]

@@ -199,7 +199,7 @@ fn try_vpn_filter(ctx: &XdpContext, ip_start: bool) -> Result<u32, Counter> {
     // Three frames called one after the other, never nested: their stacks never add up.
     let mut found = detect(ctx, head)?;
     if found == DETECT_ENCRYPTED_CANDIDATE {
-        found = encrypted_stage();
+        found = encrypted_stage(ctx);
     }
     judge(ctx, head, found)
 }

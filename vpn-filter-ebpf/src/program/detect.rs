@@ -96,6 +96,102 @@ fn udp_seen(idx: u32, seen: u32) {
     }
 }
 
+/// [`conversation_look`]'s answers other than a slot index (indices are below
+/// `UDP_FIRST_SLOTS`).
+const CONV_SKIP: u32 = u32::MAX;
+const CONV_BLOCKED: u32 = u32::MAX - 1;
+
+/// `fet_udp_slot` of a datagram whose conversation [`encrypted_stage`] still has to look up.
+const FET_LOOK_CONVERSATION: u32 = u32::MAX - 1;
+
+/// The fully-encrypted rule's look at a datagram's conversation: [`CONV_BLOCKED`] when the
+/// rule dropped the conversation before, the `UDP_FIRST` slot (now recorded) when this is
+/// its first datagram and is to be judged, [`CONV_SKIP`] otherwise (an exempt port or size,
+/// an exempt first bytes, or a conversation already judged). Exempt first bytes (RTP, QUIC)
+/// need the slot only where the rule enforces: to drop a blocked conversation's next
+/// datagram whatever it starts with. Under monitor (the default) they skip the lookup. Its
+/// own frame: called from three places, verified as one function.
+#[inline(never)]
+fn conversation_look(pkt: &Packet, head: [u8; 4], len: usize) -> u32 {
+    if !encrypted::udp_conversation_candidate(pkt.sport, pkt.dport, len) {
+        return CONV_SKIP;
+    }
+    let exempt = encrypted::exempt_udp_head(head);
+    if exempt && policy(Protocol::FullyEncrypted) != PolicyMode::Enforce as u8 {
+        return CONV_SKIP;
+    }
+    match udp_conversation(pkt) {
+        Some(Conversation::Blocked) => CONV_BLOCKED,
+        Some(Conversation::New(idx, seen)) if !exempt => {
+            udp_seen(idx, seen);
+            idx & (UDP_FIRST_SLOTS - 1)
+        }
+        _ => CONV_SKIP,
+    }
+}
+
+/// Whether a live flow entry of `protocol` on the packet's 5-tuple claims the packet as its
+/// follow-up (`message`, `head` its first bytes): an allowed flow claims every packet (it
+/// learns from them, see `judge_flow`); any other only the packets that belong to it (its
+/// session ids, its data opcode: `belongs`). A packet no flow claims is ordinary traffic as
+/// far as the follow-ups go and gets the classifier's and the heuristics' look: a decoy that
+/// left a pending OpenVPN flow on a 5-tuple cannot make an IKE packet whose SPI starts like
+/// an OpenVPN opcode pass as that flow's follow-up. Its own frame: the key and the token stay
+/// off the caller's stack.
+#[inline(never)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "passing map keys by value copies them onto the 512-byte BPF stack"
+)]
+fn flow_claims(ctx: &XdpContext, pkt: &Packet, protocol: u32, message: u32, head: u32) -> bool {
+    let (key, _) = FlowKey::canonical(
+        &pkt.src,
+        pkt.sport,
+        &pkt.dst,
+        pkt.dport,
+        pkt.ip_proto,
+        pkt.family,
+        pkt.vlan,
+        protocol as u8,
+        0,
+    );
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(state) = FLOWS.get_ptr(&key) else {
+        return false;
+    };
+    // SAFETY: a pointer into the LRU map's value, valid for this program run.
+    let state = unsafe { &*state };
+    if state.expires_ns <= now {
+        return false;
+    }
+    if state.status == FlowStatus::Allowed as u8 {
+        return true;
+    }
+    let mut det = Detection {
+        protocol: Protocol::OpenVpn,
+        message: Message::OvpnObfuscated,
+        strength: Strength::FollowUp,
+        token: [0; 8],
+        peer_token: [0; 8],
+        aux: head.to_be_bytes(),
+    };
+    if message == Message::OvpnControl as u32 {
+        det.message = Message::OvpnControl;
+        // The session id, bytes 1..9 (as the follow-up's detection reads it).
+        if pkt.payload_off > MAX_PAYLOAD_OFFSET || pkt.captured < 9 {
+            return false;
+        }
+        match read::<9>(ctx, pkt.payload_off) {
+            Ok(h) => det.token.copy_from_slice(&h[1..9]),
+            Err(_) => return false,
+        }
+    } else if message == Message::OvpnData as u32 {
+        det.message = Message::OvpnData;
+    }
+    belongs(state, &det)
+}
+
 /// Whether `protocol` has live flow entries (follow-up packets are looked up only then).
 #[inline(always)]
 pub(super) fn gate_open(protocol: Protocol) -> bool {
@@ -193,15 +289,48 @@ enum Found {
 /// top level: every path of the classifier reaches it in one verifier state, so its loop
 /// is walked once rather than once per classifier path.
 #[inline(never)]
-pub(super) fn encrypted_stage() -> u32 {
+pub(super) fn encrypted_stage(ctx: &XdpContext) -> u32 {
     let Some(slot) = SCRATCH.get_ptr_mut(0) else {
         return DETECT_NONE;
     };
+    // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+    let (mut n, mut udp_slot) = unsafe { ((*slot).fet_n as usize, (*slot).fet_udp_slot) };
+    if udp_slot == FET_LOOK_CONVERSATION {
+        // SAFETY: as above.
+        let pkt = unsafe { &(*slot).pkt };
+        // Bound again: values read back from a map are unknown to the verifier.
+        if pkt.payload_off > MAX_PAYLOAD_OFFSET || pkt.captured > pkt.payload_len {
+            return DETECT_NONE;
+        }
+        let Ok(head) = read::<4>(ctx, pkt.payload_off) else {
+            return DETECT_NONE;
+        };
+        match conversation_look(pkt, head, pkt.payload_len) {
+            // Dropped before by the rule: dropped again, whatever it starts with (an
+            // encrypted datagram may look like RTP).
+            CONV_BLOCKED => {
+                // SAFETY: as above.
+                unsafe { (*slot).det = encrypted::detection() };
+                return DETECT_FOUND;
+            }
+            CONV_SKIP => return DETECT_NONE,
+            idx => udp_slot = idx,
+        }
+        if n == 0 {
+            // The conversation's first datagram, not loaded by the classifier (no
+            // signature's candidate): loaded now, for it alone.
+            match load_window(ctx, pkt) {
+                Ok(Some((_, held))) => n = held,
+                _ => return DETECT_NONE,
+            }
+        }
+    }
+    if !(encrypted::FET_MIN_LEN..=WINDOW).contains(&n) {
+        return DETECT_NONE;
+    }
     let Some(w) = PAYLOAD_WINDOW.get(0) else {
         return DETECT_NONE;
     };
-    // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
-    let (n, udp_slot) = unsafe { ((*slot).fet_n as usize, (*slot).fet_udp_slot) };
     if !encrypted::fully_encrypted(w, n) {
         return DETECT_NONE;
     }
@@ -248,15 +377,23 @@ fn detect_packet(ctx: &XdpContext, pkt: &Packet, first_client: bool) -> Result<F
     let mut ike_port = false;
     // The window is also judged by the fully-encrypted rule: a TCP stream's first client
     // payload, a UDP conversation's first datagram.
-    let mut fet = first_client;
-    let mut fet_slot: Option<u32> = None;
+    let fet = first_client;
     let pre = if pkt.ip_proto == IPPROTO_UDP {
         let mut pre = udp_prefilter(pkt.sport, pkt.dport, len, head);
-        if let Prefilter::FollowUp(protocol, _) = pre {
-            // A follow-up of a protocol with no live flow is ordinary traffic as far as the
-            // signatures go; the heuristics still get their look (a scrambled reset may
-            // start with any byte).
-            if !gate_open(protocol) {
+        if let Prefilter::FollowUp(protocol, message) = pre {
+            // A follow-up of no live flow of its protocol is ordinary traffic as far as the
+            // signatures go, and gets the heuristics' look like any datagram: a random first
+            // byte looks like an OpenVPN data opcode one time in seven, and must not buy a
+            // fully encrypted datagram its way past the rule.
+            if !gate_open(protocol)
+                || !flow_claims(
+                    ctx,
+                    pkt,
+                    protocol as u32,
+                    message as u32,
+                    u32::from_be_bytes(head),
+                )
+            {
                 pre = Prefilter::No;
             }
         }
@@ -268,43 +405,37 @@ fn detect_packet(ctx: &XdpContext, pkt: &Packet, first_client: bool) -> Result<F
                     h = read(ctx, pkt.payload_off + 8)?;
                 }
                 match udp_second_look(pkt.sport, pkt.dport, len, marks, &h) {
-                    SecondLook::No => {
-                        // An exempt first bytes (RTP, QUIC) need the slot only where the rule
-                        // enforces: to drop a blocked conversation's next datagram whatever
-                        // it starts with. Under monitor (the default) they skip the lookup.
-                        if encrypted::udp_conversation_candidate(pkt.sport, pkt.dport, len)
-                            && (!encrypted::exempt_udp_head(head)
-                                || policy(Protocol::FullyEncrypted) == PolicyMode::Enforce as u8)
-                        {
-                            match udp_conversation(pkt) {
-                                // Dropped before by the rule: dropped again, whatever it
-                                // starts with (an encrypted datagram may look like RTP).
-                                Some(Conversation::Blocked) => {
-                                    return Ok(Found::Det(encrypted::detection()));
-                                }
-                                Some(Conversation::New(idx, seen))
-                                    if !encrypted::exempt_udp_head(head) =>
-                                {
-                                    udp_seen(idx, seen);
-                                    fet_slot = Some(idx);
-                                }
-                                _ => {}
-                            }
-                        }
-                        if fet_slot.is_some() {
-                            fet = true;
-                            Prefilter::Inspect
-                        } else {
-                            Prefilter::No
-                        }
+                    SecondLook::OvpnObfuscated
+                        if gate_open(Protocol::OpenVpnObfuscated)
+                            && flow_claims(
+                                ctx,
+                                pkt,
+                                Protocol::OpenVpnObfuscated as u32,
+                                Message::OvpnObfuscated as u32,
+                                u32::from_be_bytes(head),
+                            ) =>
+                    {
+                        Prefilter::FollowUp(Protocol::OpenVpnObfuscated, Message::OvpnObfuscated)
                     }
                     SecondLook::Inspect { ike_port: p } => {
+                        // The signatures first; with none, the conversation is looked up
+                        // after them (see the `Inspect` arm below).
                         ike_port = p;
                         Prefilter::Inspect
                     }
-                    SecondLook::OvpnObfuscated => {
-                        Prefilter::FollowUp(Protocol::OpenVpnObfuscated, Message::OvpnObfuscated)
+                    // No signature's candidate: the fully-encrypted rule's look at its
+                    // conversation, in `encrypted_stage` (the window is loaded there, for a
+                    // conversation's first datagram only).
+                    _ if encrypted::udp_conversation_candidate(pkt.sport, pkt.dport, len)
+                        && (!encrypted::exempt_udp_head(head)
+                            || policy(Protocol::FullyEncrypted) == PolicyMode::Enforce as u8) =>
+                    {
+                        return Ok(Found::Encrypted {
+                            n: 0,
+                            udp_slot: FET_LOOK_CONVERSATION,
+                        });
                     }
+                    _ => Prefilter::No,
                 }
             }
             p => p,
@@ -380,7 +511,14 @@ fn detect_packet(ctx: &XdpContext, pkt: &Packet, first_client: bool) -> Result<F
                 Some(d) => Found::Det(d),
                 None if fet && n >= encrypted::FET_MIN_LEN => Found::Encrypted {
                     n,
-                    udp_slot: fet_slot.unwrap_or(u32::MAX),
+                    udp_slot: u32::MAX,
+                },
+                // A datagram taken for a handshake by its first bytes or its size, that is
+                // none: the fully-encrypted rule's look at its conversation, as for any other
+                // datagram (in `encrypted_stage`, verified once, not once per classifier path).
+                None if l.udp != 0 && n >= encrypted::FET_MIN_LEN => Found::Encrypted {
+                    n,
+                    udp_slot: FET_LOOK_CONVERSATION,
                 },
                 None => Found::None,
             })
