@@ -406,7 +406,8 @@ pub const BROWSER_HOSTS: &[&str] = &[
 
 /// Browser-like ClientHellos with post-quantum key shares (~1.8 KB) after a SYN, each cut at
 /// a 1,448-byte MSS into two segments, the server name in the first or the second (Chrome
-/// permutes extensions); and the server's first answer.
+/// permutes extensions), one in four after a first segment of 1-5 bytes; and the server's
+/// first answer.
 pub fn browser_client_hellos() -> Group {
     let mut rng = Rng::seeded(0xb40);
     let mut frames = Vec::new();
@@ -426,7 +427,14 @@ pub fn browser_client_hellos() -> Group {
                 .build(),
         );
         let mut seq = isn.wrapping_add(1);
-        for chunk in hello.chunks(1448) {
+        // One in four split first after 1-5 bytes (GoodbyeDPI, zapret): the stream head is
+        // reassembled and the walk goes on in the next segment.
+        let split = if i % 4 == 3 { 1 + i % 5 } else { 0 };
+        let (lead, rest) = hello.split_at(split);
+        let chunks = std::iter::once(lead)
+            .filter(|c| !c.is_empty())
+            .chain(rest.chunks(1448));
+        for chunk in chunks {
             frames.push(
                 Frame::eth()
                     .ip(client, server)
@@ -450,7 +458,7 @@ pub fn browser_client_hellos() -> Group {
         );
     }
     Group::new(
-        "browser tls, post-quantum ClientHellos in two segments",
+        "browser tls, post-quantum ClientHellos in two segments (a quarter split after 1-5 bytes first)",
         frames,
     )
 }

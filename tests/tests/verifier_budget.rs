@@ -21,8 +21,10 @@ const MAX_STACK_CHAIN: u32 = 496;
 /// hash (128 steps) are verified once per state `stream_head` reaches its two call sites
 /// in. The fully-encrypted rule's look at datagrams the signatures' prefilters took but no
 /// signature matched, and the follow-ups' check that a flow claims them (detect.rs,
-/// `conversation_look`, `flow_claims`), took it to 842,302. The ceiling is about 1.07x that,
-/// 10% below the kernel's 1,000,000: growth shows here first.
+/// `conversation_look`, `flow_claims`), took it to 842,302; walking a ClientHello from a
+/// stream head its first segment did not fill (sni.rs `from_head`, a second call site of the
+/// continuation) to 864,367. The ceiling is about 1.04x that, 10% below the kernel's
+/// 1,000,000: growth shows here first, and the next feature needs room made first.
 /// The kernel refuses a program at 1,000,000, and verification time and memory grow well
 /// before that. To raise it after the program grew on purpose: run this test with
 /// `--nocapture`, read the figures it prints, set this to about 1.5x the larger one, and

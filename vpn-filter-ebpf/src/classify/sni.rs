@@ -17,9 +17,12 @@
 //! and [`SNI_MAX_NAME`] name bytes. A ClientHello with post-quantum key shares (~1.8 KB)
 //! spans two segments; when the first one ends before server_name, the walk returns where
 //! the next extension header starts in the next segment ([`Walk::Continue`]) and the kernel
-//! continues there. Not caught (misses, never false positives): a server_name extension or
-//! an extension header that straddles the segment boundary, a ClientHello whose fixed fields
-//! (session id, cipher suites, compression) are not all in the first segment, a ClientHello
+//! continues there. A first segment shorter than the kernel's stream head is reassembled
+//! into it first; the fixed fields are then read from the head and the segment that completed
+//! it ([`hello_extensions`]), and the walk goes on in that segment. Not caught (misses, never
+//! false positives): a server_name extension or an extension header that straddles a
+//! segment boundary, a ClientHello whose fixed fields (session id, cipher suites,
+//! compression) are neither in its first segment nor in the reassembled head, a ClientHello
 //! fragmented over several TLS records, names longer than [`SNI_MAX_NAME`] bytes, ECH (the
 //! outer name is the provider's front: matched only if listed).
 
@@ -64,47 +67,50 @@ pub fn is_client_hello_head(h: [u8; 6]) -> bool {
 /// extensions, then through them.
 #[inline(always)]
 pub fn client_hello<B: Bytes>(b: &B, seg_len: usize) -> Walk {
+    match hello_extensions(b) {
+        Some((start, end)) => walk_extensions(b, seg_len, start, end),
+        None => Walk::None,
+    }
+}
+
+/// The ClientHello's fixed fields, from the record header: where its extensions start and
+/// end (stream offsets), or `None` when `b` does not start a ClientHello this parser reads.
+/// No loop: the kernel also runs it over a reassembled stream head (see the program's
+/// sni.rs).
+#[inline(always)]
+pub fn hello_extensions<B: Bytes>(b: &B) -> Option<(usize, usize)> {
     // Record header, handshake header, version, random, session id length.
-    let Some(h) = b.load::<44>(0) else {
-        return Walk::None;
-    };
+    let h = b.load::<44>(0)?;
     let head = [h[0], h[1], h[2], h[3], h[4], h[5]];
     if !is_client_hello_head(head) {
-        return Walk::None;
+        return None;
     }
     let rec_len = u16::from_be_bytes([h[3], h[4]]) as usize;
     let hs_len = (h[6] as usize) << 16 | (h[7] as usize) << 8 | h[8] as usize;
     // The handshake fits its record (a ClientHello fragmented over records is not judged).
     if hs_len + 4 > rec_len || hs_len < 38 {
-        return Walk::None;
+        return None;
     }
     let sid = h[43] as usize;
     if sid > 32 {
-        return Walk::None;
+        return None;
     }
     let at = 44 + sid;
-    let Some(cs) = b.load::<2>(at) else {
-        return Walk::None;
-    };
-    let cs_len = u16::from_be_bytes(cs) as usize;
+    let cs_len = u16::from_be_bytes(b.load::<2>(at)?) as usize;
     if cs_len < 2 || cs_len & 1 != 0 {
-        return Walk::None;
+        return None;
     }
     let at = at + 2 + cs_len;
-    let Some(comp) = b.load::<1>(at) else {
-        return Walk::None;
-    };
+    let comp = b.load::<1>(at)?;
     let at = at + 1 + comp[0] as usize;
-    let Some(el) = b.load::<2>(at) else {
-        return Walk::None;
-    };
+    let el = b.load::<2>(at)?;
     let start = at + 2;
     let end = start + u16::from_be_bytes(el) as usize;
     // The extensions end inside the handshake message, which ends inside the record.
     if end > 9 + hs_len {
-        return Walk::None;
+        return None;
     }
-    walk_extensions(b, seg_len, start, end)
+    Some((start, end))
 }
 
 /// Walks extensions from `start` (an extension header) to `end` (may lie beyond the

@@ -84,6 +84,85 @@ impl Bytes for Payload<'_> {
     }
 }
 
+/// A stream's reassembled head (its first [`HEAD_BYTES`], complete) and the segment that
+/// completed it, which starts at stream offset `rel`: read as one stream from offset 0.
+/// Bytes between the head and `rel` that the segment does not hold are not there (a load
+/// needing them fails: a miss).
+struct HeadThenSegment<'a> {
+    head: &'a [u8; HEAD_BYTES + 128],
+    ctx: &'a XdpContext,
+    off: usize,
+    rel: usize,
+}
+
+impl Bytes for HeadThenSegment<'_> {
+    #[inline(always)]
+    fn load<const N: usize>(&self, at: usize) -> Option<[u8; N]> {
+        if at + N <= HEAD_BYTES {
+            return self.head.get(at..at + N)?.try_into().ok();
+        }
+        if at < self.rel || at > sni::MAX_OFFSET {
+            return None;
+        }
+        Payload {
+            ctx: self.ctx,
+            off: self.off,
+        }
+        .load::<N>(at - self.rel)
+    }
+}
+
+/// A client's stream head just completed in a segment starting at stream offset `rel` (its
+/// first segment was shorter than the head: a ClientHello split after a few bytes, as
+/// GoodbyeDPI and zapret split it). When the head starts a ClientHello whose extensions
+/// begin in this segment, leaves the walk's continuation for this very segment in
+/// `SNI_PENDING` (the caller then runs [`sni_stage`] on it, as on any continuation) and
+/// answers true. Its own frame.
+#[inline(never)]
+pub(super) fn from_head(ctx: &XdpContext, head: &[u8; HEAD_BYTES + 128], rel: usize) -> bool {
+    let Some(slot) = SCRATCH.get(0) else {
+        return false;
+    };
+    let pkt = &slot.pkt;
+    if policy(Protocol::TlsSni) == PolicyMode::Off as u8
+        || pkt.payload_off > MAX_PAYLOAD_OFFSET
+        || pkt.captured > 0xffff
+        || rel == 0
+        || rel >= HEAD_BYTES
+    {
+        return false;
+    }
+    let b = HeadThenSegment {
+        head,
+        ctx,
+        off: pkt.payload_off,
+        rel,
+    };
+    let Some((start, end)) = sni::hello_extensions(&b) else {
+        return false;
+    };
+    // Extension headers before this segment are in the head only: not walked (a miss).
+    if start < rel || end < start || end - rel > 0xffff {
+        return false;
+    }
+    let h = tcp_hash(pkt);
+    let Some(e) = SNI_PENDING.get_ptr_mut(h & (SNI_PENDING_SLOTS - 1)) else {
+        return false;
+    };
+    // SAFETY: an array slot; a racing writer on another CPU writes its own flow's
+    // continuation, ours is then a miss.
+    unsafe {
+        *e = SniPending {
+            hash: h | 1,
+            seq: pkt.tcp_seq,
+            skip: (start - rel) as u16,
+            end: (end - rel) as u16,
+            _pad: 0,
+        }
+    };
+    true
+}
+
 /// [`walk_stage`]'s answers.
 const WALK_NONE: u32 = 0;
 const WALK_NAME: u32 = 1;

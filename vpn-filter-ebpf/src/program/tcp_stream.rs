@@ -279,7 +279,19 @@ pub(super) fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
         return Ok(HEAD_DETECTED | first);
     }
     if contig >= HEAD_BYTES {
-        // The head is complete and is no VPN: forget the stream.
+        // The head is complete and is no VPN. A client's ClientHello whose first segment
+        // was shorter than the head (split after a few bytes to hide its server name) is
+        // walked on in this segment, as a continuation (sni.rs; `from_head` answers only for
+        // a segment after the first, so `first` is 0). Its slot stays for the segments after
+        // it, and so does the stream: a retransmission of this segment completes the head
+        // again and is judged again.
+        if v & SLOT_CLIENT != 0 && sni::from_head(ctx, &e.buf, rel) {
+            if sni::sni_stage(ctx, false) == DETECT_FOUND {
+                return Ok(HEAD_DETECTED);
+            }
+            return Ok(HEAD_ORDINARY);
+        }
+        // Otherwise forget the stream.
         // SAFETY: as above.
         unsafe { *slot = 0 };
         let _ = TCP_STREAMS.remove(&key);
