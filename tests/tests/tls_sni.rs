@@ -438,6 +438,33 @@ fn a_reloaded_list_changes_the_verdict() {
     failures.assert_none();
 }
 
+/// A list as large as the map replaces another as large: the delisted domains leave before
+/// the new ones arrive. (Added first, the 385th insert failed with the map full and the map
+/// kept the old list plus part of the new one.)
+#[test]
+fn a_full_sized_list_replaces_another_full_sized_list() {
+    let n = vpn_filter_common::SNI_DOMAIN_ENTRIES as usize - 384;
+    let text = |tag: &str| {
+        (0..n)
+            .map(|i| format!("vpn{i}.{tag}.example\n"))
+            .collect::<String>()
+    };
+    let mut f = load_with(FrameStart::Ethernet, &Policy::default(), &Config::default());
+    let first = f
+        .sync_vpn_domains(&list(&text("old")))
+        .expect("the first list");
+    assert_eq!((first.domains, first.added, first.removed), (n, n, 0));
+    let second = f
+        .sync_vpn_domains(&list(&text("new")))
+        .expect("the second list replaces the first");
+    assert_eq!((second.domains, second.added, second.removed), (n, n, n));
+    // The map holds exactly the second list: synced again, nothing changes.
+    let again = f
+        .sync_vpn_domains(&list(&text("new")))
+        .expect("a no-op sync");
+    assert_eq!((again.added, again.removed), (0, 0));
+}
+
 #[test]
 fn the_policy_off_judges_nothing() {
     let f = filter(PolicyMode::Off, DOMAINS);

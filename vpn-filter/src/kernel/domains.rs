@@ -1,5 +1,6 @@
 //! The listed-domain map of the `tls_sni` rule (`TLS_SNI_DOMAINS`): one hash per listed
-//! domain, written add-before-remove so a domain that stays listed is never missing.
+//! domain. A domain that stays listed is never touched; delisted ones are removed before new
+//! ones are added, so a list of up to the map's capacity always fits, whatever it replaces.
 
 use std::collections::BTreeSet;
 
@@ -32,14 +33,17 @@ impl Filter {
             domains: want.len(),
             ..Default::default()
         };
+        // Removals first: adding first would need room for both lists (a new list of
+        // 16,000 domains replacing another failed at the 385th insert and left the map
+        // holding the old list and part of the new one).
+        for h in have.difference(&want) {
+            map.remove(h).context("removing from TLS_SNI_DOMAINS")?;
+            report.removed += 1;
+        }
         for h in want.difference(&have) {
             map.insert(h, 1, 0)
                 .context("writing TLS_SNI_DOMAINS (its capacity is SNI_DOMAIN_ENTRIES)")?;
             report.added += 1;
-        }
-        for h in have.difference(&want) {
-            map.remove(h).context("removing from TLS_SNI_DOMAINS")?;
-            report.removed += 1;
         }
         Ok(report)
     }
