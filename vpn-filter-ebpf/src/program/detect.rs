@@ -143,18 +143,14 @@ fn conversation_look(pkt: &Packet, head: [u8; 4], len: usize) -> u32 {
     clippy::needless_borrows_for_generic_args,
     reason = "passing map keys by value copies them onto the 512-byte BPF stack"
 )]
-fn flow_claims(ctx: &XdpContext, pkt: &Packet, protocol: u32, message: u32, head: u32) -> bool {
-    let (key, _) = FlowKey::canonical(
-        &pkt.src,
-        pkt.sport,
-        &pkt.dst,
-        pkt.dport,
-        pkt.ip_proto,
-        pkt.family,
-        pkt.vlan,
-        protocol as u8,
-        0,
-    );
+fn flow_claims(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    protocol: Protocol,
+    message: u32,
+    head: u32,
+) -> bool {
+    let (key, _) = flow_key(pkt, protocol, 0);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(state) = FLOWS.get_ptr(&key) else {
@@ -386,13 +382,7 @@ fn detect_packet(ctx: &XdpContext, pkt: &Packet, first_client: bool) -> Result<F
             // byte looks like an OpenVPN data opcode one time in seven, and must not buy a
             // fully encrypted datagram its way past the rule.
             if !gate_open(protocol)
-                || !flow_claims(
-                    ctx,
-                    pkt,
-                    protocol as u32,
-                    message as u32,
-                    u32::from_be_bytes(head),
-                )
+                || !flow_claims(ctx, pkt, protocol, message as u32, u32::from_be_bytes(head))
             {
                 pre = Prefilter::No;
             }
@@ -410,7 +400,7 @@ fn detect_packet(ctx: &XdpContext, pkt: &Packet, first_client: bool) -> Result<F
                             && flow_claims(
                                 ctx,
                                 pkt,
-                                Protocol::OpenVpnObfuscated as u32,
+                                Protocol::OpenVpnObfuscated,
                                 Message::OvpnObfuscated as u32,
                                 u32::from_be_bytes(head),
                             ) =>
