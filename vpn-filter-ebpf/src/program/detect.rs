@@ -439,8 +439,9 @@ fn detect_packet(ctx: &XdpContext, pkt: &Packet, first_client: bool) -> Result<F
     match pre {
         Prefilter::No => Ok(Found::None),
         Prefilter::FollowUp(protocol, message) => {
-            // Meaningful only while this protocol has live flows.
-            if !gate_open(protocol) {
+            // Meaningful only while this protocol has live flows (a UDP follow-up got here
+            // through `flow_claims`, after its gate was read).
+            if pkt.ip_proto != IPPROTO_UDP && !gate_open(protocol) {
                 return Ok(Found::None);
             }
             if protocol == Protocol::OpenVpnObfuscated {
