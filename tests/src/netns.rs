@@ -280,21 +280,29 @@ impl Process {
 
     /// Waits until a stderr line contains `needle`; panics with the stderr seen otherwise.
     pub fn wait_stderr(&self, needle: &str, timeout: Duration) {
+        self.wait_stderr_from(0, needle, timeout);
+    }
+
+    /// Waits until a stderr line at or after line `from` contains `needle` and returns its
+    /// index; panics with the stderr seen if the process exits first or `timeout` (a hang
+    /// guard) passes.
+    pub fn wait_stderr_from(&self, from: usize, needle: &str, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.stderr_lines().iter().any(|l| l.contains(needle)) {
-                return;
+            let lines = self.stderr_lines();
+            if let Some(i) = lines.iter().skip(from).position(|l| l.contains(needle)) {
+                return from + i;
             }
             if let Some(status) = self.exit_status() {
                 panic!(
                     "process exited ({status}) before printing {needle:?}; stderr:\n{}",
-                    self.stderr_lines().join("\n")
+                    lines.join("\n")
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "no stderr line containing {needle:?} within {timeout:?}; stderr:\n{}",
+            "no stderr line containing {needle:?} after line {from} within {timeout:?}; stderr:\n{}",
             self.stderr_lines().join("\n")
         );
     }

@@ -85,11 +85,12 @@ fn start(lab: &FilterLab, dirs: &Dirs, extra: &[&str]) -> Process {
 
 fn kill9(p: &Process) {
     p.signal(libc::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // A hang guard, not a timing check: SIGKILL is immediate.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while p.exit_status().is_none() {
         assert!(
             Instant::now() < deadline,
-            "controller did not die on SIGKILL"
+            "controller did not die on SIGKILL (hang guard)"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -422,7 +423,9 @@ fn sighup_with_a_bad_config_keeps_the_old_one_and_a_good_one_applies() {
     ctl.signal(libc::SIGHUP);
     ctl.wait_stderr("configuration reloaded", Duration::from_secs(5));
     assert_eq!(send(41002), 1, "monitor: the initiation passes");
-    let deadline = Instant::now() + Duration::from_secs(3);
+    // Decided by the event arriving; the deadline is only a hang guard (events are
+    // delivered within a second on an idle machine, later under load).
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !ctl
         .stdout_lines()
         .iter()
@@ -430,7 +433,7 @@ fn sighup_with_a_bad_config_keeps_the_old_one_and_a_good_one_applies() {
     {
         assert!(
             Instant::now() < deadline,
-            "a monitored event is still emitted"
+            "no monitored event was emitted (hang guard)"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -587,24 +590,6 @@ fn walk(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Index of the first stderr line at or after `from` that contains `needle`, waiting up to
-/// `timeout` for it.
-fn wait_line_from(p: &Process, from: usize, needle: &str, timeout: Duration) -> usize {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let lines = p.stderr_lines();
-        if let Some(i) = lines.iter().skip(from).position(|l| l.contains(needle)) {
-            return from + i;
-        }
-        assert!(
-            Instant::now() < deadline && p.exit_status().is_none(),
-            "no stderr line containing {needle:?} after line {from}; stderr:\n{}",
-            lines.join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Index of the first stderr line that contains `needle`, if any.
 fn line_index(lines: &[String], needle: &str) -> Option<usize> {
     lines.iter().position(|l| l.contains(needle))
@@ -630,8 +615,7 @@ fn status_and_sigterm_are_answered_while_a_million_prefix_sync_runs() {
     std::fs::rename(&tmp, dirs.registry()).unwrap();
 
     // The sync's kernel writes have begun (parsing and checks are behind it).
-    let started = wait_line_from(
-        &ctl,
+    let started = ctl.wait_stderr_from(
         after_ready,
         "registry sync started",
         Duration::from_secs(120),
