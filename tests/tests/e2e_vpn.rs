@@ -486,6 +486,12 @@ trait Vpn {
     fn gets_anything_through(&self, lab: &GatewayLab, side: Side) -> bool {
         self.is_up(lab, side)
     }
+    /// Attempts of a client that must stay blocked that may get through: 0 for a signature.
+    /// A heuristic with a published exemption rate lets that share of fresh attempts
+    /// through by design (see the Shadowsocks implementation).
+    fn tolerated_passes(&self) -> u32 {
+        0
+    }
 }
 
 /// Waits for `side`'s tunnel to come up and carry a ping; panics with the logs otherwise.
@@ -548,13 +554,27 @@ fn blocked_unless_registered(mut vpn: impl Vpn, extra: &[&str], mode: &str) {
 
     let reg = expect_up(&vpn, &env, Side::Registered, started);
 
-    let rest = BLOCK_WINDOW.saturating_sub(started.elapsed());
-    let came_up = wait_until(rest, || {
-        vpn.gets_anything_through(&env.lab, Side::Unregistered)
-    });
+    // Attempts until the window ends: each a fresh try of the unregistered client (for a
+    // heuristic, a new connection with new random bytes).
+    let tolerated = vpn.tolerated_passes();
+    let deadline = Instant::now() + BLOCK_WINDOW.saturating_sub(started.elapsed());
+    let (mut attempts, mut passes) = (0u32, 0u32);
+    loop {
+        attempts += 1;
+        if vpn.gets_anything_through(&env.lab, Side::Unregistered) {
+            passes += 1;
+            if passes > tolerated {
+                break;
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
-        came_up.is_none(),
-        "{}: the unregistered client got through (up means: {}) although the registry allows only {reg_addr}\nevents: {:?}\n{}",
+        passes <= tolerated && attempts > passes,
+        "{}: the unregistered client got through on {passes} of {attempts} attempts (up means: {}; at most {tolerated} tolerated, see tolerated_passes) although the registry allows only {reg_addr}\nevents: {:?}\n{}",
         vpn.name(),
         vpn.up_means(),
         env.controller.stdout_lines(),
@@ -1665,6 +1685,15 @@ impl Vpn for Shadowsocks {
 
     fn gets_anything_through(&self, lab: &GatewayLab, side: Side) -> bool {
         self.tcp_works(lab, side) || self.udp_works(lab, side)
+    }
+
+    /// The fully-encrypted rule exempts a random first payload whose first six bytes are
+    /// printable, one in 390 (README): each fresh connection of the unregistered client
+    /// passes with that chance, and over the window's ~3 attempts one such pass came in
+    /// about one run in a hundred. One pass is tolerated; two (about 1 in 50,000 runs
+    /// by chance) fail, and so does a window in which no attempt was blocked.
+    fn tolerated_passes(&self) -> u32 {
+        1
     }
 
     fn ping(&self, _lab: &GatewayLab, _side: Side) -> Option<Ping> {
