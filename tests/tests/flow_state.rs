@@ -1185,6 +1185,84 @@ fn a_source_cannot_spend_another_sources_event_allowance() {
     );
 }
 
+/// Sources whose hashes name the same event-limit slot keep their own allowances. Session 5's
+/// `EVENT_LIMIT` held one source per slot: a source that found another there took the slot
+/// over with a fresh allowance, so two colliding sources reset each other on every event and
+/// neither was limited. The 300-source flood test in `observability.rs` failed on it by
+/// chance: by the birthday bound one load in two (3 runs of 6 here). A slot is now one way of
+/// a bucket. The sources below all hash, under this load's seed, to one slot: as many as a
+/// bucket has ways, interleaved, then one more, which must still be reported.
+#[test]
+fn sources_sharing_an_event_limit_slot_keep_their_own_allowances() {
+    use vpn_filter_common::{
+        endpoint_hash, DEFAULT_EVENTS_PER_SOURCE_PER_SEC, EVENT_LIMIT_SLOTS, EVENT_LIMIT_WAYS,
+        FAMILY_V4,
+    };
+    let mut filter = load();
+    let seed = aya::maps::Array::<_, u32>::try_from(filter.map(maps::TCP_HEAD_SEED).unwrap())
+        .unwrap()
+        .get(&0, 0)
+        .unwrap();
+    let words = |a: Ipv4Addr| {
+        let o = a.octets();
+        [u32::from_ne_bytes(o), 0, 0, 0]
+    };
+    let slot =
+        |a: Ipv4Addr| endpoint_hash(seed, &words(a), FAMILY_V4 as u16) & (EVENT_LIMIT_SLOTS - 1);
+    // The slot of the first candidate, and more sources on exactly that slot (one in 65,536
+    // addresses of 10.64.0.0/10 lands there: a few hundred thousand hashes).
+    let first = Ipv4Addr::new(10, 64, 0, 1);
+    let target = slot(first);
+    let wanted = EVENT_LIMIT_WAYS as usize + 1;
+    let sources: Vec<Ipv4Addr> = std::iter::once(first)
+        .chain(
+            (u32::from(first) + 1..u32::from(Ipv4Addr::new(10, 127, 255, 255)))
+                .map(Ipv4Addr::from)
+                .filter(|&a| slot(a) == target),
+        )
+        .take(wanted)
+        .collect();
+    assert_eq!(sources.len(), wanted, "colliding sources found");
+
+    let mut ring = filter.take_events().unwrap();
+    let started = std::time::Instant::now();
+    let (sharing, newcomer) = sources.split_at(EVENT_LIMIT_WAYS as usize);
+    const ROUNDS: u32 = 40;
+    for i in 0..ROUNDS {
+        for (k, &src) in sharing.iter().enumerate() {
+            let f = Udp::new(src, 40000 + k as u16, SERVER, 51820);
+            assert_eq!(run(&filter, &f.c2s(&wireguard_initiation(i))), XDP_DROP);
+        }
+    }
+    // The bucket is full of live sources: the newcomer takes the way whose window is oldest.
+    let late = Udp::new(newcomer[0], 40999, SERVER, 51820);
+    assert_eq!(run(&filter, &late.c2s(&wireguard_initiation(7))), XDP_DROP);
+    // Windows are one second: the bound below allows one per second the run could touch
+    // (a hang guard's arithmetic, not a timing assertion: the run takes milliseconds).
+    let windows = started.elapsed().as_secs() + 2;
+    let evs = events(&mut ring);
+    let of = |a: Ipv4Addr| {
+        evs.iter()
+            .filter(|e| e.src[..4] == a.octets() && e.src[4..].iter().all(|&b| b == 0))
+            .count() as u64
+    };
+    let allowance = DEFAULT_EVENTS_PER_SOURCE_PER_SEC as u64;
+    for &src in sharing {
+        let n = of(src);
+        assert!(
+            n >= 1 && n <= allowance * windows,
+            "{src}: {n} events for {ROUNDS} drops, sharing slot {target} with {} others \
+             (allowance {allowance} a second, {windows} windows)",
+            sharing.len() - 1
+        );
+    }
+    assert_eq!(
+        of(newcomer[0]),
+        1,
+        "a source arriving at a full bucket is still reported"
+    );
+}
+
 /// A decoy cannot make another protocol's handshake a follow-up: an OpenVPN reset sent first
 /// on a 5-tuple leaves a pending OpenVPN flow there; an IKE_SA_INIT on that 5-tuple whose
 /// SPI starts like an OpenVPN opcode (0x2d: P_ACK_V1, a byte the initiator chooses) was

@@ -67,6 +67,32 @@ pub const DEFAULT_ALLOW_V6_ENTRIES: u32 = 262_144;
 pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
 /// Slots of the per-source event limit (`EVENT_LIMIT`, [`SourceRate`] each). A power of two.
 pub const EVENT_LIMIT_SLOTS: u32 = 65_536;
+/// Ways of an `EVENT_LIMIT` bucket: a source may sit in any of the [`EVENT_LIMIT_WAYS`]
+/// consecutive slots its hash names, so sources that share a bucket keep their own limits.
+/// A power of two dividing [`EVENT_LIMIT_SLOTS`].
+pub const EVENT_LIMIT_WAYS: u32 = 4;
+
+/// Seeded hash of one endpoint (an address as four native-endian words, and a port or other
+/// 16-bit tag). The kernel indexes its conversation, fallback and event-limit slots with it,
+/// seeded at load from `TCP_HEAD_SEED`; userspace (tests, tools) computes the same slot.
+#[inline(always)]
+pub fn endpoint_hash(seed: u32, addr: &[u32; 4], port: u16) -> u32 {
+    let mut h: u32 = seed ^ 0x9e37_79b9;
+    let mut i = 0;
+    while i < 4 {
+        h = (h ^ addr[i]).wrapping_mul(0x0100_0193).rotate_left(13);
+        i += 1;
+    }
+    h = (h ^ port as u32).wrapping_mul(0x85eb_ca6b);
+    h ^ (h >> 13)
+}
+
+/// First slot of the `EVENT_LIMIT` bucket of a source (address as four native-endian words,
+/// family), for the seed in `TCP_HEAD_SEED`.
+#[inline(always)]
+pub fn event_limit_bucket(seed: u32, src: &[u32; 4], family: u8) -> u32 {
+    endpoint_hash(seed, src, family as u16) & (EVENT_LIMIT_SLOTS - EVENT_LIMIT_WAYS)
+}
 /// Ring buffer size in bytes (a power of two multiple of the page size).
 pub const DEFAULT_EVENT_RING_BYTES: u32 = 1 << 22;
 
@@ -847,11 +873,14 @@ pub struct RateState {
     pub suppressed: u32,
 }
 
-/// A slot of the per-source event limit (`EVENT_LIMIT`, an array indexed by a seeded hash of
-/// the source): the source's address (as four native-endian words) and family, then its
-/// [`RateState`]. The address is compared whole: a source that finds another in its slot
-/// takes the slot over with a fresh state, so a collision can only let an event through
-/// (still within the per-CPU budget), never make two sources share one limit.
+/// A slot of the per-source event limit (`EVENT_LIMIT`, an array of [`EVENT_LIMIT_WAYS`]-way
+/// buckets, the bucket named by a seeded hash of the source): the source's address (as four
+/// native-endian words) and family, then its [`RateState`]. The address is compared whole,
+/// so two sources never share one limit. A source found in no way of its bucket takes the
+/// way whose window started longest ago (an unused or expired one first); only when more
+/// than [`EVENT_LIMIT_WAYS`] sources are live in one bucket at once does that reset a live
+/// source, which can then only get an extra event through (still within the per-CPU
+/// budget), never lose one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SourceRate {

@@ -11,15 +11,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use vpn_filter_common::{
-    counter_index, fast_v6_filter_bit, verdict_counter_index, AllowValue, AllowlistLookup, Config,
-    Counter, Event, ExtHeaderOverflow, FastKeyV4, FastKeyV6, FastLengths, FlowKey, FlowState,
-    FlowStatus, Message, PolicyMode, Protocol, RateState, Reason, SourceRate, Verdict,
-    DEFAULT_ALLOWED_FLOW_TIMEOUT_NS, DEFAULT_ALLOWLIST_LOOKUP, DEFAULT_ALLOW_V4_ENTRIES,
+    counter_index, event_limit_bucket, fast_v6_filter_bit, verdict_counter_index, AllowValue,
+    AllowlistLookup, Config, Counter, Event, ExtHeaderOverflow, FastKeyV4, FastKeyV6, FastLengths,
+    FlowKey, FlowState, FlowStatus, Message, PolicyMode, Protocol, RateState, Reason, SourceRate,
+    Verdict, DEFAULT_ALLOWED_FLOW_TIMEOUT_NS, DEFAULT_ALLOWLIST_LOOKUP, DEFAULT_ALLOW_V4_ENTRIES,
     DEFAULT_ALLOW_V6_ENTRIES, DEFAULT_BLOCKED_FLOW_TIMEOUT_NS, DEFAULT_EVENTS_PER_CPU_PER_SEC,
     DEFAULT_EVENTS_PER_SOURCE_PER_SEC, DEFAULT_EVENT_RING_BYTES, DEFAULT_FALLBACK_TIMEOUT_NS,
     DEFAULT_FLOW_ENTRIES, DEFAULT_PENDING_FLOW_TIMEOUT_NS, ENCAP_VLAN_STACK, EVENT_LIMIT_SLOTS,
-    FALLBACK_PAIR_ENTRIES, FAMILY_V4, FAMILY_V6, FAST_BITMAP_V4_LONG, FAST_BITMAP_V6,
-    FAST_BITMAP_WORDS, FAST_V6_MAX_LENGTHS, FAST_V6_USE_TRIE, FLOW_CLASS_DATA,
+    EVENT_LIMIT_WAYS, FALLBACK_PAIR_ENTRIES, FAMILY_V4, FAMILY_V6, FAST_BITMAP_V4_LONG,
+    FAST_BITMAP_V6, FAST_BITMAP_WORDS, FAST_V6_MAX_LENGTHS, FAST_V6_USE_TRIE, FLOW_CLASS_DATA,
     REPEAT_REPORT_WINDOWS, REPEAT_RESERVE_PER_SEC, REPEAT_SLOTS, REPEAT_WINDOW_NS, STATS_LEN,
 };
 mod allowlist;

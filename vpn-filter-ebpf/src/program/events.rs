@@ -126,31 +126,57 @@ pub(super) fn emit_event(
 
 /// The per-source limit: `None` when the source has used its events this second (counted
 /// as suppressed), else how many of its events were suppressed since its last one (as far
-/// as its slot remembers: a source that took the slot over starts afresh).
+/// as its slot remembers: a source that took a slot over starts afresh).
+///
+/// The source is looked for in the [`EVENT_LIMIT_WAYS`] ways of its bucket; a newcomer takes
+/// the way whose window started longest ago (see [`SourceRate`]).
 #[inline(always)]
 pub(super) fn per_source(pkt: &Packet, now: u64, cfg: &Config) -> Option<u32> {
     let (src, _) = pkt.words();
-    // Seeded per load (as the TCP stream slots): nobody can aim a source at another's slot.
-    let idx = endpoint_hash(&src, pkt.family as u16) & (EVENT_LIMIT_SLOTS - 1);
-    let Some(slot) = EVENT_LIMIT.get_ptr_mut(idx) else {
-        return Some(0);
-    };
-    // SAFETY: an array slot; racing writers on other CPUs can only blur the counts.
-    let slot = unsafe { &mut *slot };
-    if slot.src != src || slot.family != pkt.family as u32 {
-        *slot = SourceRate {
-            src,
-            family: pkt.family as u32,
-            _pad: 0,
-            rate: RateState {
-                window_start_ns: now,
-                emitted: 1,
-                suppressed: 0,
-            },
-        };
+    let family = pkt.family as u32;
+    // Seeded per load (as the TCP stream slots): nobody can aim a source at another's bucket.
+    let base = event_limit_bucket(seed(), &src, pkt.family);
+    let mut found = EVENT_LIMIT_WAYS;
+    let mut oldest = 0;
+    let mut oldest_age = 0u64;
+    let mut w = 0;
+    while w < EVENT_LIMIT_WAYS {
+        if let Some(slot) = EVENT_LIMIT.get(base + w) {
+            if slot.src == src && slot.family == family {
+                found = w;
+                break;
+            }
+            let age = now.wrapping_sub(slot.rate.window_start_ns);
+            if age > oldest_age {
+                oldest = w;
+                oldest_age = age;
+            }
+        }
+        w += 1;
+    }
+    if found == EVENT_LIMIT_WAYS {
+        if let Some(slot) = EVENT_LIMIT.get_ptr_mut(base + oldest) {
+            // SAFETY: an array slot; racing writers on other CPUs can only blur the counts.
+            unsafe {
+                *slot = SourceRate {
+                    src,
+                    family,
+                    _pad: 0,
+                    rate: RateState {
+                        window_start_ns: now,
+                        emitted: 1,
+                        suppressed: 0,
+                    },
+                }
+            };
+        }
         return Some(0);
     }
-    let rate = &mut slot.rate;
+    let Some(slot) = EVENT_LIMIT.get_ptr_mut(base + found) else {
+        return Some(0);
+    };
+    // SAFETY: as above.
+    let rate = unsafe { &mut (*slot).rate };
     if now.wrapping_sub(rate.window_start_ns) >= NS_PER_SEC {
         rate.window_start_ns = now;
         rate.emitted = 0;

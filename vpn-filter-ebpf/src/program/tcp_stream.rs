@@ -89,14 +89,13 @@ pub(super) fn tcp_hash(pkt: &Packet) -> u32 {
 /// that either direction finds.
 #[inline(always)]
 pub(super) fn endpoint_hash(addr: &[u32; 4], port: u16) -> u32 {
-    let mut h: u32 = TCP_HEAD_SEED.get(0).copied().unwrap_or(0) ^ 0x9e37_79b9;
-    let mut i = 0;
-    while i < 4 {
-        h = (h ^ addr[i]).wrapping_mul(0x0100_0193).rotate_left(13);
-        i += 1;
-    }
-    h = (h ^ port as u32).wrapping_mul(0x85eb_ca6b);
-    h ^ (h >> 13)
+    vpn_filter_common::endpoint_hash(seed(), addr, port)
+}
+
+/// The per-load seed of the slot hashes (0 until the controller writes it).
+#[inline(always)]
+pub(super) fn seed() -> u32 {
+    TCP_HEAD_SEED.get(0).copied().unwrap_or(0)
 }
 
 /// Seed of [`tcp_hash`], written by the controller at load (random per boot), so that
