@@ -406,8 +406,8 @@ pub const BROWSER_HOSTS: &[&str] = &[
 
 /// Browser-like ClientHellos with post-quantum key shares (~1.8 KB) after a SYN, each cut at
 /// a 1,448-byte MSS into two segments, the server name in the first or the second (Chrome
-/// permutes extensions), one in four after a first segment of 1-5 bytes; and the server's
-/// first answer.
+/// permutes extensions), one in four after a first segment of 1-5 bytes, one in four first
+/// inside the server name; and the server's first answer.
 pub fn browser_client_hellos() -> Group {
     let mut rng = Rng::seeded(0xb40);
     let mut frames = Vec::new();
@@ -428,8 +428,18 @@ pub fn browser_client_hellos() -> Group {
         );
         let mut seq = isn.wrapping_add(1);
         // One in four split first after 1-5 bytes (GoodbyeDPI, zapret): the stream head is
-        // reassembled and the walk goes on in the next segment.
-        let split = if i % 4 == 3 { 1 + i % 5 } else { 0 };
+        // reassembled and the walk goes on in the next segment. One in four split first
+        // inside the server name (zapret's midsld): the name's first part is carried into the
+        // next segment's walk.
+        let name = hello
+            .windows(host.len())
+            .position(|w| w == host.as_bytes())
+            .expect("the name is in the hello");
+        let split = match i % 4 {
+            3 => 1 + i % 5,
+            1 => name + 1 + (rng.next() as usize) % (host.len() - 1),
+            _ => 0,
+        };
         let (lead, rest) = hello.split_at(split);
         let chunks = std::iter::once(lead)
             .filter(|c| !c.is_empty())
@@ -458,7 +468,7 @@ pub fn browser_client_hellos() -> Group {
         );
     }
     Group::new(
-        "browser tls, post-quantum ClientHellos in two segments (a quarter split after 1-5 bytes first)",
+        "browser tls, post-quantum ClientHellos in two segments (a quarter split after 1-5 bytes first, a quarter inside the server name)",
         frames,
     )
 }

@@ -333,6 +333,109 @@ fn a_client_hello_whose_first_segment_is_a_few_bytes_is_caught() {
     failures.assert_none();
 }
 
+/// zapret's `midsld` and GoodbyeDPI-style splits put a segment boundary inside the server
+/// name, or inside the extension or list header in front of it; a Chrome-sized hello cut at
+/// the MSS lands there by chance too (Chrome shuffles its extensions). The cut part is
+/// carried into the next segment's walk, over any number of in-order segments. Before, the
+/// walk gave up on a straddling extension and the hello passed. An unlisted name cut the
+/// same ways never matches.
+#[test]
+fn a_client_hello_split_inside_its_server_name_is_caught() {
+    let f = filter(PolicyMode::Enforce, DOMAINS);
+    let mut failures = Failures::default();
+    let want = judged(false, PolicyMode::Enforce);
+    let mut port = 45000;
+    let mut cases_run = 0;
+    for v6 in [false, true] {
+        let (c, s) = (client(v6, false), server(v6));
+        for sni_last in [false, true] {
+            for (host, listed) in [
+                ("engage.cloudflareclient.com", true),
+                ("engage.cloudflareclient.net", false),
+            ] {
+                let hello = tls_client_hello_pq(host, sni_last, 7);
+                let name = hello
+                    .windows(host.len())
+                    .position(|w| w == host.as_bytes())
+                    .expect("the name is in the hello");
+                // The server_name extension's header: type (2), length (2), list length
+                // (2), name type (1), name length (2).
+                let ext = name - 9;
+                let n = host.len();
+                // Where the boundaries fall: in the extension header, in the list header,
+                // in the name (after 1 byte, in the second-level label, before its last
+                // byte), and three-segment splits with a one-byte middle segment.
+                let splits: Vec<Vec<usize>> = vec![
+                    vec![ext + 1],
+                    vec![ext + 3],
+                    vec![ext + 6],
+                    vec![name - 1],
+                    vec![name + 1],
+                    vec![name + 10],
+                    vec![name + n - 1],
+                    vec![name + 9, name + 10],
+                    vec![ext + 2, name + 4],
+                    vec![ext + 2, ext + 3, name + 12],
+                ];
+                for cut in splits {
+                    port += 1;
+                    cases_run += 1;
+                    let mut bounds = vec![0];
+                    bounds.extend(&cut);
+                    bounds.push(hello.len());
+                    let _ = run(&f, &syn(c, s, port));
+                    let _ = run(&f, &syn_ack(c, s, port));
+                    let frames: Vec<Vec<u8>> = bounds
+                        .windows(2)
+                        .map(|w| {
+                            let seq = CLIENT_ISN + 1 + w[0] as u32;
+                            segment(c, s, port, 443, seq, &hello[w[0]..w[1]])
+                        })
+                        .collect();
+                    let at: Vec<String> = cut
+                        .iter()
+                        .map(|&b| format!("name{:+}", b as i64 - name as i64))
+                        .collect();
+                    let what = format!(
+                        "{c} {host} (SNI {}), cut at {}",
+                        if sni_last { "last" } else { "early" },
+                        at.join(" and ")
+                    );
+                    // The name is complete in the segment that holds its last byte; the
+                    // segments after it carry nothing the walk reads.
+                    let done = bounds
+                        .windows(2)
+                        .position(|w| w[1] >= name + n)
+                        .expect("a segment ends the name");
+                    let outcome = if listed { &want } else { &ignored() };
+                    // Segments before it pass without a verdict (a first segment shorter
+                    // than the stream head is held for reassembly: counters move).
+                    for (i, frame) in frames[..done].iter().enumerate() {
+                        let got = run(&f, frame);
+                        failures.require(got.action == XDP_PASS && got.verdicts.is_empty(), || {
+                            format!("{what}, segment {}: got {got}", i + 1)
+                        });
+                    }
+                    failures.check(
+                        &f,
+                        &format!("{what}, segment {}", done + 1),
+                        &frames[done],
+                        outcome,
+                    );
+                    failures.check(
+                        &f,
+                        &format!("{what}, the name's last segment retransmitted"),
+                        &frames[done],
+                        outcome,
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(cases_run, 80);
+    failures.assert_none();
+}
+
 #[test]
 fn a_post_quantum_sized_client_hello_in_one_segment_is_caught() {
     let f = filter(PolicyMode::Enforce, DOMAINS);

@@ -19,9 +19,12 @@
 //! the next extension header starts in the next segment ([`Walk::Continue`]) and the kernel
 //! continues there. A first segment shorter than the kernel's stream head is reassembled
 //! into it first; the fixed fields are then read from the head and the segment that completed
-//! it ([`hello_extensions`]), and the walk goes on in that segment. Not caught (misses, never
-//! false positives): a server_name extension or an extension header that straddles a
-//! segment boundary, a ClientHello whose fixed fields (session id, cipher suites,
+//! it ([`hello_extensions`]), and the walk goes on in that segment. An extension header or a
+//! server_name extension that a segment boundary cuts (a split inside the name, as zapret's
+//! `midsld`) is carried: its bytes in the first segment are kept and the next segment's walk
+//! reads them and the segment as one stream, so a name split over any number of in-order
+//! segments is read whole. Not caught (misses, never false positives): a ClientHello whose
+//! fixed fields (session id, cipher suites,
 //! compression) are neither in its first segment nor in the reassembled head, a ClientHello
 //! fragmented over several TLS records, names longer than [`SNI_MAX_NAME`] bytes, ECH (the
 //! outer name is the provider's front: matched only if listed).
@@ -37,6 +40,10 @@ pub const MAX_EXTENSIONS: usize = 32;
 /// Segment offsets beyond this are not read (no frame is longer).
 pub const MAX_OFFSET: usize = 0xffff;
 
+/// Most bytes a segment's end carries into the next segment's walk: an extension header,
+/// the server_name list header and the longest name read ([`Walk::Continue`]).
+pub const MAX_CARRY: usize = 4 + 5 + SNI_MAX_NAME;
+
 /// Bytes of a segment read at an offset. The kernel reads the packet with
 /// `bpf_xdp_load_bytes`; the host tests read a slice: one parser for both.
 pub trait Bytes {
@@ -51,9 +58,16 @@ pub enum Walk {
     None,
     /// The server name is `len` bytes at `off` of this segment (`1..=SNI_MAX_NAME`).
     Name { off: usize, len: usize },
-    /// The segment ended before server_name: the next extension header starts `skip` bytes
-    /// into the next segment, and the extensions end `end` bytes into it.
-    Continue { skip: usize, end: usize },
+    /// The segment ended before server_name was read: the walk goes on in the next segment,
+    /// read as one stream after the last `carry` bytes of this one (0 when the segment ended
+    /// between two extensions; else the extension header or the server_name extension that
+    /// the boundary cut, at most [`MAX_CARRY`] bytes). In that stream the next extension
+    /// header starts at `skip` and the extensions end at `end`.
+    Continue {
+        skip: usize,
+        end: usize,
+        carry: usize,
+    },
 }
 
 /// Cheap check on a first client payload's first six bytes: a TLS handshake record
@@ -128,15 +142,19 @@ pub fn walk_extensions<B: Bytes>(b: &B, seg_len: usize, start: usize, end: usize
             return Walk::Continue {
                 skip: off - seg_len,
                 end: end - seg_len,
+                carry: 0,
             };
         }
-        // A header straddling the boundary is a miss (see the module's comment).
+        // A header the boundary cuts is read again, whole, in the next segment's walk.
+        if off + 4 > seg_len {
+            return carry_from(off, seg_len, end);
+        }
         let Some(x) = b.load::<4>(off) else {
             return Walk::None;
         };
         let len = u16::from_be_bytes([x[2], x[3]]) as usize;
         if x[0] == 0 && x[1] == 0 {
-            return server_name(b, seg_len, off + 4, len, end);
+            return server_name(b, seg_len, off, len, end);
         }
         off += 4 + len;
         i += 1;
@@ -144,14 +162,33 @@ pub fn walk_extensions<B: Bytes>(b: &B, seg_len: usize, start: usize, end: usize
     Walk::None
 }
 
-/// The host name in a server_name extension whose `len` bytes of data start at `at`; the
-/// name must lie inside the segment's `seg_len` bytes.
+/// The walk goes on in the next segment from the extension header at `off`, which this
+/// segment's `seg_len` bytes cut: its bytes are carried (zapret's and GoodbyeDPI's splits
+/// inside the server name).
 #[inline(always)]
-fn server_name<B: Bytes>(b: &B, seg_len: usize, at: usize, len: usize, end: usize) -> Walk {
+fn carry_from(off: usize, seg_len: usize, end: usize) -> Walk {
+    if seg_len - off > MAX_CARRY || end < off {
+        return Walk::None;
+    }
+    Walk::Continue {
+        skip: 0,
+        end: end - off,
+        carry: seg_len - off,
+    }
+}
+
+/// The host name in the server_name extension whose header is at `ext` and whose `len`
+/// bytes of data follow it; when the segment's `seg_len` bytes cut it, the extension is
+/// carried into the next segment's walk.
+#[inline(always)]
+fn server_name<B: Bytes>(b: &B, seg_len: usize, ext: usize, len: usize, end: usize) -> Walk {
+    let at = ext + 4;
     if at + len > end || len < 6 {
         return Walk::None;
     }
-    // A straddling extension is a miss: `load` fails beyond the segment.
+    if at + 5 > seg_len {
+        return carry_from(ext, seg_len, end);
+    }
     let Some(x) = b.load::<5>(at) else {
         return Walk::None;
     };
@@ -161,8 +198,11 @@ fn server_name<B: Bytes>(b: &B, seg_len: usize, at: usize, len: usize, end: usiz
     if list + 2 != len || x[2] != 0 || name_len + 3 > list {
         return Walk::None;
     }
-    if name_len == 0 || name_len > SNI_MAX_NAME || at + 5 + name_len > seg_len {
+    if name_len == 0 || name_len > SNI_MAX_NAME {
         return Walk::None;
+    }
+    if at + 5 + name_len > seg_len {
+        return carry_from(ext, seg_len, end);
     }
     Walk::Name {
         off: at + 5,

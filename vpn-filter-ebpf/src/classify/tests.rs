@@ -2546,7 +2546,12 @@ mod sni_walk {
         assert!(p.len() > 1700, "{}", p.len());
         let cut = 1448;
         let (a, b) = p.split_at(cut);
-        let Walk::Continue { skip, end } = sni::client_hello(&Seg(a), a.len()) else {
+        let Walk::Continue {
+            skip,
+            end,
+            carry: 0,
+        } = sni::client_hello(&Seg(a), a.len())
+        else {
             panic!("the first segment must leave the walk for the second");
         };
         let w = sni::walk_extensions(&Seg(b), b.len(), skip, end);
@@ -2562,14 +2567,61 @@ mod sni_walk {
         );
     }
 
+    /// The kernel's walk over a ClientHello cut at `cuts`: the first segment from the record
+    /// header, each later one as one stream after the bytes the walk carried.
+    fn walk_segments(p: &[u8], cuts: &[usize]) -> Option<String> {
+        let mut bounds = vec![0];
+        bounds.extend_from_slice(cuts);
+        bounds.push(p.len());
+        let mut stream = p[..bounds[1]].to_vec();
+        let mut w = sni::client_hello(&Seg(&stream), stream.len());
+        for seg in bounds.windows(2).skip(1) {
+            match w {
+                Walk::Name { .. } => break,
+                Walk::None => return None,
+                Walk::Continue { skip, end, carry } => {
+                    assert!(carry <= sni::MAX_CARRY && carry <= stream.len());
+                    let mut next = stream[stream.len() - carry..].to_vec();
+                    next.extend_from_slice(&p[seg[0]..seg[1]]);
+                    stream = next;
+                    w = sni::walk_extensions(&Seg(&stream), stream.len(), skip, end);
+                }
+            }
+        }
+        name_of(&stream, w)
+    }
+
     #[test]
-    fn a_server_name_straddling_the_boundary_is_a_miss() {
-        let p = pq_hello("engage.cloudflareclient.com");
-        let at = p.len() - 10;
-        let (a, b) = p.split_at(at);
-        // The extension header is in `a`, its name crosses into `b`.
-        assert_eq!(sni::client_hello(&Seg(a), a.len()), Walk::None);
-        let _ = b;
+    fn a_server_name_cut_anywhere_is_read_across_segments() {
+        let host = "engage.cloudflareclient.com";
+        let p = pq_hello(host);
+        let (start, _) = sni::hello_extensions(&Seg(&p)).expect("a ClientHello");
+        let name = p
+            .windows(host.len())
+            .position(|w| w == host.as_bytes())
+            .unwrap();
+        // One boundary anywhere after the fixed fields (before them, the kernel reassembles
+        // the stream head first).
+        for cut in start..p.len() {
+            assert_eq!(
+                walk_segments(&p, &[cut]).as_deref(),
+                Some(host),
+                "cut at {cut}"
+            );
+        }
+        // Two boundaries around the server_name extension: one-byte segments included.
+        for a in name - 12..name + host.len() {
+            for b in a + 1..(name + host.len() + 2).min(p.len()) {
+                assert_eq!(
+                    walk_segments(&p, &[a, b]).as_deref(),
+                    Some(host),
+                    "cuts at {a} and {b}"
+                );
+            }
+        }
+        // Every byte its own segment from the extension header on.
+        let cuts: Vec<usize> = (name - 9..name + host.len()).collect();
+        assert_eq!(walk_segments(&p, &cuts).as_deref(), Some(host));
     }
 
     #[test]
