@@ -326,8 +326,9 @@ pub fn tls_http_ssh() -> Vec<Group> {
         let dport = [443u16, 8443, 1194, 1723, 4500][i % 5];
         let hello = tls_client_hello(hosts[i % hosts.len()]);
         // The ClientHello is the client's first payload (ISN + 1), as the stream-head rules
-        // (fully_encrypted, tls_sni) see it.
+        // (fully_encrypted, tls_sni) see it; one in ten rides in the SYN (TCP Fast Open).
         let isn = rng.next() as u32;
+        let fast_open = i % 10 == 9;
         frames.push(
             Frame::eth()
                 .ip(client, server)
@@ -335,16 +336,19 @@ pub fn tls_http_ssh() -> Vec<Group> {
                 .tcp_syn_options()
                 .tcp_flags(TCP_SYN)
                 .tcp_seq(isn, 0)
+                .payload(if fast_open { &hello[..] } else { &[] })
                 .build(),
         );
-        frames.push(
-            Frame::eth()
-                .ip(client, server)
-                .tcp(port, dport)
-                .tcp_seq(isn.wrapping_add(1), 1)
-                .payload(&hello)
-                .build(),
-        );
+        if !fast_open {
+            frames.push(
+                Frame::eth()
+                    .ip(client, server)
+                    .tcp(port, dport)
+                    .tcp_seq(isn.wrapping_add(1), 1)
+                    .payload(&hello)
+                    .build(),
+            );
+        }
         // Application data records and continuation segments of random bytes.
         let mut record = vec![0x17, 0x03, 0x03];
         let body = rng.bytes_in(20, 1400);

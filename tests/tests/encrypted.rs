@@ -118,6 +118,36 @@ fn a_fully_encrypted_tcp_first_payload_is_dropped_under_enforce_also_when_retran
     tcp_conversation(&enforcing(), true);
 }
 
+/// TCP Fast Open: the client's first payload rides in its SYN (shadowsocks-libev's
+/// `fast_open`). It is the stream's first payload and judged as one; before, SYN data was
+/// judged by the signatures alone and a fully encrypted first payload passed unjudged.
+#[test]
+fn a_fully_encrypted_first_payload_in_a_syn_is_judged() {
+    let filter = enforcing();
+    each_client(&filter, |filter, failures, c, s, registered, k| {
+        for (i, len) in [300usize, 80].into_iter().enumerate() {
+            let cport = 42000 + 2 * k + i as u16;
+            let data = shadowsocks_like(cport as u64, len);
+            let frame = Frame::eth()
+                .ip(c, s)
+                .tcp(cport, 8388)
+                .tcp_flags(TCP_SYN)
+                .tcp_seq(CLIENT_ISN, 0)
+                .tcp_syn_options()
+                .payload(&data)
+                .build();
+            let want = judged(registered, true);
+            for attempt in ["", ", retransmitted"] {
+                let got = run(filter, &frame);
+                failures.require(
+                    got.action == want.action && got.verdicts == want.verdicts,
+                    || format!("{c}:{cport} SYN with {len} bytes of data{attempt}: got {got}, want {want}"),
+                );
+            }
+        }
+    });
+}
+
 fn udp_conversation(filter: &Filter, enforce: bool) {
     each_client(filter, |filter, failures, c, s, registered, k| {
         let cport = 42000 + k;

@@ -436,6 +436,98 @@ fn a_client_hello_split_inside_its_server_name_is_caught() {
     failures.assert_none();
 }
 
+/// TCP Fast Open: a ClientHello carried in the SYN is the stream's first payload (its first
+/// byte numbered ISN + 1), walked as one; before, SYN data was never walked. Split over the
+/// SYN and the next segment, the walk goes on in that segment.
+#[test]
+fn a_client_hello_in_a_syn_is_caught() {
+    let f = filter(PolicyMode::Enforce, DOMAINS);
+    let mut failures = Failures::default();
+    let want = judged(false, PolicyMode::Enforce);
+    for v6 in [false, true] {
+        let (c, s) = (client(v6, false), server(v6));
+        for (k, (host, cut)) in [
+            ("api.windscribe.com", None),
+            ("engage.cloudflareclient.com", Some(1200)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let cport = 46000 + k as u16;
+            let hello = tls_client_hello_pq(host, true, 9);
+            let in_syn = cut.map_or(&hello[..], |n| &hello[..n]);
+            let syn_data = Frame::eth()
+                .ip(c, s)
+                .tcp(cport, 443)
+                .tcp_flags(TCP_SYN)
+                .tcp_seq(CLIENT_ISN, 0)
+                .tcp_syn_options()
+                .payload(in_syn)
+                .build();
+            let what = format!("{c} {host} in a SYN");
+            match cut {
+                None => failures.check(&f, &what, &syn_data, &want),
+                Some(n) => {
+                    failures.check(&f, &what, &syn_data, &ignored());
+                    let _ = run(&f, &syn_ack(c, s, cport));
+                    let rest = segment(c, s, cport, 443, CLIENT_ISN + 1 + n as u32, &hello[n..]);
+                    failures.check(&f, &format!("{what}, the rest"), &rest, &want);
+                }
+            }
+        }
+    }
+    failures.assert_none();
+}
+
+/// Hellos that servers accept but the walk used to leave alone: a fully qualified name with
+/// its trailing dot (`api.windscribe.com.`), and record-layer versions other than 03 01-03 03
+/// (TLS 1.3 servers ignore the field; OpenSSL checks only the major version of a first
+/// record). A name that is not the listed one with a dot added still does not match.
+#[test]
+fn a_trailing_dot_or_an_odd_record_version_does_not_hide_a_listed_name() {
+    let f = filter(PolicyMode::Enforce, DOMAINS);
+    let mut failures = Failures::default();
+    let want = judged(false, PolicyMode::Enforce);
+    let mut port = 47000;
+    for v6 in [false, true] {
+        let (c, s) = (client(v6, false), server(v6));
+        let mut cases: Vec<(String, Vec<u8>, bool)> = vec![
+            (
+                "trailing dot".into(),
+                tls_client_hello("api.windscribe.com."),
+                true,
+            ),
+            (
+                "the bare domain with a trailing dot".into(),
+                tls_client_hello("windscribe.com."),
+                true,
+            ),
+            (
+                "another name with a trailing dot".into(),
+                tls_client_hello("notwindscribe.com."),
+                false,
+            ),
+            (
+                "two trailing dots".into(),
+                tls_client_hello("windscribe.com.."),
+                false,
+            ),
+        ];
+        for minor in [0x00u8, 0x04, 0x7f] {
+            let mut hello = tls_client_hello("api.windscribe.com");
+            hello[2] = minor;
+            cases.push((format!("record version 03 {minor:02x}"), hello, true));
+        }
+        for (what, hello, listed) in cases {
+            port += 1;
+            let frames = client_segments(c, s, port, &hello, MSS, &f);
+            let outcome = if listed { want.clone() } else { ignored() };
+            check_connection(&mut failures, &f, &format!("{c} {what}"), &frames, &outcome);
+        }
+    }
+    failures.assert_none();
+}
+
 #[test]
 fn a_post_quantum_sized_client_hello_in_one_segment_is_caught() {
     let f = filter(PolicyMode::Enforce, DOMAINS);

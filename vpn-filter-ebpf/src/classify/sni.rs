@@ -71,10 +71,12 @@ pub enum Walk {
 }
 
 /// Cheap check on a first client payload's first six bytes: a TLS handshake record
-/// (versions 1.0-1.2 on the record layer) carrying a ClientHello.
+/// carrying a ClientHello. Any record-layer minor version: TLS 1.3 servers ignore the field
+/// (RFC 8446, section 5.1) and OpenSSL checks only the major one in a first record, so a
+/// client may send 03 00 or 03 7f; browsers send 03 01.
 #[inline(always)]
 pub fn is_client_hello_head(h: [u8; 6]) -> bool {
-    h[0] == 0x16 && h[1] == 0x03 && h[2] >= 0x01 && h[2] <= 0x03 && h[5] == 0x01
+    h[0] == 0x16 && h[1] == 0x03 && h[5] == 0x01
 }
 
 /// Walks a TCP stream's first segment (`seg_len` bytes) from the record header to the
@@ -250,6 +252,16 @@ pub fn name_listed(name: &Name, listed: impl Fn(u64) -> bool) -> bool {
         return false;
     }
     hit || listed(h)
+}
+
+/// Drops a fully qualified name's trailing dot (`windscribe.com.`, which servers accept):
+/// it is not part of the name matched. Run on the loaded name before [`name_listed`].
+#[inline(always)]
+pub fn strip_trailing_dot(name: &mut Name) {
+    let n = name.len as usize;
+    if n > 1 && n <= SNI_MAX_NAME && name.bytes[(n - 1) & (SNI_MAX_NAME - 1)] == b'.' {
+        name.len = (n - 1) as u64;
+    }
 }
 
 /// The detection for a listed server name: conclusive for the list, judged by the

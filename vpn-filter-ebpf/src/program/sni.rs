@@ -590,6 +590,7 @@ fn name_stage(ctx: &XdpContext) -> bool {
             return false;
         }
     }
+    sni::strip_trailing_dot(&mut buf.name);
     sni::name_listed(&buf.name, |h| {
         // SAFETY: a hash map lookup by value; the value is not kept.
         unsafe { TLS_SNI_DOMAINS.get(h) }.is_some()

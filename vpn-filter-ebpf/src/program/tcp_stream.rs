@@ -137,13 +137,22 @@ pub(super) fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
         } else {
             0
         };
+        let isn = pkt.tcp_seq;
         if let Some(slot) = TCP_HEADS.get_ptr_mut(idx) {
             // SAFETY: an array slot; a racing writer on another CPU writes a whole u64 too.
-            unsafe { *slot = (pkt.tcp_seq as u64) << 32 | tag << 16 | client | tick };
+            unsafe { *slot = (isn as u64) << 32 | tag << 16 | client | tick };
         }
-        // A SYN's own data (TCP Fast Open) starts the stream: judged alone, as before.
-        return Ok(HEAD_ORDINARY);
+        if client == 0 || pkt.payload_len == 0 {
+            return Ok(HEAD_ORDINARY);
+        }
+        // A client SYN's data (TCP Fast Open: shadowsocks-libev's `fast_open`, a ClientHello
+        // in the SYN) is the stream's first payload, its first byte numbered ISN + 1: judged
+        // below as any first payload (the fully-encrypted rule, the server name).
+        // SAFETY: as above; `pkt` is read again below.
+        unsafe { (*scratch).pkt.tcp_seq = isn.wrapping_add(1) };
     }
+    // SAFETY: as above.
+    let pkt = unsafe { &(*scratch).pkt };
     let len = pkt.payload_len;
     if len == 0 {
         return Ok(HEAD_ORDINARY);
