@@ -482,6 +482,10 @@ pub struct Highlights {
     pub ordinary_max: Vec<(usize, f64)>,
     /// WireGuard initiation from an unregistered source, new flow: ns above baseline.
     pub wg_miss: Vec<(usize, f64)>,
+    /// WireGuard initiations, per size: vpn-filter's own ns per packet for an unregistered
+    /// source's first packet and a registered source's first packet, and the registered
+    /// flow's next packets' ns above baseline.
+    pub wg_registered: Vec<(usize, f64, f64, f64)>,
 }
 
 pub fn split(total: usize) -> (usize, usize) {
@@ -709,6 +713,12 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
             }
             if class.name.starts_with("WireGuard handshake") {
                 hl.wg_miss.push((size, diff));
+                if !hit.first.is_empty() && !hit.again.is_empty() {
+                    let (_, miss_ns, _, _) = Cell::summary(&miss.first);
+                    let (_, hit_ns, _, _) = Cell::summary(&hit.first);
+                    let (_, _, again_diff, _) = Cell::summary(&hit.again);
+                    hl.wg_registered.push((size, miss_ns, hit_ns, again_diff));
+                }
             }
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} |\n",

@@ -179,7 +179,8 @@ fn replay(capture: &Path, registry: &Path) -> Result<Timed> {
     Ok(Timed { wall, own_pps })
 }
 
-pub fn run(s: &Settings, out: &mut String) -> Result<()> {
+/// Runs the section; answers the median start-up (seconds).
+pub fn run(s: &Settings, out: &mut String, startup_secs: &mut Option<f64>) -> Result<()> {
     let controller = controller_path();
     if !controller.exists() {
         bail!(
@@ -209,6 +210,7 @@ pub fn run(s: &Settings, out: &mut String) -> Result<()> {
         }
     }
     let (wall, start) = (median(walls), median(startup));
+    *startup_secs = Some(start);
     let n = s.packets as f64;
     out.push_str(&format!(
         "`vpn-filter replay --pcap FILE --registry FEED` (the release binary, table output to \

@@ -100,6 +100,8 @@ fn run() -> Result<()> {
     let mut khl = kernel::Highlights::default();
     let mut vhl = veth::Highlights::default();
     let mut shl = sync::Highlights::default();
+    let mut replay_startup: Option<f64> = None;
+    let mut verify_secs: Option<f64> = None;
 
     if want(Section::Kernel) {
         let s = if args.quick {
@@ -166,11 +168,13 @@ fn run() -> Result<()> {
             packets: if args.quick { 50_000 } else { 200_000 },
             rounds: 3,
         };
-        section("replay", &mut replay_md, |md| replay::run(&s, md))?;
+        section("replay", &mut replay_md, |md| {
+            replay::run(&s, md, &mut replay_startup)
+        })?;
     }
     if want(Section::Verifier) {
         section("verifier budget", &mut verifier_md, |md| {
-            verifier(md, &mut verifier_targets)
+            verifier(md, &mut verifier_targets, &mut verify_secs)
         })?;
     }
 
@@ -205,12 +209,20 @@ fn run() -> Result<()> {
          and in the sync times.\n\n",
     );
 
-    md.push_str("## Targets\n\n| target | measured |\n|---|---|\n");
+    md.push_str(
+        "## Targets\n\nIssue 18's targets, each with this run's figure and whether it was met; \
+         by how much a missed one was missed is in the figure. Speed ratios are taken within \
+         this run. Memory and start-up at a million prefixes are measured by hand (section \
+         \"Issue 18: start-up and memory\" below).\n\n\
+         | target | measured | |\n|---|---|---|\n",
+    );
+    let verdict = |met: bool| if met { "met" } else { "missed" };
     for (size, v) in &khl.ordinary_max {
         md.push_str(&format!(
-            "| ordinary packets within 10 ns of the pass-through baseline (allowlist {}) | worst ordinary class {} ns above baseline |\n",
+            "| ordinary packets (TCP, UDP, DNS, QUIC, IPv6, VLAN) at most 10 ns over a pass-through program, in the kernel (allowlist {}) | worst ordinary class {} ns over it | {} |\n",
             util::count(*size),
-            util::signed_ns(*v)
+            util::signed_ns(*v),
+            verdict(*v <= 10.0)
         ));
     }
     if let Some(t) = &vhl.targets {
@@ -223,18 +235,30 @@ fn run() -> Result<()> {
             )
         };
         md.push_str(&format!(
-            "| the same on veth: vpn-filter minus a pass-through XDP program, receiving CPU per packet (this VM's noise is larger than the target) | ordinary UDP {}; ordinary TCP {} |\n",
+            "| the same on veth: vpn-filter minus a pass-through XDP program, receiving CPU per packet (this VM's noise is larger than the target) | ordinary UDP {}; ordinary TCP {} | {} |\n",
             rounds(&t.ordinary_over_pass[0]),
             rounds(&t.ordinary_over_pass[1]),
+            verdict(
+                util::median(t.ordinary_over_pass[0].to_vec()) <= 10.0
+                    && util::median(t.ordinary_over_pass[1].to_vec()) <= 10.0
+            )
         ));
         md.push_str(&format!(
-            "| unregistered-handshake flood on veth, {} prefixes: receiving-CPU cost at most 1.1x count-and-drop | {} ns vs {} ns: {} (xdp-filter {} ns, nftables {} ns) |\n",
+            "| unregistered-handshake flood on veth, {} prefixes: receiving-CPU cost no more than xdp-filter's in the same run | {} ns vs xdp-filter {} ns: {} (count-and-drop {} ns, nftables {} ns) | {} |\n",
             util::count(t.prefixes),
+            ns(t.vpn_filter),
+            ns(t.xdp_filter),
+            ratio(t.vpn_filter / t.xdp_filter),
+            ns(t.count_drop),
+            ns(t.nftables),
+            verdict(t.vpn_filter <= t.xdp_filter)
+        ));
+        md.push_str(&format!(
+            "| (stretch) the same flood at most 1.3x count-and-drop | {} ns vs {} ns: {} | {} |\n",
             ns(t.vpn_filter),
             ns(t.count_drop),
             ratio(t.vpn_filter / t.count_drop),
-            ns(t.xdp_filter),
-            ns(t.nftables),
+            verdict(t.vpn_filter <= 1.3 * t.count_drop)
         ));
     }
     if !khl.wg_miss.is_empty() {
@@ -250,21 +274,48 @@ fn run() -> Result<()> {
             })
             .collect();
         md.push_str(&format!(
-            "| (context) in-kernel cost of an unregistered WireGuard initiation's first packet, flow table full | {} |\n",
+            "| (context) in-kernel cost of an unregistered WireGuard initiation's first packet, flow table full | {} | |\n",
             each.join(", ")
+        ));
+    }
+    for (size, miss, hit, again) in &khl.wg_registered {
+        md.push_str(&format!(
+            "| registered WireGuard source, allowlist {}: first packet at most 2x an unregistered first packet | {} ns vs {} ns: {} | {} |\n",
+            util::count(*size),
+            ns(*hit),
+            ns(*miss),
+            ratio(hit / miss),
+            verdict(*hit <= 2.0 * miss)
+        ));
+        md.push_str(&format!(
+            "| registered WireGuard flow, allowlist {}: next packets at most 100 ns over the baseline (measured on the same initiations sent again, flow-map hits; not on transport data) | {} ns | {} |\n",
+            util::count(*size),
+            util::signed_ns(*again),
+            verdict(*again <= 100.0)
         ));
     }
     for (size, secs) in &shl.full {
         if *size == 1_000_000 {
             md.push_str(&format!(
-                "| full sync of 1,000,000 prefixes under 3 s | {secs:.2} s |\n"
+                "| full sync of 1,000,000 prefixes under 1 s | {secs:.2} s | {} |\n",
+                verdict(*secs < 1.0)
             ));
         }
     }
     if let Some(c) = shl.change {
         md.push_str(&format!(
-            "| a 1% change to 1,000,000 prefixes under 200 ms | {:.0} ms |\n",
-            c * 1000.0
+            "| a 1% change to 1,000,000 prefixes under 100 ms | {:.0} ms | {} |\n",
+            c * 1000.0,
+            verdict(c < 0.1)
+        ));
+    }
+    if let Some(start) = replay_startup {
+        let why = verify_secs.map_or(String::new(), |v| {
+            format!(" (the kernel's verifier alone takes {v:.2} s to load the program)")
+        });
+        md.push_str(&format!(
+            "| `vpn-filter replay` start-up under 0.3 s | {start:.2} s{why} | {} |\n",
+            verdict(start < 0.3)
         ));
     }
     md.push_str(&verifier_targets);
@@ -333,16 +384,22 @@ fn run() -> Result<()> {
 /// The verifier's figures for both program variants (tests/tests/verifier_budget.rs holds
 /// the same limits).
 #[cfg(target_arch = "x86_64")]
-fn verifier(md: &mut String, targets: &mut String) -> Result<()> {
+fn verifier(md: &mut String, targets: &mut String, verify_secs: &mut Option<f64>) -> Result<()> {
     let stats = verifier_stats::measure()?;
+    *verify_secs = stats
+        .iter()
+        .filter_map(|s| s.verification_us)
+        .map(|us| us as f64 / 1e6)
+        .reduce(f64::max);
     md.push_str(
         "Both program variants loaded through this kernel's verifier with `BPF_LOG_STATS`. \
          \"xlated\" is the program after the verifier's rewrites; \"processed\" is the \
          verifier's own work (its limit is 1,000,000); the frames are each subprogram's \
          stack, in the program's order; the deepest chain adds the frames along the call \
          path with the most stack, rounded as the verifier rounds them (its limit is 512 \
-         bytes). `cargo xtask test` fails above 448 bytes or above its ceiling on processed \
-         instructions (tests/tests/verifier_budget.rs).\n\n\
+         bytes). `cargo xtask test` fails above its gates (tests/tests/verifier_budget.rs): a \
+         stack chain deeper than today's (the target is 448 bytes, not reached yet) or \
+         processed instructions above its ceiling.\n\n\
          | program | xlated insns | processed insns | verification time | subprogram frames (bytes) | deepest chain (subprograms) |\n\
          |---|---:|---:|---:|---|---:|\n",
     );
@@ -364,13 +421,13 @@ fn verifier(md: &mut String, targets: &mut String) -> Result<()> {
                 .join(" → ")
         ));
         targets.push_str(&format!(
-            "| `{}`: stack along any call chain at most 448 bytes | {} bytes{} |\n",
+            "| `{}`: stack along any call chain at most 448 bytes | {} bytes | {} |\n",
             s.program,
             s.deepest_chain,
             if s.deepest_chain > 448 {
-                " (missed)"
+                "missed"
             } else {
-                ""
+                "met"
             }
         ));
     }
@@ -379,7 +436,7 @@ fn verifier(md: &mut String, targets: &mut String) -> Result<()> {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn verifier(md: &mut String, _targets: &mut String) -> Result<()> {
+fn verifier(md: &mut String, _targets: &mut String, _verify_secs: &mut Option<f64>) -> Result<()> {
     md.push_str("Not measured: the verifier log capture works on x86_64 only.\n\n");
     Ok(())
 }
