@@ -201,27 +201,47 @@ fn try_vpn_filter(ctx: &XdpContext, ip_start: bool) -> Result<u32, Counter> {
     if found == DETECT_ENCRYPTED_CANDIDATE {
         found = encrypted_stage(ctx);
     }
-    judge(ctx, head, found)
+    // Decoded from judge's own encoding (see there).
+    let r = judge(ctx, head, found);
+    if r >> 32 == 0 {
+        return Ok(r as u32);
+    }
+    Err(Counter::from_u8(r as u8).unwrap_or(Counter::InternalError))
 }
 
-/// Judges the packet [`parse`] left in the scratch slot. Not inlined: its stack frame and
-/// the parser's are never on the stack at the same time.
+/// Judges the packet [`parse`] left in the scratch slot ([`judge_packet`]). Not inlined:
+/// its stack frame and the parser's are never on the stack at the same time. Answers the
+/// action, or `1 << 32 | counter` for an error: a `Result` packs the error with an
+/// undefined action half, which the compiler leaves in a register the verifier refuses to
+/// read.
 #[inline(never)]
-fn judge(ctx: &XdpContext, head: u32, found: u32) -> Result<u32, Counter> {
+fn judge(ctx: &XdpContext, head: u32, found: u32) -> u64 {
+    match judge_packet(ctx, head, found) {
+        Ok(action) => action as u64,
+        Err(c) => 1 << 32 | c as u8 as u64,
+    }
+}
+
+/// The body of [`judge`].
+#[inline(always)]
+fn judge_packet(ctx: &XdpContext, head: u32, found: u32) -> Result<u32, Counter> {
     let slot = SCRATCH.get_ptr_mut(0).ok_or(Counter::InternalError)?;
-    // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
-    let pkt = unsafe { (*slot).pkt };
+    // SAFETY: a per-CPU slot, only this CPU touches it while the program runs. Fields are
+    // read in place: a copy of the record would sit on the deepest call chain's stack.
+    let (payload_off, payload_len, captured, frag) = unsafe {
+        let p = &(*slot).pkt;
+        (p.payload_off, p.payload_len, p.captured, p.frag)
+    };
     // Values read back from a map are unknown to the verifier: bound them again before they
     // become packet offsets.
-    if pkt.payload_off > MAX_PAYLOAD_OFFSET
-        || pkt.payload_len > 0xffff
-        || pkt.captured > pkt.payload_len
-    {
+    if payload_off > MAX_PAYLOAD_OFFSET || payload_len > 0xffff || captured > payload_len {
         return Err(Counter::Malformed);
     }
-    if pkt.frag == FRAG_LATER {
-        return Err(later_fragment(&pkt));
+    if frag == FRAG_LATER {
+        return Err(later_fragment_in_scratch());
     }
+    // SAFETY: as above.
+    let pkt = unsafe { &(*slot).pkt };
     if head & !HEAD_FIRST_CLIENT == HEAD_HELD && found == 0 {
         count(counter_index(Counter::TcpStreamBuffered));
         return Ok(XDP_PASS);
@@ -233,7 +253,7 @@ fn judge(ctx: &XdpContext, head: u32, found: u32) -> Result<u32, Counter> {
         // No signature: judged only if it goes to a listed VPN endpoint (endpoints.rs), by
         // the caller, from the scratch slot.
         false => {
-            if !endpoints::candidate(&pkt) {
+            if !endpoints::candidate(pkt) {
                 return Ok(XDP_PASS);
             }
             // The packet is in the scratch slot already.

@@ -95,8 +95,10 @@ pub fn client_hello<B: Bytes>(b: &B, seg_len: usize) -> Walk {
 /// sni.rs).
 #[inline(always)]
 pub fn hello_extensions<B: Bytes>(b: &B) -> Option<(usize, usize)> {
-    // Record header, handshake header, version, random, session id length.
-    let h = b.load::<44>(0)?;
+    // Record header and handshake header; the session id length after the version and the
+    // random (two small reads, not one of 44 bytes: the buffer sits on the deepest call
+    // chain's stack in the kernel).
+    let h = b.load::<9>(0)?;
     let head = [h[0], h[1], h[2], h[3], h[4], h[5]];
     if !is_client_hello_head(head) {
         return None;
@@ -107,7 +109,7 @@ pub fn hello_extensions<B: Bytes>(b: &B) -> Option<(usize, usize)> {
     if hs_len + 4 > rec_len || hs_len < 38 {
         return None;
     }
-    let sid = h[43] as usize;
+    let sid = b.load::<1>(43)?[0] as usize;
     if sid > 32 {
         return None;
     }

@@ -138,6 +138,16 @@ pub(super) fn remember_dropped_fragment(
     }
 }
 
+/// [`later_fragment`] for the packet in the scratch slot, in its own frame (off the
+/// deepest call chain's stack).
+#[inline(never)]
+pub(super) fn later_fragment_in_scratch() -> Counter {
+    match SCRATCH.get(0) {
+        Some(c) => later_fragment(&c.pkt),
+        None => Counter::InternalError,
+    }
+}
+
 /// A later fragment: passed (it has no L4 header to judge), and counted as
 /// `fragment_of_dropped` when its first fragment was dropped.
 #[expect(
