@@ -528,6 +528,140 @@ fn a_trailing_dot_or_an_odd_record_version_does_not_hide_a_listed_name() {
     failures.assert_none();
 }
 
+/// Found by review: the continuation was matched only by its exact sequence number, so a
+/// segment that starts a byte or more early (overlapping bytes the receiver trims) was never
+/// walked; and a repeated first segment reset the walk to its own end, so a segment split
+/// after it no longer matched. Both passed a split listed name. The overlap is skipped, and
+/// a repeated earlier segment leaves the walk where it was.
+#[test]
+fn overlapping_or_repeated_segments_do_not_hide_a_split_name() {
+    let f = filter(PolicyMode::Enforce, DOMAINS);
+    let mut failures = Failures::default();
+    let want = judged(false, PolicyMode::Enforce);
+    let mut port = 48000;
+    for v6 in [false, true] {
+        let (c, s) = (client(v6, false), server(v6));
+        for (host, listed) in [
+            ("engage.cloudflareclient.com", true),
+            ("engage.cloudflareclient.net", false),
+        ] {
+            let hello = tls_client_hello_pq(host, true, 11);
+            let name = hello
+                .windows(host.len())
+                .position(|w| w == host.as_bytes())
+                .expect("the name is in the hello");
+            let p = name + 5;
+            // (start, end) of each segment sent, in order.
+            let shapes: Vec<(&str, Vec<(usize, usize)>)> = vec![
+                ("overlap of 1 byte", vec![(0, p), (p - 1, hello.len())]),
+                ("overlap of 12 bytes", vec![(0, p), (p - 12, hello.len())]),
+                (
+                    "the first segment repeated after one byte of the name",
+                    vec![(0, p), (p, p + 1), (0, p), (p + 1, hello.len())],
+                ),
+                (
+                    "the first segment repeated before the rest",
+                    vec![(0, p), (0, p), (p, hello.len())],
+                ),
+            ];
+            for (what, segs) in shapes {
+                port += 1;
+                let _ = run(&f, &syn(c, s, port));
+                let _ = run(&f, &syn_ack(c, s, port));
+                let what = format!("{c} {host}, {what}");
+                let last = segs.len() - 1;
+                for (i, (a, b)) in segs.into_iter().enumerate() {
+                    let frame = segment(c, s, port, 443, CLIENT_ISN + 1 + a as u32, &hello[a..b]);
+                    let outcome = if i == last && listed {
+                        want.clone()
+                    } else {
+                        ignored()
+                    };
+                    let got = run(&f, &frame);
+                    failures.require(
+                        got.action == outcome.action && got.verdicts == outcome.verdicts,
+                        || format!("{what}, segment {}: got {got}, want {outcome}", i + 1),
+                    );
+                }
+            }
+        }
+    }
+    failures.assert_none();
+}
+
+/// A minimal ClientHello (TLS 1.2, one cipher suite, only server_name): under 96 bytes.
+fn minimal_hello(host: &str) -> Vec<u8> {
+    let n = host.len();
+    let mut sni = vec![0, 0];
+    sni.extend_from_slice(&((n + 5) as u16).to_be_bytes());
+    sni.extend_from_slice(&((n + 3) as u16).to_be_bytes());
+    sni.push(0);
+    sni.extend_from_slice(&(n as u16).to_be_bytes());
+    sni.extend_from_slice(host.as_bytes());
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[0x5a; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0xc0, 0x2f, 1, 0]);
+    body.extend_from_slice(&(sni.len() as u16).to_be_bytes());
+    body.extend_from_slice(&sni);
+    let mut hs = vec![1, 0];
+    hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// Found by review: a ClientHello shorter than the 96-byte stream head whose first segment
+/// also carries the start of the next record is walked only once a later segment completes
+/// the head; that segment then starts after the hello's extensions end, and the walk gave
+/// up. The extensions, all in the head, are now carried into the walk of that segment.
+#[test]
+fn a_short_client_hello_followed_by_more_data_is_caught() {
+    let f = filter(PolicyMode::Enforce, DOMAINS);
+    let mut failures = Failures::default();
+    let want = judged(false, PolicyMode::Enforce);
+    let mut port = 49000;
+    for v6 in [false, true] {
+        let (c, s) = (client(v6, false), server(v6));
+        for (host, listed) in [("api.windscribe.com", true), ("api.example.com", false)] {
+            let mut stream = minimal_hello(host);
+            assert!(stream.len() < 90, "{}", stream.len());
+            let hello_len = stream.len();
+            // An application data record after the hello (as a client that does not wait).
+            stream.extend_from_slice(&[0x17, 3, 3, 0, 60]);
+            stream.extend_from_slice(&[0x42; 60]);
+            for first in [hello_len + 2, hello_len + 5] {
+                port += 1;
+                let _ = run(&f, &syn(c, s, port));
+                let _ = run(&f, &syn_ack(c, s, port));
+                let what = format!("{c} {host}, first segment {first} bytes");
+                let one = segment(c, s, port, 443, CLIENT_ISN + 1, &stream[..first]);
+                let got = run(&f, &one);
+                failures.require(got.action == XDP_PASS && got.verdicts.is_empty(), || {
+                    format!("{what}, segment 1: got {got}")
+                });
+                let two = segment(
+                    c,
+                    s,
+                    port,
+                    443,
+                    CLIENT_ISN + 1 + first as u32,
+                    &stream[first..],
+                );
+                let outcome = if listed { want.clone() } else { ignored() };
+                let got = run(&f, &two);
+                failures.require(
+                    got.action == outcome.action && got.verdicts == outcome.verdicts,
+                    || format!("{what}, segment 2: got {got}, want {outcome}"),
+                );
+            }
+        }
+    }
+    failures.assert_none();
+}
+
 #[test]
 fn a_post_quantum_sized_client_hello_in_one_segment_is_caught() {
     let f = filter(PolicyMode::Enforce, DOMAINS);

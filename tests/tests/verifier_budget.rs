@@ -24,8 +24,8 @@ const MAX_STACK_CHAIN: u32 = 448;
 /// `conversation_look`, `flow_claims`), took it to 842,302; walking a ClientHello from a
 /// stream head its first segment did not fill (sni.rs `from_head`, a second call site of the
 /// continuation) to 864,367; the 4-way event-limit bucket and the ClientHello carry (a
-/// boundary inside the server name, sni.rs `fill_stream`/`save_carry`) to 883,828 (882,502
-/// after the stack work above). The
+/// boundary inside the server name, sni.rs `fill_stream`/`save_carry`) to 883,828; 883,286
+/// with the overlap and repeat handling. The
 /// ceiling is about 1.02x that, 10% below the kernel's
 /// 1,000,000: growth shows here first, and the next feature needs room made first.
 /// The kernel refuses a program at 1,000,000, and verification time and memory grow well

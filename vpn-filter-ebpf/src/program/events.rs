@@ -146,7 +146,8 @@ pub(super) fn per_source(pkt: &Packet, now: u64, cfg: &Config) -> Option<u32> {
                 found = w;
                 break;
             }
-            let age = now.wrapping_sub(slot.rate.window_start_ns);
+            // Saturating: a window another CPU started after `now` was read is the newest.
+            let age = now.saturating_sub(slot.rate.window_start_ns);
             if age > oldest_age {
                 oldest = w;
                 oldest_age = age;

@@ -179,7 +179,7 @@ pub(super) fn from_head(ctx: &XdpContext, head: &[u8; HEAD_BYTES + 128], rel: us
     let Some((start, end)) = sni::hello_extensions(&b) else {
         return false;
     };
-    if end < start || end - start > 0xffff || end < rel {
+    if end < start || end - start > 0xffff {
         return false;
     }
     let h = tcp_hash(pkt);
@@ -195,6 +195,9 @@ pub(super) fn from_head(ctx: &XdpContext, head: &[u8; HEAD_BYTES + 128], rel: us
         if carry > MAX_CARRY || start >= HEAD_BYTES {
             return false;
         }
+        // As in `save_carry`: the tag is cleared first and written last.
+        // SAFETY: a field of the slot.
+        unsafe { ptr::write_volatile(&mut kept.tag, 0) };
         // SAFETY: `head[start..rel]`, inside the head (rel < HEAD_BYTES), into `bytes`
         // (CARRY_BUF >= MAX_CARRY >= carry bytes).
         let rc = unsafe {
@@ -267,15 +270,21 @@ impl Bytes for CarryThenSegment<'_> {
 /// the direction's `SNI_CARRY` slot, then the segment's first bytes. False when the slot
 /// holds another flow's bytes (a collision: a miss). Its own frame.
 #[inline(never)]
-fn fill_stream(ctx: &XdpContext, tag: u32, carry: u32) -> bool {
+fn fill_stream(ctx: &XdpContext, tag: u32, carry: u32, overlap: u32) -> bool {
     let (Some(slot), Some(out)) = (SCRATCH.get(0), SNI_NAME.get_ptr_mut(0)) else {
         return false;
     };
     let pkt = &slot.pkt;
-    let carry = carry as usize;
-    if carry == 0 || carry > MAX_CARRY || pkt.payload_off > MAX_PAYLOAD_OFFSET {
+    let (carry, overlap) = (carry as usize, overlap as usize);
+    if carry == 0
+        || carry > MAX_CARRY
+        || pkt.payload_off > MAX_PAYLOAD_OFFSET
+        || overlap >= pkt.captured
+        || pkt.captured > 0xffff
+    {
         return false;
     }
+    let captured = pkt.captured - overlap;
     let Some(kept) = SNI_CARRY.get(tag & (SNI_CARRY_SLOTS - 1)) else {
         return false;
     };
@@ -285,12 +294,21 @@ fn fill_stream(ctx: &XdpContext, tag: u32, carry: u32) -> bool {
     // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
     let out = unsafe { &mut *out };
     out.stream[..CARRY_BUF].copy_from_slice(&kept.bytes);
-    let n = if pkt.captured < CARRY_BUF {
-        pkt.captured
+    // Written by another CPU meanwhile (another flow's carry, tag last): not ours after all.
+    // SAFETY: reads a field of the array slot.
+    if unsafe { ptr::read_volatile(&kept.tag) } != tag {
+        return false;
+    }
+    let n = if captured < CARRY_BUF {
+        captured
     } else {
         CARRY_BUF
     };
-    if n == 0 {
+    // Read back, so that the check below is not folded away: the verifier cannot see that
+    // `captured > overlap` makes the size non-zero.
+    // SAFETY: reads a local.
+    let n = unsafe { ptr::read_volatile(&n) };
+    if n == 0 || n > CARRY_BUF {
         return false;
     }
     // SAFETY: `stream` holds 2 * CARRY_BUF bytes; carry <= MAX_CARRY <= CARRY_BUF and
@@ -298,7 +316,7 @@ fn fill_stream(ctx: &XdpContext, tag: u32, carry: u32) -> bool {
     let rc = unsafe {
         bpf_xdp_load_bytes(
             ctx.ctx as *mut _,
-            pkt.payload_off as u32,
+            (pkt.payload_off + overlap) as u32,
             out.stream.as_mut_ptr().add(carry) as *mut c_void,
             n as u32,
         )
@@ -315,7 +333,7 @@ fn fill_stream(ctx: &XdpContext, tag: u32, carry: u32) -> bool {
 /// `carry_from` in the stream it walked) in the direction's `SNI_CARRY` slot. Its own
 /// frame.
 #[inline(never)]
-fn save_carry(ctx: &XdpContext, tag: u32) -> bool {
+fn save_carry(ctx: &XdpContext, tag: u32, overlap: u32) -> bool {
     let (Some(slot), Some(w)) = (SCRATCH.get(0), SNI_NAME.get(0)) else {
         return false;
     };
@@ -325,7 +343,13 @@ fn save_carry(ctx: &XdpContext, tag: u32) -> bool {
         w.carry_from as usize,
         w.carry as usize,
     );
-    if len == 0 || len > MAX_CARRY || carry > MAX_CARRY || pkt.payload_off > MAX_PAYLOAD_OFFSET {
+    let overlap = overlap as usize;
+    if len == 0
+        || len > MAX_CARRY
+        || carry > MAX_CARRY
+        || pkt.payload_off > MAX_PAYLOAD_OFFSET
+        || overlap > 0xffff
+    {
         return false;
     }
     let Some(kept) = SNI_CARRY.get_ptr_mut(tag & (SNI_CARRY_SLOTS - 1)) else {
@@ -334,6 +358,10 @@ fn save_carry(ctx: &XdpContext, tag: u32) -> bool {
     // SAFETY: an array slot; a racing writer on another CPU writes its own flow's carry,
     // and the tag check on the next segment turns ours into a miss.
     let kept = unsafe { &mut *kept };
+    // The tag is cleared before the bytes change and written after them: a reader on
+    // another CPU that finds its tag before and after its copy has its own bytes.
+    // SAFETY: a field of the slot.
+    unsafe { ptr::write_volatile(&mut kept.tag, 0) };
     if from < carry {
         // Part of the carried bytes again (a segment shorter than what it had to complete):
         // all in the stream buffer, which holds the segment's first CARRY_BUF bytes.
@@ -343,7 +371,7 @@ fn save_carry(ctx: &XdpContext, tag: u32) -> bool {
         let src = &w.stream[from..from + CARRY_BUF];
         kept.bytes.copy_from_slice(src);
     } else {
-        let at = from - carry;
+        let at = from - carry + overlap;
         if at > 0xffff {
             return false;
         }
@@ -394,6 +422,10 @@ pub(super) fn sni_stage(ctx: &XdpContext, first: bool) -> u32 {
     let idx = h & (SNI_PENDING_SLOTS - 1);
     // The slot's tag: the hash with its lowest bit set, so that zero means free.
     let tag = h | 1;
+    // Bytes at the start of a continuation segment that the walk has already read: a
+    // segment may overlap the one before it (the receiver trims the overlap and keeps what
+    // it has), and is walked from where the walk left off.
+    let mut overlap = 0usize;
     let (skip, end, carry) = if first {
         // The cheap check: six bytes, a compare.
         let p = Payload {
@@ -408,7 +440,11 @@ pub(super) fn sni_stage(ctx: &XdpContext, first: bool) -> u32 {
         let Some(pending) = SNI_PENDING.get(idx) else {
             return DETECT_NONE;
         };
-        if pending.hash != tag || pending.seq != pkt.tcp_seq {
+        if pending.hash != tag {
+            return DETECT_NONE;
+        }
+        overlap = pending.seq.wrapping_sub(pkt.tcp_seq) as usize;
+        if overlap >= pkt.captured {
             return DETECT_NONE;
         }
         (
@@ -427,10 +463,10 @@ pub(super) fn sni_stage(ctx: &XdpContext, first: bool) -> u32 {
         }
         true
     } else {
-        fill_stream(ctx, tag, carry)
+        fill_stream(ctx, tag, carry, overlap as u32)
     };
     let walk = if streamed {
-        walk_stage(ctx, first, skip, end)
+        walk_stage(ctx, first, skip, end, overlap as u32)
     } else {
         WALK_NONE
     };
@@ -449,13 +485,22 @@ pub(super) fn sni_stage(ctx: &XdpContext, first: bool) -> u32 {
         };
         let carry_next = w.carry_next;
         let (skip, end) = (w.skip as u16, w.end as u16);
-        if carry_next == 0 || save_carry(ctx, tag) {
+        let next = pkt.tcp_seq.wrapping_add(pkt.payload_len as u32);
+        // SAFETY: as below.
+        let (held, held_seq) = unsafe { ((*e).hash, (*e).seq) };
+        let ahead = held_seq.wrapping_sub(next);
+        if held == tag && ahead > 0 && ahead < 0x10000 {
+            // A repeated earlier segment (a retransmission, or a duplicate sent to rewind the
+            // walk): the walk already goes on further along; it stays there.
+            return DETECT_NONE;
+        }
+        if carry_next == 0 || save_carry(ctx, tag, overlap as u32) {
             // SAFETY: an array slot; a racing writer on another CPU writes its own flow's
             // continuation, ours is then a miss.
             unsafe {
                 *e = SniPending {
                     hash: tag,
-                    seq: pkt.tcp_seq.wrapping_add(pkt.payload_len as u32),
+                    seq: next,
                     skip,
                     end,
                     carry: carry_next as u16,
@@ -478,18 +523,21 @@ pub(super) fn sni_stage(ctx: &XdpContext, first: bool) -> u32 {
 /// or from the continuation `skip`/`end` of the ClientHello's first segment. Leaves its
 /// answer in `SNI_NAME`.
 #[inline(never)]
-fn walk_stage(ctx: &XdpContext, first: bool, skip: u32, end: u32) -> u32 {
+fn walk_stage(ctx: &XdpContext, first: bool, skip: u32, end: u32, overlap: u32) -> u32 {
     let (Some(slot), Some(out)) = (SCRATCH.get(0), SNI_NAME.get_ptr_mut(0)) else {
         return WALK_NONE;
     };
     let pkt = &slot.pkt;
-    if pkt.payload_off > MAX_PAYLOAD_OFFSET || pkt.captured > 0xffff {
+    let overlap = overlap as usize;
+    if pkt.payload_off > MAX_PAYLOAD_OFFSET || pkt.captured > 0xffff || overlap >= 0x10000 {
         return WALK_NONE;
     }
-    let p = Payload {
-        ctx,
-        off: pkt.payload_off,
-    };
+    // The segment from where the walk left off (past an overlap with the one before it).
+    let (seg_off, captured) = (
+        pkt.payload_off + overlap,
+        pkt.captured.saturating_sub(overlap),
+    );
+    let p = Payload { ctx, off: seg_off };
     // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
     let out = unsafe { &mut *out };
     // A continuation reads the bytes its stream carried (none: the segment alone).
@@ -502,7 +550,7 @@ fn walk_stage(ctx: &XdpContext, first: bool, skip: u32, end: u32) -> u32 {
         return WALK_NONE;
     }
     let (walk, walked) = if first {
-        (sni::client_hello(&p, pkt.captured), pkt.captured)
+        (sni::client_hello(&p, captured), captured)
     } else {
         let s = CarryThenSegment {
             buf: &out.stream,
@@ -510,7 +558,7 @@ fn walk_stage(ctx: &XdpContext, first: bool, skip: u32, end: u32) -> u32 {
             carry,
             seg: p,
         };
-        let walked = carry + pkt.captured;
+        let walked = carry + captured;
         (
             sni::walk_extensions(&s, walked, skip as usize, end as usize),
             walked,
@@ -520,7 +568,7 @@ fn walk_stage(ctx: &XdpContext, first: bool, skip: u32, end: u32) -> u32 {
     out.carry_next = 0;
     match walk {
         Walk::Name { off, len } if off >= carry => {
-            out.off = (pkt.payload_off + off - carry) as u32;
+            out.off = (seg_off + off - carry) as u32;
             out.name.len = len as u64;
             WALK_NAME
         }
