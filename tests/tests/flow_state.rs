@@ -1225,7 +1225,6 @@ fn sources_sharing_an_event_limit_slot_keep_their_own_allowances() {
     assert_eq!(sources.len(), wanted, "colliding sources found");
 
     let mut ring = filter.take_events().unwrap();
-    let started = std::time::Instant::now();
     let (sharing, newcomer) = sources.split_at(EVENT_LIMIT_WAYS as usize);
     const ROUNDS: u32 = 40;
     for i in 0..ROUNDS {
@@ -1237,22 +1236,22 @@ fn sources_sharing_an_event_limit_slot_keep_their_own_allowances() {
     // The bucket is full of live sources: the newcomer takes the way whose window is oldest.
     let late = Udp::new(newcomer[0], 40999, SERVER, 51820);
     assert_eq!(run(&filter, &late.c2s(&wireguard_initiation(7))), XDP_DROP);
-    // Windows are one second: the bound below allows one per second the run could touch
-    // (a hang guard's arithmetic, not a timing assertion: the run takes milliseconds).
-    let windows = started.elapsed().as_secs() + 2;
     let evs = events(&mut ring);
     let of = |a: Ipv4Addr| {
         evs.iter()
             .filter(|e| e.src[..4] == a.octets() && e.src[4..].iter().all(|&b| b == 0))
             .count() as u64
     };
+    // Limited: some of each source's drops were suppressed, whatever the clock did (the
+    // allowance is per one-second window; a source that reset another's allowance on every
+    // event was reported for every drop).
     let allowance = DEFAULT_EVENTS_PER_SOURCE_PER_SEC as u64;
     for &src in sharing {
         let n = of(src);
         assert!(
-            n >= 1 && n <= allowance * windows,
+            n >= 1 && n < ROUNDS as u64,
             "{src}: {n} events for {ROUNDS} drops, sharing slot {target} with {} others \
-             (allowance {allowance} a second, {windows} windows)",
+             (allowance {allowance} a second)",
             sharing.len() - 1
         );
     }
