@@ -38,6 +38,8 @@ fn run() -> Result<(), String> {
         "vpn-filter-common/Cargo.toml",
         "Cargo.lock",
         "Cargo.toml",
+        // The eBPF target's link flags (bpf-linker's memory-intrinsic lowering).
+        ".cargo/config.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(rel).display());
     }
