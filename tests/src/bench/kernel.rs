@@ -757,10 +757,10 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
                 "Where an unregistered WireGuard initiation's time goes ({} prefixes, ns above \
                  baseline, medians):\n\n\
                  | path | ns |\n|---|---:|\n\
-                 | parse + classify only (WireGuard policy `off`: no flow map, allowlist or event) | {} |\n\
-                 | follow-up of a blocked flow (flow-map hit; its event is rate-limited) | {} |\n\
-                 | first packet, flow table empty (allowlist lookups, flow insert, event within the rate limits) | {} |\n\
-                 | first packet, flow table full (the same plus an LRU eviction) | {} |\n\n",
+                 | parse + classify only (WireGuard policy `off`: no allowlist, flow map or event) | {} |\n\
+                 | the same sources again (their events rate-limited) | {} |\n\
+                 | first packets on a fresh program (the allowlist's first level; events emitted up to the per-CPU budget, then suppressed) | {} |\n\
+                 | first packets after a flood (the per-CPU event budget spent: the repeat-source filter's slot, a random access into 16 MiB) | {} |\n\n",
                 count(size),
                 diff(&classify_only),
                 diff(&cells[WG][0].again),

@@ -45,6 +45,66 @@ pub(super) fn allowlisted(pkt: &Packet, mode: u32) -> bool {
     address_allowed(mode, pkt.family, &pkt.src) || address_allowed(mode, pkt.family, &pkt.dst)
 }
 
+/// Whether either endpoint may be registered: `false` only when the fast path's first level
+/// (the IPv4 bitmaps, the IPv6 /32 filter) rules both out, in which case [`allowlisted`] is
+/// certain to answer `false` too. Any other mode, or an address the first level does not
+/// cover, answers `true` and leaves the answer to [`allowlisted`]. A few array reads: the
+/// guard in front of costlier work for packets that are dropped unless registered. A `false`
+/// answer is the packet's allowlist lookup and is counted as one.
+#[inline(always)]
+pub(super) fn maybe_listed(pkt: &Packet, mode: u32) -> bool {
+    if mode != AllowlistLookup::Fast as u32 {
+        return true;
+    }
+    let maybe =
+        address_maybe_listed(pkt.family, &pkt.src) || address_maybe_listed(pkt.family, &pkt.dst);
+    if !maybe {
+        count(counter_index(Counter::AllowlistLookups));
+    }
+    maybe
+}
+
+#[inline(always)]
+fn address_maybe_listed(family: u8, addr: &[u8; 16]) -> bool {
+    if family == FAMILY_V4 {
+        return v4_maybe_listed(u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]));
+    }
+    // IPv4-mapped (::ffff:0:0/96) and NAT64 (64:ff9b::/96) addresses begin with a zero
+    // byte and are judged by the IPv4 structures: left to the full lookup.
+    if addr[0] == 0 {
+        return true;
+    }
+    let Some(lengths) = FAST_LENGTHS.get(0) else {
+        return true;
+    };
+    if lengths.v6_count == FAST_V6_USE_TRIE
+        || lengths.v6_count as usize > FAST_V6_MAX_LENGTHS
+        || lengths.v6_unfiltered != 0
+    {
+        return true;
+    }
+    let bit = fast_v6_filter_bit(u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]));
+    matches!(
+        FAST_BITMAPS.get(FAST_BITMAP_V6 + (bit >> 6)),
+        Some(word) if word & (1u64 << (bit & 63)) != 0
+    )
+}
+
+/// [`v4_allowed`]'s first level in fast mode: the /24 is registered whole, or holds a longer
+/// prefix.
+#[inline(always)]
+fn v4_maybe_listed(ip: u32) -> bool {
+    let slash24 = ip >> 8;
+    let bit = 1u64 << (slash24 & 63);
+    if FAST_BITMAPS.get(slash24 >> 6).is_some_and(|w| w & bit != 0) {
+        return true;
+    }
+    FAST_LENGTHS.get(0).is_some_and(|l| l.v4_long != 0)
+        && FAST_BITMAPS
+            .get(FAST_BITMAP_V4_LONG + (slash24 >> 6))
+            .is_some_and(|w| w & bit != 0)
+}
+
 /// Is `addr` in a registered prefix? `mode` is an [`AllowlistLookup`]; every mode gives the
 /// same answer (tests/tests/fastpath.rs checks it). Not inlined: its own stack frame.
 #[inline(never)]

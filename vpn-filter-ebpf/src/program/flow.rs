@@ -78,93 +78,104 @@ pub(super) fn decide(ctx: &XdpContext, c: &Candidate) -> u32 {
     } else {
         0
     };
-    let (key, src_is_lo) = flow_key(pkt, protocol, class);
+    // A packet conclusive alone between endpoints that cannot be registered is reported and
+    // judged whatever flow entry its 5-tuple has: an entry could only change the report's
+    // reason. So the allowlist's first level is asked first, and such a packet never looks
+    // up the flow map, whose lookup (a random bucket of a large table) is the costliest step
+    // of a spoofed flood's packet. The flow's own later packets (not all conclusive alone)
+    // still find its entry: a revoked or confirmed flow is reported as such by them.
+    let reason = 'flow: {
+        if det.strength == Strength::Strong && !maybe_listed(pkt, cfg.allowlist_lookup) {
+            break 'flow Reason::Signature;
+        }
+        let (key, src_is_lo) = flow_key(pkt, protocol, class);
 
-    let entry = match FLOWS.get_ptr_mut(&key) {
-        // SAFETY: a pointer into the LRU map's value, valid for this program run.
-        Some(state) if unsafe { (*state).expires_ns } > now => Some(state),
-        _ => None,
-    };
-    // At most one allowlist lookup per packet, and none for a flow judged under the current
-    // generation: its status already says whether an endpoint is registered.
-    let allowed = match entry {
-        // SAFETY: as above.
-        Some(state) if unsafe { (*state).generation } == generation => {
-            (unsafe { (*state).status }) == FlowStatus::Allowed as u8
-        }
-        None if det.strength == Strength::FollowUp => {
-            // Continues a flow we do not know (or that expired): ordinary traffic.
-            return XDP_PASS;
-        }
-        _ => allowlisted(pkt, cfg.allowlist_lookup),
-    };
-    let mut judged = Judged::Fresh;
-    if let Some(state) = entry {
-        count(counter_index(Counter::FlowHit));
-        // SAFETY: as above.
-        let state = unsafe { &mut *state };
-        judged = judge_flow(det, state, src_is_lo, now, generation, allowed, &cfg);
-        if state.flags & OVPN_OBFS_MARK != 0 && protocol == Protocol::OpenVpnObfuscated {
-            // A scrambled-OpenVPN reset pair just matched: the rest of the flow's packets
-            // (any size) are followed up through its ports' mark.
-            state.flags &= !OVPN_OBFS_MARK;
-            mark_ports(pkt.sport, pkt.dport, PORT_MARK_OVPN_OBFS);
-        }
-        if matches!(judged, Judged::Report(Reason::Confirmed))
-            && protocol == Protocol::WireGuard
-            && class == 0
-        {
-            // A padded handshake just confirmed: its transport data is a conversation of
-            // its own (see `FlowKey::class`); block it too, with the handshake's indices.
-            let mut data_key = key;
-            data_key.class = FLOW_CLASS_DATA;
-            store_flow(&data_key, state, protocol);
-        }
-    }
-    let reason = match judged {
-        Judged::Pass => return XDP_PASS,
-        Judged::Report(reason) => reason,
-        Judged::Fresh => {
-            if det.strength == Strength::FollowUp {
+        let entry = match FLOWS.get_ptr_mut(&key) {
+            // SAFETY: a pointer into the LRU map's value, valid for this program run.
+            Some(state) if unsafe { (*state).expires_ns } > now => Some(state),
+            _ => None,
+        };
+        // At most one allowlist lookup per packet, and none for a flow judged under the current
+        // generation: its status already says whether an endpoint is registered.
+        let allowed = match entry {
+            // SAFETY: as above.
+            Some(state) if unsafe { (*state).generation } == generation => {
+                (unsafe { (*state).status }) == FlowStatus::Allowed as u8
+            }
+            None if det.strength == Strength::FollowUp => {
+                // Continues a flow we do not know (or that expired): ordinary traffic.
                 return XDP_PASS;
             }
-            if allowed || det.strength == Strength::Weak {
-                let (status, timeout, verdict) = if allowed {
-                    (
-                        FlowStatus::Allowed,
-                        cfg.allowed_flow_timeout_ns,
-                        Verdict::Allowed,
-                    )
-                } else {
-                    (
-                        FlowStatus::Pending,
-                        cfg.pending_flow_timeout_ns,
-                        Verdict::Pending,
-                    )
-                };
-                let state = FlowState {
-                    expires_ns: now + timeout,
-                    token: det.token,
-                    peer_token: [0; 8],
-                    packets: 1,
-                    generation,
-                    aux: det.aux,
-                    data_head: [0; 4],
-                    status: status as u8,
-                    protocol: protocol as u8,
-                    message: det.message as u8,
-                    from_lo: src_is_lo as u8,
-                    flags: 0,
-                    _pad: [0; 3],
-                };
-                store_flow(&key, &state, protocol);
-                count(verdict_counter_index(protocol, verdict));
-                return XDP_PASS;
+            _ => allowlisted(pkt, cfg.allowlist_lookup),
+        };
+        let mut judged = Judged::Fresh;
+        if let Some(state) = entry {
+            count(counter_index(Counter::FlowHit));
+            // SAFETY: as above.
+            let state = unsafe { &mut *state };
+            judged = judge_flow(det, state, src_is_lo, now, generation, allowed, &cfg);
+            if state.flags & OVPN_OBFS_MARK != 0 && protocol == Protocol::OpenVpnObfuscated {
+                // A scrambled-OpenVPN reset pair just matched: the rest of the flow's packets
+                // (any size) are followed up through its ports' mark.
+                state.flags &= !OVPN_OBFS_MARK;
+                mark_ports(pkt.sport, pkt.dport, PORT_MARK_OVPN_OBFS);
             }
-            // Conclusive alone: no flow entry. Every later packet that matters is conclusive
-            // alone too, so a flood of handshakes from random sources costs no insert, and
-            // no eviction can let a blocked session's next recognisable packet through.
-            Reason::Signature
+            if matches!(judged, Judged::Report(Reason::Confirmed))
+                && protocol == Protocol::WireGuard
+                && class == 0
+            {
+                // A padded handshake just confirmed: its transport data is a conversation of
+                // its own (see `FlowKey::class`); block it too, with the handshake's indices.
+                let mut data_key = key;
+                data_key.class = FLOW_CLASS_DATA;
+                store_flow(&data_key, state, protocol);
+            }
+        }
+        match judged {
+            Judged::Pass => return XDP_PASS,
+            Judged::Report(reason) => reason,
+            Judged::Fresh => {
+                if det.strength == Strength::FollowUp {
+                    return XDP_PASS;
+                }
+                if allowed || det.strength == Strength::Weak {
+                    let (status, timeout, verdict) = if allowed {
+                        (
+                            FlowStatus::Allowed,
+                            cfg.allowed_flow_timeout_ns,
+                            Verdict::Allowed,
+                        )
+                    } else {
+                        (
+                            FlowStatus::Pending,
+                            cfg.pending_flow_timeout_ns,
+                            Verdict::Pending,
+                        )
+                    };
+                    let state = FlowState {
+                        expires_ns: now + timeout,
+                        token: det.token,
+                        peer_token: [0; 8],
+                        packets: 1,
+                        generation,
+                        aux: det.aux,
+                        data_head: [0; 4],
+                        status: status as u8,
+                        protocol: protocol as u8,
+                        message: det.message as u8,
+                        from_lo: src_is_lo as u8,
+                        flags: 0,
+                        _pad: [0; 3],
+                    };
+                    store_flow(&key, &state, protocol);
+                    count(verdict_counter_index(protocol, verdict));
+                    return XDP_PASS;
+                }
+                // Conclusive alone: no flow entry. Every later packet that matters is conclusive
+                // alone too, so a flood of handshakes from random sources costs no insert, and
+                // no eviction can let a blocked session's next recognisable packet through.
+                Reason::Signature
+            }
         }
     };
     let action = report(ctx, pkt, det, protocol, reason, now, &cfg);
