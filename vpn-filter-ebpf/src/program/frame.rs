@@ -1,6 +1,8 @@
 //! The XDP side of the shared parser (`vpn_filter_ebpf::parse`): direct packet access,
 //! offsets laundered for the verifier, and the fragment bookkeeping.
 
+use aya_ebpf::bindings::xdp_md;
+
 use super::*;
 
 /// Per-CPU slot the parser passes its offsets through (see [`launder`]).
@@ -49,13 +51,66 @@ impl Frame for Xdp<'_> {
     }
 }
 
+/// [`Frame`] for [`plain`]: reads `data` and `data_end` from the context with volatile loads,
+/// so that the compiler cannot hoist them into the caller and pass the packet pointers as
+/// integers (which the verifier refuses to do arithmetic on).
+struct XdpOwnLoads(*mut xdp_md);
+
+impl XdpOwnLoads {
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        // SAFETY: the context is valid for the program run; two aligned u32 fields.
+        unsafe {
+            (
+                ptr::read_volatile(&(*self.0).data) as usize,
+                ptr::read_volatile(&(*self.0).data_end) as usize,
+            )
+        }
+    }
+}
+
+impl Frame for XdpOwnLoads {
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Result<[u8; N], Counter> {
+        let (start, end) = self.bounds();
+        if start + offset + N > end {
+            return Err(Counter::Truncated);
+        }
+        // SAFETY: bounds-checked against data_end just above.
+        Ok(unsafe { ptr::read_unaligned((start + offset) as *const [u8; N]) })
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        let (start, end) = self.bounds();
+        end - start
+    }
+
+    #[inline(always)]
+    fn launder<const N: usize>(&self, v: [u64; N]) -> Result<[u64; N], Counter> {
+        launder(v)
+    }
+}
+
+/// The plain-frame parser (`parse_plain`), in a frame of its own: the verifier walks the
+/// general parser after it once, whichever check refused the frame. Takes the context
+/// pointer by value: a `&XdpContext` would make the caller spill the context to its stack.
+#[inline(never)]
+fn plain(ctx: *mut xdp_md, ip_start: bool, pkt: &mut Packet) -> bool {
+    parse::parse_plain(&XdpOwnLoads(ctx), ip_start, pkt)
+}
+
 /// Parses the frame (`vpn_filter_ebpf::parse`) and leaves the packet in the scratch slot for
 /// [`judge`]. Not inlined: its own stack frame, so its temporaries never stack up with the
 /// classifier's (512 bytes for a call chain).
 #[inline(never)]
 pub(super) fn parse(ctx: &XdpContext, ip_start: bool) -> Result<(), Counter> {
     let mut pkt = Packet::default();
-    let r = parse::parse(&Xdp(ctx), ip_start, &mut pkt);
+    let r = if plain(ctx.ctx, ip_start, &mut pkt) {
+        Ok(())
+    } else {
+        parse::parse(&Xdp(ctx), ip_start, &mut pkt)
+    };
     match pkt.outer_family {
         FAMILY_V4 => count(counter_index(Counter::Ipv4)),
         FAMILY_V6 => count(counter_index(Counter::Ipv6)),
