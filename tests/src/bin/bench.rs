@@ -43,6 +43,8 @@ enum Section {
     Kernel,
     /// Throughput across veth with native XDP.
     Veth,
+    /// The flood's receive rate with two receive queues against one.
+    Scaling,
     /// Registry sync.
     Sync,
     /// Events from the kernel to the events file, under a flood.
@@ -92,6 +94,8 @@ fn run() -> Result<()> {
 
     let mut kernel_md = String::new();
     let mut veth_md = String::new();
+    let mut scaling_md = String::new();
+    let mut scaling_ratio: Option<f64> = None;
     let mut sync_md = String::new();
     let mut events_md = String::new();
     let mut replay_md = String::new();
@@ -143,6 +147,18 @@ fn run() -> Result<()> {
         };
         section("throughput across veth", &mut veth_md, |md| {
             veth::run(&s, md, &mut vhl)
+        })?;
+    }
+    if want(Section::Scaling) {
+        let s = veth::Settings {
+            prefixes: 20_000,
+            seconds: if args.quick { 1.0 } else { 1.5 },
+            warmup: if args.quick { 0.3 } else { 0.4 },
+            rounds: if args.quick { 1 } else { 3 },
+        };
+        section("two receive queues", &mut scaling_md, |md| {
+            scaling_ratio = Some(veth::scaling(&s, md)?);
+            Ok(())
         })?;
     }
     if want(Section::Sync) {
@@ -261,6 +277,12 @@ fn run() -> Result<()> {
             verdict(t.vpn_filter <= 1.3 * t.count_drop)
         ));
     }
+    if let Some(r) = scaling_ratio {
+        md.push_str(&format!(
+            "| the same flood with two receive queues on two CPUs, relative to one (reported; no global lock or shared counter may cap it) | vpn-filter {} (section 2b) | reported |\n",
+            ratio(r)
+        ));
+    }
     if !khl.wg_miss.is_empty() {
         let each: Vec<String> = khl
             .wg_miss
@@ -329,6 +351,10 @@ fn run() -> Result<()> {
     if !veth_md.is_empty() {
         md.push_str("## 2. Throughput across veth, native XDP\n\n");
         md.push_str(&veth_md);
+    }
+    if !scaling_md.is_empty() {
+        md.push_str("## 2b. Two receive queues\n\n");
+        md.push_str(&scaling_md);
     }
     if !sync_md.is_empty() {
         md.push_str("## 3. Registry sync\n\n");
