@@ -163,7 +163,9 @@ pub(super) fn v4_allowed(mode: u32, a: [u8; 4]) -> bool {
     ALLOW_V4.get(Key::new(32, a)).is_some()
 }
 
-/// Probes `FAST_V4_LONG` for each length 25..=32 whose bit is set in `present`.
+/// Probes `FAST_V4_LONG` for each length 25..=32 whose bit is set in `present`, longest
+/// first, like the IPv6 lengths: most registrations are single addresses, found by the first
+/// probe (shortest first, a /32 took every probe of the lengths present).
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
@@ -173,8 +175,9 @@ pub(super) fn v4_long_probe(ip: u32, present: u32) -> bool {
     let mut key = FastKeyV4::default();
     let mut i = 0u32;
     while i < 8 {
-        if present & (1 << i) != 0 {
-            let len = 25 + i;
+        let bit = 7 - i;
+        if present & (1 << bit) != 0 {
+            let len = 25 + bit;
             let masked = ip & (u32::MAX << (32 - len));
             key.addr = masked.to_be_bytes();
             key.len = len as u8;
