@@ -552,8 +552,7 @@ pub fn parse<F: Frame + ?Sized>(f: &F, ip_start: bool, pkt: &mut Packet) -> Resu
 /// which also gives every error. For the frames it accepts, the answer is exactly
 /// [`parse`]'s (a host test compares the two over generated and mutated frames). It
 /// saves ordinary packets the general parser's loops and the verifier-merging slot round
-/// trips. The kernel calls it first and [`parse`] (a function of its own, so the verifier
-/// walks it once, not once per place this can refuse) when it refuses.
+/// trips. The kernel calls it first, and [`parse`] when it refuses.
 #[inline(always)]
 pub fn parse_plain<F: Frame + ?Sized>(f: &F, ip_start: bool, pkt: &mut Packet) -> bool {
     let frame_len = f.len();

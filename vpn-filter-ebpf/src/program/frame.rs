@@ -92,9 +92,9 @@ impl Frame for XdpOwnLoads {
     }
 }
 
-/// The plain-frame parser (`parse_plain`), in a frame of its own: the verifier walks the
-/// general parser after it once, whichever check refused the frame. Takes the context
-/// pointer by value: a `&XdpContext` would make the caller spill the context to its stack.
+/// The plain-frame parser (`parse_plain`), in a frame of its own: inlined into [`parse`], its
+/// locals took that frame's call chain past the 448-byte budget. Takes the context pointer
+/// by value: with a `&XdpContext` the compiler spilled the context to the caller's stack.
 #[inline(never)]
 fn plain(ctx: *mut xdp_md, ip_start: bool, pkt: &mut Packet) -> bool {
     parse::parse_plain(&XdpOwnLoads(ctx), ip_start, pkt)
