@@ -944,7 +944,8 @@ fn install<'a>(
     })
 }
 
-pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
+/// What both veth sections start with: two CPUs, the generator's stop signal, the allowlist.
+fn prepare(s: &Settings, out: &mut String) -> Result<(Registry, usize, usize)> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus < 2 {
         out.push_str("Not measured: the method needs two CPUs (generator and receiver).\n\n");
@@ -953,6 +954,11 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
     install_sigusr1();
     let (n4, n6) = split(s.prefixes);
     let reg = Registry::generate(n4, n6, 0x7e7f + s.prefixes as u64);
+    Ok((reg, n4, n6))
+}
+
+pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
+    let (reg, n4, n6) = prepare(s, out)?;
     let lab = Lab::new(1)?;
     let mut gen = Generator::new(&lab)?;
     let mut rx_progs = BenchProgs::load()?;
@@ -1192,14 +1198,7 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
 /// receive queue and with two, for vpn-filter and for count-and-drop. Returns vpn-filter's
 /// ratio (two queues over one, medians).
 pub fn scaling(s: &Settings, out: &mut String) -> Result<f64> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus < 2 {
-        out.push_str("Not measured: the method needs two CPUs.\n\n");
-        bail!("scaling was not measured: the method needs two CPUs");
-    }
-    install_sigusr1();
-    let (n4, n6) = split(s.prefixes);
-    let reg = Registry::generate(n4, n6, 0x7e7f + s.prefixes as u64);
+    let (reg, _, _) = prepare(s, out)?;
     let variants = [Variant::CountDrop, Variant::VpnFilter];
     // samples[variant][queues - 1] = per-round samples
     let mut samples: Vec<[Vec<Sample>; 2]> = vec![Default::default(); variants.len()];
