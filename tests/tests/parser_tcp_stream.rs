@@ -431,3 +431,88 @@ fn ordinary_streams_split_after_one_to_seven_bytes_pass() {
     }
     failures.assert_none();
 }
+
+/// A stream whose head was reassembled and found ordinary is forgotten (its slot freed, and
+/// the slot's bit in `TCP_HEAD_LIVE` cleared, so its later segments skip the slot), and the
+/// same 4-tuple opened again is followed again: the next SYN arms the slot and its bit, and
+/// a PPTP request split over two segments is dropped when completed. Both directions are
+/// forgotten and re-armed: the client's after its split head, the server's after its first
+/// payload (one segment holding the whole head).
+#[test]
+fn a_reused_four_tuple_is_followed_again_after_its_stream_was_forgotten() {
+    let mut failures = Failures::default();
+    // Longer than the classifier's 96-byte window, so that the head completes.
+    let ordinary =
+        b"GET /a/rather/long/path/to/make/the/request/longer/than/the/window HTTP/1.1\r\n\
+                     Host: example.com\r\nAccept: */*\r\n\r\n";
+    assert!(ordinary.len() > 96);
+    let reply = [b'x'; 200];
+    for v6 in [false, true] {
+        // A program of its own per family: the slots left live at the end are this family's.
+        let filter = load();
+        let conn = Conn {
+            c: client(v6, false),
+            s: server(v6),
+            cport: 26000 + v6 as u16,
+            sport: 1723,
+        };
+        let nothing = expect(XDP_PASS, None, &[]);
+        for round in 0..3 {
+            let what = format!("{} round {round}", conn.name());
+            handshake(&filter, &mut failures, &conn);
+            let armed = live_bits(&filter);
+            failures.require(armed == 2, || {
+                format!("{what}: after the handshake {armed} slots live, want 2 (one per side)")
+            });
+            // The client's head split after 3 bytes: buffered, then completed and ordinary.
+            let pieces = split_tcp(&conn.client_data(ordinary), &[3]);
+            failures.check(
+                &filter,
+                &format!("{what}: ordinary head, first piece"),
+                &pieces[0],
+                &expect(XDP_PASS, None, &[Counter::TcpStreamBuffered]),
+            );
+            failures.check(
+                &filter,
+                &format!("{what}: ordinary head, completing piece"),
+                &pieces[1],
+                &nothing,
+            );
+            // The server's first payload, whole: its slot is released.
+            failures.check(
+                &filter,
+                &format!("{what}: server's first payload"),
+                &conn.server_data(&reply, ordinary.len()),
+                &nothing,
+            );
+            let left = live_bits(&filter);
+            failures.require(left == 0, || {
+                format!("{what}: both heads judged, {left} slots still live, want 0")
+            });
+        }
+        // The same 4-tuple again, now carrying PPTP split after 3 bytes.
+        handshake(&filter, &mut failures, &conn);
+        let what = format!("{} reopened", conn.name());
+        let pptp = pptp();
+        split_in_two(
+            &filter,
+            &mut failures,
+            &what,
+            &conn.client_data(&pptp),
+            3,
+            pptp.len(),
+            true,
+            &verdict(Protocol::Pptp, Verdict::Dropped),
+        );
+    }
+    failures.assert_none();
+}
+
+/// Slots whose bit is set in `TCP_HEAD_LIVE`.
+fn live_bits(filter: &Filter) -> u32 {
+    let map = aya::maps::Array::<_, u64>::try_from(
+        filter.map(vpn_filter_common::maps::TCP_HEAD_LIVE).unwrap(),
+    )
+    .unwrap();
+    map.iter().map(|w| w.unwrap().count_ones()).sum()
+}

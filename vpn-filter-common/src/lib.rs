@@ -32,6 +32,8 @@ pub mod maps {
     pub const ALLOW_GEN: &str = "ALLOW_GEN";
     /// Seed of the TCP stream-head hash, random per load (single u32 slot).
     pub const TCP_HEAD_SEED: &str = "TCP_HEAD_SEED";
+    /// One bit per TCP stream slot, set while the slot may hold a stream's start (tests).
+    pub const TCP_HEAD_LIVE: &str = "TCP_HEAD_LIVE";
     /// Repeat-source filter in front of the event budget (see [`super::REPEAT_SLOTS`]).
     pub const REPEAT_SOURCES: &str = "REPEAT_SOURCES";
     /// Fast-path verdict structures in front of the allowlist tries (see [`super::FastLengths`]).

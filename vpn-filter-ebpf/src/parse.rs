@@ -142,6 +142,25 @@ impl Packet {
             )
         }
     }
+
+    /// The source and destination addresses as four native-endian 64-bit words (one load
+    /// each), for hashes.
+    #[inline(always)]
+    pub fn dwords(&self) -> ([u64; 2], [u64; 2]) {
+        const {
+            assert!(core::mem::offset_of!(Packet, src) % 8 == 0);
+            assert!(core::mem::offset_of!(Packet, dst) % 8 == 0);
+            assert!(core::mem::align_of::<Packet>() >= 8);
+        }
+        // SAFETY: `src` and `dst` are 16 bytes at 8-aligned offsets of a struct aligned to at
+        // least 8 (checked above), and any bit pattern is a valid u64.
+        unsafe {
+            (
+                core::ptr::read(self.src.as_ptr() as *const [u64; 2]),
+                core::ptr::read(self.dst.as_ptr() as *const [u64; 2]),
+            )
+        }
+    }
 }
 
 /// Ethernet header, then up to three VLAN tags (0x8100, 0x88a8, 0x9100 in any order), then
