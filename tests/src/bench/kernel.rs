@@ -478,8 +478,9 @@ pub struct Settings {
 /// Key numbers for the summary.
 #[derive(Default)]
 pub struct Highlights {
-    /// Largest ns above baseline of an ordinary (non-VPN) class, new flows, per size.
-    pub ordinary_max: Vec<(usize, f64)>,
+    /// Largest ns above baseline of an ordinary (non-VPN) class, per size: one frame
+    /// repeated (cache-hot), and many sources (each packet a new flow), with the class.
+    pub ordinary_max: Vec<(usize, f64, f64, &'static str)>,
     /// WireGuard initiation from an unregistered source, new flow: ns above baseline.
     pub wg_miss: Vec<(usize, f64)>,
     /// WireGuard initiations, per size: vpn-filter's own ns per packet for an unregistered
@@ -704,12 +705,16 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
             )
         };
         let mut ordinary_max = f64::NEG_INFINITY;
+        let mut ordinary_many = (f64::NEG_INFINITY, "");
         for (ci, class) in CLASSES.iter().enumerate() {
             let [miss, hit] = &cells[ci];
             let (base, _, diff, _) = Cell::summary(&miss.first);
             let (dbase, _, ddiff, _) = Cell::summary(&miss.direct);
             if !class.vpn {
                 ordinary_max = ordinary_max.max(ddiff);
+                if diff > ordinary_many.0 {
+                    ordinary_many = (diff, class.name);
+                }
             }
             if class.name.starts_with("WireGuard handshake") {
                 hl.wg_miss.push((size, diff));
@@ -732,7 +737,8 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
                 cell_text(&hit.again),
             ));
         }
-        hl.ordinary_max.push((size, ordinary_max));
+        hl.ordinary_max
+            .push((size, ordinary_max, ordinary_many.0, ordinary_many.1));
         out.push('\n');
         if breakdown {
             // Classification alone: the WireGuard policy off (no flow map, no allowlist, no

@@ -233,12 +233,14 @@ fn run() -> Result<()> {
          | target | measured | |\n|---|---|---|\n",
     );
     let verdict = |met: bool| if met { "met" } else { "missed" };
-    for (size, v) in &khl.ordinary_max {
+    for (size, one, many, many_class) in &khl.ordinary_max {
         md.push_str(&format!(
-            "| ordinary packets (TCP, UDP, DNS, QUIC, IPv6, VLAN) at most 10 ns over a pass-through program, in the kernel (allowlist {}) | worst ordinary class {} ns over it | {} |\n",
+            "| ordinary packets (TCP, UDP, DNS, QUIC, IPv6, VLAN) at most 10 ns over a pass-through program, in the kernel (allowlist {}) | worst ordinary class {} ns over it, one frame repeated; {} ns from many sources ({}) | {} |\n",
             util::count(*size),
-            util::signed_ns(*v),
-            verdict(*v <= 10.0)
+            util::signed_ns(*one),
+            util::signed_ns(*many),
+            many_class,
+            verdict(one.max(*many) <= 10.0)
         ));
     }
     if let Some(t) = &vhl.targets {
