@@ -415,6 +415,40 @@ fn registered_clients_and_registered_servers_are_never_judged_by_endpoints() {
     assert_eq!(filter.endpoint_stats(1).unwrap(), vec![(1, 0)]);
 }
 
+/// `ENDPOINT_SUMMARY` is the filter in front of the bitmap; maps pinned by a build without it
+/// get a new, empty one next to the reused bitmap and tries. The next controller's first sync
+/// reads the summary the kernel holds (not one derived from the tries) and fills it: the
+/// listed endpoint is judged again. Its pin is removed here to make that case.
+#[test]
+fn a_summary_created_next_to_pinned_endpoint_maps_is_filled_by_the_first_sync() {
+    vpn_filter_tests::require_root();
+    let dir = vpn_filter_tests::netns::BpfFsDir::new("endpoint-summary");
+    let pins = || vpn_filter::kernel::pin::PinDir::new(dir.path());
+    let mut p = Policy::default();
+    p.set(Protocol::Endpoints, PolicyMode::Enforce);
+    let set = one_listing("198.18.7.0/24");
+    let listed: IpAddr = "198.18.7.9".parse().unwrap();
+    let src: IpAddr = "10.9.9.10".parse().unwrap();
+    {
+        let (mut filter, reused) =
+            Filter::load_pinned(LoadOptions::default(), &p, &Config::default(), pins()).unwrap();
+        assert_eq!(reused, 0);
+        filter.sync_endpoints(&set).unwrap();
+        assert_eq!(action(&filter, src, listed, true, 443), XDP_DROP);
+    }
+    let summary_pin = pins().map_path(vpn_filter_common::maps::ENDPOINT_SUMMARY);
+    std::fs::remove_file(&summary_pin)
+        .unwrap_or_else(|e| panic!("removing {}: {e}", summary_pin.display()));
+    let (mut filter, reused) =
+        Filter::load_pinned(LoadOptions::default(), &p, &Config::default(), pins()).unwrap();
+    assert!(reused > 0, "the other maps are reused");
+    // Before any sync the new summary is empty: the listing is not seen yet.
+    assert_eq!(action(&filter, src, listed, true, 443), XDP_PASS);
+    let report = filter.sync_endpoints(&set).unwrap();
+    assert!(report.read_kernel, "the first sync reads the kernel's maps");
+    assert_eq!(action(&filter, src, listed, true, 443), XDP_DROP);
+}
+
 #[test]
 fn endpoints_policy_monitor_passes_and_counts_off_ignores() {
     let mut filter = load(PolicyMode::Monitor);

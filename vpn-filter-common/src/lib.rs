@@ -46,6 +46,8 @@ pub mod maps {
     pub const VPN_ENDPOINTS_V6: &str = "VPN_ENDPOINTS_V6";
     /// Filter in front of the endpoint tries (see [`super::ENDPOINT_BITMAP_WORDS`]).
     pub const ENDPOINT_BITMAP: &str = "ENDPOINT_BITMAP";
+    /// Filter in front of that filter (see [`super::ENDPOINT_SUMMARY_WORDS`]).
+    pub const ENDPOINT_SUMMARY: &str = "ENDPOINT_SUMMARY";
     /// Per-provider verdict counters (see [`super::endpoint_counter_index`]).
     pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
     /// Listed VPN domains: [`domain_hash`] of each domain -> 1 (see [`SNI_DOMAIN_ENTRIES`]).
@@ -475,6 +477,24 @@ impl EndpointValue {
 pub const ENDPOINT_BITMAP_WORDS: u32 = 2 << 18;
 /// First word of the IPv6 region of `ENDPOINT_BITMAP`.
 pub const ENDPOINT_BITMAP_V6: u32 = 1 << 18;
+/// `ENDPOINT_BITMAP` words summed up by one bit of `ENDPOINT_SUMMARY`: four words, 256 bits,
+/// so an IPv4 /16 (or the IPv6 addresses sharing their top 16 bits).
+pub const ENDPOINT_SUMMARY_SPAN: u32 = 4;
+/// Words of `ENDPOINT_SUMMARY` (16 KiB): bit `g` set when any of `ENDPOINT_BITMAP`'s words
+/// `4g..4g+4` is non-zero. Read first, it keeps ordinary traffic to many destinations off
+/// the 4 MiB bitmap (a cache miss per packet).
+pub const ENDPOINT_SUMMARY_WORDS: u32 = ENDPOINT_BITMAP_WORDS / ENDPOINT_SUMMARY_SPAN / 64;
+
+/// `ENDPOINT_SUMMARY`'s words for an `ENDPOINT_BITMAP` image.
+pub fn endpoint_summary(bitmap: &[u64]) -> [u64; ENDPOINT_SUMMARY_WORDS as usize] {
+    let mut out = [0u64; ENDPOINT_SUMMARY_WORDS as usize];
+    for (g, words) in bitmap.chunks(ENDPOINT_SUMMARY_SPAN as usize).enumerate() {
+        if words.iter().any(|w| *w != 0) && g / 64 < out.len() {
+            out[g / 64] |= 1 << (g % 64);
+        }
+    }
+    out
+}
 
 /// Slot of `ENDPOINT_STATS` (a per-CPU array of `MAX_PROVIDERS * 2` counters) counting
 /// packets of `provider` dropped (`monitored` false) or monitored.

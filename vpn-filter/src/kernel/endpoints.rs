@@ -1,6 +1,6 @@
 //! The known-endpoint maps: `VPN_ENDPOINTS_V4`/`_V6` (LPM tries, provider id and scope per
-//! prefix) and the `ENDPOINT_BITMAP` filter in front of them, written add-before-remove like
-//! the allowlist; and the per-provider counters in `ENDPOINT_STATS`.
+//! prefix) and the `ENDPOINT_BITMAP` and `ENDPOINT_SUMMARY` filters in front of them, written
+//! add-before-remove like the allowlist; and the per-provider counters in `ENDPOINT_STATS`.
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{
@@ -8,8 +8,8 @@ use aya::maps::{
     Array, MapData, PerCpuArray,
 };
 use vpn_filter_common::{
-    endpoint_counter_index, maps, EndpointValue, DEFAULT_ENDPOINT_V4_ENTRIES,
-    DEFAULT_ENDPOINT_V6_ENTRIES, ENDPOINT_BITMAP_V6, ENDPOINT_BITMAP_WORDS,
+    endpoint_counter_index, endpoint_summary, maps, EndpointValue, DEFAULT_ENDPOINT_V4_ENTRIES,
+    DEFAULT_ENDPOINT_V6_ENTRIES, ENDPOINT_BITMAP_V6, ENDPOINT_BITMAP_WORDS, ENDPOINT_SUMMARY_WORDS,
 };
 
 use super::{diff, Filter};
@@ -27,6 +27,9 @@ pub struct EndpointsApplied {
     pub v4: Vec<(Prefix, u64)>,
     pub v6: Vec<(Prefix, u64)>,
     pub bitmap: Vec<u64>,
+    /// `ENDPOINT_SUMMARY`: derived from `bitmap`, except when read back from the kernel
+    /// (what the map holds: a summary created after the other maps were pinned is empty).
+    pub summary: Vec<u64>,
 }
 
 impl EndpointsApplied {
@@ -36,6 +39,7 @@ impl EndpointsApplied {
             v4: Vec::new(),
             v6: Vec::new(),
             bitmap: vec![0; ENDPOINT_BITMAP_WORDS as usize],
+            summary: vec![0; ENDPOINT_SUMMARY_WORDS as usize],
         }
     }
 
@@ -44,7 +48,13 @@ impl EndpointsApplied {
         for (p, _) in v4.iter().chain(v6.iter()) {
             mark(&mut bitmap, p);
         }
-        EndpointsApplied { v4, v6, bitmap }
+        let summary = endpoint_summary(&bitmap).to_vec();
+        EndpointsApplied {
+            v4,
+            v6,
+            bitmap,
+            summary,
+        }
     }
 
     /// The set's prefixes and values split by family, and its bitmap.
@@ -91,11 +101,11 @@ fn mark(bitmap: &mut [u64], p: &Prefix) {
 }
 
 impl Filter {
-    /// Makes the endpoint maps hold `want`: bitmap bits for the union first, then the tries'
-    /// additions and changes, then their removals, then the bitmap reduced to `want`. A listed
-    /// address is never missing during a sync (an address moving between providers keeps a
-    /// listing); a stale bitmap bit only costs a trie lookup. On failure the next sync reads
-    /// the kernel's tries again.
+    /// Makes the endpoint maps hold `want`: bitmap bits for the union first (the bitmap, then
+    /// its summary), then the tries' additions and changes, then their removals, then the
+    /// bitmap and the summary reduced to `want`. A listed address is never missing during a
+    /// sync (an address moving between providers keeps a listing); a stale bit only costs a
+    /// lookup further on. On failure the next sync reads the kernel's tries again.
     pub fn sync_endpoints(&mut self, want: &EndpointSet) -> Result<SyncReport> {
         let want = EndpointsApplied::from_set(want);
         let (cap_v4, cap_v6) = (
@@ -135,8 +145,10 @@ impl Filter {
             .zip(&want.bitmap)
             .map(|(h, w)| h | w)
             .collect();
+        let union_summary = endpoint_summary(&union);
         let result = (|| -> Result<()> {
-            self.write_bitmap(&have.bitmap, &union)?;
+            self.write_words(maps::ENDPOINT_BITMAP, &have.bitmap, &union)?;
+            self.write_words(maps::ENDPOINT_SUMMARY, &have.summary, &union_summary)?;
             let (first_v4, rest_v4) = plan_v4.removals.split_at(early_v4);
             let (first_v6, rest_v6) = plan_v6.removals.split_at(early_v6);
             self.write_endpoint_trie::<[u8; 4]>(maps::VPN_ENDPOINTS_V4, &[], first_v4)?;
@@ -145,7 +157,8 @@ impl Filter {
             self.write_endpoint_trie::<[u8; 16]>(maps::VPN_ENDPOINTS_V6, &plan_v6.upserts, &[])?;
             self.write_endpoint_trie::<[u8; 4]>(maps::VPN_ENDPOINTS_V4, &[], rest_v4)?;
             self.write_endpoint_trie::<[u8; 16]>(maps::VPN_ENDPOINTS_V6, &[], rest_v6)?;
-            self.write_bitmap(&union, &want.bitmap)?;
+            self.write_words(maps::ENDPOINT_BITMAP, &union, &want.bitmap)?;
+            self.write_words(maps::ENDPOINT_SUMMARY, &union_summary, &want.summary)?;
             Ok(())
         })();
         result?;
@@ -153,15 +166,14 @@ impl Filter {
         Ok(report)
     }
 
-    /// Writes the words of `want` that differ from `have`.
-    fn write_bitmap(&mut self, have: &[u64], want: &[u64]) -> Result<()> {
-        let mut bitmap: Array<&mut MapData, u64> =
-            Array::try_from(self.map_mut(maps::ENDPOINT_BITMAP)?)?;
+    /// Writes the words of `want` that differ from `have` into the array map `name`.
+    fn write_words(&mut self, name: &str, have: &[u64], want: &[u64]) -> Result<()> {
+        let mut words: Array<&mut MapData, u64> = Array::try_from(self.map_mut(name)?)?;
         for (i, (h, w)) in have.iter().zip(want).enumerate() {
             if h != w {
-                bitmap
+                words
                     .set(i as u32, *w, 0)
-                    .with_context(|| format!("writing word {i} of the endpoint bitmap"))?;
+                    .with_context(|| format!("writing word {i} of {name}"))?;
             }
         }
         Ok(())
@@ -222,7 +234,15 @@ impl Filter {
             addr,
             len,
         })?;
-        Ok(EndpointsApplied::from_lists(v4, v6))
+        let mut applied = EndpointsApplied::from_lists(v4, v6);
+        // The summary as the kernel holds it, so that the next sync writes what it lacks.
+        let summary: Array<&MapData, u64> = Array::try_from(self.map(maps::ENDPOINT_SUMMARY)?)?;
+        for (i, w) in applied.summary.iter_mut().enumerate() {
+            *w = summary
+                .get(&(i as u32), 0)
+                .with_context(|| format!("reading word {i} of the endpoint summary"))?;
+        }
+        Ok(applied)
     }
 
     /// The kernel's endpoint answer for `ip` (trie only).
@@ -315,5 +335,27 @@ mod tests {
         assert_eq!(bits("2001:db8::1/128"), vec![v6 + 0x20010d]);
         assert_eq!(bits("2001:db8::/32"), vec![v6 + 0x20010d]);
         assert_eq!(bits("2001::/16").len(), 256);
+    }
+
+    /// The summary bits set for a prefix: its IPv4 /16s (or IPv6 top-16-bit blocks), numbered
+    /// from the IPv6 region's first group for IPv6.
+    fn summary_bits(p: &str) -> Vec<u64> {
+        let mut b = vec![0u64; ENDPOINT_BITMAP_WORDS as usize];
+        mark(&mut b, &p.parse().unwrap());
+        let s = endpoint_summary(&b);
+        (0..s.len() as u64 * 64)
+            .filter(|g| s[(*g / 64) as usize] & (1 << (g % 64)) != 0)
+            .collect()
+    }
+
+    #[test]
+    fn summary_marks_the_sixteen_bit_blocks_that_hold_a_listing() {
+        let v6 = u64::from(ENDPOINT_BITMAP_V6) / 4;
+        assert_eq!(summary_bits("192.0.2.7/32"), vec![0xc000]);
+        assert_eq!(summary_bits("192.0.255.0/24"), vec![0xc000]);
+        assert_eq!(summary_bits("192.0.0.0/15"), vec![0xc000, 0xc001]);
+        assert_eq!(summary_bits("2001:db8::1/128"), vec![v6 + 0x2001]);
+        assert_eq!(summary_bits("2001:ff00::/24"), vec![v6 + 0x2001]);
+        assert!(summary_bits("0.0.0.0/0").len() == 1 << 16);
     }
 }

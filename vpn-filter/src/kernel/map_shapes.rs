@@ -124,6 +124,13 @@ pub fn expected_maps(options: &LoadOptions) -> Vec<MapShape> {
             max_entries: vpn_filter_common::ENDPOINT_BITMAP_WORDS,
         },
         MapShape {
+            name: maps::ENDPOINT_SUMMARY,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 8,
+            max_entries: vpn_filter_common::ENDPOINT_SUMMARY_WORDS,
+        },
+        MapShape {
             name: maps::ENDPOINT_STATS,
             map_type: MapType::PerCpuArray,
             key_size: 4,
