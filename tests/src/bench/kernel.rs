@@ -439,6 +439,9 @@ struct Cell {
     direct: Vec<Pass>,
     first: Vec<Pass>,
     again: Vec<Pass>,
+    /// Ordinary classes: each packet to a different destination (the mutation writes the
+    /// destination address), as upstream traffic through a gateway.
+    to_many: Vec<Pass>,
 }
 
 impl Cell {
@@ -475,12 +478,22 @@ pub struct Settings {
     pub breakdown_size: usize,
 }
 
+/// The costliest ordinary class over pass-through, per way of measuring it.
+pub struct OrdinaryWorst {
+    pub size: usize,
+    /// One frame repeated (cache-hot, one flow).
+    pub one_frame: f64,
+    /// Each packet from a different source, and the class.
+    pub many_sources: (f64, &'static str),
+    /// Each packet to a different destination, and the class.
+    pub many_destinations: (f64, &'static str),
+}
+
 /// Key numbers for the summary.
 #[derive(Default)]
 pub struct Highlights {
-    /// Largest ns above baseline of an ordinary (non-VPN) class, per size: one frame
-    /// repeated (cache-hot), and many sources (each packet a new flow), with the class.
-    pub ordinary_max: Vec<(usize, f64, f64, &'static str)>,
+    /// Largest ns above baseline of an ordinary (non-VPN) class, per size.
+    pub ordinary_max: Vec<OrdinaryWorst>,
     /// WireGuard initiation from an unregistered source, new flow: ns above baseline.
     pub wg_miss: Vec<(usize, f64)>,
     /// WireGuard initiations, per size: vpn-filter's own ns per packet for an unregistered
@@ -507,7 +520,9 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
          them), so the tries and the flow map see {} different keys. \"First packet\" = each \
          packet opens a new flow; \"same flow again\" = the same packets replayed, now \
          flow-map hits (for unregistered VPN flows: follow-up packets of a blocked flow). \
-         Ordinary classes have no allowlist lookup: only the unregistered columns apply. \
+         Ordinary classes have no allowlist lookup: only the unregistered columns apply, and \
+         one more: \"many destinations\", the same addresses written as the destination of \
+         one source's packets, as upstream traffic through a gateway. \
          Baseline: `bench_mutate` (writes the source address, tail-calls) + `bench_pass`. \
          \"One frame repeated\" is the classic measurement: one frame, {} runs per call, \
          straight into the program (cache-hot, one flow). For each allowlist size a fresh \
@@ -649,6 +664,29 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
                         filter: f2,
                         action: a2,
                     });
+                    if !class.vpn {
+                        // The same addresses as destinations, from one source.
+                        let src = addr(&mut rng);
+                        let frame = (class.build)(&mut rng, src, placeholder);
+                        h.set_layout(find(&frame, &src_bytes)?, src_bytes.len())?;
+                        let ((_, b), (a, f)) = if round % 2 == 0 {
+                            h.jump_to(&pass_fd)?;
+                            let b = h.run(&frame, n)?;
+                            h.jump_to(&filter_fd)?;
+                            (b, h.run(&frame, n)?)
+                        } else {
+                            h.jump_to(&filter_fd)?;
+                            let f = h.run(&frame, n)?;
+                            h.jump_to(&pass_fd)?;
+                            (h.run(&frame, n)?, f)
+                        };
+                        drain(&mut events);
+                        cells[ci][si].to_many.push(Pass {
+                            base: b,
+                            filter: f,
+                            action: a,
+                        });
+                    }
                     if source == Source::Unregistered {
                         let src = addr(&mut rng);
                         let frame = (class.build)(&mut rng, src, dst);
@@ -689,8 +727,8 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
             out.push_str(&format!("Prefix lengths: {}.\n\n", reg.describe()));
         }
         out.push_str(
-            "| packet class | one frame repeated: baseline ns | one frame repeated: vpn-filter | many sources, baseline ns | unregistered source, first packet | unregistered, same flow again | registered source, first packet | registered, same flow again |\n\
-             |---|---:|---|---:|---|---|---|---|\n",
+            "| packet class | one frame repeated: baseline ns | one frame repeated: vpn-filter | many sources, baseline ns | unregistered source, first packet | unregistered, same flow again | registered source, first packet | registered, same flow again | ordinary: many destinations |\n\
+             |---|---:|---|---:|---|---|---|---|---|\n",
         );
         let cell_text = |passes: &[Pass]| -> String {
             if passes.is_empty() {
@@ -706,6 +744,7 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
         };
         let mut ordinary_max = f64::NEG_INFINITY;
         let mut ordinary_many = (f64::NEG_INFINITY, "");
+        let mut ordinary_dsts = (f64::NEG_INFINITY, "");
         for (ci, class) in CLASSES.iter().enumerate() {
             let [miss, hit] = &cells[ci];
             let (base, _, diff, _) = Cell::summary(&miss.first);
@@ -714,6 +753,10 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
                 ordinary_max = ordinary_max.max(ddiff);
                 if diff > ordinary_many.0 {
                     ordinary_many = (diff, class.name);
+                }
+                let (_, _, tdiff, _) = Cell::summary(&miss.to_many);
+                if tdiff > ordinary_dsts.0 {
+                    ordinary_dsts = (tdiff, class.name);
                 }
             }
             if class.name.starts_with("WireGuard handshake") {
@@ -726,7 +769,7 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
                 }
             }
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 class.name,
                 ns(dbase),
                 cell_text(&miss.direct),
@@ -735,10 +778,15 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
                 cell_text(&miss.again),
                 cell_text(&hit.first),
                 cell_text(&hit.again),
+                cell_text(&miss.to_many),
             ));
         }
-        hl.ordinary_max
-            .push((size, ordinary_max, ordinary_many.0, ordinary_many.1));
+        hl.ordinary_max.push(OrdinaryWorst {
+            size,
+            one_frame: ordinary_max,
+            many_sources: ordinary_many,
+            many_destinations: ordinary_dsts,
+        });
         out.push('\n');
         if breakdown {
             // Classification alone: the WireGuard policy off (no flow map, no allowlist, no
