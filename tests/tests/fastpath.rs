@@ -392,3 +392,53 @@ fn a_large_update_never_shows_a_still_registered_address_as_unregistered() {
         judged.load(Ordering::Relaxed)
     );
 }
+
+/// `FAST_SUMMARY` (one bit per IPv4 /16) is read before the IPv4 bitmaps; maps pinned by a
+/// build without it get a new, empty one next to the reused bitmaps and tries, and an empty
+/// summary says "not registered" for every IPv4 source. The next controller's first sync
+/// reads the summary the kernel holds (not one derived from the bitmaps) and fills it, so a
+/// registered source passes again. Its pin is removed here to make that case.
+#[test]
+fn a_summary_created_next_to_pinned_fast_maps_is_filled_by_the_first_sync() {
+    vpn_filter_tests::require_root();
+    let dir = vpn_filter_tests::netns::BpfFsDir::new("fast-summary");
+    let pins = || vpn_filter::kernel::pin::PinDir::new(dir.path());
+    let load = || {
+        Filter::load_pinned(
+            LoadOptions::default(),
+            &Policy::default(),
+            &Config::default(),
+            pins(),
+        )
+        .expect("the program loads")
+    };
+    let allow = allowlist([v4_prefix(0x8a10_0700, 24), v4_prefix(0x8a20_0309, 32)]);
+    let sources: [IpAddr; 2] = ["138.16.7.9".parse().unwrap(), "138.32.3.9".parse().unwrap()];
+    {
+        let (mut filter, reused) = load();
+        assert_eq!(reused, 0);
+        filter.sync_allowlist(&allow).unwrap();
+        for s in sources {
+            assert!(registered(&filter, s), "{s} registered after the sync");
+        }
+    }
+    let summary_pin = pins().map_path(vpn_filter_common::maps::FAST_SUMMARY);
+    std::fs::remove_file(&summary_pin)
+        .unwrap_or_else(|e| panic!("removing {}: {e}", summary_pin.display()));
+    let (mut filter, reused) = load();
+    assert!(reused > 0, "the other maps are reused");
+    for s in sources {
+        assert!(
+            !registered(&filter, s),
+            "{s}: the new summary is empty until the first sync (the case is made)"
+        );
+    }
+    let report = filter.sync_allowlist(&allow).unwrap();
+    assert!(report.read_kernel, "the first sync reads the kernel's maps");
+    for s in sources {
+        assert!(
+            registered(&filter, s),
+            "{s} registered after the first sync"
+        );
+    }
+}

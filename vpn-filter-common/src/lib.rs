@@ -38,6 +38,8 @@ pub mod maps {
     pub const REPEAT_SOURCES: &str = "REPEAT_SOURCES";
     /// Fast-path verdict structures in front of the allowlist tries (see [`super::FastLengths`]).
     pub const FAST_BITMAPS: &str = "FAST_BITMAPS";
+    /// Filter in front of the IPv4 fast bitmaps (see [`super::FAST_SUMMARY_WORDS`]).
+    pub const FAST_SUMMARY: &str = "FAST_SUMMARY";
     pub const FAST_V4_LONG: &str = "FAST_V4_LONG";
     pub const FAST_V6: &str = "FAST_V6";
     pub const FAST_LENGTHS: &str = "FAST_LENGTHS";
@@ -618,6 +620,30 @@ wire_enum! {
 pub const FAST_BITMAP_WORDS: u32 = 3 << 18;
 /// First word of the IPv4 long-prefix filter in `FAST_BITMAPS`.
 pub const FAST_BITMAP_V4_LONG: u32 = 1 << 18;
+/// Words of `FAST_SUMMARY` (8 KiB): bit `n` set when the IPv4 /16 number `n` holds a /24
+/// marked in either IPv4 region of `FAST_BITMAPS` (four words each). Read first, it keeps a
+/// flood from sources in unregistered /16s off the 4 MiB of IPv4 bitmaps (two cache misses
+/// per packet). Always a superset of the bitmaps: the controller widens it before the bitmaps
+/// grow and narrows it after they shrink.
+pub const FAST_SUMMARY_WORDS: u32 = 1 << 10;
+
+/// `FAST_SUMMARY`'s words for a `FAST_BITMAPS` image.
+pub fn fast_summary(bitmap: &[u64]) -> [u64; FAST_SUMMARY_WORDS as usize] {
+    let mut out = [0u64; FAST_SUMMARY_WORDS as usize];
+    let long = FAST_BITMAP_V4_LONG as usize;
+    for g in 0..(FAST_SUMMARY_WORDS as usize * 64) {
+        let words = g * 4..g * 4 + 4;
+        let marked = |base: usize| {
+            bitmap
+                .get(base + words.start..base + words.end)
+                .is_some_and(|w| w.iter().any(|w| *w != 0))
+        };
+        if marked(0) || marked(long) {
+            out[g / 64] |= 1 << (g % 64);
+        }
+    }
+    out
+}
 /// First word of the IPv6 filter in `FAST_BITMAPS`.
 pub const FAST_BITMAP_V6: u32 = 2 << 18;
 /// The bit of the IPv6 filter for the /32 whose top 32 bits are `top32` (Fibonacci hashing

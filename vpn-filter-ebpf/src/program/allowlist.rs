@@ -15,6 +15,10 @@ pub(super) static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> =
 #[map(name = "FAST_BITMAPS")]
 pub(super) static FAST_BITMAPS: Array<u64> = Array::with_max_entries(FAST_BITMAP_WORDS, 0);
 
+/// Fast path: one bit per IPv4 /16 in front of the IPv4 bitmaps (see [`FAST_SUMMARY_WORDS`]).
+#[map(name = "FAST_SUMMARY")]
+pub(super) static FAST_SUMMARY: Array<u64> = Array::with_max_entries(FAST_SUMMARY_WORDS, 0);
+
 /// BPF_F_NO_PREALLOC: memory follows the feed, not the configured capacity.
 pub(super) const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -87,10 +91,17 @@ fn address_maybe_listed(family: u8, addr: &[u8; 16]) -> bool {
     )
 }
 
-/// [`v4_allowed`]'s first level in fast mode: the /24 is registered whole, or holds a longer
-/// prefix.
+/// [`v4_allowed`]'s first level in fast mode: the /16 holds a marked /24 (`FAST_SUMMARY`,
+/// 8 KiB), and the /24 is registered whole or holds a longer prefix.
 #[inline(always)]
 fn v4_maybe_listed(ip: u32) -> bool {
+    let slash16 = ip >> 16;
+    if !FAST_SUMMARY
+        .get(slash16 >> 6)
+        .is_some_and(|w| w & (1u64 << (slash16 & 63)) != 0)
+    {
+        return false;
+    }
     let slash24 = ip >> 8;
     let bit = 1u64 << (slash24 & 63);
     if FAST_BITMAPS.get(slash24 >> 6).is_some_and(|w| w & bit != 0) {

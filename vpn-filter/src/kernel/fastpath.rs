@@ -11,13 +11,16 @@
 //! - `FAST_V4_LONG`: exact-match hash of the /25../32 prefixes (masked address, length);
 //! - `FAST_V6`: exact-match hash of every IPv6 prefix;
 //! - `FAST_LENGTHS`: which lengths the hashes hold, so the program probes only those (IPv6
-//!   falls back to the trie when more than [`FAST_V6_MAX_LENGTHS`] lengths are in use).
+//!   falls back to the trie when more than [`FAST_V6_MAX_LENGTHS`] lengths are in use);
+//! - `FAST_SUMMARY`: one bit per IPv4 /16 holding a /24 marked in either IPv4 bitmap, read
+//!   first by the flood's check ([`fast_summary`]).
 //!
 //! An update never makes a still-registered address look unregistered: the lengths only grow
 //! before entries are added and shrink after they are removed; each changed bitmap word first
-//! gets the union of its old and new bits, then its new bits; hash entries are added before
-//! stale ones are removed ([`Plan::grow`] runs with the trie additions, [`Plan::shrink`] with
-//! the trie removals).
+//! gets the union of its old and new bits, then its new bits, and the summary is widened to
+//! cover both before any bitmap word is written and narrowed after the last; hash entries are
+//! added before stale ones are removed ([`Plan::grow`] runs with the trie additions,
+//! [`Plan::shrink`] with the trie removals).
 
 use std::collections::BTreeSet;
 
@@ -27,9 +30,9 @@ use aya::{
     Ebpf,
 };
 use vpn_filter_common::{
-    fast_v6_filter_bit, maps, FastKeyV4, FastKeyV6, FastLengths, FAST_BITMAP_V4_LONG,
-    FAST_BITMAP_V6, FAST_BITMAP_WORDS, FAST_V6_FILTER_MIN_LEN, FAST_V6_MAX_LENGTHS,
-    FAST_V6_USE_TRIE,
+    fast_summary, fast_v6_filter_bit, maps, FastKeyV4, FastKeyV6, FastLengths, FAST_BITMAP_V4_LONG,
+    FAST_BITMAP_V6, FAST_BITMAP_WORDS, FAST_SUMMARY_WORDS, FAST_V6_FILTER_MIN_LEN,
+    FAST_V6_MAX_LENGTHS, FAST_V6_USE_TRIE,
 };
 
 use super::{
@@ -52,6 +55,9 @@ pub struct FastState {
     pub v4_long: Vec<(FastKeyV4, u64)>,
     pub v6: Vec<(FastKeyV6, u64)>,
     pub lengths: FastLengths,
+    /// `FAST_SUMMARY`'s words: derived from `bitmap`, except when read back from the kernel
+    /// (what the map holds: a summary created after the other maps were pinned is empty).
+    pub summary: Vec<u64>,
 }
 
 impl FastState {
@@ -62,6 +68,7 @@ impl FastState {
             v4_long: Vec::new(),
             v6: Vec::new(),
             lengths: FastLengths::default(),
+            summary: vec![0; FAST_SUMMARY_WORDS as usize],
         }
     }
 
@@ -84,6 +91,7 @@ impl FastState {
         v4_long.sort_unstable();
         v6.sort_unstable();
         FastState {
+            summary: fast_summary(&summary.bitmap).to_vec(),
             bitmap: summary.bitmap,
             v4_long,
             v6,
@@ -133,11 +141,21 @@ impl FastState {
         let lengths = lengths
             .get(&0, 0)
             .context("reading the fast-path lengths")?;
+        let mut summary = vec![0u64; FAST_SUMMARY_WORDS as usize];
+        for (i, w) in
+            batch::lookup_all::<u32, u64>(batch::map_data(map(ebpf, maps::FAST_SUMMARY)?)?)
+                .context("reading the fast-path summary")?
+        {
+            if let Some(slot) = summary.get_mut(i as usize) {
+                *slot = w;
+            }
+        }
         Ok(FastState {
             bitmap: words,
             v4_long,
             v6,
             lengths,
+            summary,
         })
     }
 }
@@ -332,6 +350,9 @@ pub struct Plan {
     have_lengths: FastLengths,
     /// Changed bitmap words: index, old | new, new.
     words: Vec<(u32, u64, u64)>,
+    /// Summary words to write: index, what the map holds, what it holds while the bitmaps
+    /// hold the union, what it holds after.
+    summary: Vec<(u32, u64, u64, u64)>,
     v4: diff::Plan<FastKeyV4>,
     v4_early: usize,
     v6: diff::Plan<FastKeyV6>,
@@ -345,6 +366,7 @@ impl Plan {
         Plan::build(
             (
                 &have.bitmap,
+                Some(&have.summary),
                 have.lengths,
                 have.v4_long.len(),
                 have.v6.len(),
@@ -369,7 +391,7 @@ impl Plan {
         cap_v6: usize,
     ) -> Plan {
         Plan::build(
-            (&have.bitmap, have.lengths, have.v4_long, have.v6),
+            (&have.bitmap, None, have.lengths, have.v4_long, have.v6),
             (&want.bitmap, want.lengths),
             keyed(v4, v4_long_key),
             keyed(v6, v6_key),
@@ -378,15 +400,17 @@ impl Plan {
         )
     }
 
+    /// `have`'s summary is what the map holds when known to differ from the bitmap's own
+    /// (read back from the kernel), else `None`.
     fn build(
-        have: (&[u64], FastLengths, usize, usize),
+        have: (&[u64], Option<&Vec<u64>>, FastLengths, usize, usize),
         want: (&[u64], FastLengths),
         v4: diff::Plan<FastKeyV4>,
         v6: diff::Plan<FastKeyV6>,
         cap_v4: usize,
         cap_v6: usize,
     ) -> Plan {
-        let (have_bitmap, have_lengths, have_v4_long, have_v6) = have;
+        let (have_bitmap, have_summary, have_lengths, have_v4_long, have_v6) = have;
         let (want_bitmap, want_lengths) = want;
         let mut grown = want_lengths;
         grown.v4_long |= have_lengths.v4_long;
@@ -410,7 +434,17 @@ impl Plan {
             .filter(|(_, (h, w))| h != w)
             .map(|(i, (h, w))| (i as u32, h | w, *w))
             .collect();
+        // The summary covers the bitmaps' union (the old bits stay in the kernel until the
+        // shrink), whatever the map held before.
+        let derived = fast_summary(have_bitmap);
+        let held: &[u64] = have_summary.map_or(&derived, |s| s);
+        let after = fast_summary(want_bitmap);
+        let summary = (0..FAST_SUMMARY_WORDS as usize)
+            .map(|i| (i as u32, held[i], derived[i] | after[i], after[i]))
+            .filter(|(_, held, during, after)| held != during || during != after)
+            .collect();
         Plan {
+            summary,
             grown,
             want_lengths,
             have_lengths,
@@ -422,13 +456,25 @@ impl Plan {
         }
     }
 
-    /// Lengths first, then the union of old and new bitmap words, then the hash additions
-    /// (after the few removals a full map needs to make room).
+    /// The summary widened first, then the lengths, then the union of old and new bitmap
+    /// words, then the hash additions (after the few removals a full map needs to make room).
     pub fn grow(&self, ebpf: &mut Ebpf) -> Result<()> {
+        write_words(
+            ebpf,
+            maps::FAST_SUMMARY,
+            self.summary
+                .iter()
+                .filter(|(_, held, during, _)| held != during)
+                .map(|(i, _, during, _)| (*i, *during)),
+        )?;
         if self.grown != self.have_lengths {
             write_lengths(ebpf, &self.grown)?;
         }
-        write_words(ebpf, self.words.iter().map(|(i, union, _)| (*i, *union)))?;
+        write_words(
+            ebpf,
+            maps::FAST_BITMAPS,
+            self.words.iter().map(|(i, union, _)| (*i, *union)),
+        )?;
         let v4_ops = self.v4.removals[..self.v4_early]
             .iter()
             .map(|k| Op::Remove(*k))
@@ -441,7 +487,8 @@ impl Plan {
         apply(ebpf, maps::FAST_V6, v6_ops)
     }
 
-    /// Hash removals, then the new bitmap words, then the new lengths.
+    /// Hash removals, then the new bitmap words, then the new lengths, then the summary
+    /// narrowed.
     pub fn shrink(&self, ebpf: &mut Ebpf) -> Result<()> {
         let v4_ops = self.v4.removals[self.v4_early..]
             .iter()
@@ -453,6 +500,7 @@ impl Plan {
         apply(ebpf, maps::FAST_V6, v6_ops)?;
         write_words(
             ebpf,
+            maps::FAST_BITMAPS,
             self.words
                 .iter()
                 .filter(|(_, union, new)| union != new)
@@ -461,7 +509,14 @@ impl Plan {
         if self.want_lengths != self.grown {
             write_lengths(ebpf, &self.want_lengths)?;
         }
-        Ok(())
+        write_words(
+            ebpf,
+            maps::FAST_SUMMARY,
+            self.summary
+                .iter()
+                .filter(|(_, _, during, after)| during != after)
+                .map(|(i, _, _, after)| (*i, *after)),
+        )
     }
 }
 
@@ -510,18 +565,14 @@ fn apply<K: aya::Pod + std::fmt::Debug>(
     flush(&mut upserts, &mut removals)
 }
 
-/// Writes bitmap words `(index, value)` in batches.
-fn write_words(ebpf: &mut Ebpf, words: impl Iterator<Item = (u32, u64)>) -> Result<()> {
+/// Writes words `(index, value)` of the array `name` in batches.
+fn write_words(ebpf: &mut Ebpf, name: &str, words: impl Iterator<Item = (u32, u64)>) -> Result<()> {
     let (idx, vals): (Vec<u32>, Vec<u64>) = words.unzip();
     if idx.is_empty() {
         return Ok(());
     }
-    batch::update(
-        batch::map_data(map(ebpf, maps::FAST_BITMAPS)?)?,
-        &idx,
-        &vals,
-    )
-    .with_context(|| format!("writing {} word(s) of the fast-path bitmaps", idx.len()))
+    batch::update(batch::map_data(map(ebpf, name)?)?, &idx, &vals)
+        .with_context(|| format!("writing {} word(s) of {name}", idx.len()))
 }
 
 #[cfg(test)]
@@ -617,6 +668,25 @@ mod tests {
             );
             prop_assert_eq!(&quick, &full);
         }
+    }
+
+    #[test]
+    fn the_summary_marks_the_sixteen_bit_blocks_either_ipv4_bitmap_marks() {
+        let summary_of = |prefixes: &[Prefix]| -> Vec<u32> {
+            let a = Applied {
+                v4: prefixes.iter().map(|p| (*p, 0)).collect(),
+                ..Applied::default()
+            };
+            let s = FastState::from_applied(&a).summary;
+            (0..1u32 << 16)
+                .filter(|g| s[(*g / 64) as usize] & (1 << (g % 64)) != 0)
+                .collect()
+        };
+        // A /24 (whole-/24 bitmap), a /32 (long-prefix filter), a /15 (two /16s).
+        assert_eq!(summary_of(&[v4(0xc000_0200, 24)]), vec![0xc000]);
+        assert_eq!(summary_of(&[v4(0x0a01_0203, 32)]), vec![0x0a01]);
+        assert_eq!(summary_of(&[v4(0x0a02_0000, 15)]), vec![0x0a02, 0x0a03]);
+        assert!(summary_of(&[]).is_empty());
     }
 
     #[test]

@@ -82,6 +82,13 @@ pub fn expected_maps(options: &LoadOptions) -> Vec<MapShape> {
             max_entries: vpn_filter_common::FAST_BITMAP_WORDS,
         },
         MapShape {
+            name: maps::FAST_SUMMARY,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 8,
+            max_entries: vpn_filter_common::FAST_SUMMARY_WORDS,
+        },
+        MapShape {
             name: maps::FAST_V4_LONG,
             map_type: MapType::Hash,
             key_size: s(size_of::<vpn_filter_common::FastKeyV4>()),
