@@ -41,10 +41,11 @@ pub(super) static TCP_HEADS: Array<u64> = Array::with_max_entries(TCP_HEAD_SLOTS
 /// the segments of established streams (the bulk of a gateway's TCP: replies past their first
 /// payload, streams older than the slots' trust, streams whose SYN was never seen) cost a read
 /// that stays in cache rather than a random miss into the slots (about 100 ns per segment in
-/// the in-kernel bench). Bits are set and cleared by plain read-modify-write: two CPUs
-/// writing one word in the same few nanoseconds can lose the other's update, which costs what
-/// a slot collision costs (one stream's reassembly) at a far lower rate, or a needless slot
-/// read.
+/// the in-kernel bench). Bits are set and cleared by plain read-modify-write (the v1 BPF
+/// target has no atomic OR): two CPUs writing one word in the same few nanoseconds can lose
+/// the other's update, which costs what a slot collision costs (one stream's reassembly), or
+/// a needless slot read. A SYN flood makes such races likelier, but the same flood overwrites
+/// the slots themselves far more often.
 #[map(name = "TCP_HEAD_LIVE")]
 pub(super) static TCP_HEAD_LIVE: Array<u64> = Array::with_max_entries(TCP_HEAD_SLOTS / 64, 0);
 
@@ -70,7 +71,8 @@ fn set_live(word: *mut u64, bit: u64, live: bool) {
 
 /// Clears the bit of `pkt`'s slot once the slot no longer holds a stream's start (it held
 /// `seen`). A SYN on another CPU may have written the slot since it was read: its bit is set
-/// again then. Hashes the packet again rather than keeping the slot's index: held across
+/// again then (without a barrier, a SYN on the same slot within the same ~100 ns can still
+/// end with its bit clear: one stream's reassembly lost, as in a slot collision). Hashes the packet again rather than keeping the slot's index: held across
 /// `stream_head`'s calls, it took that frame past the stack budget (once per stream).
 #[inline(always)]
 fn forget(slot: *mut u64, pkt: &Packet, seen: u64) {
