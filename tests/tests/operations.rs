@@ -12,7 +12,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use vpn_filter_tests::{
@@ -85,11 +85,12 @@ fn start(lab: &FilterLab, dirs: &Dirs, extra: &[&str]) -> Process {
 
 fn kill9(p: &Process) {
     p.signal(libc::SIGKILL);
-    // A hang guard, not a timing check: SIGKILL is immediate.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // A hang guard bounded by polls, not by the clock: SIGKILL is immediate.
+    let mut polls = 0;
     while p.exit_status().is_none() {
+        polls += 1;
         assert!(
-            Instant::now() < deadline,
+            polls < 6000,
             "controller did not die on SIGKILL (hang guard)"
         );
         std::thread::sleep(Duration::from_millis(10));
@@ -423,18 +424,16 @@ fn sighup_with_a_bad_config_keeps_the_old_one_and_a_good_one_applies() {
     ctl.signal(libc::SIGHUP);
     ctl.wait_stderr("configuration reloaded", Duration::from_secs(5));
     assert_eq!(send(41002), 1, "monitor: the initiation passes");
-    // Decided by the event arriving; the deadline is only a hang guard (events are
+    // Decided by the event arriving; the bound on polls is only a hang guard (events are
     // delivered within a second on an idle machine, later under load).
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut polls = 0;
     while !ctl
         .stdout_lines()
         .iter()
         .any(|l| l.contains("\"monitored\""))
     {
-        assert!(
-            Instant::now() < deadline,
-            "no monitored event was emitted (hang guard)"
-        );
+        polls += 1;
+        assert!(polls < 1200, "no monitored event was emitted (hang guard)");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
