@@ -59,6 +59,11 @@ pub struct SyncReport {
 pub trait Apply<S> {
     /// Writes `set` (add before remove).
     fn apply(&mut self, set: &S) -> Result<SyncReport>;
+    /// The same, for a set the caller no longer needs: a writer that converts it first can
+    /// free it before the write.
+    fn apply_owned(&mut self, set: S) -> Result<SyncReport> {
+        self.apply(&set)
+    }
 }
 
 /// What one kind of feed brings to the loop: parsing, the set it puts in the kernel, the
@@ -686,10 +691,10 @@ impl<K: FeedKind> FeedSync<K> {
     ) -> Result<Option<Checked<K>>, String> {
         let origin = self.spec.describe();
         let checked_start = Instant::now();
-        // The set in force at `now`, computed once: the guard's baseline and, if the write
-        // fails, what is put back.
-        let last_set = self.current.as_ref().map(|c| K::set(&c.feed, now));
-        let result = self.check(&fetched, &origin, now, last_set.as_ref());
+        // Filled by `check` for a feed that differs from the one in force.
+        let mut last_set = None;
+        let mut fetched = fetched;
+        let result = self.check(&mut fetched, &origin, now, &mut last_set);
         let (feed, digest, allow) = match result {
             Ok(Some(x)) => x,
             Ok(None) => {
@@ -721,17 +726,6 @@ impl<K: FeedKind> FeedSync<K> {
             }
         };
         let checked = checked_start.elapsed();
-        // The feed's bytes go to the state directory now (not yet named as the last good
-        // feed), so they are not held in memory through the write (88 MB at a million
-        // prefixes). On failure they are kept and written after, as before.
-        let mut fetched = fetched;
-        match self
-            .state
-            .stage_feed(&digest, K::format_name(&feed), &fetched.bytes)
-        {
-            Ok(()) => fetched.bytes = Vec::new(),
-            Err(e) => log::debug!("staging the feed in the state directory: {e}"),
-        }
         Ok(Some(Checked {
             fetched,
             feed,
@@ -762,7 +756,7 @@ impl<K: FeedKind> FeedSync<K> {
         let origin = self.spec.describe();
         log_sync_start::<K>(&origin);
         let start = Instant::now();
-        let report = match filter.apply(&allow) {
+        let report = match filter.apply_owned(allow) {
             Ok(r) => r,
             Err(e) => {
                 let msg = format!("{} not applied: {e:#}", K::describe(&feed));
@@ -814,10 +808,10 @@ impl<K: FeedKind> FeedSync<K> {
     )]
     fn check(
         &self,
-        fetched: &Fetched,
+        fetched: &mut Fetched,
         origin: &str,
         now: OffsetDateTime,
-        last_set: Option<&K::Set>,
+        last_set: &mut Option<K::Set>,
     ) -> Result<Option<(K::Feed, String, K::Set)>, (String, Option<String>)> {
         guard::check_size(fetched.bytes.len() as u64, &self.guard)
             .map_err(|e| (e.to_string(), None))?;
@@ -857,11 +851,26 @@ impl<K: FeedKind> FeedSync<K> {
             .parse(&fetched.bytes, origin, None)
             .map_err(|e| fail(e.to_string()))?;
         log_warnings(origin, &warnings);
+        // Parsed: the feed's bytes go to the state directory now (named by digest, not yet
+        // by the state file, so a feed the checks below refuse is never taken for the last
+        // good one; the next save removes its file), and are not held in memory through the
+        // checks and the write (88 MB at a million prefixes). If that fails they are kept
+        // and written when the feed is saved, as before.
+        match self
+            .state
+            .stage_feed(&digest, K::format_name(&feed), &fetched.bytes)
+        {
+            Ok(()) => fetched.bytes = Vec::new(),
+            Err(e) => log::debug!("staging the feed in the state directory: {e}"),
+        }
+        // The set in force at `now`, computed once and only for a feed that differs from it:
+        // the guard's baseline and, if the write fails, what is put back.
+        *last_set = self.current.as_ref().map(|c| K::set(&c.feed, now));
         let new_allow = K::set(&feed, now);
         let baseline = self
             .current
             .as_ref()
-            .zip(last_set)
+            .zip(last_set.as_ref())
             .map(|(c, a)| (&c.feed, a));
         let warnings = K::check_transition(baseline, &feed, &new_allow, &self.guard)
             .map_err(|e| fail(format!("{}: {e}", K::describe(&feed))))?;
@@ -899,7 +908,7 @@ impl<K: FeedKind> FeedSync<K> {
         log_sync_start::<K>(&cur.origin);
         let start = Instant::now();
         let report = filter
-            .apply(&K::set(&cur.feed, now))
+            .apply_owned(K::set(&cur.feed, now))
             .with_context(|| format!("applying {} {}", K::WHAT, K::describe(&cur.feed)))?;
         let took = start.elapsed();
         log::info!(
