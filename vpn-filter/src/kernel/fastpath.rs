@@ -39,7 +39,7 @@ use super::{
     allowlist::Applied,
     batch,
     diff::{self, Op},
-    map_shapes::{map, map_mut},
+    map_shapes::map,
 };
 use crate::registry::Prefix;
 
@@ -458,7 +458,7 @@ impl Plan {
 
     /// The summary widened first, then the lengths, then the union of old and new bitmap
     /// words, then the hash additions (after the few removals a full map needs to make room).
-    pub fn grow(&self, ebpf: &mut Ebpf) -> Result<()> {
+    pub fn grow(&self, ebpf: &Ebpf) -> Result<()> {
         write_words(
             ebpf,
             maps::FAST_SUMMARY,
@@ -489,7 +489,7 @@ impl Plan {
 
     /// Hash removals, then the new bitmap words, then the new lengths, then the summary
     /// narrowed.
-    pub fn shrink(&self, ebpf: &mut Ebpf) -> Result<()> {
+    pub fn shrink(&self, ebpf: &Ebpf) -> Result<()> {
         let v4_ops = self.v4.removals[self.v4_early..]
             .iter()
             .map(|k| Op::Remove(*k));
@@ -520,17 +520,19 @@ impl Plan {
     }
 }
 
-fn write_lengths(ebpf: &mut Ebpf, lengths: &FastLengths) -> Result<()> {
-    let mut map: Array<&mut MapData, FastLengths> =
-        Array::try_from(map_mut(ebpf, maps::FAST_LENGTHS)?)?;
-    map.set(0, lengths, 0)
-        .context("writing the fast-path prefix lengths")
+fn write_lengths(ebpf: &Ebpf, lengths: &FastLengths) -> Result<()> {
+    batch::update(
+        batch::map_data(map(ebpf, maps::FAST_LENGTHS)?)?,
+        &[0u32],
+        std::slice::from_ref(lengths),
+    )
+    .context("writing the fast-path prefix lengths")
 }
 
 /// Applies `ops` to the hash `name` in order, in batches (a run of removals, then a run of
 /// additions, ...).
 fn apply<K: aya::Pod + std::fmt::Debug>(
-    ebpf: &mut Ebpf,
+    ebpf: &Ebpf,
     name: &str,
     ops: impl Iterator<Item = Op<K>>,
 ) -> Result<()> {
@@ -566,7 +568,7 @@ fn apply<K: aya::Pod + std::fmt::Debug>(
 }
 
 /// Writes words `(index, value)` of the array `name` in batches.
-fn write_words(ebpf: &mut Ebpf, name: &str, words: impl Iterator<Item = (u32, u64)>) -> Result<()> {
+fn write_words(ebpf: &Ebpf, name: &str, words: impl Iterator<Item = (u32, u64)>) -> Result<()> {
     let (idx, vals): (Vec<u32>, Vec<u64>) = words.unzip();
     if idx.is_empty() {
         return Ok(());

@@ -669,8 +669,18 @@ impl Filter {
     /// was removed is judged unregistered from then on (reason `revoked`). O(1) per sync,
     /// one lookup per live flow, no walk of the flow map.
     pub fn sync_allowlist(&mut self, want: &Allowlist) -> Result<SyncReport> {
+        let want = self.to_applied(want);
+        self.sync_applied(want)
+    }
+
+    /// An allowlist as the tries' sorted entries.
+    fn to_applied(&self, want: &Allowlist) -> Applied {
         let hint = self.applied.as_ref().map_or(0, |a| a.v4.len());
-        let want = Applied::from_allowlist_sized(want, hint);
+        Applied::from_allowlist_sized(want, hint)
+    }
+
+    /// [`Filter::sync_allowlist`] of the allowlist `want` holds.
+    fn sync_applied(&mut self, want: Applied) -> Result<SyncReport> {
         let (cap_v4, cap_v6) = (
             self.options.allow_v4_entries as usize,
             self.options.allow_v6_entries as usize,
@@ -703,10 +713,21 @@ impl Filter {
             Some((a, f)) => (a, Ok(f)),
             None => {
                 report.read_kernel = true;
-                (
-                    self.read_allowlist()?,
-                    Err(fastpath::FastState::read(&self.ebpf)?),
-                )
+                // Two kinds of maps, read on two threads (the kernel's batch lookups are most
+                // of a restart's sync at a million prefixes).
+                let ebpf = &self.ebpf;
+                let (tries, fast) = std::thread::scope(|s| -> Result<_> {
+                    let fast = std::thread::Builder::new()
+                        .name("sync-read".into())
+                        .spawn_scoped(s, || fastpath::FastState::read(ebpf))
+                        .context("starting the thread that reads the fast-path maps")?;
+                    let tries = self.read_allowlist();
+                    let fast = fast
+                        .join()
+                        .map_err(|_| anyhow!("the thread reading the fast-path maps panicked"))?;
+                    Ok((tries, fast))
+                })?;
+                (tries?, Err(fast?))
             }
         };
         // Into empty tries (a first load) every wanted prefix is an upsert: the plan is
@@ -776,12 +797,35 @@ impl Filter {
             let (first_v6, rest_v6) = plan_v6.removals.split_at(early_v6);
             remove_all(self.map(maps::ALLOW_V4)?, first_v4, v4_key)?;
             remove_all(self.map(maps::ALLOW_V6)?, first_v6, v6_key)?;
-            upsert_all(self.map(maps::ALLOW_V4)?, upserts_v4, v4_key)?;
-            upsert_all(self.map(maps::ALLOW_V6)?, upserts_v6, v6_key)?;
-            fast_plan.grow(&mut self.ebpf)?;
+            // The tries and the fast maps are separate kernel maps, each with its own locks:
+            // written on two threads, a million prefixes load in about the time of the larger
+            // half (0.9 -> 0.5 s). Both sides only add (the fast hashes' early removals are
+            // the tries' own, done above), so their order does not matter: an address still
+            // registered never looks unregistered in between.
+            // The keys are built here, so the thread allocates nothing (its heap arena would
+            // keep what it freed).
+            let ebpf = &self.ebpf;
+            let (v4, v6) = (
+                TrieUpserts::new(upserts_v4, v4_key),
+                TrieUpserts::new(upserts_v6, v6_key),
+            );
+            std::thread::scope(|s| -> Result<()> {
+                let tries = std::thread::Builder::new()
+                    .name("sync-tries".into())
+                    .spawn_scoped(s, || -> Result<()> {
+                        v4.write(map_shapes::map(ebpf, maps::ALLOW_V4)?)?;
+                        v6.write(map_shapes::map(ebpf, maps::ALLOW_V6)?)
+                    })
+                    .context("starting the thread that writes the allowlist tries")?;
+                let fast = fast_plan.grow(ebpf);
+                let tries = tries
+                    .join()
+                    .map_err(|_| anyhow!("the thread writing the allowlist tries panicked"))?;
+                tries.and(fast)
+            })?;
             remove_all(self.map(maps::ALLOW_V4)?, rest_v4, v4_key)?;
             remove_all(self.map(maps::ALLOW_V6)?, rest_v6, v6_key)?;
-            fast_plan.shrink(&mut self.ebpf)?;
+            fast_plan.shrink(&self.ebpf)?;
             Ok(())
         })();
         match result {
@@ -903,22 +947,31 @@ fn read_trie<K: aya::Pod>(
     Ok(out)
 }
 
-/// Adds or re-tags `upserts` in the trie `map`, in batches.
-fn upsert_all<K: aya::Pod>(
-    map: &aya::maps::Map,
-    upserts: &[(Prefix, u64)],
-    key: fn(&Prefix) -> Key<K>,
-) -> Result<()> {
-    if upserts.is_empty() {
-        return Ok(());
+/// Prefixes to add to one trie, as its keys and values.
+struct TrieUpserts<K: aya::Pod> {
+    keys: Vec<Key<K>>,
+    values: Vec<AllowValue>,
+}
+
+impl<K: aya::Pod> TrieUpserts<K> {
+    fn new(upserts: &[(Prefix, u64)], key: fn(&Prefix) -> Key<K>) -> Self {
+        TrieUpserts {
+            keys: upserts.iter().map(|(p, _)| key(p)).collect(),
+            values: upserts
+                .iter()
+                .map(|(_, tag)| AllowValue { entry_tag: *tag })
+                .collect(),
+        }
     }
-    let keys: Vec<Key<K>> = upserts.iter().map(|(p, _)| key(p)).collect();
-    let values: Vec<AllowValue> = upserts
-        .iter()
-        .map(|(_, tag)| AllowValue { entry_tag: *tag })
-        .collect();
-    batch::update(batch::map_data(map)?, &keys, &values)
-        .with_context(|| format!("adding {} prefix(es) to the allowlist", upserts.len()))
+
+    /// Adds (or re-tags) them in the trie `map`, in batches.
+    fn write(&self, map: &aya::maps::Map) -> Result<()> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        batch::update(batch::map_data(map)?, &self.keys, &self.values)
+            .with_context(|| format!("adding {} prefix(es) to the allowlist", self.keys.len()))
+    }
 }
 
 /// Removes `removals` from the trie `map`, in batches; prefixes already gone are skipped.
@@ -943,6 +996,13 @@ trait TrieKey<K: aya::Pod> {
 impl Apply<Allowlist> for Filter {
     fn apply(&mut self, set: &Allowlist) -> Result<SyncReport> {
         self.sync_allowlist(set)
+    }
+
+    fn apply_owned(&mut self, set: Allowlist) -> Result<SyncReport> {
+        let want = self.to_applied(&set);
+        // 44 MB at a million prefixes, not held through the write.
+        drop(set);
+        self.sync_applied(want)
     }
 }
 
