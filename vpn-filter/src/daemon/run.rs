@@ -245,6 +245,7 @@ struct Signals {
 /// the reduced set: no thread that parses HTTP, control-socket or metrics requests ever holds
 /// more than CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON.
 pub fn run(args: RunArgs, reload: Option<Reload>) -> Result<()> {
+    fixed_mmap_threshold();
     let startup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -368,6 +369,19 @@ async fn start(args: RunArgs) -> Result<Started> {
         signals,
         _lock: lock,
     })
+}
+
+/// Allocations of a megabyte or more (a million-prefix feed's tables, a sync's key arrays)
+/// get mappings of their own, returned to the system when freed whichever thread made them.
+/// glibc otherwise raises the threshold after the first such free, and what another thread's
+/// heap kept at its top (which `malloc_trim` leaves) stayed resident: 33 MB after a restart's
+/// sync read the kernel's maps back on a second thread.
+fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; no pointer is involved.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
 
 /// Returns the heap that start-up freed (the feed's parse and the first sync's copies, some
