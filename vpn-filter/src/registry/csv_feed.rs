@@ -5,8 +5,11 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    hash::BuildHasher as _,
     sync::Arc,
 };
+
+use hashbrown::HashTable;
 
 use super::{
     check_fields, check_prefix, Entry, Feed, FeedError, FeedFormat, Interner, Prefix, RawFields,
@@ -32,14 +35,6 @@ struct FirstRow {
     line: u64,
     byte: u64,
     hash: u64,
-}
-
-/// The agreeing columns of a row (every column but `id` and `prefix`), hashed.
-fn agreeing_hash(others: &[&str; 6]) -> u64 {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut h = std::hash::DefaultHasher::new();
-    others[1..].hash(&mut h);
-    h.finish()
 }
 
 /// The trimmed text of the agreeing columns of the row starting at `byte` of `body` (a row
@@ -101,6 +96,18 @@ fn column_index(
     index
 }
 
+/// The id of entry `i`: held by the entry, or by `invalid_ids` when its fields are invalid.
+fn id_of<'a>(
+    entries: &'a [Option<Entry>],
+    invalid_ids: &'a HashMap<u32, Arc<str>>,
+    i: u32,
+) -> &'a str {
+    match &entries[i as usize] {
+        Some(e) => &e.id,
+        None => &invalid_ids[&i],
+    }
+}
+
 pub(super) fn parse(
     bytes: &[u8],
     source_name: &str,
@@ -125,11 +132,18 @@ pub(super) fn parse(
         return Err(fail(problems));
     }
 
+    // Every row but the header may start an entry: the tables below are sized once for that
+    // many (a rehash of a million-id index would hold the old and the new table at once;
+    // vector pages an export of multi-row entries never touches cost no memory).
+    let rows = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
     // Entries in the order of their first row (`None` while an entry's fields are invalid:
-    // then the feed is refused anyway), found by id through `by_id`.
-    let mut entries: Vec<Option<Entry>> = Vec::new();
-    let mut first_rows: Vec<FirstRow> = Vec::new();
-    let mut by_id: HashMap<Arc<str>, usize> = HashMap::new();
+    // then the feed is refused anyway, and the id is kept in `invalid_ids`), found by id
+    // through `by_id`: the index of each id's entry, hashed by the id.
+    let mut entries: Vec<Option<Entry>> = Vec::with_capacity(rows);
+    let mut first_rows: Vec<FirstRow> = Vec::with_capacity(rows);
+    let mut invalid_ids: HashMap<u32, Arc<str>> = HashMap::new();
+    let hasher = foldhash::fast::RandomState::default();
+    let mut by_id: HashTable<u32> = HashTable::with_capacity(rows);
     // Repeat checks for entries with many prefixes (a linear search while few).
     let mut prefix_sets: HashMap<usize, HashSet<Prefix>> = HashMap::new();
     let mut holders = Interner::default();
@@ -190,9 +204,14 @@ pub(super) fn parse(
             }
         };
         let others = [id, holder, category, status, approved_at, expires_at];
-        let hash = agreeing_hash(&others);
-        match by_id.get(id) {
-            Some(&i) => {
+        // The columns that must agree (all but `id` and `prefix`).
+        let hash = hasher.hash_one(&others[1..]);
+        let id_hash = hasher.hash_one(id);
+        let known = by_id
+            .find(id_hash, |&i| id_of(&entries, &invalid_ids, i) == id)
+            .map(|&i| i as usize);
+        match known {
+            Some(i) => {
                 // A further row of a known id: every column but the prefix must agree.
                 let first = &first_rows[i];
                 if first.hash != hash {
@@ -249,13 +268,22 @@ pub(super) fn parse(
                     approved_at: f.approved_at,
                     expires_at: f.expires_at,
                 });
-                by_id.insert(id, entries.len());
+                let Ok(i) = u32::try_from(entries.len()) else {
+                    problems.push(format!("line {line}: more than {} entries", u32::MAX));
+                    break;
+                };
+                if entry.is_none() {
+                    invalid_ids.insert(i, id);
+                }
                 entries.push(entry);
+                by_id.insert_unique(id_hash, i, |&j| {
+                    hasher.hash_one(id_of(&entries, &invalid_ids, j))
+                });
                 first_rows.push(FirstRow { line, byte, hash });
             }
         }
     }
-    drop((by_id, first_rows, prefix_sets, holders));
+    drop((by_id, first_rows, prefix_sets, holders, invalid_ids));
     if !problems.is_empty() {
         return Err(fail(problems));
     }
@@ -269,6 +297,8 @@ pub(super) fn parse(
             e
         })
         .collect();
+    let mut entries = entries;
+    entries.shrink_to_fit();
     Ok((
         Feed {
             format: FeedFormat::Csv,

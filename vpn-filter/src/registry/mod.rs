@@ -1166,6 +1166,28 @@ mod tests {
         );
     }
 
+    /// An entry whose fields are invalid has no `Entry` to hold its id: its later rows are
+    /// still found by it (compared with its first row, not taken for a new entry).
+    #[test]
+    fn csv_later_rows_of_an_entry_with_invalid_fields_are_compared_with_its_first_row() {
+        let csv = format!(
+            "{HEADER}BAD,h,company,192.0.2.1,maybe,2026-11-20T08:00:00Z,\n\
+             OK,h,company,192.0.2.5,approved,2026-11-20T08:00:00Z,\n\
+             BAD,h2,company,192.0.2.2,maybe,2026-11-20T08:00:00Z,\n"
+        );
+        let err = parse_csv(&csv).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 2, "{text}");
+        assert!(
+            text.contains("line 2, column 5 (status), id BAD: unknown status \"maybe\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("line 4, column 2 (holder), id BAD: \"h2\" differs from line 2 (\"h\")"),
+            "{text}"
+        );
+    }
+
     /// Later rows are compared by a hash; a disagreeing one re-reads the first row from the
     /// bytes (after a byte-order mark, across quoted fields and other ids' rows) to quote it.
     #[test]
