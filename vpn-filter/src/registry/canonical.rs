@@ -30,7 +30,7 @@ fn utc(t: OffsetDateTime) -> String {
 }
 
 fn sorted_prefixes(e: &Entry) -> Vec<Prefix> {
-    let mut p = e.prefixes.clone();
+    let mut p = e.prefixes.to_vec();
     p.sort();
     p.dedup();
     p

@@ -263,7 +263,7 @@ pub(super) fn parse(
                     holder: holders.get(&f.holder),
                     category: f.category,
                     // Most entries have one prefix: no room for more until a second comes.
-                    prefixes: prefix.map_or_else(Vec::new, |p| vec![p]),
+                    prefixes: prefix.into_iter().collect(),
                     status: f.status,
                     approved_at: f.approved_at,
                     expires_at: f.expires_at,

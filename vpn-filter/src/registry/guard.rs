@@ -228,7 +228,7 @@ mod tests {
                 id: "E".into(),
                 holder: "h".into(),
                 category: Category::Company,
-                prefixes,
+                prefixes: prefixes.into(),
                 status: Status::Approved,
                 approved_at: datetime!(2020-01-01 0:00 UTC),
                 expires_at: None,

@@ -371,7 +371,7 @@ fn validate_entry(
         id: id.into(),
         holder: holders.get(&f.holder),
         category: f.category,
-        prefixes: prefixes.into_vec(),
+        prefixes: prefixes.into_vec().into_iter().collect(),
         status: f.status,
         approved_at: f.approved_at,
         expires_at: f.expires_at,

@@ -249,13 +249,17 @@ impl FromStr for Prefix {
 }
 
 /// A validated registration.
+/// An entry's prefixes.
+pub type Prefixes = smallvec::SmallVec<[Prefix; 1]>;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub id: Arc<str>,
     /// Shared between the entries of one holder (see [`Interner`]).
     pub holder: Arc<str>,
     pub category: Category,
-    pub prefixes: Vec<Prefix>,
+    /// Inline while it holds one prefix (most entries), on the heap beyond.
+    pub prefixes: Prefixes,
     pub status: Status,
     pub approved_at: OffsetDateTime,
     pub expires_at: Option<OffsetDateTime>,
