@@ -257,24 +257,28 @@ pub(super) fn parse(
                     let k = COLUMNS.iter().position(|c| *c == field).unwrap_or(0);
                     at(k)
                 };
-                let id: Arc<str> = id.into();
-                let entry = check_fields(&raw, &field_at, &mut problems).map(|f| Entry {
-                    id: id.clone(),
-                    holder: holders.get(&f.holder),
-                    category: f.category,
-                    // Most entries have one prefix: no room for more until a second comes.
-                    prefixes: prefix.into_iter().collect(),
-                    status: f.status,
-                    approved_at: f.approved_at,
-                    expires_at: f.expires_at,
-                });
                 let Ok(i) = u32::try_from(entries.len()) else {
                     problems.push(format!("line {line}: more than {} entries", u32::MAX));
                     break;
                 };
-                if entry.is_none() {
-                    invalid_ids.insert(i, id);
-                }
+                let id: Arc<str> = id.into();
+                // The id moves into its entry, or aside when the fields are invalid (no
+                // clone: a reference count changed twice per entry showed in the profile).
+                let entry = match check_fields(&raw, &field_at, &mut problems) {
+                    Some(f) => Some(Entry {
+                        id,
+                        holder: holders.get(&f.holder),
+                        category: f.category,
+                        prefixes: prefix.into_iter().collect(),
+                        status: f.status,
+                        approved_at: f.approved_at,
+                        expires_at: f.expires_at,
+                    }),
+                    None => {
+                        invalid_ids.insert(i, id);
+                        None
+                    }
+                };
                 entries.push(entry);
                 by_id.insert_unique(id_hash, i, |&j| {
                     hasher.hash_one(id_of(&entries, &invalid_ids, j))
