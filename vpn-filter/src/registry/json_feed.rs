@@ -2,18 +2,20 @@
 //!
 //! Deserialised with hand-written visitors rather than `#[serde(flatten)]`: flatten buffers
 //! every entry into an intermediate tree first, which at a million entries costs seconds and
-//! gigabytes. The visitors keep unknown field names (for the warnings) and skip their values.
+//! gigabytes. The visitors keep unknown field names (for the warnings) and skip their values,
+//! and each entry is validated as soon as it is read: the raw entries are never collected.
 
-use std::{borrow::Cow, fmt};
+use std::{borrow::Cow, fmt, hash::BuildHasher as _};
 
+use hashbrown::HashTable;
 use serde::{
-    de::{IgnoredAny, MapAccess, Visitor},
+    de::{IgnoredAny, MapAccess, SeqAccess, Visitor},
     Deserialize, Deserializer,
 };
 
 use super::{
-    check_fields, check_prefix, parse_time, Feed, FeedError, FeedFormat, Interner, PrefixSet,
-    RawFields, ValidateOptions, Warnings,
+    check_fields, check_prefix, parse_time, Entry, Feed, FeedError, FeedFormat, Interner,
+    PrefixSet, RawFields, ValidateOptions, Warnings,
 };
 
 /// A string borrowed from the feed bytes when it has no escapes (most do): a million entries
@@ -65,13 +67,113 @@ struct RawEntry<'de> {
     repeated: Vec<&'static str>,
 }
 
+/// The feed's top level. Its entries are not collected: each is validated as it is read
+/// (see [`Entries`]), so a million raw entries never sit in memory next to the feed bytes.
 #[derive(Debug, Default)]
 struct RawFeed<'de> {
     serial: Option<u64>,
     generated_at: Option<Str<'de>>,
-    entries: Option<Vec<RawEntry<'de>>>,
+    /// Whether an `entries` list was read.
+    entries: bool,
     unknown: Vec<String>,
     repeated: Vec<&'static str>,
+}
+
+/// What validating the entries one by one builds.
+struct Entries {
+    opts: ValidateOptions,
+    holders: Interner,
+    problems: Vec<String>,
+    warnings: Warnings,
+    /// Valid entries, in feed order.
+    entries: Vec<Entry>,
+    /// Index in the feed of each valid entry (for the duplicate message).
+    index: Vec<u32>,
+    /// Each valid entry's position in `entries`, hashed by its id: a later one with the same
+    /// id is a duplicate.
+    by_id: HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+    /// Duplicate ids, reported after every other problem (in feed order).
+    dups: Vec<String>,
+    /// Entries read so far.
+    read: usize,
+}
+
+impl Entries {
+    fn new(opts: ValidateOptions) -> Entries {
+        Entries {
+            opts,
+            holders: Interner::default(),
+            problems: Vec::new(),
+            warnings: Vec::new(),
+            entries: Vec::new(),
+            index: Vec::new(),
+            by_id: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            dups: Vec::new(),
+            read: 0,
+        }
+    }
+
+    /// Validates the next entry of the list and keeps it if valid.
+    fn push(&mut self, raw: RawEntry<'_>) {
+        let i = self.read;
+        self.read += 1;
+        let Some(entry) = validate_entry(
+            i,
+            raw,
+            self.opts,
+            &mut self.holders,
+            &mut self.problems,
+            &mut self.warnings,
+        ) else {
+            return;
+        };
+        let hash = self.hasher.hash_one(&*entry.id);
+        let entries = &self.entries;
+        if let Some(&first) = self
+            .by_id
+            .find(hash, |&k| *entries[k as usize].id == *entry.id)
+        {
+            self.dups.push(format!(
+                "entries[{i}] (id {}): duplicate id, first used by entries[{}]",
+                entry.id, self.index[first as usize]
+            ));
+            return;
+        }
+        let k = self.entries.len() as u32;
+        self.entries.push(entry);
+        self.index.push(i as u32);
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.by_id
+            .insert_unique(hash, k, |&j| hasher.hash_one(&*entries[j as usize].id));
+    }
+}
+
+/// The `entries` list, read element by element into [`Entries`].
+struct EntriesSeed<'a>(&'a mut Entries);
+
+impl<'de> serde::de::DeserializeSeed<'de> for EntriesSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntriesSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of registry entries")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(raw) = seq.next_element::<RawEntry<'de>>()? {
+            self.0.push(raw);
+        }
+        Ok(())
+    }
 }
 
 /// A field name: one of `known`, or another name (kept for the warning).
@@ -171,48 +273,60 @@ impl<'de> Deserialize<'de> for RawEntry<'de> {
 
 const FEED_FIELDS: &[&str] = &["serial", "generated_at", "entries"];
 
-impl<'de> Deserialize<'de> for RawFeed<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawFeed<'de>;
+/// The top level, its entries validated into the [`Entries`] it holds.
+struct FeedSeed<'a>(&'a mut Entries);
 
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a registry feed (an object with serial, generated_at and entries)")
-            }
+impl<'de> serde::de::DeserializeSeed<'de> for FeedSeed<'_> {
+    type Value = RawFeed<'de>;
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFeed<'de>, A::Error> {
-                let mut feed = RawFeed::default();
-                let mut seen = 0u32;
-                while let Some(key) = map.next_key_seed(KeySeed(FEED_FIELDS))? {
-                    let (fresh, name) = match key {
-                        Key::Known(0) => (
-                            set_once(&mut feed.serial, &mut seen, 0, map.next_value()?),
-                            "serial",
-                        ),
-                        Key::Known(1) => (
-                            set_once(&mut feed.generated_at, &mut seen, 1, map.next_value()?),
-                            "generated_at",
-                        ),
-                        Key::Known(2) => (
-                            set_once(&mut feed.entries, &mut seen, 2, map.next_value()?),
-                            "entries",
-                        ),
-                        Key::Known(_) => unreachable!("FEED_FIELDS has 3 names"),
-                        Key::Other(name) => {
-                            map.next_value::<IgnoredAny>()?;
-                            feed.unknown.push(name);
-                            (true, "")
-                        }
-                    };
-                    if !fresh {
-                        feed.repeated.push(name);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawFeed<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FeedSeed<'_> {
+    type Value = RawFeed<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a registry feed (an object with serial, generated_at and entries)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFeed<'de>, A::Error> {
+        let mut feed = RawFeed::default();
+        let mut seen = 0u32;
+        while let Some(key) = map.next_key_seed(KeySeed(FEED_FIELDS))? {
+            let (fresh, name) = match key {
+                Key::Known(0) => (
+                    set_once(&mut feed.serial, &mut seen, 0, map.next_value()?),
+                    "serial",
+                ),
+                Key::Known(1) => (
+                    set_once(&mut feed.generated_at, &mut seen, 1, map.next_value()?),
+                    "generated_at",
+                ),
+                Key::Known(2) => {
+                    // A second list is a problem and is skipped (the first one stays).
+                    let fresh = !feed.entries;
+                    if fresh {
+                        map.next_value_seed(EntriesSeed(&mut *self.0))?;
+                        feed.entries = true;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
                     }
+                    (fresh, "entries")
                 }
-                Ok(feed)
+                Key::Known(_) => unreachable!("FEED_FIELDS has 3 names"),
+                Key::Other(name) => {
+                    map.next_value::<IgnoredAny>()?;
+                    feed.unknown.push(name);
+                    (true, "")
+                }
+            };
+            if !fresh {
+                feed.repeated.push(name);
             }
         }
-        d.deserialize_map(V)
+        Ok(feed)
     }
 }
 
@@ -221,7 +335,7 @@ pub(super) fn parse(
     source_name: &str,
     opts: ValidateOptions,
 ) -> Result<(Feed, Warnings), FeedError> {
-    let raw: RawFeed = serde_json::from_slice(super::strip_bom(bytes)).map_err(|e| {
+    let syntax = |e: serde_json::Error| {
         FeedError::new(
             source_name,
             format!(
@@ -230,7 +344,13 @@ pub(super) fn parse(
                 e.column()
             ),
         )
-    })?;
+    };
+    let mut list = Entries::new(opts);
+    let mut de = serde_json::Deserializer::from_slice(super::strip_bom(bytes));
+    let raw =
+        serde::de::DeserializeSeed::deserialize(FeedSeed(&mut list), &mut de).map_err(syntax)?;
+    de.end().map_err(syntax)?;
+    // Feed-level findings come first, then each entry's (in feed order), then duplicates.
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     for k in &raw.unknown {
@@ -254,50 +374,26 @@ pub(super) fn parse(
             None
         }
     };
-    let raw_entries = raw.entries.unwrap_or_else(|| {
+    if !raw.entries {
         problems.push("missing field \"entries\" (a list)".to_string());
-        Vec::new()
-    });
-    let mut entries = Vec::with_capacity(raw_entries.len());
-    // Index in the feed of each valid entry, for the duplicate check.
-    let mut index = Vec::with_capacity(raw_entries.len());
-    let mut holders = Interner::default();
-    for (i, raw) in raw_entries.into_iter().enumerate() {
-        if let Some(entry) =
-            validate_entry(i, raw, opts, &mut holders, &mut problems, &mut warnings)
-        {
-            entries.push(entry);
-            index.push(i);
-        }
     }
-    // Duplicate ids: sort (id, index) pairs and compare neighbours (no hashing of a million
-    // ids).
-    let mut by_id: Vec<(&str, usize)> = entries
-        .iter()
-        .zip(&index)
-        .map(|(e, i)| (&*e.id, *i))
-        .collect();
-    by_id.sort_unstable();
-    let mut dups: Vec<(usize, String)> = Vec::new();
-    for w in by_id.chunk_by(|a, b| a.0 == b.0) {
-        for (id, i) in &w[1..] {
-            dups.push((
-                *i,
-                format!(
-                    "entries[{i}] (id {id}): duplicate id, first used by entries[{}]",
-                    w[0].1
-                ),
-            ));
-        }
-    }
-    dups.sort_unstable();
-    problems.extend(dups.into_iter().map(|(_, p)| p));
+    let Entries {
+        problems: entry_problems,
+        warnings: entry_warnings,
+        mut entries,
+        dups,
+        ..
+    } = list;
+    problems.extend(entry_problems);
+    problems.extend(dups);
+    warnings.extend(entry_warnings);
     if !problems.is_empty() {
         return Err(FeedError {
             source_name: source_name.to_string(),
             problems,
         });
     }
+    entries.shrink_to_fit();
     Ok((
         Feed {
             format: FeedFormat::Json,
@@ -316,7 +412,7 @@ fn validate_entry(
     holders: &mut Interner,
     problems: &mut Vec<String>,
     warnings: &mut Warnings,
-) -> Option<super::Entry> {
+) -> Option<Entry> {
     let before = problems.len();
     let id = match as_str(&raw.id).map(str::trim) {
         Some(id) if !id.is_empty() => id.to_string(),
@@ -367,7 +463,7 @@ fn validate_entry(
         return None;
     }
     let f = fields?;
-    Some(super::Entry {
+    Some(Entry {
         id: id.into(),
         holder: holders.get(&f.holder),
         category: f.category,

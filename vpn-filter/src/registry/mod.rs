@@ -963,6 +963,37 @@ mod tests {
         assert!(f.entries[0].in_force(time::macros::datetime!(2100-01-01 0:00 UTC)));
     }
 
+    /// Entries are validated as they are read (never collected raw); the problems still come
+    /// in feed order, every entry's own before the duplicates, each duplicate naming the
+    /// first valid entry with its id (an invalid one is not an id's first use).
+    #[test]
+    fn entry_problems_come_in_feed_order_then_the_duplicates() {
+        let json = feed(
+            &[
+                entry("A", r#""192.0.2.1""#, "approved"),
+                entry("B", r#""192.0.2.2""#, "maybe"),
+                entry("A", r#""192.0.2.3""#, "approved"),
+                entry("B", r#""192.0.2.4""#, "approved"),
+                entry("C", r#""10.0.0.300""#, "approved"),
+                entry("B", r#""192.0.2.5""#, "approved"),
+            ]
+            .join(","),
+        );
+        let err = parse(&json).unwrap_err();
+        let p = &err.problems;
+        assert_eq!(p.len(), 4, "{p:#?}");
+        assert!(p[0].starts_with("entries[1] (id B): status"), "{p:#?}");
+        assert!(p[1].starts_with("entries[4] (id C): prefixes[0]"), "{p:#?}");
+        assert_eq!(
+            p[2],
+            "entries[2] (id A): duplicate id, first used by entries[0]"
+        );
+        assert_eq!(
+            p[3],
+            "entries[5] (id B): duplicate id, first used by entries[3]"
+        );
+    }
+
     #[test]
     fn duplicate_ids_are_errors_and_unknown_fields_warnings() {
         let mut e = entry("D", r#""192.0.2.1""#, "approved");
