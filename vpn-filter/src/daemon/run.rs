@@ -448,15 +448,24 @@ struct Feeds {
 impl Feeds {
     /// One poll of both feeds and of the domain list, with whatever kernel writes they bring.
     async fn poll(&mut self, status: &SharedStatus) {
+        let mut worked = false;
         if let Some(outcome) = self.registry.tick(&mut self.filter).await {
             record_registry(status, &outcome);
+            worked = true;
         }
         if let Some(e) = &mut self.endpoint_sync {
             if let Some(outcome) = e.tick(&mut self.filter).await {
                 record_endpoints(status, &outcome);
+                worked = true;
             }
         }
         reload_domains(&mut self.domains, &mut self.filter, status, false);
+        if worked {
+            // A new feed's parse and checks freed hundreds of megabytes at a million
+            // prefixes, applied or refused: without this a gateway settled 130 MiB higher
+            // after its first reload than after its start.
+            release_freed_memory();
+        }
     }
 
     /// Runs [`Feeds::poll`] on a blocking thread and hands `self` back when it is done. A
