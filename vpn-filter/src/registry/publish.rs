@@ -240,6 +240,8 @@ pub fn publish(args: PublishArgs) -> Result<()> {
     let bytes = std::fs::read(&args.input).with_context(|| format!("cannot read {input_name}"))?;
     let (input, warnings) = Feed::parse(&bytes, &input_name, args.registry_format, opts)
         .map_err(|e| anyhow!("{e}\nnothing was published"))?;
+    // Parsed: the input's bytes are not needed again (88 MB for a million-row CSV).
+    drop(bytes);
     for w in &warnings {
         eprintln!("warning: {w}");
     }
