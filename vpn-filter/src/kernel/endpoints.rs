@@ -12,7 +12,7 @@ use vpn_filter_common::{
     DEFAULT_ENDPOINT_V6_ENTRIES, ENDPOINT_BITMAP_V6, ENDPOINT_BITMAP_WORDS, ENDPOINT_SUMMARY_WORDS,
 };
 
-use super::{diff, Filter};
+use super::{batch, diff, Filter};
 use crate::{
     endpoints::EndpointSet,
     registry::{
@@ -216,12 +216,14 @@ impl Filter {
             name: &str,
             prefix: impl Fn(K, u8) -> Prefix,
         ) -> Result<Vec<(Prefix, u64)>> {
-            let t: LpmTrie<&MapData, K, EndpointValue> = LpmTrie::try_from(filter.map(name)?)?;
-            let mut out = Vec::new();
-            for item in t.iter() {
-                let (k, v) = item.context("reading the endpoint list")?;
-                out.push((prefix(k.data(), k.prefix_len() as u8), v.tag()));
-            }
+            // In batches, as the allowlist is read back (not two system calls per entry).
+            let entries =
+                batch::lookup_all::<Key<K>, EndpointValue>(batch::map_data(filter.map(name)?)?)
+                    .context("reading the endpoint list (BPF_MAP_LOOKUP_BATCH)")?;
+            let mut out: Vec<(Prefix, u64)> = entries
+                .into_iter()
+                .map(|(k, v)| (prefix(k.data(), k.prefix_len() as u8), v.tag()))
+                .collect();
             out.sort_unstable_by_key(|(p, _)| *p);
             out.dedup_by_key(|(p, _)| *p);
             Ok(out)
@@ -236,11 +238,13 @@ impl Filter {
         })?;
         let mut applied = EndpointsApplied::from_lists(v4, v6);
         // The summary as the kernel holds it, so that the next sync writes what it lacks.
-        let summary: Array<&MapData, u64> = Array::try_from(self.map(maps::ENDPOINT_SUMMARY)?)?;
-        for (i, w) in applied.summary.iter_mut().enumerate() {
-            *w = summary
-                .get(&(i as u32), 0)
-                .with_context(|| format!("reading word {i} of the endpoint summary"))?;
+        for (i, w) in
+            batch::lookup_all::<u32, u64>(batch::map_data(self.map(maps::ENDPOINT_SUMMARY)?)?)
+                .context("reading the endpoint summary")?
+        {
+            if let Some(slot) = applied.summary.get_mut(i as usize) {
+                *slot = w;
+            }
         }
         Ok(applied)
     }
