@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -695,18 +695,16 @@ fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Polls `f` every 100 ms until it holds or `timeout` passes.
+/// Polls `f` every 100 ms until it holds, at most `timeout`'s worth of polls (a hang guard
+/// bounded by polls, not a clock).
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
+    for _ in 0..=timeout.as_millis() / 100 {
         if f() {
             return true;
         }
-        if Instant::now() >= deadline {
-            return false;
-        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    false
 }
 
 fn listening(ns: &NetNs, flags: &str, port: u16) -> bool {
