@@ -802,8 +802,9 @@ wire_enum! {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowState {
-    /// Monotonic time (bpf_ktime_get_ns) after which the entry is stale. Every packet that
-    /// belongs to the flow moves it on (pending entries too: a late reply still confirms).
+    /// Monotonic time (the kernel's coarse clock, `bpf_ktime_get_coarse_ns`) after which the
+    /// entry is stale. Every packet that belongs to the flow moves it on (pending entries
+    /// too: a late reply still confirms).
     pub expires_ns: u64,
     /// Identifier of the side that created the entry: the OpenVPN client session id, the
     /// WireGuard sender index (first four bytes), the ESP SPI and sequence number.
@@ -874,7 +875,8 @@ pub const FAMILY_V6: u8 = 6;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Event {
-    /// bpf_ktime_get_ns() when the packet was judged (CLOCK_MONOTONIC).
+    /// When the packet was judged: CLOCK_MONOTONIC as of the last timer tick
+    /// (`bpf_ktime_get_coarse_ns`, a few milliseconds behind at most).
     pub ts_ns: u64,
     /// Ingress interface index.
     pub ifindex: u32,

@@ -2,7 +2,7 @@ use core::{ffi::c_void, mem::size_of, ptr};
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{
         lpm_trie::{Key, LpmTrie},
@@ -129,8 +129,7 @@ fn filter(ctx: &XdpContext, ip_start: bool) -> u32 {
                 let c = unsafe { &mut *c };
                 if c.arm_fallback != 0 {
                     c.arm_fallback = 0;
-                    // SAFETY: helper without arguments.
-                    fallback::arm(&c.pkt, unsafe { bpf_ktime_get_ns() });
+                    fallback::arm(&c.pkt, now_ns());
                 }
             }
             action
@@ -157,6 +156,18 @@ fn filter(ctx: &XdpContext, ip_start: bool) -> u32 {
             XDP_PASS
         }
     }
+}
+
+/// The kernel's monotonic clock (CLOCK_MONOTONIC), as of the last timer tick: every time the
+/// program keeps (flow expiries, rate windows, event times, slot ticks) is milliseconds to
+/// minutes long, so a tick's resolution (4 ms at HZ=250) costs nothing, where the precise
+/// clock (`bpf_ktime_get_ns`) reads the clock source on every call: on a KVM guest it was a
+/// sixth of a handshake flood packet's time in the kernel. Every reading in the program comes
+/// from here, so the times it compares are all on the same clock.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]

@@ -71,8 +71,7 @@ fn udp_conversation(pkt: &Packet) -> Option<Conversation> {
     let idx = h & (UDP_FIRST_SLOTS - 1);
     let slot = UDP_FIRST.get_ptr_mut(idx)?;
     let tag = h >> 16;
-    // SAFETY: helper without arguments.
-    let tick = ((unsafe { bpf_ktime_get_ns() } >> 30) & 0x7fff) as u32;
+    let tick = ((now_ns() >> 30) & 0x7fff) as u32;
     // SAFETY: an array slot; a racing writer on another CPU writes a whole u32 too.
     let v = unsafe { *slot };
     if v >> 16 == tag && v != 0 && (tick.wrapping_sub(v & 0x7fff) & 0x7fff) <= UDP_FIRST_TICKS {
@@ -151,8 +150,7 @@ fn flow_claims(
     head: u32,
 ) -> bool {
     let (key, _) = flow_key(pkt, protocol, 0);
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let Some(state) = FLOWS.get_ptr(&key) else {
         return false;
     };
@@ -192,8 +190,7 @@ fn flow_claims(
 #[inline(always)]
 pub(super) fn gate_open(protocol: Protocol) -> bool {
     let gate = FLOW_GATE.get(protocol as u32).copied().unwrap_or(0);
-    // SAFETY: helper without arguments.
-    gate != 0 && unsafe { bpf_ktime_get_ns() } <= gate
+    gate != 0 && now_ns() <= gate
 }
 
 /// Classifies the packet in the scratch slot and leaves the detection there: 1 when there

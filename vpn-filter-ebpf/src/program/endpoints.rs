@@ -11,7 +11,6 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{
         lpm_trie::{Key, LpmTrie},
@@ -27,7 +26,8 @@ use vpn_filter_common::{
 };
 
 use super::{
-    allowlisted, config, count, emit_event, policy, Packet, CONFIG, IPPROTO_TCP, IPPROTO_UDP,
+    allowlisted, config, count, emit_event, now_ns, policy, Packet, CONFIG, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 
 #[map(name = "VPN_ENDPOINTS_V4")]
@@ -156,8 +156,7 @@ fn report(ctx: &XdpContext, pkt: &Packet, provider: u16) -> u32 {
         unsafe { *n += 1 };
     }
     let cfg = config();
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     emit_event(
         ctx,
         pkt,

@@ -149,8 +149,7 @@ pub(super) fn judge(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
     let key = pair_key(pkt);
     // SAFETY: the value is copied out at once.
     let until = unsafe { FALLBACK_PAIRS.get(&key) }.copied()?;
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     if until <= now {
         return None;
     }

@@ -70,8 +70,7 @@ pub(super) fn decide(ctx: &XdpContext, c: &Candidate) -> u32 {
         return XDP_PASS;
     }
     let cfg = config();
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     // Read before any allowlist lookup: the controller raises it after its writes, so a
     // verdict stamped with it never misses a later change.
     let generation = allow_generation();

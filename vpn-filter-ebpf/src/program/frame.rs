@@ -186,8 +186,7 @@ pub(super) fn remember_dropped_fragment(
     id: u32,
 ) {
     let key = fragment_key(family, ip_proto, src, dst, id);
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     if FRAGS_DROPPED.insert(&key, &now, 0).is_err() {
         count(counter_index(Counter::InternalError));
     }
@@ -215,8 +214,7 @@ pub(super) fn later_fragment(pkt: &Packet) -> Counter {
     let key = fragment_key(pkt.family, pkt.ip_proto, &pkt.src, &pkt.dst, pkt.frag_id);
     // SAFETY: the value is copied out at once.
     let dropped = unsafe { FRAGS_DROPPED.get(&key) }.copied();
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     match dropped {
         Some(t) if now.saturating_sub(t) < FRAG_REASSEMBLY_NS => Counter::FragmentOfDropped,
         _ => Counter::Packets,

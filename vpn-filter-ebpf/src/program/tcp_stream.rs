@@ -182,10 +182,7 @@ pub(super) fn stream_head(ctx: &XdpContext) -> Result<u32, Counter> {
     // 15 bits of tag; the lowest bit of the field says which side the slot belongs to.
     let tag = (h >> 16) as u64 & 0xfffe;
     // The clock is read only where a slot is written or matched: not for ordinary segments.
-    let now_tick = || {
-        // SAFETY: helper without arguments.
-        (unsafe { bpf_ktime_get_ns() } >> 30) & 0xffff
-    };
+    let now_tick = || (now_ns() >> 30) & 0xffff;
     if pkt.tcp_flags & TCP_SYN != 0 {
         let tick = now_tick();
         let client = if pkt.tcp_flags & TCP_ACK == 0 {
