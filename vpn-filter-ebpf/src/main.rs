@@ -9,6 +9,8 @@
 //! and the program never returns `XDP_ABORTED`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Packet loads as wide as the field (`program::load`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

@@ -1,4 +1,4 @@
-use core::{ffi::c_void, mem::size_of, ptr};
+use core::{arch::asm, ffi::c_void, mem::size_of, ptr};
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -190,7 +190,61 @@ unsafe fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u
     if start + offset + N > end {
         return Err(Counter::Truncated);
     }
-    Ok(unsafe { ptr::read_unaligned((start + offset) as *const [u8; N]) })
+    Ok(unsafe { load::<N>(start + offset) })
+}
+
+/// Reads `N` bytes at `addr` with the widest loads that fit (8, 4, 2, then 1 bytes).
+/// `ptr::read_unaligned` compiles to one load per byte and shifts to put them together: the
+/// BPF backend assumes no misaligned access, and headers sit at any alignment (an Ethernet
+/// header puts the IP header two bytes off four). The loads are written out here because the
+/// kernel allows misaligned packet and map-value reads on every architecture it defines
+/// `HAVE_EFFICIENT_UNALIGNED_ACCESS` for (x86-64, arm64...; elsewhere the verifier refuses
+/// them at load time, with a clear message), while LLVM's switch for it
+/// (`allows-misaligned-mem-access`) also emits misaligned stack accesses, which the
+/// verifier refuses everywhere.
+///
+/// # Safety
+/// `addr` must be valid for reads of `N` bytes (the caller's check against `data_end`, which
+/// the verifier sees and requires).
+#[inline(always)]
+unsafe fn load<const N: usize>(addr: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i + 8 <= N {
+        let v: u64;
+        // SAFETY: the caller's contract; a load the verifier checks like any other.
+        unsafe {
+            asm!("{v} = *(u64 *)({p} + 0)", v = out(reg) v, p = in(reg) addr + i,
+                options(nostack, readonly, preserves_flags))
+        };
+        out[i..i + 8].copy_from_slice(&v.to_ne_bytes());
+        i += 8;
+    }
+    if i + 4 <= N {
+        let v: u32;
+        // SAFETY: as above.
+        unsafe {
+            asm!("{v} = *(u32 *)({p} + 0)", v = out(reg) v, p = in(reg) addr + i,
+                options(nostack, readonly, preserves_flags))
+        };
+        out[i..i + 4].copy_from_slice(&v.to_ne_bytes());
+        i += 4;
+    }
+    if i + 2 <= N {
+        let v: u16;
+        // SAFETY: as above.
+        unsafe {
+            asm!("{v} = *(u16 *)({p} + 0)", v = out(reg) v, p = in(reg) addr + i,
+                options(nostack, readonly, preserves_flags))
+        };
+        out[i..i + 2].copy_from_slice(&v.to_ne_bytes());
+        i += 2;
+    }
+    if i < N {
+        // SAFETY: as above.
+        out[i] = unsafe { ptr::read((addr + i) as *const u8) };
+    }
+    out
 }
 
 #[inline(always)]

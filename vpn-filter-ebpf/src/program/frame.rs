@@ -77,7 +77,7 @@ impl Frame for XdpOwnLoads {
             return Err(Counter::Truncated);
         }
         // SAFETY: bounds-checked against data_end just above.
-        Ok(unsafe { ptr::read_unaligned((start + offset) as *const [u8; N]) })
+        Ok(unsafe { load::<N>(start + offset) })
     }
 
     #[inline(always)]
