@@ -75,7 +75,8 @@ fn closed_pairs(filter: &Filter) -> Vec<([u8; PAIR_KEY_LEN], u64)> {
         .expect("read FALLBACK_PAIRS")
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+/// CLOCK_MONOTONIC_COARSE in ns: the clock the program reads (`bpf_ktime_get_coarse_ns`,
+/// the monotonic clock as of the timekeeper's last update).
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -83,7 +84,7 @@ fn monotonic_ns() -> u64 {
     };
     // SAFETY: a valid timespec to fill.
     assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
         0
     );
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -225,7 +226,8 @@ fn the_fallback_policy_and_timeout_are_the_operators() {
         &expect(XDP_PASS, Some((FB, Verdict::Monitored)), &[]),
     );
     // The operator's timeout: the closure's deadline is the arming packet's kernel time
-    // (CLOCK_MONOTONIC, read around it here) plus the configured timeout, not the default.
+    // (the program's coarse CLOCK_MONOTONIC, read around it here from the same clock) plus
+    // the configured timeout, not the default.
     const HOUR_NS: u64 = 3_600_000_000_000;
     let config = Config {
         fallback_timeout_ns: HOUR_NS,
