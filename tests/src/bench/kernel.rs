@@ -500,6 +500,9 @@ pub struct Highlights {
     /// source's first packet and a registered source's first packet, and the registered
     /// flow's next packets' ns above baseline.
     pub wg_registered: Vec<(usize, f64, f64, f64)>,
+    /// An unregistered WireGuard initiation's parse and classification alone (the policy
+    /// off): ns above baseline, from the breakdown.
+    pub classify_only: Option<f64>,
 }
 
 pub fn split(total: usize) -> (usize, usize) {
@@ -806,6 +809,7 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
                 )?);
             }
             filter.set_policy(&Policy::default())?;
+            hl.classify_only = Some(Cell::summary(&classify_only).2);
             let diff = |p: &[Pass]| signed_ns(Cell::summary(p).2);
             out.push_str(&format!(
                 "Where an unregistered WireGuard initiation's time goes ({} prefixes, ns above \

@@ -227,12 +227,21 @@ fn run() -> Result<()> {
 
     md.push_str(
         "## Targets\n\nIssue 18's targets, each with this run's figure and whether it was met; \
-         by how much a missed one was missed is in the figure. Speed ratios are taken within \
+         by how much a missed one was missed is in the figure, and why in its last cell. Speed ratios are taken within \
          this run. Memory and start-up at a million prefixes are measured by hand (section \
          \"Issue 18: start-up and memory\" below).\n\n\
          | target | measured | |\n|---|---|---|\n",
     );
     let verdict = |met: bool| if met { "met" } else { "missed" };
+    // A missed target's cell says why, from what the program does that the target's
+    // reference does not (the figures behind it are in section 1's breakdown).
+    let missed_why = |met: bool, why: &str| {
+        if met {
+            "met".to_string()
+        } else {
+            format!("missed: {why}")
+        }
+    };
     for w in &khl.ordinary_max {
         md.push_str(&format!(
             "| ordinary packets (TCP, UDP, DNS, QUIC, IPv6, VLAN) at most 10 ns over a pass-through program, in the kernel (allowlist {}) | worst ordinary class {} ns over it, one frame repeated; {} ns from many sources ({}); {} ns to many destinations ({}) | {} |\n",
@@ -242,7 +251,10 @@ fn run() -> Result<()> {
             w.many_sources.1,
             util::signed_ns(w.many_destinations.0),
             w.many_destinations.1,
-            verdict(w.one_frame.max(w.many_sources.0).max(w.many_destinations.0) <= 10.0)
+            missed_why(
+                w.one_frame.max(w.many_sources.0).max(w.many_destinations.0) <= 10.0,
+                ORDINARY_WHY
+            )
         ));
     }
     if let Some(t) = &vhl.targets {
@@ -258,9 +270,10 @@ fn run() -> Result<()> {
             "| the same on veth: vpn-filter minus a pass-through XDP program, receiving CPU per packet (this VM's noise is larger than the target) | ordinary UDP {}; ordinary TCP {} | {} |\n",
             rounds(&t.ordinary_over_pass[0]),
             rounds(&t.ordinary_over_pass[1]),
-            verdict(
+            missed_why(
                 util::median(t.ordinary_over_pass[0].to_vec()) <= 10.0
-                    && util::median(t.ordinary_over_pass[1].to_vec()) <= 10.0
+                    && util::median(t.ordinary_over_pass[1].to_vec()) <= 10.0,
+                "as in the kernel (the row above), plus the VM's noise"
             )
         ));
         md.push_str(&format!(
@@ -271,14 +284,17 @@ fn run() -> Result<()> {
             ratio(t.vpn_filter / t.xdp_filter),
             ns(t.count_drop),
             ns(t.nftables),
-            verdict(t.vpn_filter <= t.xdp_filter)
+            missed_why(t.vpn_filter <= t.xdp_filter, &flood_why(khl.classify_only))
         ));
         md.push_str(&format!(
             "| (stretch) the same flood at most 1.3x count-and-drop | {} ns vs {} ns: {} | {} |\n",
             ns(t.vpn_filter),
             ns(t.count_drop),
             ratio(t.vpn_filter / t.count_drop),
-            verdict(t.vpn_filter <= 1.3 * t.count_drop)
+            missed_why(
+                t.vpn_filter <= 1.3 * t.count_drop,
+                "count-and-drop reads no packet byte; see the row above"
+            )
         ));
     }
     if let Some(r) = scaling_ratio {
@@ -311,13 +327,13 @@ fn run() -> Result<()> {
             ns(*hit),
             ns(*miss),
             ratio(hit / miss),
-            verdict(*hit <= 2.0 * miss)
+            missed_why(*hit <= 2.0 * miss, REGISTERED_FIRST_WHY)
         ));
         md.push_str(&format!(
             "| registered WireGuard flow, allowlist {}: next packets at most 100 ns over the baseline (measured on the same initiations sent again, flow-map hits; not on transport data) | {} ns | {} |\n",
             util::count(*size),
             util::signed_ns(*again),
-            verdict(*again <= 100.0)
+            missed_why(*again <= 100.0, REGISTERED_AGAIN_WHY)
         ));
     }
     for (size, secs) in &shl.full {
@@ -341,7 +357,7 @@ fn run() -> Result<()> {
         });
         md.push_str(&format!(
             "| `vpn-filter replay` start-up under 0.3 s | {start:.2} s{why} | {} |\n",
-            verdict(start < 0.3)
+            missed_why(start < 0.3, REPLAY_WHY)
         ));
     }
     md.push_str(&verifier_targets);
@@ -498,6 +514,45 @@ fn section(name: &str, md: &mut String, f: impl FnOnce(&mut String) -> Result<()
         ));
     }
     Ok(())
+}
+
+/// Why the ordinary-packet target is missed (the Targets table).
+const ORDINARY_WHY: &str = "a pass-through program reads no byte; vpn-filter parses every \
+     packet to its transport header (VLAN tags, IPv6 extension headers, fragments, tunnels: \
+     skipping any of them is a bypass) and checks it against the small filters other rules \
+     need on every packet (a closed pair's address bit, the fully-encrypted rule's UDP \
+     conversation slot or TCP stream slot, the endpoint list's summary bit)";
+
+/// Why a registered source's first packet costs more than twice an unregistered one's.
+const REGISTERED_FIRST_WHY: &str = "a registered source's first packet misses in the flow \
+     map, takes the full allowlist lookup and inserts a flow entry (in a full LRU table the \
+     insert evicts one); an unregistered handshake is dropped on the allowlist's first level \
+     and touches no flow entry. Later packets of the flow are judged by that entry \
+     (revocation, confirmation)";
+
+/// Why a registered flow's next packets cost more than 100 ns.
+const REGISTERED_AGAIN_WHY: &str = "each of them is parsed and classified like any \
+     handshake, then finds and updates its flow entry (a random bucket of a 262,144-entry \
+     table, a cache miss when thousands of flows are live)";
+
+/// Why replay starts in more than 0.3 s.
+const REPLAY_WHY: &str = "replay runs the real program, which the kernel verifies at every \
+     load; the verifier takes most of the start-up";
+
+/// Why the handshake flood costs more than xdp-filter's exact-address lookup.
+fn flood_why(classify_only: Option<f64>) -> String {
+    let classify = classify_only.map_or(String::new(), |v| {
+        format!(
+            " (parse and classify alone: {} ns in section 1)",
+            util::signed_ns(v)
+        )
+    });
+    format!(
+        "xdp-filter looks one address up in a hash; vpn-filter recognises the handshake in the \
+         payload{classify}, asks the allowlist (prefixes, not exact addresses) and accounts \
+         for every drop: counters and, once the CPU's event budget is spent, the repeat-source \
+         filter's slot (a random access into 16 MiB) that keeps a retrying source reported"
+    )
 }
 
 const METHOD: &str = "## Method\n\n\
