@@ -16,6 +16,7 @@ use vpn_filter::{
 };
 use vpn_filter_common::{
     maps, Config, Counter, Event, FlowKey, FlowState, Protocol, Reason, Verdict,
+    REPEAT_CHECKS_PER_SEC,
 };
 use vpn_filter_tests::{lab::registry_json, packet::*};
 
@@ -1129,6 +1130,69 @@ fn a_retrying_source_is_reported_while_a_random_source_flood_spends_the_event_bu
         after.counter(Counter::EventsRepeatSource) - before.counter(Counter::EventsRepeatSource)
             >= 1
     );
+}
+
+/// Past REPEAT_CHECKS_PER_SEC suppressed events in a CPU's second, the flood's packets skip
+/// the repeat-source filter (a random access into 16 MiB each, where a flood that fast
+/// overwrites a retrying client's slot before its retry anyway): a source the filter saw
+/// retrying is reported below the cap, and not once the second's flood passed it.
+#[test]
+fn past_the_checks_cap_a_flood_skips_the_repeat_source_filter() {
+    pin_to_cpu(0);
+    let config = Config {
+        events_per_cpu_per_sec: 20,
+        ..Config::default()
+    };
+    let real = Udp::new(v4(61), 41061, SERVER, 51820);
+    let flood = Udp::new(Ipv4Addr::new(10, 129, 0, 1), 30000, SERVER, 51820);
+    for over_cap in [false, true] {
+        let mut filter = load_with(&config, LoadOptions::default());
+        let mut ring = filter.take_events().unwrap();
+        // The budget's window starts with this second's first event: everything below runs
+        // well inside it (a few hundred thousand runs of ~0.1-0.5 us in one call).
+        for i in 0..30u32 {
+            let src = Ipv4Addr::from(0x0a81_0100 | i);
+            let f = Udp::new(src, 30000, SERVER, 51820);
+            assert_eq!(run(&filter, &f.c2s(&wireguard_initiation(i))), XDP_DROP);
+        }
+        // Budget spent: the real client's first attempt is suppressed and recorded.
+        assert_eq!(run(&filter, &real.c2s(&wireguard_initiation(1))), XDP_DROP);
+        let flood_runs = if over_cap {
+            REPEAT_CHECKS_PER_SEC + 1000
+        } else {
+            1000
+        };
+        let before = stats(&filter);
+        assert_eq!(
+            filter
+                .run_frame_repeat(&flood.c2s(&wireguard_initiation(7)), flood_runs)
+                .expect("BPF_PROG_TEST_RUN"),
+            XDP_DROP
+        );
+        let mid = stats(&filter);
+        let moved = |c: Counter| mid.counter(c) - before.counter(c);
+        // The flood's one source retries too: reported once from the reserve.
+        assert_eq!(moved(Counter::EventsRepeatSource), 1);
+        assert_eq!(
+            moved(Counter::EventsSuppressed) + moved(Counter::EventsEmitted),
+            flood_runs as u64,
+            "every flood packet's event is emitted or counted as suppressed"
+        );
+        // Its retry.
+        assert_eq!(run(&filter, &real.c2s(&wireguard_initiation(2))), XDP_DROP);
+        let reported = events(&mut ring)
+            .iter()
+            .filter(|e| e.src[..4] == v4(61).octets())
+            .count();
+        if over_cap {
+            assert_eq!(reported, 0, "past the cap the filter is not consulted");
+        } else {
+            assert_eq!(
+                reported, 1,
+                "below the cap the retry is reported from the reserve"
+            );
+        }
+    }
 }
 
 /// The per-source event limit never makes two sources share one limit. Its slots were once

@@ -866,6 +866,14 @@ pub const REPEAT_WINDOW_NS: u64 = 8_000_000_000;
 pub const REPEAT_REPORT_WINDOWS: u8 = 7;
 /// Events per CPU per second kept back for retrying sources once the budget is spent.
 pub const REPEAT_RESERVE_PER_SEC: u32 = 200;
+/// Suppressed events per CPU per second that consult the repeat-source filter; the rest of
+/// the second's are suppressed without it. A slot is a random access into 16 MiB, about
+/// 130 ns of a flood packet on veth (BENCHMARKS.md), and past a few hundred thousand
+/// sources a second the flood overwrites a retrying client's slot before its next retry
+/// anyway (a slot survives `t` seconds of `r` new sources a second with probability
+/// exp(-r t / REPEAT_SLOTS)): under this cap the filter keeps working, above it the flood's
+/// packets cost no more than their counters.
+pub const REPEAT_CHECKS_PER_SEC: u32 = 250_000;
 
 /// Address family values used in [`Event::family`] and [`FlowKey::family`].
 pub const FAMILY_V4: u8 = 4;
@@ -919,7 +927,8 @@ pub struct RateState {
     pub window_start_ns: u64,
     /// Events emitted in the current window.
     pub emitted: u32,
-    /// Events suppressed since the last emitted one.
+    /// Events suppressed since the last emitted one (per source); in the per-CPU budget
+    /// (`EVENT_BUDGET` slot 0), suppressed in the current window.
     pub suppressed: u32,
 }
 

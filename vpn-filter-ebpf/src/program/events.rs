@@ -100,11 +100,15 @@ pub(super) fn emit_event(
     if now.wrapping_sub(budget.window_start_ns) >= NS_PER_SEC {
         budget.window_start_ns = now;
         budget.emitted = 0;
+        budget.suppressed = 0;
     }
     let suppressed = if budget.emitted >= cfg.events_per_cpu_per_sec {
         // Spent (a flood, often from random sources): a source seen retrying still gets
-        // reported about once a minute, from a small reserve.
-        if !(repeat_source_due(&pkt.src, now) && take_reserve(now)) {
+        // reported about once a minute, from a small reserve. The filter is consulted for
+        // the second's first REPEAT_CHECKS_PER_SEC suppressed events only (see there).
+        if budget.suppressed >= REPEAT_CHECKS_PER_SEC
+            || !(repeat_source_due(&pkt.src, now) && take_reserve(now))
+        {
             budget.suppressed += 1;
             count(counter_index(Counter::EventsSuppressed));
             return;

@@ -465,6 +465,12 @@ impl Filter {
     /// Runs one frame through the loaded program with BPF_PROG_TEST_RUN (no interface
     /// needed); returns the XDP action. Flow state and counters change as they would live.
     pub fn run_frame(&self, frame: &[u8]) -> Result<u32> {
+        self.run_frame_repeat(frame, 1)
+    }
+
+    /// [`Self::run_frame`] `repeat` times in one call (the kernel runs the program back to
+    /// back on the same frame); returns the last run's action.
+    pub fn run_frame_repeat(&self, frame: &[u8], repeat: u32) -> Result<u32> {
         let name = match self.options.frame_start {
             FrameStart::Ethernet => PROGRAM_NAME,
             FrameStart::Ip => PROGRAM_NAME_IP,
@@ -476,7 +482,7 @@ impl Filter {
             .try_into()
             .expect("checked at load");
         let fd = std::os::fd::AsFd::as_fd(prog.fd()?);
-        let run = test_run::test_run(fd, frame, 1).context("BPF_PROG_TEST_RUN")?;
+        let run = test_run::test_run(fd, frame, repeat).context("BPF_PROG_TEST_RUN")?;
         Ok(run.action)
     }
 
