@@ -550,8 +550,9 @@ fn flood_why(classify_only: Option<f64>) -> String {
     format!(
         "xdp-filter looks one address up in a hash; vpn-filter recognises the handshake in the \
          payload{classify}, asks the allowlist (prefixes, not exact addresses) and accounts \
-         for every drop: counters and, once the CPU's event budget is spent, the repeat-source \
-         filter's slot (a random access into 16 MiB) that keeps a retrying source reported"
+         for every drop: counters and, once the CPU's event budget is spent, for the second's \
+         first 250,000 suppressed events the repeat-source filter's slot (a random access \
+         into 16 MiB) that keeps a retrying source reported"
     )
 }
 
