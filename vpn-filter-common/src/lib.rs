@@ -867,10 +867,10 @@ pub const REPEAT_REPORT_WINDOWS: u8 = 7;
 /// Events per CPU per second kept back for retrying sources once the budget is spent.
 pub const REPEAT_RESERVE_PER_SEC: u32 = 200;
 /// Suppressed events per CPU per second that consult the repeat-source filter; the rest of
-/// the second's are suppressed without it. A slot is a random access into 16 MiB, about
-/// 130 ns of a flood packet on veth (BENCHMARKS.md), and past a few hundred thousand
-/// sources a second the flood overwrites a retrying client's slot before its next retry
-/// anyway (a slot survives `t` seconds of `r` new sources a second with probability
+/// the second's are suppressed without it. A slot is a random access into 16 MiB (about
+/// 130 ns of a 500-600 ns flood packet on veth, on the 2-CPU test VM), and past a few
+/// hundred thousand sources a second the flood overwrites a retrying client's slot before
+/// its next retry anyway (a slot survives `t` seconds of `r` new sources a second with probability
 /// exp(-r t / REPEAT_SLOTS)): under this cap the filter keeps working, above it the flood's
 /// packets cost no more than their counters.
 pub const REPEAT_CHECKS_PER_SEC: u32 = 250_000;
