@@ -215,6 +215,19 @@ fn signature_drop(ctx: *mut xdp_md, c: &Candidate, now: u64) -> u32 {
     )
 }
 
+/// Moves a flow entry's expiry to `until`. The program's clock is coarse ([`now_ns`]): the
+/// packets of one tick compute the same expiry, and a refresh that would leave it unchanged
+/// moves it on by 1 ns instead, so that whoever reads the map sees every refresh (replay
+/// keeps the entries' expiries on its capture's clock by watching them change).
+#[inline(always)]
+fn set_expiry(state: &mut FlowState, until: u64) {
+    state.expires_ns = if until == state.expires_ns {
+        until + 1
+    } else {
+        until
+    };
+}
+
 /// Applies the flow entry of the packet's protocol (keys carry the protocol, so the entry is
 /// always of `det`'s protocol). `allowed` says whether an endpoint is registered now. An
 /// entry judged under an older allowlist is judged again first: approvals and revocations
@@ -239,7 +252,7 @@ pub(super) fn judge_flow(
         if allowed && !was_allowed {
             // Approved while blocked, monitored or pending: this packet and the rest pass.
             state.status = FlowStatus::Allowed as u8;
-            state.expires_ns = now + cfg.allowed_flow_timeout_ns;
+            set_expiry(state, now + cfg.allowed_flow_timeout_ns);
             return Judged::Report(Reason::Registered);
         }
         if !allowed && was_allowed {
@@ -250,7 +263,7 @@ pub(super) fn judge_flow(
     }
     let status = state.status;
     if status == FlowStatus::Allowed as u8 {
-        state.expires_ns = now + cfg.allowed_flow_timeout_ns;
+        set_expiry(state, now + cfg.allowed_flow_timeout_ns);
         // Learn what a revocation needs to recognise the flow's later packets: the peer's
         // session or index from its reply, and that the flow carried OpenVPN data.
         if !same_direction
@@ -282,7 +295,7 @@ pub(super) fn judge_flow(
             // Its counter moves on: a replayed or constant one does not belong again.
             wg_follow(state, det);
         }
-        state.expires_ns = now + cfg.blocked_flow_timeout_ns;
+        set_expiry(state, now + cfg.blocked_flow_timeout_ns);
         open_gate(det.protocol, state.expires_ns);
         return Judged::Report(reason);
     }
@@ -292,7 +305,7 @@ pub(super) fn judge_flow(
             // flow's own later packets, not all conclusive alone, are dropped too. The
             // endpoints were looked up under this generation: still unregistered.
             state.status = FlowStatus::Blocked as u8;
-            state.expires_ns = now + cfg.blocked_flow_timeout_ns;
+            set_expiry(state, now + cfg.blocked_flow_timeout_ns);
             open_gate(det.protocol, state.expires_ns);
             return Judged::Report(Reason::Confirmed);
         }
@@ -300,7 +313,7 @@ pub(super) fn judge_flow(
             return Judged::Fresh;
         }
         // The pending timeout follows the flow: a late reply still confirms.
-        state.expires_ns = now + cfg.pending_flow_timeout_ns;
+        set_expiry(state, now + cfg.pending_flow_timeout_ns);
         open_gate(det.protocol, state.expires_ns);
         count(verdict_counter_index(det.protocol, Verdict::Pending));
         return Judged::Pass;
