@@ -870,9 +870,9 @@ pub const REPEAT_RESERVE_PER_SEC: u32 = 200;
 /// the second's are suppressed without it. A slot is a random access into 16 MiB (about
 /// 130 ns of a 500-600 ns flood packet on veth, on the 2-CPU test VM), and past a few
 /// hundred thousand sources a second the flood overwrites a retrying client's slot before
-/// its next retry anyway (a slot survives `t` seconds of `r` new sources a second with probability
-/// exp(-r t / REPEAT_SLOTS)): under this cap the filter keeps working, above it the flood's
-/// packets cost no more than their counters.
+/// its next retry anyway (a slot survives `t` seconds of `r` new sources a second with
+/// probability exp(-r t / REPEAT_SLOTS)): under this cap the filter keeps working, above it
+/// the flood's packets cost no more than their counters.
 pub const REPEAT_CHECKS_PER_SEC: u32 = 250_000;
 
 /// Address family values used in [`Event::family`] and [`FlowKey::family`].

@@ -210,35 +210,28 @@ unsafe fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u
 unsafe fn load<const N: usize>(addr: usize) -> [u8; N] {
     let mut out = [0u8; N];
     let mut i = 0;
+    // One load of `$ty` at `addr + i` into `out[i..]`; `$bpf` is its size in BPF assembly.
+    macro_rules! word {
+        ($ty:ty, $bpf:literal) => {{
+            const W: usize = size_of::<$ty>();
+            let v: $ty;
+            // SAFETY: the caller's contract; a load the verifier checks like any other.
+            unsafe {
+                asm!(concat!("{v} = *(", $bpf, " *)({p} + 0)"), v = out(reg) v,
+                    p = in(reg) addr + i, options(nostack, readonly, preserves_flags))
+            };
+            out[i..i + W].copy_from_slice(&v.to_ne_bytes());
+            i += W;
+        }};
+    }
     while i + 8 <= N {
-        let v: u64;
-        // SAFETY: the caller's contract; a load the verifier checks like any other.
-        unsafe {
-            asm!("{v} = *(u64 *)({p} + 0)", v = out(reg) v, p = in(reg) addr + i,
-                options(nostack, readonly, preserves_flags))
-        };
-        out[i..i + 8].copy_from_slice(&v.to_ne_bytes());
-        i += 8;
+        word!(u64, "u64");
     }
     if i + 4 <= N {
-        let v: u32;
-        // SAFETY: as above.
-        unsafe {
-            asm!("{v} = *(u32 *)({p} + 0)", v = out(reg) v, p = in(reg) addr + i,
-                options(nostack, readonly, preserves_flags))
-        };
-        out[i..i + 4].copy_from_slice(&v.to_ne_bytes());
-        i += 4;
+        word!(u32, "u32");
     }
     if i + 2 <= N {
-        let v: u16;
-        // SAFETY: as above.
-        unsafe {
-            asm!("{v} = *(u16 *)({p} + 0)", v = out(reg) v, p = in(reg) addr + i,
-                options(nostack, readonly, preserves_flags))
-        };
-        out[i..i + 2].copy_from_slice(&v.to_ne_bytes());
-        i += 2;
+        word!(u16, "u16");
     }
     if i < N {
         // SAFETY: as above.
