@@ -141,7 +141,7 @@ impl GatewayLab {
         }
         cmd.args(extra);
         let process = Process::spawn(cmd);
-        process.wait_ready(Duration::from_secs(20));
+        process.wait_ready(crate::CONTROLLER_START);
         process
     }
 

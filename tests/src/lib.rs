@@ -15,6 +15,12 @@ pub mod netns;
 pub mod packet;
 pub mod rng;
 
+/// Hang guard for a controller's start-up (its `ready` line). The kernel's verifier alone
+/// takes about a second on an idle 2-core machine and many times that on a loaded one (a CI
+/// run sharing the machine with a flood benchmark went past 20 s): the guard only has to
+/// tell a hang from slowness, and a start that makes it costs nothing.
+pub const CONTROLLER_START: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// Panics with a clear message unless running as root. Privileged tests call this first: a
 /// test that cannot run must fail, not pass silently.
 pub fn require_root() {

@@ -308,7 +308,8 @@ impl Process {
     }
 
     /// Waits for the controller's `ready` line ([`vpn_filter::daemon::run::READY`]): attached,
-    /// enforcing, privileges dropped, control socket and metrics serving.
+    /// enforcing, privileges dropped, control socket and metrics serving. `timeout` is a hang
+    /// guard ([`CONTROLLER_START`] unless a test needs another).
     pub fn wait_ready(&self, timeout: Duration) {
         self.wait_stderr(vpn_filter::daemon::run::READY, timeout);
     }

@@ -24,7 +24,7 @@ use vpn_filter_tests::{
 
 const WG_PORT: u16 = 51820;
 const METRICS_PORT: u16 = 9469;
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+const START_TIMEOUT: Duration = vpn_filter_tests::CONTROLLER_START;
 
 /// A `vpn-filter run` in the lab's filter namespace, with its control socket in a temp dir.
 struct Daemon {

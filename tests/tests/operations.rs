@@ -79,7 +79,7 @@ fn start(lab: &FilterLab, dirs: &Dirs, extra: &[&str]) -> Process {
         .arg(dirs.registry());
     cmd.args(dirs.args()).args(extra);
     let p = Process::spawn(cmd);
-    p.wait_ready(Duration::from_secs(20));
+    p.wait_ready(vpn_filter_tests::CONTROLLER_START);
     p
 }
 

@@ -31,7 +31,7 @@ use vpn_filter_tests::{
 
 const WG_PORT: u16 = 51820;
 const WINDOW: Duration = Duration::from_millis(400);
-const STARTUP: Duration = Duration::from_secs(30);
+const STARTUP: Duration = vpn_filter_tests::CONTROLLER_START;
 /// Long enough for a file change to settle (one poll) and be applied.
 const RELOAD: Duration = Duration::from_secs(20);
 /// The controller's log line for a refused feed (the detail follows on the same line).

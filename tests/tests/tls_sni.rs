@@ -922,7 +922,7 @@ fn the_controller_reloads_its_vpn_domain_list_on_sighup_and_keeps_it_when_a_new_
         .args(["--control-socket", &p(&tmp.path().join("control.sock"))])
         .arg("--detach-on-exit");
     let ctl = Process::spawn(cmd);
-    ctl.wait_ready(Duration::from_secs(20));
+    ctl.wait_ready(vpn_filter_tests::CONTROLLER_START);
     let listener = lab
         .filter
         .enter(|| TcpListener::bind(sa(FILTER_V4, 443)).expect("listen"));
