@@ -89,6 +89,20 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let lock = match &cli.command {
+        Cmd::Test { .. } => machine_lock("cargo xtask test"),
+        Cmd::Bench { .. } => machine_lock("cargo xtask bench"),
+        Cmd::Accuracy { .. } => machine_lock("cargo xtask accuracy"),
+        _ => Ok(None),
+    };
+    // Held until the process exits (the lock goes with the file descriptor).
+    let _machine = match lock {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Cmd::Bootstrap => bootstrap().map(|_| ()),
         Cmd::Build { release } => build(release),
@@ -397,6 +411,70 @@ fn build(release: bool) -> Result<()> {
         cmd.arg("--release");
     }
     sh(&mut cmd)
+}
+
+/// Where [`machine_lock`] locks: one path per machine, whatever the checkout.
+const MACHINE_LOCK: &str = "/run/lock/vpn-filter-xtask.lock";
+
+/// One test, bench or accuracy run per machine at a time, whichever checkout it runs from.
+/// They share the CPUs with the traffic they measure or judge: a benchmark flooding veth on
+/// both cores starves a concurrent test suite's controllers past their hang guards (seen in
+/// CI: a run that overlapped the tail of a developer's own clean-clone run failed), and a
+/// concurrent test run skews a benchmark. A second run waits for the first, saying which
+/// one it waits for. `None` (no lock) when the lock directory is missing or not writable:
+/// the run goes ahead, as before this lock existed. An advisory lock (flock): it is
+/// released when the holder exits, however it exits.
+fn machine_lock(what: &str) -> Result<Option<std::fs::File>> {
+    use std::{
+        fs::{File, OpenOptions, TryLockError},
+        io::{Read as _, Seek as _, SeekFrom, Write as _},
+    };
+    let path = Path::new(MACHINE_LOCK);
+    let mut file: File = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "xtask: not taking the machine lock {}: {e}; runs on this machine are not serialised",
+                path.display()
+            );
+            return Ok(None);
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            eprintln!(
+                "xtask: waiting for another run on this machine to finish ({}; lock {}): tests and benchmarks sharing the CPUs starve each other",
+                if holder.is_empty() { "unknown" } else { holder },
+                path.display()
+            );
+            file.lock()
+                .with_context(|| format!("locking {}", path.display()))?;
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    // Who holds it, for the next run's message.
+    let who = format!(
+        "{what}, pid {}, in {}\n",
+        std::process::id(),
+        root().display()
+    );
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.seek(SeekFrom::Start(0)).map(|_| ()))
+        .and_then(|()| file.write_all(who.as_bytes()));
+    Ok(Some(file))
 }
 
 fn require_root(what: &str) -> Result<()> {
