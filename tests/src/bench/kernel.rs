@@ -818,11 +818,12 @@ pub fn run(s: &Settings, out: &mut String, hl: &mut Highlights) -> Result<()> {
                  | parse + classify only (WireGuard policy `off`: no allowlist, flow map or event) | {} |\n\
                  | the same sources again (their events rate-limited) | {} |\n\
                  | first packets on a fresh program (the allowlist's first level; events emitted up to the per-CPU budget, then suppressed) | {} |\n\
-                 | first packets after a flood (the per-CPU event budget spent: the repeat-source filter's slot, a random access into 16 MiB, for the second's first 250,000 suppressed events per CPU, none after) | {} |\n\n",
+                 | first packets after a flood (the per-CPU event budget spent: the repeat-source filter's slot, a random access into 16 MiB, for the second's first {} suppressed events per CPU, none after) | {} |\n\n",
                 count(size),
                 diff(&classify_only),
                 diff(&cells[WG][0].again),
                 diff(&empty_table),
+                count(vpn_filter_common::REPEAT_CHECKS_PER_SEC as usize),
                 diff(&cells[WG][0].first),
             ));
         }

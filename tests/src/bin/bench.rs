@@ -237,9 +237,9 @@ fn run() -> Result<()> {
     // reference does not (the figures behind it are in section 1's breakdown).
     let missed_why = |met: bool, why: &str| {
         if met {
-            "met".to_string()
+            verdict(met).to_string()
         } else {
-            format!("missed: {why}")
+            format!("{}: {why}", verdict(met))
         }
     };
     for w in &khl.ordinary_max {
@@ -551,8 +551,9 @@ fn flood_why(classify_only: Option<f64>) -> String {
         "xdp-filter looks one address up in a hash; vpn-filter recognises the handshake in the \
          payload{classify}, asks the allowlist (prefixes, not exact addresses) and accounts \
          for every drop: counters and, once the CPU's event budget is spent, for the second's \
-         first 250,000 suppressed events the repeat-source filter's slot (a random access \
-         into 16 MiB) that keeps a retrying source reported"
+         first {} suppressed events the repeat-source filter's slot (a random access \
+         into 16 MiB) that keeps a retrying source reported",
+        util::count(vpn_filter_common::REPEAT_CHECKS_PER_SEC as usize)
     )
 }
 
