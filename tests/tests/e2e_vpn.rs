@@ -325,14 +325,14 @@ impl Pki {
 
 // ----------------------------------------------------------------------------- the lab
 
-/// One test's lab: namespaces, the controller, a temporary directory. Field order is drop
-/// order: the controller, then the lab (which kills what is left in its namespaces and
-/// deletes them), then the directory.
 /// How long an event (or a `counters:` line) may take from the kernel to the test: through
 /// the ring buffer, the controller and a pipe. Under a second when the machine is idle;
 /// seconds when it is loaded. A bound on waits that end as soon as it arrives.
 const EVENT_DELIVERY: Duration = Duration::from_secs(15);
 
+/// One test's lab: namespaces, the controller, a temporary directory. Field order is drop
+/// order: the controller, then the lab (which kills what is left in its namespaces and
+/// deletes them), then the directory.
 struct Env {
     controller: Process,
     lab: GatewayLab,
